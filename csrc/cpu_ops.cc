@@ -1,0 +1,308 @@
+// XLA FFI handlers of nmr_jax for the CPU. They check what only the data can tell (index ranges),
+// walk the broadcast batch, and call the per-face and per-pixel math of nmr_core.h.
+// Shapes are checked by the Python layer (nmr_jax/_ffi.py) before any call is built.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "batch.h"
+#include "nmr_core.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+using S32Out = ffi::ResultBuffer<ffi::S32>;
+
+int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) {
+  return dims[dims.size() - from_end];
+}
+
+// A face index map holds -1 or a face of its batch element; anything else would index out of bounds.
+ffi::Error check_face_index(const int32_t* face_index, int64_t n, int64_t num_faces) {
+  for (int64_t p = 0; p < n; ++p) {
+    if (face_index[p] < -1 || face_index[p] >= num_faces)
+      return ffi::Error::InvalidArgument("nmr_jax: face_index holds " + std::to_string(face_index[p]) +
+                                         ", outside [-1, " + std::to_string(num_faces) + ")");
+  }
+  return ffi::Error::Success();
+}
+
+// faces [*b, F, 3] int32 (vertex indices), vertices [*b, V, 3] -> face_vertices [*b, F, 3, 3].
+ffi::Error GatherFacesImpl(F32 vertices, S32 faces, F32Out face_vertices) {
+  nmr::Broadcast bc;
+  const int iv = bc.add(vertices.dimensions(), 2);
+  const int jf = bc.add(faces.dimensions(), 2);
+  const int out = bc.add(face_vertices->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t V = dim(vertices.dimensions(), 2);
+  const int64_t F = dim(faces.dimensions(), 2);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* v = vertices.typed_data() + bc.at(iv, b) * V * 3;
+    const int32_t* f = faces.typed_data() + bc.at(jf, b) * F * 3;
+    float* fv = face_vertices->typed_data() + bc.at(out, b) * F * 9;
+    for (int64_t i = 0; i < F * 3; ++i) {
+      // Bail out on a corrupt index before it is used to read memory.
+      if (f[i] < 0 || f[i] >= V)
+        return ffi::Error::InvalidArgument(
+            "nmr_jax: faces holds vertex index " + std::to_string(f[i]) + " at face " +
+            std::to_string(i / 3) + ", outside [0, " + std::to_string(V) + ") (V = number of vertices)");
+      for (int c = 0; c < 3; ++c) fv[3 * i + c] = v[3 * f[i] + c];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// The transpose of GatherFaces: grad_vertices[v] = sum of grad_face_vertices over the corners that
+// read v, summed over broadcast batch dimensions too.
+ffi::Error ScatterFacesImpl(S32 faces, F32 grad_face_vertices, F32Out grad_vertices) {
+  nmr::Broadcast bc;
+  const int jf = bc.add(faces.dimensions(), 2);
+  const int ig = bc.add(grad_face_vertices.dimensions(), 3);
+  const int out = bc.add(grad_vertices->dimensions(), 2);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t V = dim(grad_vertices->dimensions(), 2);
+  const int64_t F = dim(faces.dimensions(), 2);
+  std::fill_n(grad_vertices->typed_data(), grad_vertices->element_count(), 0.f);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const int32_t* f = faces.typed_data() + bc.at(jf, b) * F * 3;
+    const float* g = grad_face_vertices.typed_data() + bc.at(ig, b) * F * 9;
+    float* gv = grad_vertices->typed_data() + bc.at(out, b) * V * 3;
+    for (int64_t i = 0; i < F * 3; ++i) {
+      if (f[i] < 0 || f[i] >= V)
+        return ffi::Error::InvalidArgument("nmr_jax: faces holds vertex index " + std::to_string(f[i]) +
+                                           ", outside [0, " + std::to_string(V) + ")");
+      for (int c = 0; c < 3; ++c) gv[3 * f[i] + c] += g[3 * i + c];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// face_vertices [*b, F, 3, 3] -> face_index [*b, H, W] (-1 on background), weights [*b, H, W, 3]
+// (0 on background), depth [*b, H, W] (far on background); row 0 is y = -1.
+ffi::Error RasterizeImpl(F32 face_vertices, int32_t height, int32_t width, float near, float far,
+                         S32Out face_index, F32Out weights, F32Out depth) {
+  nmr::Broadcast bc;
+  const int ifv = bc.add(face_vertices.dimensions(), 3);
+  const int out = bc.add(face_index->dimensions(), 2);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int64_t P = static_cast<int64_t>(height) * width;
+  std::fill_n(face_index->typed_data(), face_index->element_count(), -1);
+  std::fill_n(weights->typed_data(), weights->element_count(), 0.f);
+  std::fill_n(depth->typed_data(), depth->element_count(), far);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
+    const int64_t o = bc.at(out, b) * P;
+    for (int64_t f = 0; f < F; ++f) {
+      const nmr::Face face = nmr::setup_face(fv + 9 * f, height, width);
+      nmr::draw_face(face, static_cast<int32_t>(f), height, width, near, far, 0, height - 1,
+                     face_index->typed_data() + o, weights->typed_data() + 3 * o, depth->typed_data() + o);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Trilinear texture sampling at covered pixels -> rgb [*b, H, W, 3], 0 on background.
+ffi::Error SampleTexturesImpl(F32 face_vertices, F32 textures, S32 face_index, F32 weights, F32 depth,
+                              float eps, F32Out rgb) {
+  nmr::Broadcast bc;
+  const int ifv = bc.add(face_vertices.dimensions(), 3);
+  const int it = bc.add(textures.dimensions(), 5);
+  const int ipix = bc.add(face_index.dimensions(), 2);
+  const int out = bc.add(rgb->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int T = static_cast<int>(dim(textures.dimensions(), 2));
+  const int64_t cube = static_cast<int64_t>(T) * T * T * 3;
+  const int64_t P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
+    const float* tex = textures.typed_data() + bc.at(it, b) * F * cube;
+    const int64_t q = bc.at(ipix, b) * P;
+    const int32_t* fi = face_index.typed_data() + q;
+    if (auto err = check_face_index(fi, P, F); err.failure()) return err;
+    float* out_rgb = rgb->typed_data() + bc.at(out, b) * P * 3;
+    for (int64_t p = 0; p < P; ++p) {
+      if (fi[p] < 0) {
+        for (int c = 0; c < 3; ++c) out_rgb[3 * p + c] = 0.f;
+        continue;
+      }
+      nmr::sample_texture(fv + 9 * fi[p], tex + fi[p] * cube, weights.typed_data() + 3 * (q + p),
+                          depth.typed_data()[q + p], T, eps, out_rgb + 3 * p);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Transpose of the trilinear sampling: grad_textures [*b, F, T, T, T, 3].
+ffi::Error SampleTexturesBwdImpl(F32 face_vertices, S32 face_index, F32 weights, F32 depth, F32 grad_rgb,
+                                 float eps, F32Out grad_textures) {
+  nmr::Broadcast bc;
+  const int ifv = bc.add(face_vertices.dimensions(), 3);
+  const int ipix = bc.add(face_index.dimensions(), 2);
+  const int ig = bc.add(grad_rgb.dimensions(), 3);
+  const int out = bc.add(grad_textures->dimensions(), 5);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int T = static_cast<int>(dim(grad_textures->dimensions(), 2));
+  const int64_t cube = static_cast<int64_t>(T) * T * T * 3;
+  const int64_t P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+  std::fill_n(grad_textures->typed_data(), grad_textures->element_count(), 0.f);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
+    const int64_t q = bc.at(ipix, b) * P;
+    const int32_t* fi = face_index.typed_data() + q;
+    if (auto err = check_face_index(fi, P, F); err.failure()) return err;
+    const float* g = grad_rgb.typed_data() + bc.at(ig, b) * P * 3;
+    float* gt = grad_textures->typed_data() + bc.at(out, b) * F * cube;
+    for (int64_t p = 0; p < P; ++p) {
+      if (fi[p] < 0) continue;
+      int32_t idx[8];
+      float tw[8];
+      nmr::texture_taps(fv + 9 * fi[p], weights.typed_data() + 3 * (q + p), depth.typed_data()[q + p], T,
+                        eps, idx, tw);
+      float* cell = gt + fi[p] * cube;
+      for (int c = 0; c < 8; ++c)
+        for (int ch = 0; ch < 3; ++ch) cell[3 * idx[c] + ch] += tw[c] * g[3 * p + ch];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Kato's approximate gradient of face x, y from image [*b, H, W, C] and its gradient.
+ffi::Error KatoBwdImpl(F32 face_vertices, S32 face_index, F32 image, F32 grad_image, float eps,
+                       F32Out grad_face_vertices) {
+  nmr::Broadcast bc;
+  const int ifv = bc.add(face_vertices.dimensions(), 3);
+  const int ipix = bc.add(face_index.dimensions(), 2);
+  const int iim = bc.add(image.dimensions(), 3);
+  const int ig = bc.add(grad_image.dimensions(), 3);
+  const int out = bc.add(grad_face_vertices->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int H = static_cast<int>(dim(face_index.dimensions(), 2));
+  const int W = static_cast<int>(dim(face_index.dimensions(), 1));
+  const int C = static_cast<int>(dim(image.dimensions(), 1));
+  const int64_t P = static_cast<int64_t>(H) * W;
+  std::fill_n(grad_face_vertices->typed_data(), grad_face_vertices->element_count(), 0.f);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
+    const int32_t* fi = face_index.typed_data() + bc.at(ipix, b) * P;
+    if (auto err = check_face_index(fi, P, F); err.failure()) return err;
+    const float* im = image.typed_data() + bc.at(iim, b) * P * C;
+    const float* g = grad_image.typed_data() + bc.at(ig, b) * P * C;
+    float* gf = grad_face_vertices->typed_data() + bc.at(out, b) * F * 9;
+    for (int64_t f = 0; f < F; ++f) {
+      const nmr::Face face = nmr::setup_face(fv + 9 * f, H, W);
+      nmr::kato_face_grad(face, static_cast<int32_t>(f), H, W, C, fi, im, g, eps, gf + 9 * f);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Gradient of the depth map w.r.t. face x, y, z, the face index held fixed.
+ffi::Error DepthBwdImpl(F32 face_vertices, S32 face_index, F32 weights, F32 depth, F32 grad_depth,
+                        F32Out grad_face_vertices) {
+  nmr::Broadcast bc;
+  const int ifv = bc.add(face_vertices.dimensions(), 3);
+  const int ipix = bc.add(face_index.dimensions(), 2);
+  const int ig = bc.add(grad_depth.dimensions(), 2);
+  const int out = bc.add(grad_face_vertices->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int H = static_cast<int>(dim(face_index.dimensions(), 2));
+  const int W = static_cast<int>(dim(face_index.dimensions(), 1));
+  const int64_t P = static_cast<int64_t>(H) * W;
+  std::fill_n(grad_face_vertices->typed_data(), grad_face_vertices->element_count(), 0.f);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
+    const int64_t q = bc.at(ipix, b) * P;
+    const int32_t* fi = face_index.typed_data() + q;
+    if (auto err = check_face_index(fi, P, F); err.failure()) return err;
+    const float* g = grad_depth.typed_data() + bc.at(ig, b) * P;
+    float* gf = grad_face_vertices->typed_data() + bc.at(out, b) * F * 9;
+    for (int64_t p = 0; p < P; ++p) {
+      if (fi[p] < 0 || g[p] == 0.f) continue;
+      const nmr::Face face = nmr::setup_face(fv + 9 * fi[p], H, W);
+      float grad[9];
+      nmr::depth_grad(face, weights.typed_data() + 3 * (q + p), depth.typed_data()[q + p], g[p], H, W, grad);
+      for (int k = 0; k < 9; ++k) gf[9 * fi[p] + k] += grad[k];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFacesCpu, GatherFacesImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // vertices [*b, V, 3]
+                                  .Arg<S32>()  // faces [*b, F, 3]
+                                  .Ret<F32>()  // face_vertices [*b, F, 3, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFacesCpu, ScatterFacesImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<S32>()  // faces [*b, F, 3]
+                                  .Arg<F32>()  // grad_face_vertices [*b, F, 3, 3]
+                                  .Ret<F32>()  // grad_vertices [*b, V, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterizeCpu, RasterizeImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3], NDC x, y and view z
+                                  .Attr<int32_t>("height")
+                                  .Attr<int32_t>("width")
+                                  .Attr<float>("near")
+                                  .Attr<float>("far")
+                                  .Ret<S32>()  // face_index [*b, H, W]
+                                  .Ret<F32>()  // weights [*b, H, W, 3]
+                                  .Ret<F32>()  // depth [*b, H, W]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesCpu, SampleTexturesImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<F32>()  // textures [*b, F, T, T, T, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // weights [*b, H, W, 3]
+                                  .Arg<F32>()  // depth [*b, H, W]
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // rgb [*b, H, W, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwdCpu, SampleTexturesBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // weights [*b, H, W, 3]
+                                  .Arg<F32>()  // depth [*b, H, W]
+                                  .Arg<F32>()  // grad_rgb [*b, H, W, 3]
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // grad_textures [*b, F, T, T, T, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwdCpu, KatoBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // image [*b, H, W, C]: rgb and/or alpha, as rasterized
+                                  .Arg<F32>()  // grad_image [*b, H, W, C]
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // grad_face_vertices [*b, F, 3, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrDepthBwdCpu, DepthBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // weights [*b, H, W, 3]
+                                  .Arg<F32>()  // depth [*b, H, W]
+                                  .Arg<F32>()  // grad_depth [*b, H, W]
+                                  .Ret<F32>()  // grad_face_vertices [*b, F, 3, 3]
+);

@@ -1,0 +1,101 @@
+"""Differentiable wrappers of the kernels (private): ``jax.custom_vjp`` defines Kato's gradient.
+
+The maps here are at the rasterized resolution with row 0 at y = -1; flipping and anti-aliasing
+are plain jnp in the public layer, so autodiff un-flips and un-pools the incoming gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from nmr_jax import _ffi
+
+
+@jax.custom_vjp
+def gather_faces(vertices: jax.Array, faces: jax.Array) -> jax.Array:
+    """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> [*b, F, 3, 3]; bad indices raise."""
+    return _ffi.gather_faces(vertices, faces)
+
+
+def _gather_fwd(vertices: jax.Array, faces: jax.Array) -> tuple[jax.Array, tuple]:
+    # A zero-size stand-in carries the vertices' shape without keeping them alive.
+    return _ffi.gather_faces(vertices, faces), (faces, jnp.zeros((0,) + vertices.shape))
+
+
+def _gather_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, None]:
+    faces, shape_of = res
+    return _ffi.scatter_faces(faces, g, shape_of.shape[1:]), None
+
+
+gather_faces.defvjp(_gather_fwd, _gather_bwd)
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterConfig:
+    """Static settings of one rasterization (hashable: it is a ``nondiff_argnums`` argument)."""
+
+    height: int  # Rows rasterized (2x the output with anti-aliasing).
+    width: int  # Columns rasterized.
+    near: float  # Pixels with depth <= near are dropped.
+    far: float  # Pixels with depth >= far are dropped; background depth.
+    eps: float  # Texture clamp margin and Kato's distance offset.
+    background: tuple[float, float, float]  # RGB of uncovered pixels.
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def raster_maps(
+    face_vertices: jax.Array, textures: jax.Array | None, cfg: RasterConfig
+) -> tuple[jax.Array | None, jax.Array, jax.Array]:
+    """(rgb [*b, H, W, 3] or None without textures, alpha [*b, H, W], depth [*b, H, W])."""
+    return _raster_fwd(face_vertices, textures, cfg)[0]
+
+
+def _raster_fwd(face_vertices: jax.Array, textures: jax.Array | None, cfg: RasterConfig):
+    face_index, weights, depth = _ffi.rasterize(
+        face_vertices, cfg.height, cfg.width, cfg.near, cfg.far
+    )
+    covered = face_index >= 0
+    alpha = covered.astype(jnp.float32)
+    rgb = None
+    if textures is not None:
+        sampled = _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, cfg.eps)
+        rgb = jnp.where(covered[..., None], sampled, jnp.asarray(cfg.background, jnp.float32))
+    tex_shape = None if textures is None else jnp.zeros((0,) + textures.shape)
+    res = (face_vertices, face_index, weights, depth, rgb, alpha, tex_shape)
+    return (rgb, alpha, depth), res
+
+
+def _raster_bwd(cfg: RasterConfig, res: tuple, grads: tuple) -> tuple:
+    face_vertices, face_index, weights, depth, rgb, alpha, tex_shape = res
+    g_rgb, g_alpha, g_depth = grads
+    # Kato's rule sees rgb (background included) and alpha as one image of 4 (or 1) channels.
+    if rgb is None:
+        image, g_image = alpha[..., None], g_alpha[..., None]
+    else:
+        image = jnp.concatenate([rgb, alpha[..., None]], axis=-1)
+        g_image = jnp.concatenate([g_rgb, g_alpha[..., None]], axis=-1)
+    g_fv = _ffi.kato_bwd(face_vertices, face_index, image, g_image, cfg.eps)
+    g_fv = g_fv + _ffi.depth_bwd(face_vertices, face_index, weights, depth, g_depth)
+    g_tex = None
+    if tex_shape is not None:
+        g_tex = _ffi.sample_textures_bwd(
+            face_vertices, face_index, weights, depth, g_rgb, cfg.eps, tex_shape.shape[1:]
+        )
+    return g_fv, g_tex
+
+
+raster_maps.defvjp(_raster_fwd, _raster_bwd)
+
+
+def face_index_and_weights(
+    face_vertices: jax.Array, cfg: RasterConfig
+) -> tuple[jax.Array, jax.Array]:
+    """The fork's maps (not differentiable): face_index [*b, H, W], weights [*b, H, W, 3]."""
+    face_index, weights, _ = _ffi.rasterize(
+        jax.lax.stop_gradient(face_vertices), cfg.height, cfg.width, cfg.near, cfg.far
+    )
+    return face_index, weights

@@ -1,0 +1,156 @@
+"""Camera transforms and projections of the original renderer, in pure ``jax.numpy``.
+
+All functions are differentiable in every float input and accept any leading batch dimensions:
+``vertices`` is ``[..., V, 3]`` and camera parameters broadcast against its batch (``eye`` is ``[3]``
+or ``[..., 3]``). Camera space is left-handed as in the original: x right, y up, z forward (depth).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+__all__ = ["get_points_from_angles", "look", "look_at", "perspective", "projection"]
+
+# Length below which a vector is treated as zero when normalising: far below any real camera
+# geometry, far above float32's denormals, so the guarded division stays finite.
+_TINY = 1e-12
+
+
+def _normalize(v: jax.Array) -> jax.Array:
+    """v / |v| along the last axis, with a zero gradient (not NaN) at v = 0 (double-where guard)."""
+    sq = jnp.sum(v * v, axis=-1, keepdims=True)
+    safe = sq > _TINY**2
+    norm = jnp.sqrt(jnp.where(safe, sq, 1.0))
+    return jnp.where(safe, v / norm, 0.0)
+
+
+def _rotate(vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array) -> jax.Array:
+    x = _normalize(jnp.cross(up, z))
+    y = jnp.cross(z, x)
+    rot = jnp.stack([x, y, z], axis=-2)  # [..., 3, 3], rows are the camera axes
+    return jnp.einsum("...vi,...ji->...vj", vertices - eye[..., None, :], rot)
+
+
+def look_at(
+    vertices: ArrayLike,
+    eye: ArrayLike,
+    at: ArrayLike = (0.0, 0.0, 0.0),
+    up: ArrayLike = (0.0, 1.0, 0.0),
+) -> jax.Array:
+    """Transforms world points into the camera frame of an eye looking at ``at``.
+
+    Args:
+      vertices: float32 ``[..., V, 3]`` world coordinates.
+      eye: float32 ``[..., 3]`` camera position.
+      at: float32 ``[..., 3]`` point looked at.
+      up: float32 ``[..., 3]`` world up vector.
+
+    Returns:
+      float32 ``[..., V, 3]``: ``(v - eye) @ [x; y; z]^T`` with ``z = normalize(at - eye)``,
+      ``x = normalize(cross(up, z))``, ``y = cross(z, x)``.
+    """
+    vertices, eye, at, up = (jnp.asarray(a, jnp.float32) for a in (vertices, eye, at, up))
+    return _rotate(vertices, eye, _normalize(at - eye), up)
+
+
+def look(
+    vertices: ArrayLike,
+    eye: ArrayLike,
+    direction: ArrayLike = (0.0, 0.0, 1.0),
+    up: ArrayLike = (0.0, 1.0, 0.0),
+) -> jax.Array:
+    """Like ``look_at``, but the camera looks along ``direction`` (float32 ``[..., 3]``)."""
+    vertices, eye, direction, up = (
+        jnp.asarray(a, jnp.float32) for a in (vertices, eye, direction, up)
+    )
+    return _rotate(vertices, eye, _normalize(direction), up)
+
+
+def perspective(vertices: ArrayLike, angle: ArrayLike = 30.0) -> jax.Array:
+    """Perspective division: ``x / (z tan(angle))``, ``y / (z tan(angle))``, z kept.
+
+    Args:
+      vertices: float32 ``[..., V, 3]`` in the camera frame.
+      angle: half the field of view, in degrees (scalar or ``[...]``).
+
+    Returns:
+      float32 ``[..., V, 3]``: x and y in NDC, z the view depth. Points at z = 0 map to +-inf
+      (as in the original); the rasterizer drops them with the near plane.
+    """
+    vertices = jnp.asarray(vertices, jnp.float32)
+    width = jnp.tan(jnp.deg2rad(jnp.asarray(angle, jnp.float32)))[..., None]
+    z = vertices[..., 2]
+    x = vertices[..., 0] / (z * width)
+    y = vertices[..., 1] / (z * width)
+    return jnp.stack([x, y, z], axis=-1)
+
+
+def projection(
+    vertices: ArrayLike,
+    K: ArrayLike,
+    R: ArrayLike,
+    t: ArrayLike,
+    dist_coeffs: ArrayLike,
+    orig_size: float,
+    eps: float = 1e-9,
+) -> jax.Array:
+    """Pinhole projection with lens distortion, as OpenCV and the PyTorch port.
+
+    Args:
+      vertices: float32 ``[..., V, 3]`` world coordinates.
+      K: float32 ``[..., 3, 3]`` intrinsics in pixels of an image of ``orig_size``.
+      R: float32 ``[..., 3, 3]`` world-to-camera rotation.
+      t: float32 ``[..., 3]`` (or ``[..., 1, 3]``) translation.
+      dist_coeffs: float32 ``[..., 5]``: ``k1, k2, p1, p2, k3``.
+      orig_size: size in pixels of the image K refers to.
+      eps: added to z before the division (the original's guard against z = 0).
+
+    Returns:
+      float32 ``[..., V, 3]``: x and y in NDC [-1, 1] (y up), z the metric depth.
+    """
+    vertices, K, R, t, dist_coeffs = (
+        jnp.asarray(a, jnp.float32) for a in (vertices, K, R, t, dist_coeffs)
+    )
+    t = t.reshape(t.shape[:-2] + (3,)) if t.ndim >= 2 and t.shape[-2] == 1 else t
+    v = jnp.einsum("...vi,...ji->...vj", vertices, R) + t[..., None, :]
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    x_ = x / (z + eps)
+    y_ = y / (z + eps)
+    d = dist_coeffs[..., None, :]
+    k1, k2, p1, p2, k3 = (d[..., i] for i in range(5))
+    r2 = x_ * x_ + y_ * y_
+    radial = 1 + k1 * r2 + k2 * r2**2 + k3 * r2**3
+    x__ = x_ * radial + 2 * p1 * x_ * y_ + p2 * (r2 + 2 * x_ * x_)
+    y__ = y_ * radial + p1 * (r2 + 2 * y_ * y_) + 2 * p2 * x_ * y_
+    uv1 = jnp.stack([x__, y__, jnp.ones_like(x__)], axis=-1)
+    uv = jnp.einsum("...vi,...ji->...vj", uv1, K)
+    u, v_ = uv[..., 0], uv[..., 1]
+    v_ = orig_size - v_  # image rows grow downwards; NDC y grows upwards
+    u = 2 * (u - orig_size / 2.0) / orig_size
+    v_ = 2 * (v_ - orig_size / 2.0) / orig_size
+    return jnp.stack([u, v_, z], axis=-1)
+
+
+def get_points_from_angles(
+    distance: ArrayLike, elevation: ArrayLike, azimuth: ArrayLike, degrees: bool = True
+) -> jax.Array:
+    """Camera position on a sphere around the origin.
+
+    Args:
+      distance, elevation, azimuth: float scalars or broadcastable ``[...]`` arrays; angles in degrees
+        unless ``degrees=False``.
+
+    Returns:
+      float32 ``[..., 3]``: ``[d cos(el) sin(az), d sin(el), -d cos(el) cos(az)]``.
+    """
+    d, el, az = (jnp.asarray(a, jnp.float32) for a in (distance, elevation, azimuth))
+    if degrees:
+        el, az = jnp.deg2rad(el), jnp.deg2rad(az)
+    return jnp.stack(
+        jnp.broadcast_arrays(
+            d * jnp.cos(el) * jnp.sin(az), d * jnp.sin(el), -d * jnp.cos(el) * jnp.cos(az)
+        ),
+        axis=-1,
+    )

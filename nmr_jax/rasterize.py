@@ -1,0 +1,252 @@
+"""Rasterization of projected faces: the original's ``rasterize_*`` functions and the fork's maps.
+
+``faces`` here means face vertices after camera and projection: float32 ``[..., F, 3, 3]``, x and y
+in NDC [-1, 1] (y up), z the view depth. Returned images are channels-last with row 0 at the top
+(y = +1): rgb ``[..., H, W, 3]``, alpha and depth ``[..., H, W]``. Leading batch dimensions of all
+inputs broadcast. Gradients are Kato's approximation for x and y (through rgb and alpha), and exact
+for the depth map and the textures, with the face index held fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, cast
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from nmr_jax import _ops
+from nmr_jax import _validate as check
+
+__all__ = [
+    "RGBAD",
+    "rasterize",
+    "rasterize_depth",
+    "rasterize_face_index_map",
+    "rasterize_face_index_map_and_weight_map",
+    "rasterize_rgbad",
+    "rasterize_silhouettes",
+    "rasterize_weight_map",
+    "vertices_to_faces",
+]
+
+DEFAULT_IMAGE_SIZE = 256
+DEFAULT_ANTI_ALIASING = True
+DEFAULT_NEAR = 0.1
+DEFAULT_FAR = 100.0
+DEFAULT_EPS = 1e-4
+DEFAULT_BACKGROUND_COLOR = (0.0, 0.0, 0.0)
+
+
+class RGBAD(NamedTuple):
+    """Outputs of ``rasterize_rgbad``; an entry not asked for is None."""
+
+    rgb: jax.Array | None  # float32 [..., H, W, 3]; background_color where nothing is drawn.
+    alpha: jax.Array | None  # float32 [..., H, W]; 1 where a face is drawn, 0 elsewhere.
+    depth: jax.Array | None  # float32 [..., H, W]; view depth, `far` on background.
+
+
+def vertices_to_faces(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
+    """Gathers the vertices of each face.
+
+    Args:
+      vertices: float32 ``[..., V, 3]``.
+      faces: int32 ``[..., F, 3]`` vertex indices in ``[0, V)``; batch dims broadcast.
+
+    Returns:
+      float32 ``[..., F, 3, 3]``. Differentiable in ``vertices``. An index outside ``[0, V)``
+      raises (``jax.errors.JaxRuntimeError`` naming ``faces``, also under jit) instead of being
+      clamped as a plain gather would.
+    """
+    v = check.float_array("vertices", vertices, (None, 3))
+    f = check.index_array("faces", faces, (None, 3))
+    check.batch(["vertices", "faces"], [v.shape[:-2], f.shape[:-2]])
+    return _ops.gather_faces(v, f)
+
+
+def _config(
+    faces: ArrayLike,
+    textures: ArrayLike | None,
+    image_size: int | Sequence[int],
+    anti_aliasing: bool,
+    near: float,
+    far: float,
+    eps: float,
+    background_color: Sequence[float],
+) -> tuple[jax.Array, jax.Array | None, _ops.RasterConfig]:
+    fv = check.float_array("faces", faces, (None, 3, 3))
+    tex = None
+    if textures is not None:
+        tex = check.float_array("textures", textures, (None, None, None, None, 3))
+        t = tex.shape[-4:-1]
+        if tex.shape[-5] != fv.shape[-3] or t[0] != t[1] or t[1] != t[2]:
+            raise ValueError(
+                f"textures must have shape [..., F, T, T, T, 3] with F = {fv.shape[-3]} faces, "
+                f"got {tex.shape}"
+            )
+        check.batch(["faces", "textures"], [fv.shape[:-3], tex.shape[:-5]])
+    height, width = check.image_size(image_size)
+    near, far = check.depth_range(near, far)
+    bg = tuple(float(c) for c in background_color)
+    if len(bg) != 3:
+        raise ValueError(f"background_color must have 3 values, got {background_color!r}")
+    scale = 2 if anti_aliasing else 1
+    cfg = _ops.RasterConfig(height * scale, width * scale, near, far, float(eps), bg)  # type: ignore[arg-type]
+    return fv, tex, cfg
+
+
+def _finish(image: jax.Array, channels: bool, anti_aliasing: bool) -> jax.Array:
+    """Flips rows so that row 0 is the top, then 2x2-averages when anti-aliasing."""
+    row = -3 if channels else -2
+    image = jnp.flip(image, axis=row)
+    if anti_aliasing:
+        shape = image.shape
+        h, w = shape[row], shape[row + 1]
+        image = image.reshape(shape[:row] + (h // 2, 2, w // 2, 2) + shape[row + 2 :])
+        image = image.mean(axis=(-4, -2) if channels else (-3, -1))
+    return image
+
+
+def rasterize_rgbad(
+    faces: ArrayLike,
+    textures: ArrayLike | None = None,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+    eps: float = DEFAULT_EPS,
+    background_color: Sequence[float] = DEFAULT_BACKGROUND_COLOR,
+    return_rgb: bool = True,
+    return_alpha: bool = True,
+    return_depth: bool = True,
+) -> RGBAD:
+    """Renders rgb, alpha and depth of projected faces.
+
+    Args:
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
+      textures: float32 ``[..., F, T, T, T, 3]`` colour cubes; required for rgb.
+      image_size: ``S`` or ``(H, W)`` of the returned images.
+      anti_aliasing: rasterize at twice the size and average 2x2 blocks (depth then mixes in
+        ``far`` at silhouette edges, as in the original).
+      near, far: pixels whose depth is not strictly between them are not drawn.
+      eps: texture-coordinate clamp margin and the offset of Kato's distances.
+      background_color: RGB of pixels where nothing is drawn.
+      return_rgb, return_alpha, return_depth: which maps to return.
+
+    Returns:
+      ``RGBAD(rgb [..., H, W, 3], alpha [..., H, W], depth [..., H, W])``, None where not asked.
+    """
+    if return_rgb and textures is None:
+        raise ValueError("textures are required when return_rgb is True")
+    fv, tex, cfg = _config(
+        faces,
+        textures if return_rgb else None,
+        image_size,
+        anti_aliasing,
+        near,
+        far,
+        eps,
+        background_color,
+    )
+    rgb, alpha, depth = _ops.raster_maps(fv, tex, cfg)
+    return RGBAD(
+        _finish(rgb, True, anti_aliasing) if return_rgb and rgb is not None else None,
+        _finish(alpha, False, anti_aliasing) if return_alpha else None,
+        _finish(depth, False, anti_aliasing) if return_depth else None,
+    )
+
+
+def rasterize(
+    faces: ArrayLike,
+    textures: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+    eps: float = DEFAULT_EPS,
+    background_color: Sequence[float] = DEFAULT_BACKGROUND_COLOR,
+) -> jax.Array:
+    """rgb only: float32 ``[..., H, W, 3]``; see ``rasterize_rgbad`` for the arguments."""
+    out = rasterize_rgbad(
+        faces, textures, image_size, anti_aliasing, near, far, eps, background_color,
+        return_alpha=False, return_depth=False,
+    )  # fmt: skip
+    return cast(jax.Array, out.rgb)
+
+
+def rasterize_silhouettes(
+    faces: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+    eps: float = DEFAULT_EPS,
+) -> jax.Array:
+    """alpha only: float32 ``[..., H, W]``, 1 where a face is drawn; Kato's gradient from it."""
+    out = rasterize_rgbad(
+        faces, None, image_size, anti_aliasing, near, far, eps,
+        return_rgb=False, return_depth=False,
+    )  # fmt: skip
+    return cast(jax.Array, out.alpha)
+
+
+def rasterize_depth(
+    faces: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+) -> jax.Array:
+    """depth only: float32 ``[..., H, W]``, ``far`` on background; exact gradient, face ids fixed."""
+    out = rasterize_rgbad(
+        faces, None, image_size, anti_aliasing, near, far,
+        return_rgb=False, return_alpha=False,
+    )  # fmt: skip
+    return cast(jax.Array, out.depth)
+
+
+def rasterize_face_index_map_and_weight_map(
+    faces: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+) -> tuple[jax.Array, jax.Array]:
+    """Which face each pixel sees, and where on it (the iPERDance fork's maps).
+
+    Maps are at the rasterized resolution (twice ``image_size`` with anti-aliasing, as the fork) with
+    row 0 at the top, like the images.
+
+    Returns:
+      ``face_index``: int32 ``[..., H', W']``, -1 on background; ``weights``: float32
+      ``[..., H', W', 3]`` barycentric weights of the face's three vertices (0 on background).
+      Not differentiable (gradients stop here).
+    """
+    fv, _, cfg = _config(faces, None, image_size, anti_aliasing, near, far, DEFAULT_EPS, (0, 0, 0))
+    face_index, weights = _ops.face_index_and_weights(fv, cfg)
+    return jnp.flip(face_index, axis=-2), jnp.flip(weights, axis=-3)
+
+
+def rasterize_face_index_map(
+    faces: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+) -> jax.Array:
+    """int32 ``[..., H', W']`` face index map, -1 on background; see
+    ``rasterize_face_index_map_and_weight_map``."""
+    return rasterize_face_index_map_and_weight_map(faces, image_size, anti_aliasing, near, far)[0]
+
+
+def rasterize_weight_map(
+    faces: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+) -> jax.Array:
+    """float32 ``[..., H', W', 3]`` barycentric weight map, 0 on background; see
+    ``rasterize_face_index_map_and_weight_map``."""
+    return rasterize_face_index_map_and_weight_map(faces, image_size, anti_aliasing, near, far)[1]
