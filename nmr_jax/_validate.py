@@ -10,9 +10,13 @@ import numpy as np
 from jax.typing import ArrayLike
 
 
+def _dtype(x: ArrayLike) -> np.dtype:
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
 def float_array(name: str, x: ArrayLike, core: Sequence[int | None]) -> jax.Array:
     """Returns ``x`` as float32 after checking its dtype and trailing ``core`` dims (None = any)."""
-    dtype = np.result_type(x) if not hasattr(x, "dtype") else np.dtype(x.dtype)  # type: ignore[union-attr]
+    dtype = _dtype(x)
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or dtype == bool:
         raise TypeError(f"{name} must be a real float array, got dtype {dtype}")
     x = jnp.asarray(x, jnp.float32)
@@ -22,7 +26,7 @@ def float_array(name: str, x: ArrayLike, core: Sequence[int | None]) -> jax.Arra
 
 def index_array(name: str, x: ArrayLike, core: Sequence[int | None]) -> jax.Array:
     """Returns ``x`` as int32 after checking that it holds integers and its trailing dims."""
-    dtype = np.result_type(x) if not hasattr(x, "dtype") else np.dtype(x.dtype)  # type: ignore[union-attr]
+    dtype = _dtype(x)
     if not np.issubdtype(dtype, np.integer) or dtype == bool:
         raise TypeError(f"{name} must be an integer array (vertex indices), got dtype {dtype}")
     x = jnp.asarray(x, jnp.int32)

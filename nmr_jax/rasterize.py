@@ -98,14 +98,13 @@ def _config(
 
 def _finish(image: jax.Array, channels: bool, anti_aliasing: bool) -> jax.Array:
     """Flips rows so that row 0 is the top, then 2x2-averages when anti-aliasing."""
-    row = -3 if channels else -2
-    image = jnp.flip(image, axis=row)
+    if not channels:
+        image = image[..., None]
+    image = jnp.flip(image, axis=-3)
     if anti_aliasing:
-        shape = image.shape
-        h, w = shape[row], shape[row + 1]
-        image = image.reshape(shape[:row] + (h // 2, 2, w // 2, 2) + shape[row + 2 :])
-        image = image.mean(axis=(-4, -2) if channels else (-3, -1))
-    return image
+        *lead, h, w, c = image.shape
+        image = image.reshape(*lead, h // 2, 2, w // 2, 2, c).mean(axis=(-4, -2))
+    return image if channels else image[..., 0]
 
 
 def rasterize_rgbad(

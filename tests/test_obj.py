@@ -1,0 +1,252 @@
+"""Tests of nmr_jax._obj: OBJ/MTL loading (geometry, textures, errors) and save_obj."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nmr_jax._obj import load_obj, save_obj
+
+SHARED_DATA = Path(__file__).parents[1] / ".." / "shared" / "nmr_reference_data" / "tests" / "data"
+
+TRIANGLE = "v 0 0 0\nv 1 0 0\nv 0 1 0\n"
+
+
+def write(directory: Path, name: str, content: str | bytes) -> Path:
+    path = directory / name
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+    return path
+
+
+def at_line(path: Path, lineno: int) -> str:
+    """A pytest.raises match for an error reported at ``path:lineno``."""
+    return re.escape(f"{path}:{lineno}:")
+
+
+def test_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    vertices = rng.uniform(-10, 10, (50, 3)).astype(np.float32)
+    faces = rng.integers(0, 50, (80, 3)).astype(np.int32)
+    path = tmp_path / "mesh.obj"
+    save_obj(path, jnp.asarray(vertices), jnp.asarray(faces))
+    loaded_vertices, loaded_faces = load_obj(path, normalization=False)
+    assert loaded_vertices.dtype == jnp.float32 and loaded_faces.dtype == jnp.int32
+    np.testing.assert_array_equal(loaded_faces, faces)
+    # %.6f keeps 6 decimals; float32 carries ~7 significant digits of values up to 10.
+    np.testing.assert_allclose(loaded_vertices, vertices, rtol=0, atol=2e-6)
+
+
+def test_save_obj_format(tmp_path):
+    path = tmp_path / "mesh.obj"
+    save_obj(str(path), np.array([[0, 0.5, -1], [1, 2, 3], [4, 5, 6.25]]), np.array([[0, 1, 2]]))
+    assert path.read_text() == (
+        "v 0.000000 0.500000 -1.000000\nv 1.000000 2.000000 3.000000\n"
+        "v 4.000000 5.000000 6.250000\nf 1 2 3\n"
+    )
+
+
+def test_polygons_are_fanned_from_the_first_vertex(tmp_path):
+    square = "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0.5 2 0\n"
+    path = write(tmp_path, "poly.obj", square + "f 1 2 3 4\nf 1 2 3 5 4\n")
+    _, faces = load_obj(path, normalization=False)
+    np.testing.assert_array_equal(faces, [[0, 1, 2], [0, 2, 3], [0, 1, 2], [0, 2, 4], [0, 4, 3]])
+
+
+def test_negative_indices_count_back_from_the_last_vertex_read(tmp_path):
+    text = TRIANGLE + "f -3 -2 -1\nv 0 0 1\nf -1 -2 -4\n"
+    _, faces = load_obj(write(tmp_path, "neg.obj", text), normalization=False)
+    np.testing.assert_array_equal(faces, [[0, 1, 2], [3, 2, 0]])
+
+
+@pytest.mark.parametrize("face", ["f 1/1/1 2/2/2 3/3/3", "f 1//3 2//2 3//1", "f 1/1 2/2 3/3"])
+def test_face_corner_forms(tmp_path, face):
+    text = TRIANGLE + "vt 0 0\nvt 1 0\nvt 0 1\nvn 0 0 1\nvn 0 0 1\nvn 0 0 1\n" + face + "\n"
+    _, faces = load_obj(write(tmp_path, "forms.obj", text), normalization=False)
+    np.testing.assert_array_equal(faces, [[0, 1, 2]])
+
+
+def test_other_statements_and_comments_are_ignored(tmp_path):
+    text = (
+        "# a comment\nmtllib missing.mtl\no thing\ng group\ns 1\nusemtl nothing\n"
+        "v 0 0 0 # trailing comment\nv 1 0 0\nv 0 1 0 1.0\nvn 0 0 1\nvp 0.5\n\n   \nf 1 2 3\n"
+    )
+    vertices, faces = load_obj(write(tmp_path, "other.obj", text), normalization=False)
+    np.testing.assert_array_equal(vertices, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(faces, [[0, 1, 2]])
+
+
+def test_normalization_formula(tmp_path):
+    vertices = np.array([[1, 2, 3], [5, -2, 4], [2, 0, 9], [3, 1, 5]], np.float32)
+    path = tmp_path / "mesh.obj"
+    save_obj(path, vertices, np.array([[0, 1, 2], [0, 2, 3]]))
+    expected = vertices - vertices.min(0)
+    expected /= np.abs(expected).max()
+    expected *= 2
+    expected -= expected.max(0) / 2
+    loaded, _ = load_obj(path)
+    np.testing.assert_allclose(loaded, expected, rtol=0, atol=1e-6)
+    # The longest side (z) spans [-1, 1]; the others are centred on 0.
+    np.testing.assert_allclose(loaded.min(0), -loaded.max(0), atol=1e-6)
+    assert float(loaded[:, 2].max()) == pytest.approx(1.0)
+
+
+def test_non_utf8_bytes_in_comments(tmp_path):
+    text = b"# caf\xe9 \xff\xfe model\n" + TRIANGLE.encode() + b"f 1 2 3 # \x80\n"
+    _, faces = load_obj(write(tmp_path, "latin1.obj", text))
+    np.testing.assert_array_equal(faces, [[0, 1, 2]])
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere.obj"
+    with pytest.raises(FileNotFoundError, match="nowhere.obj"):
+        load_obj(path)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "v 1 2",  # too few coordinates
+        "v 1 two 3",  # not a number
+        "f 1 2",  # too few corners
+        "f 1 2 x",  # not an index
+        "f 0 1 2",  # OBJ indices start at 1
+        "f 1 2 4",  # only 3 vertices
+        "f -4 1 2",  # before the first vertex
+        "f 1/1/1/1 2 3",  # too many '/' parts
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, line):
+    path = write(tmp_path, "bad.obj", "# header\n" + TRIANGLE + line + "\n")
+    with pytest.raises(ValueError, match=at_line(path, 5)):
+        load_obj(path)
+
+
+def test_texture_index_out_of_range(tmp_path):
+    path = write(tmp_path, "bad.obj", TRIANGLE + "vt 0 0\nf 1/1 2/2 3/1\n")
+    load_obj(path)  # texture coordinates are only read with load_texture
+    with pytest.raises(ValueError, match=at_line(path, 5)):
+        load_obj(path, load_texture=True)
+
+
+def test_no_faces(tmp_path):
+    path = write(tmp_path, "empty.obj", TRIANGLE)
+    with pytest.raises(ValueError, match="no faces"):
+        load_obj(path)
+
+
+def test_missing_mtl(tmp_path):
+    path = write(tmp_path, "m.obj", "mtllib absent.mtl\n" + TRIANGLE + "f 1 2 3\n")
+    load_obj(path)  # materials are only read with load_texture
+    with pytest.raises(FileNotFoundError, match="absent.mtl"):
+        load_obj(path, load_texture=True)
+
+
+def test_missing_texture_image(tmp_path):
+    write(tmp_path, "m.mtl", "newmtl a\nKd 1 0 0\nmap_Kd absent.png\n")
+    path = write(tmp_path, "m.obj", "mtllib m.mtl\n" + TRIANGLE + "usemtl a\nf 1 2 3\n")
+    with pytest.raises(FileNotFoundError, match="absent.png"):
+        load_obj(path, load_texture=True)
+
+
+def test_undefined_material(tmp_path):
+    write(tmp_path, "m.mtl", "newmtl a\nKd 1 0 0\n")
+    path = write(tmp_path, "m.obj", "mtllib m.mtl\n" + TRIANGLE + "usemtl b\nf 1 2 3\n")
+    with pytest.raises(ValueError, match=at_line(path, 5)):
+        load_obj(path, load_texture=True)
+
+
+def test_malformed_mtl_line(tmp_path):
+    mtl = write(tmp_path, "m.mtl", "newmtl a\nKd 1 0\n")
+    path = write(tmp_path, "m.obj", "mtllib m.mtl\n" + TRIANGLE + "usemtl a\nf 1 2 3\n")
+    with pytest.raises(ValueError, match=at_line(mtl, 2)):
+        load_obj(path, load_texture=True)
+
+
+def test_texture_size_must_be_positive(tmp_path):
+    path = write(tmp_path, "m.obj", TRIANGLE + "f 1 2 3\n")
+    with pytest.raises(ValueError, match="texture_size"):
+        load_obj(path, texture_size=0, load_texture=True)
+
+
+def test_kd_map_kd_and_no_material(tmp_path):
+    iio.imwrite(tmp_path / "const.png", np.full((8, 16, 3), [51, 204, 102], np.uint8))
+    write(tmp_path, "m.mtl", "newmtl flat\nKd 0.2 0.4 0.6\n\nnewmtl image\nmap_Kd const.png\n")
+    text = (
+        "mtllib m.mtl\n" + TRIANGLE + "vt 0 0\nvt 1 0\nvt 0 1\n"
+        "f 1 2 3\nusemtl flat\nf 1/1 2/2 3/3\nusemtl image\nf 1/1 2/2 3/3\n"
+    )
+    path = write(tmp_path, "m.obj", text)
+    vertices, faces, textures = load_obj(path, texture_size=3, load_texture=True)
+    assert textures.shape == (3, 3, 3, 3, 3) and textures.dtype == jnp.float32
+    np.testing.assert_allclose(textures[0], 1.0)  # no material: white
+    np.testing.assert_allclose(textures[1], np.broadcast_to([0.2, 0.4, 0.6], (3, 3, 3, 3)))
+    np.testing.assert_allclose(textures[2], np.broadcast_to([0.2, 0.8, 0.4], (3, 3, 3, 3)))
+
+
+def test_texel_barycentric_weights(tmp_path):
+    # A horizontal ramp: the colour at u is u, exactly (bilinear interpolation of a linear ramp).
+    ramp = np.broadcast_to(np.linspace(0, 255, 256)[None, :, None], (4, 256, 3))
+    iio.imwrite(tmp_path / "ramp.png", ramp.astype(np.uint8))
+    write(tmp_path, "m.mtl", "newmtl ramp\nmap_Kd ramp.png\n")
+    # Only the second corner has u = 1, so texel (i, j, k) has u = j / (i + j + k).
+    text = "mtllib m.mtl\n" + TRIANGLE + "vt 0 0.5\nvt 1 0.5\nusemtl ramp\nf 1/1 2/2 3/1\n"
+    path = write(tmp_path, "m.obj", text)
+    for size in (1, 2, 4):
+        _, _, textures = load_obj(path, texture_size=size, load_texture=True)
+        i, j, k = np.indices((size,) * 3)
+        expected = np.where(i + j + k == 0, 1 / 3, j / np.maximum(i + j + k, 1))
+        np.testing.assert_allclose(textures[0, ..., 0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("v", "red"),
+    [
+        (1.0, 1.0),  # v = 1 is the top row
+        (0.0, 0.0),  # v = 0 is the bottom row
+        (0.5, 0.5),  # halfway: bilinear blend
+        (1.25, 0.25),  # outside [0, 1] repeats: as v = 0.25
+    ],
+)
+def test_image_rows_are_flipped_and_interpolated(tmp_path, v, red):
+    image = np.array([[[255, 0, 0]], [[0, 0, 255]]], np.uint8)  # top row red, bottom row blue
+    iio.imwrite(tmp_path / "two_rows.png", image)
+    write(tmp_path, "m.mtl", "newmtl m\nmap_Kd two_rows.png\n")
+    text = f"mtllib m.mtl\n{TRIANGLE}vt 0.5 {v}\nusemtl m\nf 1/1 2/1 3/1\n"
+    _, _, textures = load_obj(write(tmp_path, "m.obj", text), texture_size=2, load_texture=True)
+    np.testing.assert_allclose(textures[..., 0], red, atol=1e-6)
+    np.testing.assert_allclose(textures[..., 2], 1 - red, atol=1e-6)
+
+
+def test_reference_textured_model():
+    path = SHARED_DATA / "4e49873292196f02574b5684eaec43e9" / "model.obj"
+    if not path.is_file():
+        pytest.skip(f"reference data not available ({path})")
+    vertices, faces, textures = load_obj(path, texture_size=4, load_texture=True)
+    assert vertices.shape == (921, 3) and faces.shape == (3644, 3)
+    assert textures.shape == (3644, 4, 4, 4, 3) and textures.dtype == jnp.float32
+    assert float(textures.min()) >= 0.0 and float(textures.max()) <= 1.0
+    # Not all one colour: both Kd materials and the two images show up.
+    assert len(np.unique(np.asarray(textures).reshape(-1, 3), axis=0)) > 11
+
+
+@pytest.mark.parametrize(
+    ("vertices", "faces", "error", "name"),
+    [
+        (np.zeros((3, 2)), np.zeros((1, 3), np.int32), ValueError, "vertices"),
+        (np.zeros((3, 3), np.complex64), np.zeros((1, 3), np.int32), TypeError, "vertices"),
+        (np.zeros((3, 3)), np.zeros((1, 4), np.int32), ValueError, "faces"),
+        (np.zeros((3, 3)), np.zeros((1, 3), np.float32), TypeError, "faces"),
+        (np.zeros((3, 3)), np.array([[0, 1, 3]]), ValueError, "faces"),
+        (np.zeros((3, 3)), np.array([[0, -1, 2]]), ValueError, "faces"),
+    ],
+)
+def test_save_obj_validates(tmp_path, vertices, faces, error, name):
+    with pytest.raises(error, match=name):
+        save_obj(tmp_path / "bad.obj", vertices, faces)

@@ -1,0 +1,348 @@
+"""Kernels against the independent references of tests/_reference.py, named cases, goldens, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nmr_jax as nr
+from nmr_jax import _ffi
+from tests import _reference as ref
+from tests.conftest import reference_data
+
+NEAR, FAR = 0.1, 100.0
+
+
+def random_faces(rng: np.random.Generator, batch: int, faces: int, size: int) -> np.ndarray:
+    """Random faces with x, y on a 1/8-pixel grid (so edge tests are exact in float32 on both
+    sides and face ids can be compared exactly) and continuous depths, some before the near plane.
+    Faces behind the camera have their own named test: mixed-sign depths make 1 / sum(w / z)
+    ill-conditioned, and no two float32 implementations agree to 1e-5 there."""
+    step = 2.0 / (8 * size)
+    xy = rng.integers(-9 * size, 9 * size, size=(batch, faces, 3, 2)) * step
+    z = rng.uniform(0.05, 5.0, size=(batch, faces, 3, 1))
+    return np.concatenate([xy, z], -1).astype(np.float32)
+
+
+_reference_forward_jit = jax.jit(ref.forward, static_argnums=(1, 2, 3, 4))
+
+
+def reference_forward(fv, h, w):
+    return _reference_forward_jit(jnp.asarray(fv), h, w, NEAR, FAR)
+
+
+def kernel_maps(fv, h, w):
+    return _ffi.rasterize(jnp.asarray(fv), h, w, NEAR, FAR)
+
+
+def assert_maps_equal(fv, h, w):
+    fi, wt, d = kernel_maps(fv, h, w)
+    rfi, rwt, rd = reference_forward(fv, h, w)
+    np.testing.assert_array_equal(np.asarray(fi), np.asarray(rfi))
+    # Weights lie in [0, 1]; 1e-5 of that range (small weights come out of a cancellation).
+    np.testing.assert_allclose(wt, rwt, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d, rd, rtol=1e-5)
+    return fi, wt, d
+
+
+def test_forward_matches_reference_on_200_random_meshes():
+    # 4 image shapes x 50 meshes of 1..50 faces (unused slots hold culled faces), batched so that
+    # each shape compiles once.
+    rng = np.random.default_rng(0)
+    covered = 0
+    for h, w in [(8, 8), (16, 16), (32, 32), (24, 13)]:
+        fv = random_faces(rng, 50, 50, max(h, w))
+        n_faces = rng.integers(1, 51, size=50)
+        unused = np.arange(50)[None, :] >= n_faces[:, None]
+        fv[unused] = fv[unused][:, ::-1]  # reversed winding: these faces are culled
+        fi, _, _ = assert_maps_equal(fv, h, w)
+        covered += int((np.asarray(fi) >= 0).sum())
+    assert covered > 10_000  # the meshes really draw something
+
+
+def test_rgb_matches_reference_sampling():
+    rng = np.random.default_rng(1)
+    for t_size in (1, 2, 4):
+        fv = jnp.asarray(random_faces(rng, 2, 30, 24))
+        tex = jnp.asarray(rng.uniform(size=(2, 30, t_size, t_size, t_size, 3)), jnp.float32)
+        fi, wt, d = kernel_maps(fv, 24, 24)
+        got = _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)
+        want = ref.sample(fv, tex, fi, wt, d, 1e-3)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def one_triangle(z=1.0):
+    return np.array([[[[-0.5, -0.5, z], [0.5, -0.5, z], [0.0, 0.5, z]]]], np.float32)
+
+
+def test_one_triangle():
+    fi, wt, d = assert_maps_equal(one_triangle(2.0), 16, 16)
+    inside = np.asarray(fi[0]) == 0
+    assert 30 < inside.sum() < 80
+    np.testing.assert_allclose(np.asarray(d[0])[inside], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(wt[0]).sum(-1)[inside], 1.0, rtol=1e-6)
+
+
+def test_clockwise_face_is_culled():
+    fi, _, _ = kernel_maps(one_triangle()[..., [0, 2, 1], :], 16, 16)
+    assert (np.asarray(fi) == -1).all()
+
+
+def test_overlap_nearer_face_wins():
+    far_face = one_triangle(3.0)
+    near_face = one_triangle(2.0)
+    fi, _, d = assert_maps_equal(np.concatenate([far_face, near_face], 1), 16, 16)
+    drawn = np.asarray(fi) >= 0
+    assert (np.asarray(fi)[drawn] == 1).all()
+    np.testing.assert_allclose(np.asarray(d)[drawn], 2.0)
+
+
+def test_ties_lowest_face_index_wins():
+    tri = one_triangle(2.0)
+    fi, _, _ = assert_maps_equal(np.concatenate([tri, tri, tri], 1), 16, 16)
+    drawn = np.asarray(fi) >= 0
+    assert drawn.any() and (np.asarray(fi)[drawn] == 0).all()
+
+
+def test_behind_camera_and_outside_near_far_are_not_drawn():
+    for z in (-1.0, 0.0, 0.05, 0.099, 100.5, 200.0):
+        fi, _, d = kernel_maps(one_triangle(z), 16, 16)
+        assert (np.asarray(fi) == -1).all(), z
+        assert (np.asarray(d) == FAR).all()
+
+
+def test_pixel_centre_on_edge_is_inside():
+    # Pixel centres of a 4x4 image sit at NDC -0.75, -0.25, 0.25, 0.75: put an edge through them.
+    tri = np.array([[[[-0.75, -0.75, 1], [0.75, -0.75, 1], [-0.75, 0.75, 1]]]], np.float32)
+    fi, _, _ = assert_maps_equal(tri, 4, 4)
+    fi = np.asarray(fi[0])
+    assert fi[0].tolist() == [0, 0, 0, 0]  # bottom edge row (y = -0.75) is covered
+    assert fi[:, 0].tolist() == [0, 0, 0, 0]  # left edge column is covered
+    assert fi[3, 0] == 0 and fi[0, 3] == 0  # both far corners, on the hypotenuse
+
+
+def test_zero_area_face_draws_nothing_and_no_nan():
+    tri = np.array([[[[-0.5, -0.5, 1], [0.5, 0.5, 1], [0.0, 0.0, 1]]]], np.float32)
+    fi, wt, d = kernel_maps(tri, 16, 16)
+    assert (np.asarray(fi) == -1).all()
+    assert np.isfinite(np.asarray(wt)).all() and np.isfinite(np.asarray(d)).all()
+
+
+def test_nan_vertices_do_not_cover():
+    fv = np.concatenate([one_triangle(2.0), one_triangle(1.0)], 1)
+    fv[0, 1, 0, 0] = np.nan
+    fi, _, _ = kernel_maps(fv, 16, 16)
+    drawn = np.asarray(fi) >= 0
+    assert drawn.any() and (np.asarray(fi)[drawn] == 0).all()
+
+
+def kato_case(seed, size=12, channels=4):
+    rng = np.random.default_rng(seed)
+    fv = jnp.asarray(random_faces(rng, 2, 6, size))
+    fi, _, _ = kernel_maps(fv, size, size)
+    image = jnp.where(
+        (fi >= 0)[..., None],
+        jnp.asarray(rng.uniform(size=(2, size, size, channels)), jnp.float32),
+        0.2,
+    )
+    grad = jnp.asarray(rng.normal(size=(2, size, size, channels)), jnp.float32)
+    return fv, fi, image, grad
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kato_backward_matches_loop_reference(seed):
+    fv, fi, image, grad = kato_case(seed)
+    got = np.asarray(_ffi.kato_bwd(fv, fi, image, grad, 1e-3))
+    want = ref.kato(fv, fi, image, grad, np.float32(1e-3))
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
+    assert (got[..., 2] == 0).all()
+
+
+def test_texture_gradient_equals_jax_grad_of_reference():
+    rng = np.random.default_rng(2)
+    fv = jnp.asarray(random_faces(rng, 2, 20, 16))
+    tex = jnp.asarray(rng.uniform(size=(2, 20, 3, 3, 3, 3)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    fi, wt, d = kernel_maps(fv, 16, 16)
+    got = _ffi.sample_textures_bwd(fv, fi, wt, d, g, 1e-3, tex.shape)
+    want = jax.grad(lambda t: jnp.sum(ref.sample(fv, t, fi, wt, d, 1e-3) * g))(tex)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_depth_gradient_equals_jax_grad_of_reference():
+    rng = np.random.default_rng(3)
+    fv = random_faces(rng, 2, 12, 16)
+    fv[..., 2] = np.abs(fv[..., 2]) + 1.0  # all in front, so many pixels carry depth
+    fv = jnp.asarray(fv)
+    fi, wt, d = kernel_maps(fv, 16, 16)
+    g = jnp.asarray(rng.normal(size=(2, 16, 16)), jnp.float32)
+    got = _ffi.depth_bwd(fv, fi, wt, d, g)
+    want = jax.grad(lambda f: jnp.sum(ref.depth_at(f, fi, 16, 16) * g))(fv)
+    scale = np.abs(want).max()
+    assert scale > 0
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * scale)
+
+
+# Golden gradients of the original's tests (ALGORITHM.md): silhouette, image 64, no anti-aliasing,
+# perspective off, default eye, fill_back, eps 1e-4; loss at one pixel of the returned image.
+GOLDEN = [
+    (
+        [[0.8, 0.8, 1.0], [0.0, -0.5, 1.0], [0.2, -0.4, 1.0]],
+        (25, 35),
+        1.0,
+        [[1.6725862, -0.26021874, 0], [1.41986704, -1.64284933, 0], [0, 0, 0]],
+    ),
+    (
+        [[0.8, 0.8, 1.0], [-0.5, -0.8, 1.0], [0.8, -0.8, 1.0]],
+        (40, 50),
+        0.0,
+        [[0.98646867, 1.04628897, 0], [-1.03415668, -0.10403691, 0], [3.00094461, -1.55173182, 0]],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_golden_silhouette_gradients(case):
+    verts, (row, col), target, want = GOLDEN[case]
+    renderer = nr.Renderer(image_size=64, anti_aliasing=False, perspective=False)
+    faces = jnp.array([[0, 1, 2]], jnp.int32)
+
+    @jax.jit
+    def loss(v):
+        alpha = renderer.render_silhouettes(v, faces)
+        return jnp.abs(alpha[row, col] - target)
+
+    got = jax.grad(loss)(jnp.asarray(verts, jnp.float32))
+    # Reached: relative error 5e-6 (case 1) and 3e-5 (case 2) of the largest entry.
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_golden_silhouette_images():
+    """The original's silhouettes of the two gradient cases (64x64 PNGs)."""
+    data = reference_data()
+    import imageio.v3 as iio
+
+    renderer = nr.Renderer(image_size=64, anti_aliasing=False, perspective=False)
+    for case in (0, 1):
+        verts = jnp.asarray(GOLDEN[case][0], jnp.float32)
+        alpha = np.asarray(renderer.render_silhouettes(verts, jnp.array([[0, 1, 2]])))
+        png = iio.imread(data / "tests/data" / f"rasterize_silhouettes_case{case + 1}.png")
+        want = (png if png.ndim == 2 else png[..., 0]).astype(np.float32) / 255
+        # The original's case-1 image also marks its target pixel, which lies outside the face.
+        if case == 0:
+            row, col = GOLDEN[0][1]
+            assert alpha[row, col] == 0 and want[row, col] == 1
+            want[row, col] = 0
+        np.testing.assert_array_equal(alpha, want)
+
+
+def test_anti_aliasing_pools_2x2_and_flips():
+    fv = jnp.asarray(one_triangle(2.0))
+    big = nr.rasterize_silhouettes(fv, 16, anti_aliasing=False)
+    small = nr.rasterize_silhouettes(fv, 8, anti_aliasing=True)
+    np.testing.assert_allclose(small, big.reshape(1, 8, 2, 8, 2).mean((2, 4)))
+    fi = nr.rasterize_face_index_map(fv, 8, anti_aliasing=True)
+    assert fi.shape == (1, 16, 16)
+    np.testing.assert_array_equal(np.asarray(fi) >= 0, np.asarray(big) > 0)
+    # Row 0 is the top: the triangle's apex (y = +0.5) is in the upper half.
+    rows = np.nonzero(np.asarray(big[0]).any(1))[0]
+    assert np.asarray(big[0])[rows[0]].sum() < np.asarray(big[0])[rows[-1]].sum()
+
+
+def test_weight_map_and_face_index_map_agree_with_kernel():
+    rng = np.random.default_rng(4)
+    fv = random_faces(rng, 1, 20, 16)
+    fi, wt = nr.rasterize_face_index_map_and_weight_map(fv, 16, anti_aliasing=False)
+    rfi, rwt, _ = reference_forward(fv, 16, 16)
+    np.testing.assert_array_equal(fi, np.flip(np.asarray(rfi), 1))
+    np.testing.assert_allclose(nr.rasterize_weight_map(fv, 16, False), np.flip(rwt, 1), atol=1e-6)
+    assert nr.rasterize_face_index_map(fv, 16, False).dtype == jnp.int32
+    np.testing.assert_allclose(wt, np.flip(np.asarray(rwt), 1), atol=1e-6)
+
+
+def test_rgbad_jit_vmap_and_batch_broadcast():
+    rng = np.random.default_rng(5)
+    fv = jnp.asarray(random_faces(rng, 3, 10, 16))
+    tex = jnp.asarray(rng.uniform(size=(1, 10, 2, 2, 2, 3)), jnp.float32)  # shared by the batch
+    out = jax.jit(lambda f, t: nr.rasterize_rgbad(f, t, 16, anti_aliasing=True))(fv, tex)
+    assert out.rgb.shape == (3, 16, 16, 3) and out.alpha.shape == (3, 16, 16)
+    per_view = jax.vmap(lambda f: nr.rasterize_rgbad(f, tex[0], 16).rgb)(fv)
+    np.testing.assert_allclose(per_view, out.rgb, atol=1e-6)
+    # No batch dimension at all.
+    single = nr.rasterize(fv[1], tex[0], 16)
+    np.testing.assert_allclose(single, out.rgb[1], atol=1e-6)
+
+
+def test_gradients_flow_and_are_finite():
+    rng = np.random.default_rng(6)
+    fv = random_faces(rng, 2, 10, 16)
+    fv[..., 2] = np.abs(fv[..., 2]) + 1.0
+    tex = jnp.asarray(rng.uniform(size=(2, 10, 2, 2, 2, 3)), jnp.float32)
+    target = jnp.asarray(rng.uniform(size=(2, 16, 16, 3)), jnp.float32)
+
+    def loss(f, t):
+        out = nr.rasterize_rgbad(f, t, 16)
+        return jnp.sum((out.rgb - target) ** 2) + jnp.sum(out.depth) * 1e-3
+
+    gf, gt = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(fv), tex)
+    assert np.isfinite(gf).all() and np.isfinite(gt).all()
+    assert np.abs(gf).sum() > 0 and np.abs(gt).sum() > 0
+
+
+def test_vertices_to_faces_gathers_and_scatters():
+    v = jnp.arange(12, dtype=jnp.float32).reshape(4, 3)
+    f = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    np.testing.assert_array_equal(nr.vertices_to_faces(v, f), np.asarray(v)[np.asarray(f)])
+    g = jax.grad(lambda v: jnp.sum(nr.vertices_to_faces(v, f)))(v)
+    np.testing.assert_array_equal(g[:, 0], [1, 2, 2, 1])
+
+
+@pytest.mark.parametrize("bad", [-1, 4, 1000])
+@pytest.mark.parametrize("jit", [False, True])
+def test_face_index_out_of_range_raises(bad, jit):
+    v = jnp.zeros((4, 3), jnp.float32)
+    f = jnp.array([[0, 1, 2], [0, 1, bad]], jnp.int32)
+    fn = jax.jit(nr.vertices_to_faces) if jit else nr.vertices_to_faces
+    # Eagerly the runtime error surfaces as ValueError, under jit as JaxRuntimeError.
+    with pytest.raises((ValueError, jax.errors.JaxRuntimeError), match="faces holds vertex index"):
+        jax.block_until_ready(fn(v, f))
+
+
+def test_wrong_dtype_and_shape_raise_naming_the_argument():
+    v = jnp.zeros((4, 3), jnp.float32)
+    f = jnp.array([[0, 1, 2]], jnp.int32)
+    with pytest.raises(TypeError, match="faces"):
+        nr.vertices_to_faces(v, f.astype(jnp.float32))
+    with pytest.raises(TypeError, match="vertices"):
+        nr.vertices_to_faces(v.astype(jnp.complex64), f)
+    with pytest.raises(ValueError, match="vertices"):
+        nr.vertices_to_faces(jnp.zeros((4, 2)), f)
+    with pytest.raises(ValueError, match="faces"):
+        nr.rasterize_silhouettes(jnp.zeros((2, 3, 2)))
+    with pytest.raises(ValueError, match="textures"):
+        nr.rasterize(jnp.zeros((2, 3, 3)), jnp.zeros((3, 2, 2, 2, 3)))
+    with pytest.raises(ValueError, match="image_size"):
+        nr.rasterize_silhouettes(jnp.zeros((2, 3, 3)), image_size=0)
+    with pytest.raises(ValueError, match="batch"):
+        nr.vertices_to_faces(jnp.zeros((2, 4, 3)), jnp.zeros((3, 1, 3), jnp.int32))
+
+
+def test_bad_index_under_jit_leaves_the_process_alive():
+    code = (
+        "import jax, jax.numpy as jnp, nmr_jax as nr\n"
+        "try:\n"
+        "    jax.jit(nr.vertices_to_faces)(jnp.zeros((3, 3)), jnp.array([[0, 1, 99]]))"
+        ".block_until_ready()\n"
+        "except jax.errors.JaxRuntimeError as e:\n"
+        "    print('raised', 'faces' in str(e))\n"
+        "print('alive')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "raised True" in out.stdout and "alive" in out.stdout
