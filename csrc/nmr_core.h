@@ -29,14 +29,9 @@ NMR_HD float clampf(float v, float lo, float hi) { return fminf(fmaxf(v, lo), hi
 // A face projected to pixel space, with what every pixel test needs precomputed.
 struct Face {
   float x[3], y[3], z[3];  // Pixel coordinates and view depth of the three vertices.
-  float inv[9];            // Rows of M^-1, M = [[x0 x1 x2], [y0 y1 y2], [1 1 1]]: w_k = inv[3k..3k+2] . (x, y, 1).
+  float area2;             // Twice the signed area in pixels; > 0 for counter-clockwise (y up).
   bool visible;            // Front-facing, non-degenerate and finite in x and y.
 };
-
-// Twice the signed area in pixel space; positive for counter-clockwise faces (y up), which are kept.
-NMR_HD float signed_area2(const float* x, const float* y) {
-  return (y[2] - y[0]) * (x[1] - x[0]) - (y[1] - y[0]) * (x[2] - x[0]);
-}
 
 NMR_HD Face setup_face(const float* f, int height, int width) {
   Face face;
@@ -47,16 +42,17 @@ NMR_HD Face setup_face(const float* f, int height, int width) {
   }
   const float* x = face.x;
   const float* y = face.y;
-  const float area2 = signed_area2(x, y);
-  // The original culls only clockwise faces; zero-area faces are dropped too because their M is
-  // singular (NaN weights), and a NaN or infinite x/y makes the area NaN or infinite.
-  face.visible = area2 > 0.f && area2 <= FLT_MAX;
-  const float det = x[2] * (y[0] - y[1]) + x[0] * (y[1] - y[2]) + x[1] * (y[2] - y[0]);
-  const float adj[9] = {y[1] - y[2], x[2] - x[1], x[1] * y[2] - x[2] * y[1],
-                        y[2] - y[0], x[0] - x[2], x[2] * y[0] - x[0] * y[2],
-                        y[0] - y[1], x[1] - x[0], x[0] * y[1] - x[1] * y[0]};
-  for (int k = 0; k < 9; ++k) face.inv[k] = face.visible ? adj[k] / det : 0.f;
+  face.area2 = (y[2] - y[0]) * (x[1] - x[0]) - (y[1] - y[0]) * (x[2] - x[0]);
+  // The original culls only clockwise faces; zero-area faces are dropped too because their
+  // barycentrics divide by zero, and a NaN or infinite x/y makes the area NaN or infinite.
+  face.visible = face.area2 > 0.f && face.area2 <= FLT_MAX;
   return face;
+}
+
+// Column l (0: x, 1: y) of row k of M^-1, M = [[x0 x1 x2], [y0 y1 y2], [1 1 1]]: d w_k / d p_l.
+NMR_HD float inv_entry(const Face& f, int k, int l) {
+  const int k1 = (k + 1) % 3, k2 = (k + 2) % 3;
+  return (l == 0 ? f.y[k1] - f.y[k2] : f.x[k2] - f.x[k1]) / f.area2;
 }
 
 // Inclusive pixel range [lo, hi] of the pixel centres between a and b on an axis of n pixels;
@@ -84,11 +80,15 @@ NMR_HD bool covers(const Face& f, float xp, float yp) {
 }
 
 // Barycentric weights of a covered pixel, clamped to [0, 1] and renormalised as the original does,
-// and the perspective-correct depth zp = 1 / sum(w_k / z_k). Returns zp.
+// and the perspective-correct depth zp = 1 / sum(w_k / z_k). Returns zp. Each weight is its edge
+// function over the area: the same value as the original's M^-1 [x, y, 1], without that form's
+// cancellation of large terms (exact for vertices on a fine pixel grid).
 NMR_HD float interpolate(const Face& f, float xp, float yp, float* w) {
   float sum = 0.f;
   for (int k = 0; k < 3; ++k) {
-    w[k] = clampf(f.inv[3 * k] * xp + f.inv[3 * k + 1] * yp + f.inv[3 * k + 2], 0.f, 1.f);
+    const int k1 = (k + 1) % 3, k2 = (k + 2) % 3;
+    const float edge = (f.x[k2] - f.x[k1]) * (yp - f.y[k1]) - (f.y[k2] - f.y[k1]) * (xp - f.x[k1]);
+    w[k] = clampf(edge / f.area2, 0.f, 1.f);
     sum += w[k];
   }
   for (int k = 0; k < 3; ++k) w[k] /= sum;
@@ -168,13 +168,13 @@ NMR_HD void sample_texture(const float* face, const float* texture, const float*
 
 // Gradient of the depth map at one covered pixel w.r.t. its face's 9 NDC coordinates, the face
 // index held fixed: d zp / d z_k = w_k zp^2 / z_k^2 and d zp / d x_k = -zp^2 w_k tmp_x * (W / 2)
-// with tmp_l = -sum_m inv[m][l] / z_m (differentiating w = M^-1 p through M).
+// with tmp_l = -sum_m M^-1[m][l] / z_m (differentiating w = M^-1 p through M).
 NMR_HD void depth_grad(const Face& f, const float* w, float zp, float g, int height, int width,
                        float* grad) {
   const float zp2 = zp * zp;
   float tmp[2] = {0.f, 0.f};
   for (int m = 0; m < 3; ++m)
-    for (int l = 0; l < 2; ++l) tmp[l] -= f.inv[3 * m + l] / f.z[m];
+    for (int l = 0; l < 2; ++l) tmp[l] -= inv_entry(f, m, l) / f.z[m];
   const float half[2] = {0.5f * width, 0.5f * height};
   for (int k = 0; k < 3; ++k) {
     for (int l = 0; l < 2; ++l) grad[3 * k + l] = -g * tmp[l] * w[k] * zp2 * half[l];

@@ -28,12 +28,14 @@ def forward(fv, height, width, near, far):
     inside = area > 0
     for (xa, ya), (xb, yb) in [((x0, y0), (x1, y1)), ((x1, y1), (x2, y2)), ((x2, y2), (x0, y0))]:
         inside &= ~((yp - ya) * (xb - xa) < (xp - xa) * (yb - ya))
-    det = x2 * (y0 - y1) + x0 * (y1 - y2) + x1 * (y2 - y0)
-    w0 = ((y1 - y2) / det) * xp + ((x2 - x1) / det) * yp + (x1 * y2 - x2 * y1) / det
-    w1 = ((y2 - y0) / det) * xp + ((x0 - x2) / det) * yp + (x2 * y0 - x0 * y2) / det
-    w2 = ((y0 - y1) / det) * xp + ((x1 - x0) / det) * yp + (x0 * y1 - x1 * y0) / det
+    xs, ys = (x0, x1, x2), (y0, y1, y2)
+    w0, w1, w2 = (
+        ((xs[(k + 2) % 3] - xs[(k + 1) % 3]) * (yp - ys[(k + 1) % 3])
+         - (ys[(k + 2) % 3] - ys[(k + 1) % 3]) * (xp - xs[(k + 1) % 3])) / area
+        for k in range(3)
+    )  # fmt: skip
     w = jnp.clip(jnp.stack([w0, w1, w2], -1), 0.0, 1.0)
-    w = w / w.sum(-1, keepdims=True)
+    w = w / ((w[..., 0:1] + w[..., 1:2]) + w[..., 2:3])  # the kernel's summation order
     zp = 1.0 / (w[..., 0] / z[..., 0] + w[..., 1] / z[..., 1] + w[..., 2] / z[..., 2])
     ok = inside & (zp > near) & (zp < far)
     zmask = jnp.where(ok, zp, jnp.inf)
