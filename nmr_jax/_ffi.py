@@ -25,7 +25,9 @@ def _pad_batch(arrays: list[jax.Array], core_ranks: list[int]) -> tuple[list[jax
     """Left-pads the batch dims of each array with 1s to a common rank; returns the broadcast batch."""
     batches = [a.shape[: a.ndim - r] for a, r in zip(arrays, core_ranks, strict=True)]
     rank = max(len(b) for b in batches)
-    padded = [a.reshape((1,) * (rank - len(b)) + a.shape) for a, b in zip(arrays, batches, strict=True)]
+    padded = [
+        a.reshape((1,) * (rank - len(b)) + a.shape) for a, b in zip(arrays, batches, strict=True)
+    ]
     return padded, jnp.broadcast_shapes(*batches)
 
 
@@ -57,13 +59,14 @@ def rasterize(
         jax.ShapeDtypeStruct((*batch, height, width), jnp.float32),
     )
     call = jax.ffi.ffi_call("nmr_rasterize", out, vmap_method=_VMAP)
-    return call(
+    face_index, weights, depth = call(
         face_vertices,
         height=np.int32(height),
         width=np.int32(width),
         near=np.float32(near),
         far=np.float32(far),
     )
+    return face_index, weights, depth
 
 
 def sample_textures(
@@ -77,7 +80,9 @@ def sample_textures(
     """Trilinear texture colours at covered pixels -> rgb [*b, H, W, 3], 0 on background."""
     args, batch = _pad_batch([face_vertices, textures, face_index, weights, depth], [3, 5, 2, 3, 2])
     out = jax.ShapeDtypeStruct((*batch, *face_index.shape[-2:], 3), jnp.float32)
-    return jax.ffi.ffi_call("nmr_sample_textures", out, vmap_method=_VMAP)(*args, eps=np.float32(eps))
+    return jax.ffi.ffi_call("nmr_sample_textures", out, vmap_method=_VMAP)(
+        *args, eps=np.float32(eps)
+    )
 
 
 def sample_textures_bwd(

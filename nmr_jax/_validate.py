@@ -9,25 +9,28 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+# Array-like inputs that may also be given as plain tuples of floats (vectors, colours).
+VectorLike = ArrayLike | Sequence[float]
 
-def _dtype(x: ArrayLike) -> np.dtype:
+
+def _dtype(x: VectorLike) -> np.dtype:
     return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
-def float_array(name: str, x: ArrayLike, core: Sequence[int | None]) -> jax.Array:
+def float_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Array:
     """Returns ``x`` as float32 after checking its dtype and trailing ``core`` dims (None = any)."""
     dtype = _dtype(x)
-    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or dtype == bool:
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or dtype.kind == "b":
         raise TypeError(f"{name} must be a real float array, got dtype {dtype}")
     x = jnp.asarray(x, jnp.float32)
     _check_core(name, x.shape, core)
     return x
 
 
-def index_array(name: str, x: ArrayLike, core: Sequence[int | None]) -> jax.Array:
+def index_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Array:
     """Returns ``x`` as int32 after checking that it holds integers and its trailing dims."""
     dtype = _dtype(x)
-    if not np.issubdtype(dtype, np.integer) or dtype == bool:
+    if not np.issubdtype(dtype, np.integer) or dtype.kind == "b":
         raise TypeError(f"{name} must be an integer array (vertex indices), got dtype {dtype}")
     x = jnp.asarray(x, jnp.int32)
     _check_core(name, x.shape, core)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from nmr_jax._validate import VectorLike
+
 __all__ = ["get_points_from_angles", "look", "look_at", "perspective", "projection"]
 
 # Length below which a vector is treated as zero when normalising: far below any real camera
@@ -36,8 +38,8 @@ def _rotate(vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array) ->
 def look_at(
     vertices: ArrayLike,
     eye: ArrayLike,
-    at: ArrayLike = (0.0, 0.0, 0.0),
-    up: ArrayLike = (0.0, 1.0, 0.0),
+    at: VectorLike = (0.0, 0.0, 0.0),
+    up: VectorLike = (0.0, 1.0, 0.0),
 ) -> jax.Array:
     """Transforms world points into the camera frame of an eye looking at ``at``.
 
@@ -58,8 +60,8 @@ def look_at(
 def look(
     vertices: ArrayLike,
     eye: ArrayLike,
-    direction: ArrayLike = (0.0, 0.0, 1.0),
-    up: ArrayLike = (0.0, 1.0, 0.0),
+    direction: VectorLike = (0.0, 0.0, 1.0),
+    up: VectorLike = (0.0, 1.0, 0.0),
 ) -> jax.Array:
     """Like ``look_at``, but the camera looks along ``direction`` (float32 ``[..., 3]``)."""
     vertices, eye, direction, up = (

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from nmr_jax._validate import VectorLike
 from nmr_jax.camera import _normalize
 
 __all__ = ["lighting"]
@@ -16,9 +17,9 @@ def lighting(
     textures: ArrayLike,
     intensity_ambient: ArrayLike = 0.5,
     intensity_directional: ArrayLike = 0.5,
-    color_ambient: ArrayLike = (1.0, 1.0, 1.0),
-    color_directional: ArrayLike = (1.0, 1.0, 1.0),
-    direction: ArrayLike = (0.0, 1.0, 0.0),
+    color_ambient: VectorLike = (1.0, 1.0, 1.0),
+    color_directional: VectorLike = (1.0, 1.0, 1.0),
+    direction: VectorLike = (0.0, 1.0, 0.0),
 ) -> jax.Array:
     """Lights each face's texture cube by its world-space normal.
 
@@ -47,7 +48,11 @@ def lighting(
         )
     )
     ambient = ia[..., None] * ca  # [..., 3]
-    n = _normalize(jnp.cross(faces[..., 0, :] - faces[..., 1, :], faces[..., 2, :] - faces[..., 1, :]))
+    n = _normalize(
+        jnp.cross(faces[..., 0, :] - faces[..., 1, :], faces[..., 2, :] - faces[..., 1, :])
+    )
     cos = jax.nn.relu(jnp.sum(n * d[..., None, :], axis=-1))  # [..., F]
-    light = ambient[..., None, :] + (id_[..., None] * cd)[..., None, :] * cos[..., None]  # [..., F, 3]
+    light = (
+        ambient[..., None, :] + (id_[..., None] * cd)[..., None, :] * cos[..., None]
+    )  # [..., F, 3]
     return textures * light[..., :, None, None, None, :]

@@ -55,15 +55,15 @@ class Renderer:
     # 'look_at' and 'look' modes.
     perspective: bool = True
     viewing_angle: ArrayLike = 30.0  # Half the field of view, degrees.
-    eye: ArrayLike = _DEFAULT_EYE
-    camera_direction: ArrayLike = (0.0, 0.0, 1.0)  # 'look' mode only.
+    eye: check.VectorLike = _DEFAULT_EYE
+    camera_direction: check.VectorLike = (0.0, 0.0, 1.0)  # 'look' mode only.
     near: float = 0.1
     far: float = 100.0
     light_intensity_ambient: ArrayLike = 0.5
     light_intensity_directional: ArrayLike = 0.5
-    light_color_ambient: ArrayLike = (1.0, 1.0, 1.0)
-    light_color_directional: ArrayLike = (1.0, 1.0, 1.0)
-    light_direction: ArrayLike = (0.0, 1.0, 0.0)
+    light_color_ambient: check.VectorLike = (1.0, 1.0, 1.0)
+    light_color_directional: check.VectorLike = (1.0, 1.0, 1.0)
+    light_direction: check.VectorLike = (0.0, 1.0, 0.0)
     rasterizer_eps: float = 1e-3  # rgb rendering; silhouettes and depth use 1e-4 as the original.
 
     def __post_init__(self) -> None:
@@ -80,16 +80,20 @@ class Renderer:
         self,
         vertices: ArrayLike,
         *,
-        eye: ArrayLike | None = None,
-        K: ArrayLike | None = None,
-        R: ArrayLike | None = None,
-        t: ArrayLike | None = None,
-        dist_coeffs: ArrayLike | None = None,
+        eye: check.VectorLike | None = None,
+        K: check.VectorLike | None = None,
+        R: check.VectorLike | None = None,
+        t: check.VectorLike | None = None,
+        dist_coeffs: check.VectorLike | None = None,
     ) -> jax.Array:
         """World vertices float32 ``[..., V, 3]`` -> projected (NDC x, y; view depth z)."""
         v = check.float_array("vertices", vertices, (None, 3))
         if self.camera_mode == "projection":
-            K, R, t = (self.K if K is None else K), (self.R if R is None else R), (self.t if t is None else t)
+            K, R, t = (
+                (self.K if K is None else K),
+                (self.R if R is None else R),
+                (self.t if t is None else t),
+            )
             if K is None or R is None or t is None:
                 raise ValueError("camera_mode 'projection' needs K, R and t")
             dc = self.dist_coeffs if dist_coeffs is None else dist_coeffs
@@ -109,21 +113,23 @@ class Renderer:
             v = perspective(v, angle=self.viewing_angle)
         return v
 
-    def _faces(self, vertices: ArrayLike, faces: ArrayLike, **camera: ArrayLike | None) -> jax.Array:
+    def _faces(
+        self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
+    ) -> jax.Array:
         f = check.index_array("faces", faces, (None, 3))
         if self.fill_back:
             f = jnp.concatenate([f, f[..., ::-1]], axis=-2)
         return vertices_to_faces(self.transform(vertices, **camera), f)
 
     def render_silhouettes(
-        self, vertices: ArrayLike, faces: ArrayLike, **camera: ArrayLike | None
+        self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
     ) -> jax.Array:
         """alpha float32 ``[..., H, W]`` (1 where the mesh is). ``camera``: eye, K, R, t, dist_coeffs."""
         fv = self._faces(vertices, faces, **camera)
         return rasterize_silhouettes(fv, self.image_size, self.anti_aliasing, self.near, self.far)
 
     def render_depth(
-        self, vertices: ArrayLike, faces: ArrayLike, **camera: ArrayLike | None
+        self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
     ) -> jax.Array:
         """depth float32 ``[..., H, W]``, ``far`` on background. ``camera`` as ``render``."""
         fv = self._faces(vertices, faces, **camera)
@@ -135,7 +141,7 @@ class Renderer:
         faces: ArrayLike,
         textures: ArrayLike,
         *,
-        eye: ArrayLike | None = None,
+        eye: check.VectorLike | None = None,
         K: ArrayLike | None = None,
         R: ArrayLike | None = None,
         t: ArrayLike | None = None,
@@ -147,7 +153,7 @@ class Renderer:
           vertices: float32 ``[..., V, 3]`` world coordinates.
           faces: int32 ``[..., F, 3]`` vertex indices.
           textures: float32 ``[..., F, T, T, T, 3]`` colour cubes in [0, 1].
-          eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (so it can be optimised).
+          eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it).
 
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.

@@ -133,7 +133,9 @@ def kato(fv, face_index, image, grad, eps):
                         if face_index[bi][pix(d0, d1_in)] == fi:
                             end = n_along - 1 if direction > 0 else 0
                             for d1 in range(d1_out, end + direction, direction):
-                                visits.append((d1, np.sum((img[pix(d0, d1)] - i_in) * g[pix(d0, d1)])))
+                                visits.append(
+                                    (d1, np.sum((img[pix(d0, d1)] - i_in) * g[pix(d0, d1)]))
+                                )
                         if (d0f - a[i0]) * (d0f - a[i2]) < 0:
                             cross2 = (bb[i2] - bb[i0]) / (a[i2] - a[i0]) * (d0f - a[i0]) + bb[i0]
                         elif a[i1] != a[i2]:
@@ -152,7 +154,12 @@ def kato(fv, face_index, image, grad, eps):
                             for vert, lever_den in ((i0, a[i1] - d0f), (i1, d0f - a[i0])):
                                 if lever_den == 0:
                                     continue
-                                dist = (a[i1] - a[i0]) / lever_den * (f32(d1) - cross) * f32(2 / n_along)
+                                dist = (
+                                    (a[i1] - a[i0])
+                                    / lever_den
+                                    * (f32(d1) - cross)
+                                    * f32(2 / n_along)
+                                )
                                 dist = dist + eps if dist > 0 else dist - eps
                                 out[bi, fi, vert, 1 - axis] -= diff / dist
     return out

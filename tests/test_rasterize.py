@@ -1,4 +1,4 @@
-"""Kernels against the independent references of tests/_reference.py, named cases, goldens, errors."""
+"""Kernels against the independent references of tests/_reference.py; named cases, goldens."""
 
 from __future__ import annotations
 
