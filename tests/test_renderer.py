@@ -113,7 +113,8 @@ def test_jit_grad_through_projection_camera():
     assert 0 < float(alpha.mean()) < 1
 
     def loss(K, R, t):
-        return jnp.sum(r.render_silhouettes(v, f, K=K, R=R, t=t) * jnp.linspace(0, 1, 32))
+        rgb, _, _ = r.render(v, f, white(f, 2), K=K, R=R, t=t)
+        return jnp.sum(rgb * jnp.linspace(0, 1, 32)[:, None])
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(K, R, t)
     for g in grads:
