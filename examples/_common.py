@@ -18,25 +18,26 @@ import nmr_jax as nr
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "output"
 # The original's camera distance: 1 / tan(30 deg) + 1, at which a unit cube fills the 30-degree view.
 CAMERA_DISTANCE = 2.732
+# The original renderer's default image size, used by all its examples.
+IMAGE_SIZE = 256
 # Frame rate of the GIFs: smooth enough for a turntable, slow enough to follow an optimisation.
 GIF_FPS = 20
 
 
 def parser(
-    description: str, *, image_size: int, iterations: int | None = None, seed: bool = False
+    description: str, *, iterations: int | None = None, seed: bool = False
 ) -> argparse.ArgumentParser:
     """The options every example shares; ``--iterations`` and ``--seed`` only where they mean something.
 
     Args:
       description: the script's one-line purpose, shown by ``--help``.
-      image_size: default of ``--image-size``.
       iterations: default of ``--iterations``; None for a script without an optimisation loop.
       seed: whether the script draws random numbers and so takes ``--seed``.
     """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--mesh", default=None, help="OBJ file to use (default: the built-in teapot)")
     p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-    p.add_argument("--image-size", type=int, default=image_size)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     if iterations is not None:
         p.add_argument("--iterations", type=int, default=iterations)
     if seed:
@@ -55,7 +56,10 @@ def load_mesh(path: str | os.PathLike[str] | None) -> tuple[jax.Array, jax.Array
 
 
 def white_textures(n_faces: int, texture_size: int = 1) -> jax.Array:
-    """float32 ``[F, T, T, T, 3]`` of ones: a plain white mesh, shaded only by the lights."""
+    """float32 ``[F, T, T, T, 3]`` of ones: a plain white mesh, shaded only by the lights.
+
+    One texel per face (the default) is enough for a colour that does not vary over the face.
+    """
     return jnp.ones((n_faces, texture_size, texture_size, texture_size, 3), jnp.float32)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import (
+    IMAGE_SIZE,
     load_mesh,
     parser,
     render_views,
@@ -27,13 +28,11 @@ import nmr_jax as nr
 ELEVATION = 30.0
 # The original's turntable step: 90 frames per turn.
 AZIMUTH_STEP = 4.0
-# Texels per face edge: the mesh is plain white, so the one colour per face is all it needs.
-TEXTURE_SIZE = 1
 
 
 def run(
     mesh: str | os.PathLike[str] | None = None,
-    image_size: int = 256,
+    image_size: int = IMAGE_SIZE,
     azimuth_step: float = AZIMUTH_STEP,
     output_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
@@ -51,9 +50,7 @@ def run(
     vertices, faces = load_mesh(mesh)
     renderer = nr.Renderer(image_size=image_size)
     eyes = turntable_eyes(azimuth_step, ELEVATION)
-    frames = to_uint8(
-        render_views(renderer, vertices, faces, white_textures(len(faces), TEXTURE_SIZE), eyes)
-    )
+    frames = to_uint8(render_views(renderer, vertices, faces, white_textures(len(faces)), eyes))
     if output_dir is not None:
         write_gif(output_dir / "example1.gif", frames)
     return {"frames": frames}
@@ -61,7 +58,7 @@ def run(
 
 def main() -> None:
     """Command line entry point."""
-    p = parser(__doc__.splitlines()[0], image_size=256)
+    p = parser(__doc__.splitlines()[0])
     p.add_argument("--azimuth-step", type=float, default=AZIMUTH_STEP)
     args = p.parse_args()
     frames = run(args.mesh, args.image_size, args.azimuth_step, args.output_dir)["frames"]

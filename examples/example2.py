@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from _common import (
     CAMERA_DISTANCE,
+    IMAGE_SIZE,
     iou,
     load_mesh,
     overlay,
@@ -31,6 +32,8 @@ from tqdm import tqdm
 
 import nmr_jax as nr
 
+# The original's number of steps.
+ITERATIONS = 300
 # Adam's step, in world units per iteration: the teapot spans 2, so 300 steps can reshape it.
 LEARNING_RATE = 0.01
 # The original's view: from the side of the spout (+x), level with the teapot's equator.
@@ -49,8 +52,8 @@ def square(image_size: int) -> jax.Array:
 
 def run(
     mesh: str | os.PathLike[str] | None = None,
-    iterations: int = 300,
-    image_size: int = 256,
+    iterations: int = ITERATIONS,
+    image_size: int = IMAGE_SIZE,
     output_dir: Path | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -86,8 +89,9 @@ def run(
         updates, opt_state = optimizer.update(grads, opt_state)
         return optax.apply_updates(v, updates), opt_state, loss, silhouette
 
+    evaluate = jax.jit(loss_fn)
     opt_state = optimizer.init(vertices)
-    start = loss_fn(vertices)
+    start = evaluate(vertices)
     frames: list[np.ndarray] = []
     bar = tqdm(range(iterations), desc="example2", disable=not progress)
     for i in bar:
@@ -95,7 +99,7 @@ def run(
         bar.set_postfix(loss=f"{float(loss):.1f}")
         if output_dir is not None and i % FRAME_EVERY == 0:
             frames.append(overlay(silhouette, target))
-    end = jax.jit(loss_fn)(vertices)
+    end = evaluate(vertices)
 
     if output_dir is not None:
         frames.append(overlay(end[1], target))
@@ -112,7 +116,7 @@ def run(
 
 def main() -> None:
     """Command line entry point."""
-    args = parser(__doc__.splitlines()[0], image_size=256, iterations=300).parse_args()
+    args = parser(__doc__.splitlines()[0], iterations=ITERATIONS).parse_args()
     metrics = run(args.mesh, args.iterations, args.image_size, args.output_dir)
     print(
         f"IoU with the square: {metrics['iou_start']:.4f} at the start, "

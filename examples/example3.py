@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from _common import (
     CAMERA_DISTANCE,
+    IMAGE_SIZE,
     load_mesh,
     parser,
     render_views,
@@ -38,6 +39,8 @@ STRIPE_COLORS = (
     (0.25, 0.45, 0.90),
     (0.60, 0.30, 0.80),
 )
+# The original's number of steps.
+ITERATIONS = 300
 # Texels per face edge, as the original: enough for a stripe edge to cross a face.
 TEXTURE_SIZE = 4
 # The original's Adam: a large step (textures live in a tanh parameter, saturating near |p| = 3)
@@ -52,8 +55,9 @@ GIF_AZIMUTH_STEP = 12.0
 
 
 def stripes(image_size: int) -> jax.Array:
-    """float32 ``[S, S, 3]``: six horizontal stripes over the middle half of the rows, black above
-    and below; the teapot, normalised into [-1, 1] and seen orthographically, spans about those rows.
+    """float32 ``[S, S, 3]``: six horizontal stripes over the middle half of the rows, black elsewhere.
+
+    The teapot, normalised into [-1, 1] and seen orthographically, spans about those rows.
     """
     rows = np.arange(image_size)
     top, height = image_size // 4, image_size - 2 * (image_size // 4)
@@ -73,8 +77,8 @@ def to_textures(param: jax.Array) -> jax.Array:
 
 def run(
     mesh: str | os.PathLike[str] | None = None,
-    iterations: int = 300,
-    image_size: int = 256,
+    iterations: int = ITERATIONS,
+    image_size: int = IMAGE_SIZE,
     seed: int = 0,
     output_dir: Path | None = None,
     progress: bool = True,
@@ -146,7 +150,7 @@ def run(
 
 def main() -> None:
     """Command line entry point."""
-    args = parser(__doc__.splitlines()[0], image_size=256, iterations=300, seed=True).parse_args()
+    args = parser(__doc__.splitlines()[0], iterations=ITERATIONS, seed=True).parse_args()
     metrics = run(args.mesh, args.iterations, args.image_size, args.seed, args.output_dir)
     print(
         f"loss (mean over {360 / EVAL_AZIMUTH_STEP:.0f} views): "

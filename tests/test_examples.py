@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import imageio.v3 as iio
 import numpy as np
@@ -67,12 +68,12 @@ def test_example4_eye_reaches_the_reference_view(original_teapot: bool) -> None:
 
 @pytest.mark.parametrize("module", [example1, example2, example3, example4])
 def test_command_line_writes_its_pictures(
-    module: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    module: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = ["--output-dir", str(tmp_path), "--image-size", "16"]
     if module is not example1:
         args += ["--iterations", "2"]
     monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *args])
-    module.main()  # type: ignore[attr-defined]
+    module.main()
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written and all(p.startswith(module.__name__) for p in written), written
