@@ -1,7 +1,8 @@
 """The four examples, at reduced size: each optimisation must make the progress it exists to show.
 
-Sizes and iteration counts keep every test within about 30 s on a 2-core CPU; each bound was set
-with a margin below what the run reaches (the measured value is in the comment beside it).
+Sizes and iteration counts keep every test under 3 s on a 2-core CPU (the budget is 30 s); each
+bound was set with a margin below what the run reaches (the measured value is in the comment
+beside it).
 """
 
 from __future__ import annotations
