@@ -20,7 +20,10 @@ def _dtype(x: VectorLike) -> np.dtype:
 def float_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Array:
     """Returns ``x`` as float32 after checking its dtype and trailing ``core`` dims (None = any)."""
     dtype = _dtype(x)
-    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or dtype.kind == "b":
+    if (
+        not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
+        or dtype.kind == "b"
+    ):
         raise TypeError(f"{name} must be a real float array, got dtype {dtype}")
     x = jnp.asarray(x, jnp.float32)
     _check_core(name, x.shape, core)

@@ -113,13 +113,15 @@ class Renderer:
             v = perspective(v, angle=self.viewing_angle)
         return v
 
+    def _face_list(self, faces: ArrayLike) -> jax.Array:
+        """Checked faces, followed by their reversed copies when ``fill_back``."""
+        f = check.index_array("faces", faces, (None, 3))
+        return jnp.concatenate([f, f[..., ::-1]], axis=-2) if self.fill_back else f
+
     def _faces(
         self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
     ) -> jax.Array:
-        f = check.index_array("faces", faces, (None, 3))
-        if self.fill_back:
-            f = jnp.concatenate([f, f[..., ::-1]], axis=-2)
-        return vertices_to_faces(self.transform(vertices, **camera), f)
+        return vertices_to_faces(self.transform(vertices, **camera), self._face_list(faces))
 
     def render_silhouettes(
         self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
@@ -160,14 +162,11 @@ class Renderer:
         """
         camera = dict(eye=eye, K=K, R=R, t=t, dist_coeffs=dist_coeffs)
         tex = check.float_array("textures", textures, (None, None, None, None, 3))
-        f = check.index_array("faces", faces, (None, 3))
+        f = self._face_list(faces)
         if self.fill_back:
             tex = jnp.concatenate([tex, jnp.swapaxes(tex, -4, -2)], axis=-5)
         # Lighting uses world-space normals, so the reversed copies are lit from their own side.
-        world = vertices_to_faces(
-            check.float_array("vertices", vertices, (None, 3)),
-            jnp.concatenate([f, f[..., ::-1]], axis=-2) if self.fill_back else f,
-        )
+        world = vertices_to_faces(check.float_array("vertices", vertices, (None, 3)), f)
         tex = lighting(
             world,
             tex,
@@ -177,7 +176,7 @@ class Renderer:
             self.light_color_directional,
             self.light_direction,
         )
-        fv = self._faces(vertices, faces, **camera)
+        fv = vertices_to_faces(self.transform(vertices, **camera), f)
         out = rasterize_rgbad(
             fv,
             tex,
