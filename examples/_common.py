@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.typing import ArrayLike
 
 import nmr_jax as nr
@@ -83,6 +85,27 @@ def render_views(
     fields (lights, default eye) share one compilation.
     """
     return jax.vmap(lambda eye: renderer.render(vertices, faces, textures, eye=eye)[0])(eyes)
+
+
+def adam_step(
+    loss_fn: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+    optimizer: optax.GradientTransformation,
+) -> Callable[[jax.Array, optax.OptState], tuple[jax.Array, optax.OptState, jax.Array, jax.Array]]:
+    """A jitted optimiser step for ``loss_fn(params) -> (loss, silhouette)``.
+
+    The step returns ``(params, opt_state, loss, silhouette)``, the last two for the params
+    before the step.
+    """
+
+    @jax.jit
+    def step(
+        params: jax.Array, opt_state: optax.OptState
+    ) -> tuple[jax.Array, optax.OptState, jax.Array, jax.Array]:
+        (loss, silhouette), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss, silhouette
+
+    return step
 
 
 def iou(alpha: ArrayLike, target: ArrayLike) -> float:

@@ -19,6 +19,7 @@ import optax
 from _common import (
     CAMERA_DISTANCE,
     IMAGE_SIZE,
+    adam_step,
     iou,
     load_mesh,
     overlay,
@@ -80,14 +81,7 @@ def run(
         silhouette = renderer.render_silhouettes(v, faces, eye=eye)
         return jnp.sum((silhouette - target) ** 2), silhouette
 
-    @jax.jit
-    def step(
-        v: jax.Array, opt_state: optax.OptState
-    ) -> tuple[jax.Array, optax.OptState, jax.Array, jax.Array]:
-        """One Adam step; returns the loss and silhouette of ``v`` before the step."""
-        (loss, silhouette), grads = jax.value_and_grad(loss_fn, has_aux=True)(v)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(v, updates), opt_state, loss, silhouette
+    step = adam_step(loss_fn, optimizer)
 
     evaluate = jax.jit(loss_fn)
     opt_state = optimizer.init(vertices)

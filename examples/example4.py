@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import CAMERA_DISTANCE, IMAGE_SIZE, load_mesh, overlay, parser, write_gif
+from _common import CAMERA_DISTANCE, IMAGE_SIZE, adam_step, load_mesh, overlay, parser, write_gif
 from tqdm import tqdm
 
 import nmr_jax as nr
@@ -69,14 +69,7 @@ def run(
         silhouette = renderer.render_silhouettes(vertices, faces, eye=eye)
         return jnp.sum((silhouette - target) ** 2), silhouette
 
-    @jax.jit
-    def step(
-        eye: jax.Array, opt_state: optax.OptState
-    ) -> tuple[jax.Array, optax.OptState, jax.Array, jax.Array]:
-        """One Adam step; returns the loss and silhouette of ``eye`` before the step."""
-        (loss, silhouette), grads = jax.value_and_grad(loss_fn, has_aux=True)(eye)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(eye, updates), opt_state, loss, silhouette
+    step = adam_step(loss_fn, optimizer)
 
     eye = jnp.asarray(INITIAL_EYE, jnp.float32)
     opt_state = optimizer.init(eye)
