@@ -1,15 +1,25 @@
-// Python module exposing the CPU handlers as capsules for jax.ffi.register_ffi_target.
+// Python module exposing the XLA FFI handlers of one platform as capsules for
+// jax.ffi.register_ffi_target. Compiled twice: _nmr_jax_cpu (cpu_ops.cc) and, with NMR_JAX_CUDA
+// defined, _nmr_jax_cuda (cuda_ops.cu), so both register the same target names from this one list.
 #include <pybind11/pybind11.h>
 
 #include "xla/ffi/api/api.h"
 
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NmrGatherFacesCpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NmrScatterFacesCpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NmrRasterizeCpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NmrSampleTexturesCpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NmrSampleTexturesBwdCpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NmrKatoBwdCpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NmrDepthBwdCpu);
+#ifdef NMR_JAX_CUDA
+#define NMR_MODULE _nmr_jax_cuda
+#define NMR_HANDLER(name) name##Cuda
+#else
+#define NMR_MODULE _nmr_jax_cpu
+#define NMR_HANDLER(name) name##Cpu
+#endif
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrGatherFaces));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrScatterFaces));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrRasterize));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleTextures));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleTexturesBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrKatoBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrDepthBwd));
 
 namespace py = pybind11;
 
@@ -20,17 +30,17 @@ py::capsule capsule(T* fn) {
 }
 }  // namespace
 
-PYBIND11_MODULE(_nmr_jax_cpu, m) {
-  m.doc() = "CPU XLA FFI handlers of nmr_jax; target name -> capsule.";
+PYBIND11_MODULE(NMR_MODULE, m) {
+  m.doc() = "XLA FFI handlers of nmr_jax for one platform; target name -> capsule.";
   m.def("registrations", []() {
     py::dict d;
-    d["nmr_gather_faces"] = capsule(NmrGatherFacesCpu);
-    d["nmr_scatter_faces"] = capsule(NmrScatterFacesCpu);
-    d["nmr_rasterize"] = capsule(NmrRasterizeCpu);
-    d["nmr_sample_textures"] = capsule(NmrSampleTexturesCpu);
-    d["nmr_sample_textures_bwd"] = capsule(NmrSampleTexturesBwdCpu);
-    d["nmr_kato_bwd"] = capsule(NmrKatoBwdCpu);
-    d["nmr_depth_bwd"] = capsule(NmrDepthBwdCpu);
+    d["nmr_gather_faces"] = capsule(NMR_HANDLER(NmrGatherFaces));
+    d["nmr_scatter_faces"] = capsule(NMR_HANDLER(NmrScatterFaces));
+    d["nmr_rasterize"] = capsule(NMR_HANDLER(NmrRasterize));
+    d["nmr_sample_textures"] = capsule(NMR_HANDLER(NmrSampleTextures));
+    d["nmr_sample_textures_bwd"] = capsule(NMR_HANDLER(NmrSampleTexturesBwd));
+    d["nmr_kato_bwd"] = capsule(NMR_HANDLER(NmrKatoBwd));
+    d["nmr_depth_bwd"] = capsule(NMR_HANDLER(NmrDepthBwd));
     return d;
   });
 }

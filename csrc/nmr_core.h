@@ -271,4 +271,29 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
   }
 }
 
+// The fragments of a visible face, for a kernel that resolves visibility itself (the CUDA
+// rasterizer: an atomic minimum of depth and index per pixel, where draw_face tests and writes in
+// face order). Calls visit(pixel, zp, w) for each pixel centre of the face's box that passes the
+// edge test with its depth in (near, far); pixel is the flat [H, W] index. Columns x_lo + first,
+// x_lo + first + stride, ... of each row are visited, so that `stride` threads can share one face.
+template <typename Visit>
+NMR_HD void for_each_fragment(const Face& f, int height, int width, float near, float far, int first,
+                              int stride, Visit&& visit) {
+  if (!f.visible) return;
+  int x_lo, x_hi, y_lo, y_hi;
+  pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), width, &x_lo, &x_hi);
+  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), height, &y_lo, &y_hi);
+  for (int yi = y_lo; yi <= y_hi; ++yi) {
+    for (int xi = x_lo + first; xi <= x_hi; xi += stride) {
+      const float xp = static_cast<float>(xi);
+      const float yp = static_cast<float>(yi);
+      if (!covers(f, xp, yp)) continue;
+      float w[3];
+      const float zp = interpolate(f, xp, yp, w);
+      if (!(zp > near && zp < far)) continue;
+      visit(static_cast<int64_t>(yi) * width + xi, zp, w);
+    }
+  }
+}
+
 }  // namespace nmr

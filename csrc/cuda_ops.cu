@@ -1,0 +1,567 @@
+// XLA FFI handlers of nmr_jax for CUDA: the same targets, attributes and buffer layouts as
+// cpu_ops.cc, with the per-face and per-pixel math of nmr_core.h called from the kernels.
+//
+// Batch: the host walks the broadcast batch (batch.h) in chunks of kChunk elements and passes each
+// chunk's per-operand batch element indices by value; blockIdx.y picks the element of the chunk.
+// Visibility: pass 1 (a few threads per face) takes an atomic minimum of a 64-bit key, depth bits
+// above face index, per pixel; pass 2 (per pixel) decodes the face and recomputes its weights and
+// depth with the core's interpolate, so ties go to the lowest index as on the CPU, deterministically.
+// Gradients are summed with float atomicAdd: the summation order, not the terms, varies from run
+// to run (results agree with the CPU's to float rounding).
+// Indices: faces given to nmr_gather_faces are checked by a pre-pass whose flag is copied back
+// (one stream sync), so a bad index raises before any access. Every other target reads indices
+// that the gather or the rasterizer produced; there a bad index is skipped by the kernel and the
+// whole result is set to NaN (a GPU handler cannot raise without a sync), never a silent wrong value.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "batch.h"
+#include "nmr_core.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+using S32Out = ffi::ResultBuffer<ffi::S32>;
+using Stream = ffi::PlatformStream<cudaStream_t>;
+using Scratch = ffi::ScratchAllocator;
+
+constexpr int kThreads = 256;
+// Batch elements per launch and operands per target: 64 x 5 int64 = 2.5 KiB of kernel parameters,
+// under the 4 KiB that every architecture accepts.
+constexpr int kChunk = 64;
+constexpr int kMaxOperands = 5;
+// Threads sharing one face in the rasterizer's pass 1: big faces split their rows 8 ways, while
+// the many faces of a fine mesh (a pixel or less each) still keep most threads busy.
+constexpr int kLanesPerFace = 8;
+constexpr uint64_t kNoKey = ~0ull;  // Empty pixel in pass 1; no bad index in a check.
+
+// Batch element of each operand (in Broadcast::add order) for each element of one chunk.
+struct Chunk {
+  int64_t at[kChunk][kMaxOperands];
+};
+
+int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) {
+  return dims[dims.size() - from_end];
+}
+
+unsigned blocks(int64_t n, int per_block = kThreads) {
+  return static_cast<unsigned>((n + per_block - 1) / per_block);
+}
+
+ffi::Error cuda_error(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return ffi::Error::Success();
+  return ffi::Error::Internal(std::string("nmr_jax: CUDA error in ") + what + ": " +
+                              cudaGetErrorString(err));
+}
+
+// Launches launch(chunk, count) for each chunk of up to kChunk broadcast batch elements, each
+// launch followed by its error check.
+template <typename Launch>
+ffi::Error for_each_chunk(const nmr::Broadcast& bc, int operands, const char* what, Launch launch) {
+  for (int64_t b0 = 0; b0 < bc.size(); b0 += kChunk) {
+    Chunk chunk;
+    const int count = static_cast<int>(std::min<int64_t>(kChunk, bc.size() - b0));
+    for (int i = 0; i < count; ++i)
+      for (int id = 0; id < operands; ++id) chunk.at[i][id] = bc.at(id, b0 + i);
+    launch(chunk, count);
+    if (auto err = cuda_error(cudaGetLastError(), what); err.failure()) return err;
+  }
+  return ffi::Error::Success();
+}
+
+// Position of the first element of data[0, n) outside [lo, hi) in *first (which starts at kNoKey).
+__global__ void find_bad_index(const int32_t* data, int64_t n, int64_t lo, int64_t hi,
+                               unsigned long long* first) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n && (data[i] < lo || data[i] >= hi)) atomicMin(first, static_cast<unsigned long long>(i));
+}
+
+__global__ void poison_if_bad(const unsigned long long* first, float* out, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n && *first != kNoKey) out[i] = __int_as_float(0x7fc00000);  // quiet NaN
+}
+
+// Starts an index check: *first, in scratch memory, holds kNoKey until a bad index is found.
+ffi::Error start_check(cudaStream_t stream, Scratch& scratch, const int32_t* data, int64_t n, int64_t lo,
+                       int64_t hi, unsigned long long** first) {
+  auto mem = scratch.Allocate(sizeof(unsigned long long), sizeof(unsigned long long));
+  if (!mem.has_value()) return ffi::Error::Internal("nmr_jax: no scratch memory for an index check");
+  *first = static_cast<unsigned long long*>(*mem);
+  if (auto err = cuda_error(cudaMemsetAsync(*first, 0xff, sizeof(**first), stream), "index check");
+      err.failure())
+    return err;
+  if (n > 0) find_bad_index<<<blocks(n), kThreads, 0, stream>>>(data, n, lo, hi, *first);
+  return cuda_error(cudaGetLastError(), "index check");
+}
+
+// Sets the whole result to NaN when the check found a bad index (no sync: see the file comment).
+ffi::Error finish_check(cudaStream_t stream, const unsigned long long* first, F32Out& out) {
+  const int64_t n = static_cast<int64_t>(out->element_count());
+  if (n > 0) poison_if_bad<<<blocks(n), kThreads, 0, stream>>>(first, out->typed_data(), n);
+  return cuda_error(cudaGetLastError(), "index check");
+}
+
+// Copies n bytes to the host after the work queued on the stream, and waits for them.
+ffi::Error copy_to_host(cudaStream_t stream, void* dst, const void* src, size_t n) {
+  cudaError_t err = cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, stream);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+  return cuda_error(err, "index check");
+}
+
+__global__ void gather_kernel(const float* vertices, const int32_t* faces, float* face_vertices,
+                              int64_t V, int64_t F, Chunk chunk) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // face corner
+  if (i >= F * 3) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int32_t v = faces[at[1] * F * 3 + i];
+  if (v < 0 || v >= V) return;  // Checked before the launch; keeps the kernel safe regardless.
+  const float* src = vertices + at[0] * V * 3 + 3 * static_cast<int64_t>(v);
+  float* dst = face_vertices + at[2] * F * 9 + 3 * i;
+  for (int c = 0; c < 3; ++c) dst[c] = src[c];
+}
+
+ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S32 faces,
+                           F32Out face_vertices) {
+  nmr::Broadcast bc;
+  bc.add(vertices.dimensions(), 2);
+  bc.add(faces.dimensions(), 2);
+  bc.add(face_vertices->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t V = dim(vertices.dimensions(), 2);
+  const int64_t F = dim(faces.dimensions(), 2);
+  // Bail out on a corrupt index before it is used to read memory: check, copy the result back, wait.
+  unsigned long long* first;
+  const int64_t n = static_cast<int64_t>(faces.element_count());
+  if (auto err = start_check(stream, scratch, faces.typed_data(), n, 0, V, &first); err.failure())
+    return err;
+  unsigned long long bad = kNoKey;
+  if (auto err = copy_to_host(stream, &bad, first, sizeof(bad)); err.failure()) return err;
+  if (bad != kNoKey) {
+    int32_t value = 0;
+    if (auto err = copy_to_host(stream, &value, faces.typed_data() + bad, sizeof(value)); err.failure())
+      return err;
+    const int64_t face = static_cast<int64_t>(bad % static_cast<unsigned long long>(F * 3)) / 3;
+    return ffi::Error::InvalidArgument("nmr_jax: faces holds vertex index " + std::to_string(value) +
+                                       " at face " + std::to_string(face) + ", outside [0, " +
+                                       std::to_string(V) + ") (V = number of vertices)");
+  }
+  if (F == 0) return ffi::Error::Success();
+  return for_each_chunk(bc, 3, "nmr_gather_faces", [&](const Chunk& chunk, int count) {
+    gather_kernel<<<dim3(blocks(F * 3), count), kThreads, 0, stream>>>(
+        vertices.typed_data(), faces.typed_data(), face_vertices->typed_data(), V, F, chunk);
+  });
+}
+
+__global__ void scatter_kernel(const int32_t* faces, const float* grad, float* grad_vertices,
+                               int64_t V, int64_t F, Chunk chunk) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // face corner
+  if (i >= F * 3) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int32_t v = faces[at[0] * F * 3 + i];
+  if (v < 0 || v >= V) return;  // The result is set to NaN after the launch.
+  const float* src = grad + at[1] * F * 9 + 3 * i;
+  float* dst = grad_vertices + at[2] * V * 3 + 3 * static_cast<int64_t>(v);
+  for (int c = 0; c < 3; ++c) atomicAdd(dst + c, src[c]);
+}
+
+ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32 grad_face_vertices,
+                            F32Out grad_vertices) {
+  nmr::Broadcast bc;
+  bc.add(faces.dimensions(), 2);
+  bc.add(grad_face_vertices.dimensions(), 3);
+  bc.add(grad_vertices->dimensions(), 2);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t V = dim(grad_vertices->dimensions(), 2);
+  const int64_t F = dim(faces.dimensions(), 2);
+  unsigned long long* first;
+  if (auto err = start_check(stream, scratch, faces.typed_data(),
+                             static_cast<int64_t>(faces.element_count()), 0, V, &first);
+      err.failure())
+    return err;
+  if (auto err = cuda_error(cudaMemsetAsync(grad_vertices->typed_data(), 0,
+                                            grad_vertices->size_bytes(), stream),
+                            "nmr_scatter_faces");
+      err.failure())
+    return err;
+  if (F > 0) {
+    auto err = for_each_chunk(bc, 3, "nmr_scatter_faces", [&](const Chunk& chunk, int count) {
+      scatter_kernel<<<dim3(blocks(F * 3), count), kThreads, 0, stream>>>(
+          faces.typed_data(), grad_face_vertices.typed_data(), grad_vertices->typed_data(), V, F, chunk);
+    });
+    if (err.failure()) return err;
+  }
+  return finish_check(stream, first, grad_vertices);
+}
+
+// Order-preserving code of a float: unsigned comparison of codes is float comparison.
+__device__ __forceinline__ uint32_t ordered_bits(float v) {
+  const uint32_t u = __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Pass 1: kLanesPerFace threads per face; keys [out batch, H, W] hold min(depth code << 32 | face).
+__global__ void raster_faces_kernel(const float* face_vertices, int64_t F, int height, int width,
+                                    float near, float far, unsigned long long* keys, Chunk chunk) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t f = t / kLanesPerFace;
+  if (f >= F) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * f, height, width);
+  unsigned long long* image_keys = keys + at[1] * height * static_cast<int64_t>(width);
+  const unsigned long long index = static_cast<uint32_t>(f);
+  nmr::for_each_fragment(face, height, width, near, far, static_cast<int>(t % kLanesPerFace),
+                         kLanesPerFace, [&](int64_t p, float zp, const float*) {
+                           atomicMin(image_keys + p,
+                                     (static_cast<unsigned long long>(ordered_bits(zp)) << 32) | index);
+                         });
+}
+
+// Pass 2, per pixel: the winning face's weights and depth, exactly as the CPU computes them.
+__global__ void raster_pixels_kernel(const float* face_vertices, int64_t F, int height, int width,
+                                     float far, const unsigned long long* keys, int32_t* face_index,
+                                     float* weights, float* depth, Chunk chunk) {
+  const int64_t P = static_cast<int64_t>(height) * width;
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t q = at[1] * P + p;
+  const unsigned long long key = keys[q];
+  if (key == kNoKey) {
+    face_index[q] = -1;
+    for (int k = 0; k < 3; ++k) weights[3 * q + k] = 0.f;
+    depth[q] = far;
+    return;
+  }
+  const int32_t f = static_cast<int32_t>(key & 0xffffffffu);
+  const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f),
+                                         height, width);
+  const float xp = static_cast<float>(p % width);
+  const float yp = static_cast<float>(p / width);
+  face_index[q] = f;
+  depth[q] = nmr::interpolate(face, xp, yp, weights + 3 * q);
+}
+
+ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, int32_t height,
+                         int32_t width, float near, float far, S32Out face_index, F32Out weights,
+                         F32Out depth) {
+  nmr::Broadcast bc;
+  bc.add(face_vertices.dimensions(), 3);
+  bc.add(face_index->dimensions(), 2);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int64_t P = static_cast<int64_t>(height) * width;
+  const int64_t pixels = static_cast<int64_t>(face_index->element_count());
+  if (pixels == 0) return ffi::Error::Success();
+  auto mem = scratch.Allocate(pixels * sizeof(unsigned long long), sizeof(unsigned long long));
+  if (!mem.has_value())
+    return ffi::Error::Internal("nmr_jax: no scratch memory for the depth buffer (8 bytes a pixel)");
+  auto* keys = static_cast<unsigned long long*>(*mem);
+  if (auto err = cuda_error(cudaMemsetAsync(keys, 0xff, pixels * sizeof(*keys), stream), "nmr_rasterize");
+      err.failure())
+    return err;
+  if (F > 0) {
+    auto err = for_each_chunk(bc, 2, "nmr_rasterize", [&](const Chunk& chunk, int count) {
+      raster_faces_kernel<<<dim3(blocks(F * kLanesPerFace), count), kThreads, 0, stream>>>(
+          face_vertices.typed_data(), F, height, width, near, far, keys, chunk);
+    });
+    if (err.failure()) return err;
+  }
+  return for_each_chunk(bc, 2, "nmr_rasterize", [&](const Chunk& chunk, int count) {
+    raster_pixels_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
+        face_vertices.typed_data(), F, height, width, far, keys, face_index->typed_data(),
+        weights->typed_data(), depth->typed_data(), chunk);
+  });
+}
+
+// Operands of the per-pixel texture kernels, in Broadcast::add order.
+__global__ void sample_kernel(const float* face_vertices, const float* textures,
+                              const int32_t* face_index, const float* weights, const float* depth,
+                              int64_t F, int T, int64_t P, float eps, float* rgb, Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t cube = static_cast<int64_t>(T) * T * T * 3;
+  const int64_t q = at[2] * P + p;
+  float* out = rgb + (at[3] * P + p) * 3;
+  const int32_t f = face_index[q];
+  if (f < 0 || f >= F) {  // Background (or a bad index: the result is set to NaN after the launch).
+    for (int c = 0; c < 3; ++c) out[c] = 0.f;
+    return;
+  }
+  nmr::sample_texture(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f),
+                      textures + (at[1] * F + f) * cube, weights + 3 * q, depth[q], T, eps, out);
+}
+
+ffi::Error SampleTexturesImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, F32 textures,
+                              S32 face_index, F32 weights, F32 depth, float eps, F32Out rgb) {
+  nmr::Broadcast bc;
+  bc.add(face_vertices.dimensions(), 3);
+  bc.add(textures.dimensions(), 5);
+  bc.add(face_index.dimensions(), 2);
+  bc.add(rgb->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int T = static_cast<int>(dim(textures.dimensions(), 2));
+  const int64_t P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+  if (P == 0) return ffi::Error::Success();
+  unsigned long long* first;
+  if (auto err = start_check(stream, scratch, face_index.typed_data(),
+                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
+      err.failure())
+    return err;
+  auto err = for_each_chunk(bc, 4, "nmr_sample_textures", [&](const Chunk& chunk, int count) {
+    sample_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
+        face_vertices.typed_data(), textures.typed_data(), face_index.typed_data(),
+        weights.typed_data(), depth.typed_data(), F, T, P, eps, rgb->typed_data(), chunk);
+  });
+  if (err.failure()) return err;
+  return finish_check(stream, first, rgb);
+}
+
+__global__ void sample_bwd_kernel(const float* face_vertices, const int32_t* face_index,
+                                  const float* weights, const float* depth, const float* grad_rgb,
+                                  int64_t F, int T, int64_t P, float eps, float* grad_textures,
+                                  Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t cube = static_cast<int64_t>(T) * T * T * 3;
+  const int64_t q = at[1] * P + p;
+  const int32_t f = face_index[q];
+  if (f < 0 || f >= F) return;
+  int32_t idx[8];
+  float tw[8];
+  nmr::texture_taps(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f), weights + 3 * q,
+                    depth[q], T, eps, idx, tw);
+  const float* g = grad_rgb + (at[2] * P + p) * 3;
+  float* cell = grad_textures + (at[3] * F + f) * cube;
+  for (int c = 0; c < 8; ++c)
+    for (int ch = 0; ch < 3; ++ch) atomicAdd(cell + 3 * idx[c] + ch, tw[c] * g[ch]);
+}
+
+ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices,
+                                 S32 face_index, F32 weights, F32 depth, F32 grad_rgb, float eps,
+                                 F32Out grad_textures) {
+  nmr::Broadcast bc;
+  bc.add(face_vertices.dimensions(), 3);
+  bc.add(face_index.dimensions(), 2);
+  bc.add(grad_rgb.dimensions(), 3);
+  bc.add(grad_textures->dimensions(), 5);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int T = static_cast<int>(dim(grad_textures->dimensions(), 2));
+  const int64_t P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+  if (auto err = cuda_error(cudaMemsetAsync(grad_textures->typed_data(), 0,
+                                            grad_textures->size_bytes(), stream),
+                            "nmr_sample_textures_bwd");
+      err.failure())
+    return err;
+  if (P == 0) return ffi::Error::Success();
+  unsigned long long* first;
+  if (auto err = start_check(stream, scratch, face_index.typed_data(),
+                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
+      err.failure())
+    return err;
+  auto err = for_each_chunk(bc, 4, "nmr_sample_textures_bwd", [&](const Chunk& chunk, int count) {
+    sample_bwd_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
+        face_vertices.typed_data(), face_index.typed_data(), weights.typed_data(), depth.typed_data(),
+        grad_rgb.typed_data(), F, T, P, eps, grad_textures->typed_data(), chunk);
+  });
+  if (err.failure()) return err;
+  return finish_check(stream, first, grad_textures);
+}
+
+// One thread per face: Kato's scans of its edges read the image, the face's 9 sums go out atomically.
+__global__ void kato_kernel(const float* face_vertices, const int32_t* face_index, const float* image,
+                            const float* grad_image, int64_t F, int height, int width, int C, float eps,
+                            float* grad_face_vertices, Chunk chunk) {
+  const int64_t f = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (f >= F) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t P = static_cast<int64_t>(height) * width;
+  const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * f, height, width);
+  float grad[9] = {};
+  nmr::kato_face_grad(face, static_cast<int32_t>(f), height, width, C, face_index + at[1] * P,
+                      image + at[2] * P * C, grad_image + at[3] * P * C, eps, grad);
+  float* out = grad_face_vertices + at[4] * F * 9 + 9 * f;
+  for (int k = 0; k < 9; ++k)
+    if (grad[k] != 0.f) atomicAdd(out + k, grad[k]);
+}
+
+ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
+                       F32 image, F32 grad_image, float eps, F32Out grad_face_vertices) {
+  nmr::Broadcast bc;
+  bc.add(face_vertices.dimensions(), 3);
+  bc.add(face_index.dimensions(), 2);
+  bc.add(image.dimensions(), 3);
+  bc.add(grad_image.dimensions(), 3);
+  bc.add(grad_face_vertices->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int H = static_cast<int>(dim(face_index.dimensions(), 2));
+  const int W = static_cast<int>(dim(face_index.dimensions(), 1));
+  const int C = static_cast<int>(dim(image.dimensions(), 1));
+  if (auto err = cuda_error(cudaMemsetAsync(grad_face_vertices->typed_data(), 0,
+                                            grad_face_vertices->size_bytes(), stream),
+                            "nmr_kato_bwd");
+      err.failure())
+    return err;
+  if (F == 0) return ffi::Error::Success();
+  // The kernel only compares face ids (never indexes with them), but a bad id is still a bad input.
+  unsigned long long* first;
+  if (auto err = start_check(stream, scratch, face_index.typed_data(),
+                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
+      err.failure())
+    return err;
+  auto err = for_each_chunk(bc, 5, "nmr_kato_bwd", [&](const Chunk& chunk, int count) {
+    kato_kernel<<<dim3(blocks(F), count), kThreads, 0, stream>>>(
+        face_vertices.typed_data(), face_index.typed_data(), image.typed_data(), grad_image.typed_data(),
+        F, H, W, C, eps, grad_face_vertices->typed_data(), chunk);
+  });
+  if (err.failure()) return err;
+  return finish_check(stream, first, grad_face_vertices);
+}
+
+__global__ void depth_bwd_kernel(const float* face_vertices, const int32_t* face_index,
+                                 const float* weights, const float* depth, const float* grad_depth,
+                                 int64_t F, int height, int width, float* grad_face_vertices,
+                                 Chunk chunk) {
+  const int64_t P = static_cast<int64_t>(height) * width;
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t q = at[1] * P + p;
+  const int32_t f = face_index[q];
+  const float g = grad_depth[at[2] * P + p];
+  if (f < 0 || f >= F || g == 0.f) return;
+  const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f),
+                                         height, width);
+  float grad[9];
+  nmr::depth_grad(face, weights + 3 * q, depth[q], g, height, width, grad);
+  float* out = grad_face_vertices + (at[3] * F + f) * 9;
+  for (int k = 0; k < 9; ++k) atomicAdd(out + k, grad[k]);
+}
+
+ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
+                        F32 weights, F32 depth, F32 grad_depth, F32Out grad_face_vertices) {
+  nmr::Broadcast bc;
+  bc.add(face_vertices.dimensions(), 3);
+  bc.add(face_index.dimensions(), 2);
+  bc.add(grad_depth.dimensions(), 2);
+  bc.add(grad_face_vertices->dimensions(), 3);
+  if (auto err = bc.finish(); err.failure()) return err;
+  const int64_t F = dim(face_vertices.dimensions(), 3);
+  const int H = static_cast<int>(dim(face_index.dimensions(), 2));
+  const int W = static_cast<int>(dim(face_index.dimensions(), 1));
+  const int64_t P = static_cast<int64_t>(H) * W;
+  if (auto err = cuda_error(cudaMemsetAsync(grad_face_vertices->typed_data(), 0,
+                                            grad_face_vertices->size_bytes(), stream),
+                            "nmr_depth_bwd");
+      err.failure())
+    return err;
+  if (P == 0) return ffi::Error::Success();
+  unsigned long long* first;
+  if (auto err = start_check(stream, scratch, face_index.typed_data(),
+                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
+      err.failure())
+    return err;
+  auto err = for_each_chunk(bc, 4, "nmr_depth_bwd", [&](const Chunk& chunk, int count) {
+    depth_bwd_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
+        face_vertices.typed_data(), face_index.typed_data(), weights.typed_data(), depth.typed_data(),
+        grad_depth.typed_data(), F, H, W, grad_face_vertices->typed_data(), chunk);
+  });
+  if (err.failure()) return err;
+  return finish_check(stream, first, grad_face_vertices);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFacesCuda, GatherFacesImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<Stream>()
+                                  .Ctx<Scratch>()
+                                  .Arg<F32>()  // vertices [*b, V, 3]
+                                  .Arg<S32>()  // faces [*b, F, 3]
+                                  .Ret<F32>()  // face_vertices [*b, F, 3, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFacesCuda, ScatterFacesImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<Stream>()
+                                  .Ctx<Scratch>()
+                                  .Arg<S32>()  // faces [*b, F, 3]
+                                  .Arg<F32>()  // grad_face_vertices [*b, F, 3, 3]
+                                  .Ret<F32>()  // grad_vertices [*b, V, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterizeCuda, RasterizeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<Stream>()
+                                  .Ctx<Scratch>()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3], NDC x, y and view z
+                                  .Attr<int32_t>("height")
+                                  .Attr<int32_t>("width")
+                                  .Attr<float>("near")
+                                  .Attr<float>("far")
+                                  .Ret<S32>()  // face_index [*b, H, W]
+                                  .Ret<F32>()  // weights [*b, H, W, 3]
+                                  .Ret<F32>()  // depth [*b, H, W]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesCuda, SampleTexturesImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<Stream>()
+                                  .Ctx<Scratch>()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<F32>()  // textures [*b, F, T, T, T, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // weights [*b, H, W, 3]
+                                  .Arg<F32>()  // depth [*b, H, W]
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // rgb [*b, H, W, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwdCuda, SampleTexturesBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<Stream>()
+                                  .Ctx<Scratch>()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // weights [*b, H, W, 3]
+                                  .Arg<F32>()  // depth [*b, H, W]
+                                  .Arg<F32>()  // grad_rgb [*b, H, W, 3]
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // grad_textures [*b, F, T, T, T, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwdCuda, KatoBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<Stream>()
+                                  .Ctx<Scratch>()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // image [*b, H, W, C]: rgb and/or alpha, as rasterized
+                                  .Arg<F32>()  // grad_image [*b, H, W, C]
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // grad_face_vertices [*b, F, 3, 3]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrDepthBwdCuda, DepthBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<Stream>()
+                                  .Ctx<Scratch>()
+                                  .Arg<F32>()  // face_vertices [*b, F, 3, 3]
+                                  .Arg<S32>()  // face_index [*b, H, W]
+                                  .Arg<F32>()  // weights [*b, H, W, 3]
+                                  .Arg<F32>()  // depth [*b, H, W]
+                                  .Arg<F32>()  // grad_depth [*b, H, W]
+                                  .Ret<F32>()  // grad_face_vertices [*b, F, 3, 3]
+);
