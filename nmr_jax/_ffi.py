@@ -9,6 +9,9 @@ operands. Attributes are cast to numpy scalars here: a Python float would arrive
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +20,14 @@ from nmr_jax import _nmr_jax_cpu  # type: ignore[attr-defined]
 
 for _name, _capsule in _nmr_jax_cpu.registrations().items():
     jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
+
+# The CUDA module exists when the package was built with nvcc; it imports without a GPU (a CUDA
+# registration waits harmlessly on a CPU-only jaxlib). A module present but broken must raise.
+HAS_CUDA_BUILD = importlib.util.find_spec("nmr_jax._nmr_jax_cuda") is not None
+if HAS_CUDA_BUILD:
+    _cuda = importlib.import_module("nmr_jax._nmr_jax_cuda")
+    for _name, _capsule in _cuda.registrations().items():
+        jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
 
 _VMAP = "expand_dims"
 
