@@ -1,0 +1,122 @@
+"""GPU benchmark of nmr_jax's CUDA kernels: the teapot and a 100k-face torus, 256^2 to 1024^2,
+batch 1 to 64, forward (rgb and alpha) and forward+backward (gradient of an L2 image loss w.r.t.
+the vertices). Times are medians of jitted calls after warm-up (compilation excluded).
+
+Every image of a batch sees the mesh from its own azimuth (look-at from the original's default
+distance, 30 degree half-angle perspective); faces are drawn with their reversed copies (the
+original's ``fill_back``), colours come from 2^3 texture cubes shared by the batch, no lighting,
+no anti-aliasing (so the image size is the rasterized size).
+
+Usage: ``python benchmarks/bench_gpu.py`` (all entries) or ``--quick`` (teapot 256^2 batch 1,
+torus 1024^2 batch 1). Without a GPU it prints why and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import nmr_jax as nr
+from nmr_jax import _ffi
+
+DISTANCE, ELEVATION, ANGLE = 2.732, 30.0, 30.0
+
+
+def torus(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Torus (radii 0.7 and 0.3, axis y) of n x n quads = 2 n^2 faces, outward counter-clockwise."""
+    u, w = np.meshgrid(np.arange(n) * 2 * np.pi / n, np.arange(n) * 2 * np.pi / n, indexing="ij")
+    r = 0.7 + 0.3 * np.cos(w)
+    verts = np.stack([r * np.cos(u), 0.3 * np.sin(w), r * np.sin(u)], -1).reshape(-1, 3)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    a, b = i * n + j, ((i + 1) % n) * n + j
+    c, d = ((i + 1) % n) * n + (j + 1) % n, i * n + (j + 1) % n
+    faces = np.concatenate([np.stack([a, d, b], -1), np.stack([b, d, c], -1)]).reshape(-1, 3)
+    return verts.astype(np.float32), faces.astype(np.int32)
+
+
+def scenes() -> dict[str, tuple[jax.Array, jax.Array]]:
+    v, f = nr.data.teapot()
+    tv, tf = torus(224)  # 100,352 faces
+    return {"teapot": (v, f), "torus100k": (jnp.asarray(tv), jnp.asarray(tf))}
+
+
+def make_fns(vertices: jax.Array, faces: jax.Array, size: int, batch: int):
+    """Jitted forward and forward+backward of the vertices, for `batch` views."""
+    both_sides = jnp.concatenate([faces, faces[:, ::-1]], 0)
+    textures = jnp.full((both_sides.shape[0], 2, 2, 2, 3), 0.7, jnp.float32)
+    azimuths = jnp.linspace(0.0, 360.0, batch, endpoint=False)
+    eyes = nr.get_points_from_angles(DISTANCE, ELEVATION, azimuths)  # [batch, 3]
+
+    def render(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        projected = nr.perspective(nr.look_at(jnp.broadcast_to(v, (batch, *v.shape)), eyes), ANGLE)
+        fv = nr.vertices_to_faces(projected, both_sides)
+        out = nr.rasterize_rgbad(
+            fv, textures, size, anti_aliasing=False, return_depth=False
+        )  # fmt: skip
+        return out.rgb, out.alpha
+
+    def loss(v: jax.Array) -> jax.Array:
+        rgb, alpha = render(v)
+        # A dense incoming gradient on every pixel and channel, as an image-fitting loss gives.
+        return jnp.sum((rgb - 0.3) ** 2) + jnp.sum((alpha - 0.5) ** 2)
+
+    return jax.jit(render), jax.jit(jax.grad(loss))
+
+
+def median_ms(fn: Callable, arg: jax.Array, repeats: int) -> float:
+    jax.block_until_ready(fn(arg))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(arg))
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two entries only")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per entry")
+    args = parser.parse_args()
+    try:
+        gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        print("bench_gpu: no GPU here (jax.devices('gpu') is unavailable): nothing to measure.")
+        return 0
+    if not _ffi.HAS_CUDA_BUILD:
+        print(
+            "bench_gpu: a GPU is present but nmr_jax was built without CUDA: reinstall with nvcc."
+        )
+        return 1
+    if args.quick:
+        entries = [("teapot", 256, 1), ("torus100k", 1024, 1)]
+    else:
+        entries = [
+            (scene, size, batch)
+            for scene in ("teapot", "torus100k")
+            for size in (256, 512, 1024)
+            for batch in (1, 8, 64)
+        ]
+    print(f"device: {gpu.device_kind}; jax {jax.__version__}; median of {args.repeats} calls")
+    print("| scene | faces drawn | image | batch | forward ms | forward+backward ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    meshes = scenes()
+    with jax.default_device(gpu):
+        for scene, size, batch in entries:
+            vertices, faces = (jax.device_put(a, gpu) for a in meshes[scene])
+            forward, grad = make_fns(vertices, faces, size, batch)
+            fwd = median_ms(forward, vertices, args.repeats)
+            bwd = median_ms(grad, vertices, args.repeats)
+            drawn = 2 * faces.shape[0]
+            print(f"| {scene} | {drawn} | {size}^2 | {batch} | {fwd:.2f} | {bwd:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
