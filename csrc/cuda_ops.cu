@@ -10,8 +10,9 @@
 // to run (results agree with the CPU's to float rounding).
 // Indices: faces given to nmr_gather_faces are checked by a pre-pass whose flag is copied back
 // (one stream sync), so a bad index raises before any access. Every other target reads indices
-// that the gather or the rasterizer produced; there a bad index is skipped by the kernel and the
-// whole result is set to NaN (a GPU handler cannot raise without a sync), never a silent wrong value.
+// that the gather or the rasterizer produced; there a kernel checks each index where it reads it,
+// never uses a bad one, and flags it, and the whole result is then set to NaN (a GPU handler
+// cannot raise without a sync): never a silent wrong value.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -77,35 +78,48 @@ ffi::Error for_each_chunk(const nmr::Broadcast& bc, int operands, const char* wh
   return ffi::Error::Success();
 }
 
-// Position of the first element of data[0, n) outside [lo, hi) in *first (which starts at kNoKey).
-__global__ void find_bad_index(const int32_t* data, int64_t n, int64_t lo, int64_t hi,
-                               unsigned long long* first) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n && (data[i] < lo || data[i] >= hi)) atomicMin(first, static_cast<unsigned long long>(i));
-}
-
-__global__ void poison_if_bad(const unsigned long long* first, float* out, int64_t n) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n && *first != kNoKey) out[i] = __int_as_float(0x7fc00000);  // quiet NaN
-}
-
-// Starts an index check: *first, in scratch memory, holds kNoKey until a bad index is found.
-ffi::Error start_check(cudaStream_t stream, Scratch& scratch, const int32_t* data, int64_t n, int64_t lo,
-                       int64_t hi, unsigned long long** first) {
+// A device flag of bad indices holds the first bad position seen, kNoKey while there is none.
+ffi::Error new_flag(cudaStream_t stream, Scratch& scratch, unsigned long long** flag) {
   auto mem = scratch.Allocate(sizeof(unsigned long long), sizeof(unsigned long long));
   if (!mem.has_value()) return ffi::Error::Internal("nmr_jax: no scratch memory for an index check");
-  *first = static_cast<unsigned long long*>(*mem);
-  if (auto err = cuda_error(cudaMemsetAsync(*first, 0xff, sizeof(**first), stream), "index check");
-      err.failure())
-    return err;
-  if (n > 0) find_bad_index<<<blocks(n), kThreads, 0, stream>>>(data, n, lo, hi, *first);
+  *flag = static_cast<unsigned long long*>(*mem);
+  return cuda_error(cudaMemsetAsync(*flag, 0xff, sizeof(**flag), stream), "index check");
+}
+
+__device__ __forceinline__ void flag_bad(unsigned long long* flag, int64_t position) {
+  atomicMin(flag, static_cast<unsigned long long>(position));
+}
+
+// Flags the elements of data[0, n) outside [lo, hi), for targets that do not read every index.
+__global__ void find_bad_index(const int32_t* data, int64_t n, int64_t lo, int64_t hi,
+                               unsigned long long* flag) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n && (data[i] < lo || data[i] >= hi)) flag_bad(flag, i);
+}
+
+ffi::Error launch_find_bad_index(cudaStream_t stream, const int32_t* data, int64_t n, int64_t lo,
+                                 int64_t hi, unsigned long long* flag) {
+  if (n > 0) find_bad_index<<<blocks(n), kThreads, 0, stream>>>(data, n, lo, hi, flag);
   return cuda_error(cudaGetLastError(), "index check");
 }
 
-// Sets the whole result to NaN when the check found a bad index (no sync: see the file comment).
-ffi::Error finish_check(cudaStream_t stream, const unsigned long long* first, F32Out& out) {
+// A fixed, small grid: in the normal case (nothing flagged) each block reads the flag and exits.
+constexpr unsigned kPoisonBlocks = 128;
+
+__global__ void poison_if_flagged(const unsigned long long* flag, float* out, int64_t n) {
+  if (*flag == kNoKey) return;
+  const float nan = __int_as_float(0x7fc00000);  // quiet NaN
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = nan;
+}
+
+// Sets the whole result to NaN when a bad index was flagged (no sync: see the file comment).
+ffi::Error launch_poison(cudaStream_t stream, const unsigned long long* flag, F32Out& out) {
   const int64_t n = static_cast<int64_t>(out->element_count());
-  if (n > 0) poison_if_bad<<<blocks(n), kThreads, 0, stream>>>(first, out->typed_data(), n);
+  if (n > 0)
+    poison_if_flagged<<<std::min(blocks(n), kPoisonBlocks), kThreads, 0, stream>>>(
+        flag, out->typed_data(), n);
   return cuda_error(cudaGetLastError(), "index check");
 }
 
@@ -138,12 +152,13 @@ ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S
   const int64_t V = dim(vertices.dimensions(), 2);
   const int64_t F = dim(faces.dimensions(), 2);
   // Bail out on a corrupt index before it is used to read memory: check, copy the result back, wait.
-  unsigned long long* first;
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   const int64_t n = static_cast<int64_t>(faces.element_count());
-  if (auto err = start_check(stream, scratch, faces.typed_data(), n, 0, V, &first); err.failure())
+  if (auto err = launch_find_bad_index(stream, faces.typed_data(), n, 0, V, flag); err.failure())
     return err;
   unsigned long long bad = kNoKey;
-  if (auto err = copy_to_host(stream, &bad, first, sizeof(bad)); err.failure()) return err;
+  if (auto err = copy_to_host(stream, &bad, flag, sizeof(bad)); err.failure()) return err;
   if (bad != kNoKey) {
     int32_t value = 0;
     if (auto err = copy_to_host(stream, &value, faces.typed_data() + bad, sizeof(value)); err.failure())
@@ -161,12 +176,16 @@ ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S
 }
 
 __global__ void scatter_kernel(const int32_t* faces, const float* grad, float* grad_vertices,
-                               int64_t V, int64_t F, Chunk chunk) {
+                               int64_t V, int64_t F, unsigned long long* flag, Chunk chunk) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // face corner
   if (i >= F * 3) return;
   const int64_t* at = chunk.at[blockIdx.y];
-  const int32_t v = faces[at[0] * F * 3 + i];
-  if (v < 0 || v >= V) return;  // The result is set to NaN after the launch.
+  const int64_t j = at[0] * F * 3 + i;
+  const int32_t v = faces[j];
+  if (v < 0 || v >= V) {
+    flag_bad(flag, j);
+    return;
+  }
   const float* src = grad + at[1] * F * 9 + 3 * i;
   float* dst = grad_vertices + at[2] * V * 3 + 3 * static_cast<int64_t>(v);
   for (int c = 0; c < 3; ++c) atomicAdd(dst + c, src[c]);
@@ -181,11 +200,8 @@ ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32
   if (auto err = bc.finish(); err.failure()) return err;
   const int64_t V = dim(grad_vertices->dimensions(), 2);
   const int64_t F = dim(faces.dimensions(), 2);
-  unsigned long long* first;
-  if (auto err = start_check(stream, scratch, faces.typed_data(),
-                             static_cast<int64_t>(faces.element_count()), 0, V, &first);
-      err.failure())
-    return err;
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   if (auto err = cuda_error(cudaMemsetAsync(grad_vertices->typed_data(), 0,
                                             grad_vertices->size_bytes(), stream),
                             "nmr_scatter_faces");
@@ -194,11 +210,12 @@ ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32
   if (F > 0) {
     auto err = for_each_chunk(bc, 3, "nmr_scatter_faces", [&](const Chunk& chunk, int count) {
       scatter_kernel<<<dim3(blocks(F * 3), count), kThreads, 0, stream>>>(
-          faces.typed_data(), grad_face_vertices.typed_data(), grad_vertices->typed_data(), V, F, chunk);
+          faces.typed_data(), grad_face_vertices.typed_data(), grad_vertices->typed_data(), V, F, flag,
+          chunk);
     });
     if (err.failure()) return err;
   }
-  return finish_check(stream, first, grad_vertices);
+  return launch_poison(stream, flag, grad_vertices);
 }
 
 // Order-preserving code of a float: unsigned comparison of codes is float comparison.
@@ -284,7 +301,8 @@ ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices
 // Operands of the per-pixel texture kernels, in Broadcast::add order.
 __global__ void sample_kernel(const float* face_vertices, const float* textures,
                               const int32_t* face_index, const float* weights, const float* depth,
-                              int64_t F, int T, int64_t P, float eps, float* rgb, Chunk chunk) {
+                              int64_t F, int T, int64_t P, float eps, float* rgb,
+                              unsigned long long* flag, Chunk chunk) {
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
   const int64_t* at = chunk.at[blockIdx.y];
@@ -292,7 +310,8 @@ __global__ void sample_kernel(const float* face_vertices, const float* textures,
   const int64_t q = at[2] * P + p;
   float* out = rgb + (at[3] * P + p) * 3;
   const int32_t f = face_index[q];
-  if (f < 0 || f >= F) {  // Background (or a bad index: the result is set to NaN after the launch).
+  if (f < -1 || f >= F) flag_bad(flag, q);
+  if (f < 0 || f >= F) {
     for (int c = 0; c < 3; ++c) out[c] = 0.f;
     return;
   }
@@ -312,30 +331,28 @@ ffi::Error SampleTexturesImpl(cudaStream_t stream, Scratch scratch, F32 face_ver
   const int T = static_cast<int>(dim(textures.dimensions(), 2));
   const int64_t P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
   if (P == 0) return ffi::Error::Success();
-  unsigned long long* first;
-  if (auto err = start_check(stream, scratch, face_index.typed_data(),
-                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
-      err.failure())
-    return err;
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   auto err = for_each_chunk(bc, 4, "nmr_sample_textures", [&](const Chunk& chunk, int count) {
     sample_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
         face_vertices.typed_data(), textures.typed_data(), face_index.typed_data(),
-        weights.typed_data(), depth.typed_data(), F, T, P, eps, rgb->typed_data(), chunk);
+        weights.typed_data(), depth.typed_data(), F, T, P, eps, rgb->typed_data(), flag, chunk);
   });
   if (err.failure()) return err;
-  return finish_check(stream, first, rgb);
+  return launch_poison(stream, flag, rgb);
 }
 
 __global__ void sample_bwd_kernel(const float* face_vertices, const int32_t* face_index,
                                   const float* weights, const float* depth, const float* grad_rgb,
                                   int64_t F, int T, int64_t P, float eps, float* grad_textures,
-                                  Chunk chunk) {
+                                  unsigned long long* flag, Chunk chunk) {
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
   const int64_t* at = chunk.at[blockIdx.y];
   const int64_t cube = static_cast<int64_t>(T) * T * T * 3;
   const int64_t q = at[1] * P + p;
   const int32_t f = face_index[q];
+  if (f < -1 || f >= F) flag_bad(flag, q);
   if (f < 0 || f >= F) return;
   int32_t idx[8];
   float tw[8];
@@ -365,18 +382,15 @@ ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_
       err.failure())
     return err;
   if (P == 0) return ffi::Error::Success();
-  unsigned long long* first;
-  if (auto err = start_check(stream, scratch, face_index.typed_data(),
-                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
-      err.failure())
-    return err;
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   auto err = for_each_chunk(bc, 4, "nmr_sample_textures_bwd", [&](const Chunk& chunk, int count) {
     sample_bwd_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
         face_vertices.typed_data(), face_index.typed_data(), weights.typed_data(), depth.typed_data(),
-        grad_rgb.typed_data(), F, T, P, eps, grad_textures->typed_data(), chunk);
+        grad_rgb.typed_data(), F, T, P, eps, grad_textures->typed_data(), flag, chunk);
   });
   if (err.failure()) return err;
-  return finish_check(stream, first, grad_textures);
+  return launch_poison(stream, flag, grad_textures);
 }
 
 // One thread per face: Kato's scans of its edges read the image, the face's 9 sums go out atomically.
@@ -415,10 +429,11 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
       err.failure())
     return err;
   if (F == 0) return ffi::Error::Success();
-  // The kernel only compares face ids (never indexes with them), but a bad id is still a bad input.
-  unsigned long long* first;
-  if (auto err = start_check(stream, scratch, face_index.typed_data(),
-                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
+  // The kernel only compares face ids with its own and reads few of them: check them all first.
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
+  if (auto err = launch_find_bad_index(stream, face_index.typed_data(),
+                                       static_cast<int64_t>(face_index.element_count()), -1, F, flag);
       err.failure())
     return err;
   auto err = for_each_chunk(bc, 5, "nmr_kato_bwd", [&](const Chunk& chunk, int count) {
@@ -427,19 +442,20 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
         F, H, W, C, eps, grad_face_vertices->typed_data(), chunk);
   });
   if (err.failure()) return err;
-  return finish_check(stream, first, grad_face_vertices);
+  return launch_poison(stream, flag, grad_face_vertices);
 }
 
 __global__ void depth_bwd_kernel(const float* face_vertices, const int32_t* face_index,
                                  const float* weights, const float* depth, const float* grad_depth,
                                  int64_t F, int height, int width, float* grad_face_vertices,
-                                 Chunk chunk) {
+                                 unsigned long long* flag, Chunk chunk) {
   const int64_t P = static_cast<int64_t>(height) * width;
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
   const int64_t* at = chunk.at[blockIdx.y];
   const int64_t q = at[1] * P + p;
   const int32_t f = face_index[q];
+  if (f < -1 || f >= F) flag_bad(flag, q);
   const float g = grad_depth[at[2] * P + p];
   if (f < 0 || f >= F || g == 0.f) return;
   const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f),
@@ -468,18 +484,15 @@ ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices,
       err.failure())
     return err;
   if (P == 0) return ffi::Error::Success();
-  unsigned long long* first;
-  if (auto err = start_check(stream, scratch, face_index.typed_data(),
-                             static_cast<int64_t>(face_index.element_count()), -1, F, &first);
-      err.failure())
-    return err;
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   auto err = for_each_chunk(bc, 4, "nmr_depth_bwd", [&](const Chunk& chunk, int count) {
     depth_bwd_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
         face_vertices.typed_data(), face_index.typed_data(), weights.typed_data(), depth.typed_data(),
-        grad_depth.typed_data(), F, H, W, grad_face_vertices->typed_data(), chunk);
+        grad_depth.typed_data(), F, H, W, grad_face_vertices->typed_data(), flag, chunk);
   });
   if (err.failure()) return err;
-  return finish_check(stream, first, grad_face_vertices);
+  return launch_poison(stream, flag, grad_face_vertices);
 }
 
 }  // namespace
