@@ -130,6 +130,7 @@ ffi::Error copy_to_host(cudaStream_t stream, void* dst, const void* src, size_t 
   return cuda_error(err, "index check");
 }
 
+// Per face corner. chunk.at: vertices, faces, face_vertices.
 __global__ void gather_kernel(const float* vertices, const int32_t* faces, float* face_vertices,
                               int64_t V, int64_t F, Chunk chunk) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // face corner
@@ -175,6 +176,7 @@ ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S
   });
 }
 
+// Per face corner. chunk.at: faces, grad_face_vertices, grad_vertices.
 __global__ void scatter_kernel(const int32_t* faces, const float* grad, float* grad_vertices,
                                int64_t V, int64_t F, unsigned long long* flag, Chunk chunk) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // face corner
@@ -225,6 +227,7 @@ __device__ __forceinline__ uint32_t ordered_bits(float v) {
 }
 
 // Pass 1: kLanesPerFace threads per face; keys [out batch, H, W] hold min(depth code << 32 | face).
+// chunk.at (both passes): face_vertices, maps.
 __global__ void raster_faces_kernel(const float* face_vertices, int64_t F, int height, int width,
                                     float near, float far, unsigned long long* keys, Chunk chunk) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -298,7 +301,7 @@ ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices
   });
 }
 
-// Operands of the per-pixel texture kernels, in Broadcast::add order.
+// Per pixel. chunk.at: face_vertices, textures, pixel maps, rgb (the Broadcast::add order).
 __global__ void sample_kernel(const float* face_vertices, const float* textures,
                               const int32_t* face_index, const float* weights, const float* depth,
                               int64_t F, int T, int64_t P, float eps, float* rgb,
@@ -342,6 +345,7 @@ ffi::Error SampleTexturesImpl(cudaStream_t stream, Scratch scratch, F32 face_ver
   return launch_poison(stream, flag, rgb);
 }
 
+// Per pixel. chunk.at: face_vertices, pixel maps, grad_rgb, grad_textures.
 __global__ void sample_bwd_kernel(const float* face_vertices, const int32_t* face_index,
                                   const float* weights, const float* depth, const float* grad_rgb,
                                   int64_t F, int T, int64_t P, float eps, float* grad_textures,
@@ -394,6 +398,7 @@ ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_
 }
 
 // One thread per face: Kato's scans of its edges read the image, the face's 9 sums go out atomically.
+// chunk.at: face_vertices, face_index, image, grad_image, grad_face_vertices.
 __global__ void kato_kernel(const float* face_vertices, const int32_t* face_index, const float* image,
                             const float* grad_image, int64_t F, int height, int width, int C, float eps,
                             float* grad_face_vertices, Chunk chunk) {
@@ -445,6 +450,7 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
   return launch_poison(stream, flag, grad_face_vertices);
 }
 
+// Per pixel. chunk.at: face_vertices, pixel maps, grad_depth, grad_face_vertices.
 __global__ void depth_bwd_kernel(const float* face_vertices, const int32_t* face_index,
                                  const float* weights, const float* depth, const float* grad_depth,
                                  int64_t F, int height, int width, float* grad_face_vertices,
