@@ -94,8 +94,40 @@ raster_maps.defvjp(_raster_fwd, _raster_bwd)
 def face_index_and_weights(
     face_vertices: jax.Array, cfg: RasterConfig
 ) -> tuple[jax.Array, jax.Array]:
-    """The fork's maps (not differentiable): face_index [*b, H, W], weights [*b, H, W, 3]."""
-    face_index, weights, _ = _ffi.rasterize(
+    """The fork's maps: face_index [*b, H, W] and weights [*b, H, W, 3], the weights
+    differentiable in x and y of the face vertices with the face index held fixed."""
+    face_index, _, _ = _ffi.rasterize(
         jax.lax.stop_gradient(face_vertices), cfg.height, cfg.width, cfg.near, cfg.far
     )
-    return face_index, weights
+    return face_index, _weights_at(face_vertices, face_index)
+
+
+def _weights_at(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
+    """Barycentric weights [*b, H, W, 3] of each pixel's face, 0 on background, in jnp.
+
+    The kernel's formula (nmr_core.h ``interpolate``: edge function over twice the area, clamped
+    to [0, 1], renormalised) written with jnp so that autodiff gives its exact derivative within
+    the face, as nvdiffrast's ``interpolate``; the face index (where each face is drawn) is data.
+    """
+    height, width = face_index.shape[-2:]
+    batch = face_index.shape[:-2]
+    covered = face_index >= 0
+    flat = face_vertices.reshape(*batch, -1, 9)
+    rows = jnp.maximum(face_index, 0).reshape(*batch, height * width, 1)
+    face = jnp.take_along_axis(flat, rows, axis=-2).reshape(*batch, height, width, 3, 3)
+    x = 0.5 * (face[..., 0] * width + width - 1)  # pixel coordinates, as nmr_core.h to_pixel
+    y = 0.5 * (face[..., 1] * height + height - 1)
+    xp = jnp.arange(width, dtype=jnp.float32)[:, None]
+    yp = jnp.arange(height, dtype=jnp.float32)[:, None, None]
+    x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]
+    y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
+    # Covered pixels belong to faces of positive area; the guard only keeps background finite.
+    area2 = jnp.where(covered, (y2 - y0) * (x1 - x0) - (y1 - y0) * (x2 - x0), 1.0)
+    k1, k2 = [1, 2, 0], [2, 0, 1]
+    edge = (x[..., k2] - x[..., k1]) * (yp - y[..., k1]) - (y[..., k2] - y[..., k1]) * (
+        xp - x[..., k1]
+    )
+    w = jnp.clip(edge / area2[..., None], 0.0, 1.0)
+    total = jnp.sum(w, axis=-1, keepdims=True)
+    w = w / jnp.where(total > 0, total, 1.0)
+    return jnp.where(covered[..., None], w, 0.0)

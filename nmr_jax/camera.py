@@ -7,6 +7,8 @@ or ``[..., 3]``). Camera space is left-handed as in the original: x right, y up,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -95,7 +97,7 @@ def projection(
     R: ArrayLike,
     t: ArrayLike,
     dist_coeffs: ArrayLike,
-    orig_size: float,
+    orig_size: float | Sequence[float],
     eps: float = 1e-9,
 ) -> jax.Array:
     """Pinhole projection with lens distortion, as OpenCV and the PyTorch port.
@@ -106,7 +108,8 @@ def projection(
       R: float32 ``[..., 3, 3]`` world-to-camera rotation.
       t: float32 ``[..., 3]`` (or ``[..., 1, 3]``) translation.
       dist_coeffs: float32 ``[..., 5]``: ``k1, k2, p1, p2, k3``.
-      orig_size: size in pixels of the image K refers to.
+      orig_size: size in pixels of the image K refers to: ``S``, or ``(H, W)`` for a
+        non-square one (u is then scaled by W and v by H).
       eps: added to z before the division (the original's guard against z = 0).
 
     Returns:
@@ -129,9 +132,10 @@ def projection(
     uv1 = jnp.stack([x__, y__, jnp.ones_like(x__)], axis=-1)
     uv = jnp.einsum("...vi,...ji->...vj", uv1, K)
     u, v_ = uv[..., 0], uv[..., 1]
-    v_ = orig_size - v_  # image rows grow downwards; NDC y grows upwards
-    u = 2 * (u - orig_size / 2.0) / orig_size
-    v_ = 2 * (v_ - orig_size / 2.0) / orig_size
+    height, width = orig_size if isinstance(orig_size, Sequence) else (orig_size, orig_size)
+    v_ = height - v_  # image rows grow downwards; NDC y grows upwards
+    u = 2 * (u - width / 2.0) / width
+    v_ = 2 * (v_ - height / 2.0) / height
     return jnp.stack([u, v_, z], axis=-1)
 
 

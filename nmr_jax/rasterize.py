@@ -219,8 +219,14 @@ def rasterize_face_index_map_and_weight_map(
 
     Returns:
       ``face_index``: int32 ``[..., H', W']``, -1 on background; ``weights``: float32
-      ``[..., H', W', 3]`` barycentric weights of the face's three vertices (0 on background).
-      Not differentiable (gradients stop here).
+      ``[..., H', W', 3]`` screen-space barycentric weights of the face's three vertices (0 on
+      background).
+
+    The weights are differentiable in x and y of ``faces`` (z has no effect on them): the exact
+    derivative within each face with the face index held fixed, as nvdiffrast's ``interpolate``,
+    so values interpolated with them (``sum_k w_k a[face_index, k]``) pass gradients to the
+    vertices too. Pixels gained or lost as an edge moves are not seen by this gradient (use the
+    rgb or alpha images, whose Kato gradient is about them).
     """
     fv, _, cfg = _config(faces, None, image_size, anti_aliasing, near, far, DEFAULT_EPS, (0, 0, 0))
     face_index, weights = _ops.face_index_and_weights(fv, cfg)

@@ -8,6 +8,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from nmr_jax import _validate as check
@@ -51,7 +52,7 @@ class Renderer:
     R: ArrayLike | None = None
     t: ArrayLike | None = None
     dist_coeffs: ArrayLike | None = None
-    orig_size: int = 1024
+    orig_size: int | tuple[int, int] = 1024  # S or (H, W)
     # 'look_at' and 'look' modes.
     perspective: bool = True
     viewing_angle: ArrayLike = 30.0  # Half the field of view, degrees.
@@ -86,7 +87,12 @@ class Renderer:
         t: check.VectorLike | None = None,
         dist_coeffs: check.VectorLike | None = None,
     ) -> jax.Array:
-        """World vertices float32 ``[..., V, 3]`` -> projected (NDC x, y; view depth z)."""
+        """World vertices float32 ``[..., V, 3]`` -> projected (NDC x, y; view depth z).
+
+        With a non-square ``image_size`` and a 'look_at' or 'look' camera, x is scaled by
+        ``height / width`` so that the image is not stretched; 'projection' needs no such
+        correction when ``orig_size`` is ``(height, width)`` of the image K refers to.
+        """
         v = check.float_array("vertices", vertices, (None, 3))
         if self.camera_mode == "projection":
             K, R, t = (
@@ -111,6 +117,11 @@ class Renderer:
             v = look(v, e, direction)
         if self.perspective:
             v = perspective(v, angle=self.viewing_angle)
+        height, width = check.image_size(self.image_size)
+        if height != width:
+            # NDC [-1, 1] spans both sides of the image: shrink x by the aspect ratio so that pixels
+            # stay square (viewing_angle is then the vertical half-angle, as OpenGL's fovy).
+            v = v * jnp.array([height / width, 1.0, 1.0], jnp.float32)
         return v
 
     def _face_list(self, faces: ArrayLike) -> jax.Array:
@@ -141,7 +152,8 @@ class Renderer:
         self,
         vertices: ArrayLike,
         faces: ArrayLike,
-        textures: ArrayLike,
+        textures: ArrayLike | None = None,
+        vertex_colors: ArrayLike | None = None,
         *,
         eye: check.VectorLike | None = None,
         K: ArrayLike | None = None,
@@ -149,19 +161,28 @@ class Renderer:
         t: ArrayLike | None = None,
         dist_coeffs: ArrayLike | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Renders a textured, lit mesh.
+        """Renders a lit mesh coloured by texture cubes or by vertex colours (exactly one of them).
 
         Args:
           vertices: float32 ``[..., V, 3]`` world coordinates.
           faces: int32 ``[..., F, 3]`` vertex indices.
           textures: float32 ``[..., F, T, T, T, 3]`` colour cubes in [0, 1].
+          vertex_colors: float32 ``[..., V, 3]`` RGB per vertex, interpolated perspective-correctly
+            over each face and lit like textures; gradients reach the colours, and the vertices
+            through Kato's rule. A barycentric weight above ``1 - rasterizer_eps`` (a sliver at
+            each corner) is clamped to it, as texture coordinates are.
           eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it).
 
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
         camera = dict(eye=eye, K=K, R=R, t=t, dist_coeffs=dist_coeffs)
-        tex = check.float_array("textures", textures, (None, None, None, None, 3))
+        if (textures is None) == (vertex_colors is None):
+            raise ValueError("render needs exactly one of textures and vertex_colors")
+        if vertex_colors is not None:
+            tex = _vertex_color_textures(vertices, faces, vertex_colors)
+        else:
+            tex = check.float_array("textures", textures, (None, None, None, None, 3))  # type: ignore[arg-type]
         f = self._face_list(faces)
         if self.fill_back:
             tex = jnp.concatenate([tex, jnp.swapaxes(tex, -4, -2)], axis=-5)
@@ -188,6 +209,31 @@ class Renderer:
             self.background_color,
         )
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
+
+
+# Corner (i, j, k) of a 2x2x2 cube, as barycentric coordinates [2, 2, 2, 3].
+_CUBE_CORNERS = np.moveaxis(np.indices((2, 2, 2), np.float32), 0, -1)
+
+
+def _vertex_color_textures(
+    vertices: ArrayLike, faces: ArrayLike, vertex_colors: ArrayLike
+) -> jax.Array:
+    """Texture cubes [..., F, 2, 2, 2, 3] that reproduce barycentric interpolation of the colours.
+
+    Texel (i, j, k) = i c0 + j c1 + k c2 for the face's vertex colours c: trilinear sampling at
+    texture coordinates (b0, b1, b2), the perspective-correct barycentrics (they sum to 1), then
+    gives exactly b0 c0 + b1 c1 + b2 c2, and texture sampling, lighting, fill_back and all the
+    gradients of the texture path apply unchanged.
+    """
+    v = check.float_array("vertices", vertices, (None, 3))
+    c = check.float_array("vertex_colors", vertex_colors, (None, 3))
+    if c.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"vertex_colors must have shape [..., V, 3] with V = {v.shape[-2]} like vertices, "
+            f"got {c.shape}"
+        )
+    face_colors = vertices_to_faces(c, faces)  # [..., F, 3 vertices, 3 channels]
+    return jnp.einsum("ijkv,...fvc->...fijkc", _CUBE_CORNERS, face_colors)
 
 
 _DATA_FIELDS = [

@@ -45,3 +45,11 @@ def test_gradients_finite_when_eye_is_at_target_or_up_parallel():
     for eye in (jnp.zeros(3), jnp.array([0.0, 2.0, 0.0])):
         g = jax.grad(lambda e: jnp.sum(nr.look_at(v, e)))(eye)
         assert np.isfinite(g).all()
+
+
+def test_projection_with_non_square_orig_size():
+    # Pixel (u, v) of a W x H = 640 x 480 image maps to NDC (2u / W - 1, 1 - 2v / H).
+    K = jnp.array([[100.0, 0, 320], [0, 100.0, 240], [0, 0, 1]])
+    v = jnp.array([[0.0, 0.0, 2.0], [3.2, 2.4, 1.0]])  # principal point; pixel (640, 480)
+    out = nr.projection(v, K, jnp.eye(3), jnp.zeros(3), jnp.zeros(5), (480, 640))
+    np.testing.assert_allclose(out, [[0, 0, 2], [1, -1, 1]], atol=1e-6)

@@ -70,10 +70,10 @@ def test_forward_matches_reference_on_200_random_meshes():
 
 def test_rgb_matches_reference_sampling():
     rng = np.random.default_rng(1)
-    for t_size in (1, 2, 4):
-        fv = jnp.asarray(random_faces(rng, 2, 30, 24))
+    for t_size, (h, w) in [(1, (24, 24)), (2, (24, 24)), (4, (24, 24)), (3, (16, 40))]:
+        fv = jnp.asarray(random_faces(rng, 2, 30, h, w))
         tex = jnp.asarray(rng.uniform(size=(2, 30, t_size, t_size, t_size, 3)), jnp.float32)
-        fi, wt, d = kernel_maps(fv, 24, 24)
+        fi, wt, d = kernel_maps(fv, h, w)
         got = _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)
         want = ref.sample(fv, tex, fi, wt, d, 1e-3)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -144,22 +144,26 @@ def test_nan_vertices_do_not_cover():
     assert drawn.any() and (np.asarray(fi)[drawn] == 0).all()
 
 
-def kato_case(seed, size=12, channels=4):
+def kato_case(seed, size=(12, 12), channels=4):
     rng = np.random.default_rng(seed)
-    fv = jnp.asarray(random_faces(rng, 2, 6, size))
-    fi, _, _ = kernel_maps(fv, size, size)
+    h, w = size
+    fv = jnp.asarray(random_faces(rng, 2, 6, h, w))
+    fi, _, _ = kernel_maps(fv, h, w)
     image = jnp.where(
         (fi >= 0)[..., None],
-        jnp.asarray(rng.uniform(size=(2, size, size, channels)), jnp.float32),
+        jnp.asarray(rng.uniform(size=(2, h, w, channels)), jnp.float32),
         0.2,
     )
-    grad = jnp.asarray(rng.normal(size=(2, size, size, channels)), jnp.float32)
+    grad = jnp.asarray(rng.normal(size=(2, h, w, channels)), jnp.float32)
     return fv, fi, image, grad
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_kato_backward_matches_loop_reference(seed):
-    fv, fi, image, grad = kato_case(seed)
+# Six square cases, and non-square ones both ways (rows and columns scan different lengths).
+@pytest.mark.parametrize(
+    "seed, size", [(s, (12, 12)) for s in range(6)] + [(6, (8, 16)), (7, (16, 8))]
+)
+def test_kato_backward_matches_loop_reference(seed, size):
+    fv, fi, image, grad = kato_case(seed, size)
     got = np.asarray(_ffi.kato_bwd(fv, fi, image, grad, 1e-3))
     want = ref.kato(fv, fi, image, grad, np.float32(1e-3))
     assert np.abs(want).max() > 0
@@ -178,15 +182,16 @@ def test_texture_gradient_equals_jax_grad_of_reference():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_depth_gradient_equals_jax_grad_of_reference():
+@pytest.mark.parametrize("h, w", [(16, 16), (8, 24)])
+def test_depth_gradient_equals_jax_grad_of_reference(h, w):
     rng = np.random.default_rng(3)
-    fv = random_faces(rng, 2, 12, 16)
+    fv = random_faces(rng, 2, 12, h, w)
     fv[..., 2] = np.abs(fv[..., 2]) + 1.0  # all in front, so many pixels carry depth
     fv = jnp.asarray(fv)
-    fi, wt, d = kernel_maps(fv, 16, 16)
-    g = jnp.asarray(rng.normal(size=(2, 16, 16)), jnp.float32)
+    fi, wt, d = kernel_maps(fv, h, w)
+    g = jnp.asarray(rng.normal(size=(2, h, w)), jnp.float32)
     got = _ffi.depth_bwd(fv, fi, wt, d, g)
-    want = jax.grad(lambda f: jnp.sum(ref.depth_at(f, fi, 16, 16) * g))(fv)
+    want = jax.grad(lambda f: jnp.sum(ref.depth_at(f, fi, h, w) * g))(fv)
     scale = np.abs(want).max()
     assert scale > 0
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * scale)
@@ -245,28 +250,92 @@ def test_golden_silhouette_images():
         np.testing.assert_array_equal(alpha, want)
 
 
-def test_anti_aliasing_pools_2x2_and_flips():
+@pytest.mark.parametrize("h, w", [(8, 8), (8, 12), (12, 8)])
+def test_anti_aliasing_pools_2x2_and_flips(h, w):
     fv = jnp.asarray(one_triangle(2.0))
-    big = nr.rasterize_silhouettes(fv, 16, anti_aliasing=False)
-    small = nr.rasterize_silhouettes(fv, 8, anti_aliasing=True)
-    np.testing.assert_allclose(small, big.reshape(1, 8, 2, 8, 2).mean((2, 4)))
-    fi = nr.rasterize_face_index_map(fv, 8, anti_aliasing=True)
-    assert fi.shape == (1, 16, 16)
+    big = nr.rasterize_silhouettes(fv, (2 * h, 2 * w), anti_aliasing=False)
+    small = nr.rasterize_silhouettes(fv, (h, w), anti_aliasing=True)
+    assert small.shape == (1, h, w)
+    np.testing.assert_allclose(small, big.reshape(1, h, 2, w, 2).mean((2, 4)))
+    fi = nr.rasterize_face_index_map(fv, (h, w), anti_aliasing=True)
+    assert fi.shape == (1, 2 * h, 2 * w)
     np.testing.assert_array_equal(np.asarray(fi) >= 0, np.asarray(big) > 0)
     # Row 0 is the top: the triangle's apex (y = +0.5) is in the upper half.
     rows = np.nonzero(np.asarray(big[0]).any(1))[0]
     assert np.asarray(big[0])[rows[0]].sum() < np.asarray(big[0])[rows[-1]].sum()
 
 
-def test_weight_map_and_face_index_map_agree_with_kernel():
+@pytest.mark.parametrize("h, w", [(16, 16), (16, 8)])
+def test_weight_map_and_face_index_map_agree_with_kernel(h, w):
     rng = np.random.default_rng(4)
-    fv = random_faces(rng, 1, 20, 16)
-    fi, wt = nr.rasterize_face_index_map_and_weight_map(fv, 16, anti_aliasing=False)
-    rfi, rwt, _ = reference_forward(fv, 16, 16)
+    fv = random_faces(rng, 1, 20, h, w)
+    fi, wt = nr.rasterize_face_index_map_and_weight_map(fv, (h, w), anti_aliasing=False)
+    rfi, rwt, _ = reference_forward(fv, h, w)
     np.testing.assert_array_equal(fi, np.flip(np.asarray(rfi), 1))
-    np.testing.assert_allclose(nr.rasterize_weight_map(fv, 16, False), np.flip(rwt, 1), atol=1e-6)
-    assert nr.rasterize_face_index_map(fv, 16, False).dtype == jnp.int32
+    np.testing.assert_allclose(
+        nr.rasterize_weight_map(fv, (h, w), False), np.flip(rwt, 1), atol=1e-6
+    )
+    assert nr.rasterize_face_index_map(fv, (h, w), False).dtype == jnp.int32
     np.testing.assert_allclose(wt, np.flip(np.asarray(rwt), 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("h, w", [(16, 16), (12, 20)])
+def test_weight_map_gradient_matches_finite_differences_at_interior_pixels(h, w):
+    rng = np.random.default_rng(7)
+    fv = jnp.asarray(random_faces(rng, 2, 20, h, w))
+    weights = lambda f: nr.rasterize_weight_map(f, (h, w), anti_aliasing=False)  # noqa: E731
+    # Move x and y only (z cannot change the weights, but it could change which face is in front).
+    direction = jnp.asarray(rng.normal(size=fv.shape), jnp.float32).at[..., 2].set(0.0)
+    step = 3e-4  # NDC: 1/300 pixel, so pixels well inside a face stay inside it.
+    fi = nr.rasterize_face_index_map(fv, (h, w), False)
+    moved = [nr.rasterize_face_index_map(fv + s * direction, (h, w), False) for s in (-step, step)]
+    # Interior pixels: every weight away from 0 (no clamp) and the face index unchanged.
+    interior = np.asarray((weights(fv) > 0.02).all(-1) & (moved[0] == fi) & (moved[1] == fi))
+    assert interior.sum() > 150  # 256 and 218 of the 2 x 256 and 2 x 240 pixels
+    _, jvp = jax.jvp(weights, (fv,), (direction,))
+    fd = (weights(fv + step * direction) - weights(fv - step * direction)) / (2 * step)
+    jvp, fd = np.asarray(jvp)[interior], np.asarray(fd)[interior]
+    # Rounding: float32 weights in [0, 1] differenced over 6e-4 carry ~1e-4 absolute error; the
+    # truncation error of central differences on small faces is ~1e-3 relative.
+    np.testing.assert_allclose(jvp, fd, rtol=5e-3, atol=1e-3 * np.abs(jvp).max())
+    g = jax.grad(lambda f: jnp.sum(weights(f)))(fv)
+    assert (np.asarray(g)[..., 2] == 0).all()
+
+
+def test_values_interpolated_with_the_weight_map_pass_gradients_to_vertices():
+    # A per-vertex attribute interpolated with the weight map: gradients reach the world vertices
+    # through the camera, and agree with central differences at interior pixels.
+    rng = np.random.default_rng(8)
+    # An octahedron with jittered vertices: 8 large faces, so most covered pixels are interior.
+    octahedron = np.concatenate([np.eye(3), -np.eye(3)]) + rng.uniform(-0.2, 0.2, (6, 3))
+    vertices = jnp.asarray(octahedron, jnp.float32)
+    faces = jnp.array(
+        [[0, 1, 2], [1, 3, 2], [3, 4, 2], [4, 0, 2], [1, 0, 5], [3, 1, 5], [4, 3, 5], [0, 4, 5]]
+    )
+    renderer = nr.Renderer(image_size=(24, 32), anti_aliasing=False, eye=(0.8, 1.2, -2.0))
+    attribute = jnp.asarray(rng.uniform(size=6), jnp.float32)
+
+    def maps(v):
+        fv = nr.vertices_to_faces(renderer.transform(v), faces)
+        return nr.rasterize_face_index_map_and_weight_map(fv, (24, 32), anti_aliasing=False)
+
+    fi, wt = maps(vertices)
+    covered = np.asarray(fi) >= 0
+    values = lambda fi, wt: jnp.sum(wt * attribute[faces[jnp.maximum(fi, 0)]], -1)  # noqa: E731
+    direction = jnp.asarray(rng.normal(size=vertices.shape), jnp.float32)
+    step = 1e-3
+    plus, minus = maps(vertices + step * direction), maps(vertices - step * direction)
+    interior = covered & (np.asarray(wt) > 0.02).all(-1)
+    interior &= (np.asarray(plus[0]) == fi) & (np.asarray(minus[0]) == fi)
+    assert interior.sum() > 100, interior.sum()
+
+    def loss(v):
+        return jnp.sum(jnp.where(interior, values(fi, maps(v)[1]), 0.0))
+
+    grad = jax.grad(loss)(vertices)
+    assert np.abs(np.asarray(grad)).sum() > 0
+    fd = (loss(vertices + step * direction) - loss(vertices - step * direction)) / (2 * step)
+    np.testing.assert_allclose(float(jnp.sum(grad * direction)), float(fd), rtol=1e-2)
 
 
 def test_rgbad_jit_vmap_and_batch_broadcast():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import nmr_jax as nr
+from tests import _reference as ref
 from tests.conftest import reference_data
 
 
@@ -129,3 +130,104 @@ def test_vmap_over_eyes_equals_loop():
     for i in range(3):
         np.testing.assert_allclose(batched[i], r.render_silhouettes(v, f, eye=eyes[i]), atol=1e-6)
     assert not np.allclose(batched[0], batched[1])
+
+
+def colored_mesh(seed=0):
+    """The built-in teapot with random vertex colours."""
+    v, f = small_mesh()
+    colors = jnp.asarray(np.random.default_rng(seed).uniform(size=v.shape), jnp.float32)
+    return v, f, colors
+
+
+def reference_vertex_colors(renderer, v, f, colors, size):
+    """rgb [H, W, 3] as rasterized (row 0 at y = -1), from tests/_reference.py's maps: the sum of
+    the clamped perspective-correct barycentrics times the face's vertex colours, unlit."""
+    f = jnp.concatenate([f, f[:, ::-1]])  # fill_back
+    fv = nr.vertices_to_faces(renderer.transform(v), f)
+    fi, wt, depth = ref.forward(fv[None], *size, renderer.near, renderer.far)
+    idx = jnp.maximum(fi[0], 0)
+    bary = wt[0] * depth[0][..., None] / fv[idx][..., 2]
+    bary = jnp.clip(bary, 0.0, 1.0 - renderer.rasterizer_eps)
+    rgb = jnp.einsum("hwk,hwkc->hwc", bary, colors[f[idx]])
+    return jnp.where(fi[0][..., None] >= 0, rgb, 0.0), fi[0]
+
+
+@pytest.mark.parametrize("size", [(32, 32), (32, 48)])
+def test_vertex_colors_match_interpolation_reference(size):
+    v, f, colors = colored_mesh()
+    # Ambient light only, so that the colours come out as interpolated.
+    r = nr.Renderer(image_size=size, anti_aliasing=False, light_intensity_ambient=1.0,
+                    light_intensity_directional=0.0)  # fmt: skip
+    rgb, _, alpha = r.render(v, f, vertex_colors=colors)
+    want, fi = reference_vertex_colors(r, v, f, colors, size)
+    np.testing.assert_array_equal(np.asarray(alpha) > 0, np.flip(np.asarray(fi) >= 0, 0))
+    assert (np.asarray(fi) >= 0).sum() > 100
+    np.testing.assert_allclose(rgb, np.flip(np.asarray(want), 0), atol=1e-5)
+
+
+def test_vertex_colors_are_lit_like_textures():
+    v, f = small_mesh()
+    r = nr.Renderer(image_size=32, light_direction=(0.3, 1.0, -0.5))
+    color = jnp.array([0.9, 0.5, 0.2])
+    by_vertex, _, _ = r.render(v, f, vertex_colors=jnp.broadcast_to(color, v.shape))
+    by_texture, _, _ = r.render(v, f, jnp.broadcast_to(color, (f.shape[0], 1, 1, 1, 3)))
+    np.testing.assert_allclose(by_vertex, by_texture, atol=1e-5)
+
+
+def test_vertex_colors_gradients_reach_colors_and_vertices():
+    v, f, colors = colored_mesh(1)
+    size = (16, 24)
+    r = nr.Renderer(image_size=size, anti_aliasing=False, light_intensity_ambient=1.0,
+                    light_intensity_directional=0.0)  # fmt: skip
+    g = jnp.asarray(np.random.default_rng(2).normal(size=(*size, 3)), jnp.float32)
+    gv, gc = jax.jit(
+        jax.grad(lambda v, c: jnp.sum(r.render(v, f, vertex_colors=c)[0] * g), argnums=(0, 1))
+    )(v, colors)
+    # Colours: the exact gradient, the face index held fixed (jax.grad of the jnp reference).
+    want = jax.grad(
+        lambda c: jnp.sum(reference_vertex_colors(r, v, f, c, size)[0] * jnp.flip(g, 0))
+    )(colors)
+    assert np.abs(np.asarray(want)).sum() > 0
+    np.testing.assert_allclose(gc, want, rtol=1e-4, atol=1e-5)  # sums of ~10 pixels of O(1)
+    # Vertices: Kato's gradient through the rgb image.
+    assert np.isfinite(gv).all() and np.abs(np.asarray(gv)).sum() > 0
+
+
+def test_render_needs_exactly_one_colour_source():
+    v, f, colors = colored_mesh()
+    r = nr.Renderer(image_size=16)
+    with pytest.raises(ValueError, match="exactly one of textures and vertex_colors"):
+        r.render(v, f)
+    with pytest.raises(ValueError, match="exactly one"):
+        r.render(v, f, white(f, 2), colors)
+    with pytest.raises(ValueError, match="vertex_colors"):
+        r.render(v, f, vertex_colors=colors[:-1])
+    with pytest.raises(TypeError, match="vertex_colors"):
+        r.render(v, f, vertex_colors=colors.astype(jnp.complex64))
+
+
+def test_non_square_image_is_not_stretched():
+    # viewing_angle is the vertical half-angle: a wider image adds columns on both sides, and its
+    # central columns are the square image of the same height.
+    v, f = small_mesh()
+    square = nr.Renderer(image_size=32, anti_aliasing=False).render_silhouettes(v, f)
+    wide = nr.Renderer(image_size=(32, 48), anti_aliasing=False).render_silhouettes(v, f)
+    assert wide.shape == (32, 48)
+    np.testing.assert_array_equal(wide[:, 8:40], square)
+    assert not np.asarray(wide[:, :8]).any() and not np.asarray(wide[:, 40:]).any()
+
+
+def test_projection_with_non_square_orig_size():
+    # K of a 480 x 640 image; rendered at a twentieth: a point projected to pixel (u, v) of the
+    # original image lands in pixel (v / 20, u / 20).
+    K = jnp.array([[600.0, 0, 320], [0, 600.0, 240], [0, 0, 1]])
+    r = nr.Renderer(image_size=(24, 32), anti_aliasing=False, camera_mode="projection",
+                    orig_size=(480, 640), K=K, R=jnp.eye(3), t=jnp.zeros(3))  # fmt: skip
+    # A small triangle around the point that projects to (u, v) = (450, 130) at depth 2.
+    centre = np.array([(450 - 320) / 600 * 2, (130 - 240) / 600 * 2, 2.0])
+    tri = jnp.asarray(centre + np.array([[-0.03, -0.03, 0], [0.03, -0.03, 0], [0, 0.03, 0]]),
+                      jnp.float32)  # fmt: skip
+    alpha = np.asarray(r.render_silhouettes(tri, jnp.array([[0, 1, 2]])))
+    rows, cols = np.nonzero(alpha)
+    assert len(rows) > 0
+    np.testing.assert_allclose([rows.mean(), cols.mean()], [130 / 20 - 0.5, 450 / 20 - 0.5], atol=1)

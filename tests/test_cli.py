@@ -1,0 +1,106 @@
+"""The ``nmr-jax`` command line, run in-process through ``nmr_jax.cli.main``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+import nmr_jax as nr
+from nmr_jax import cli
+
+TEAPOT = str(nr.data.teapot_path())
+# One small image size for every render here, so that each mesh compiles once.
+SIZE = ["--image-size", "16", "24"]
+
+
+def render(*args: str) -> int:
+    return cli.main(["render", *args, *SIZE, "--quiet"])
+
+
+def test_renders_a_multi_view_gif(tmp_path: Path) -> None:
+    out = tmp_path / "turntable.gif"
+    assert render(TEAPOT, "-o", str(out), "--views", "4", "--elevation", "20") == 0
+    frames = iio.imread(out)
+    assert frames.shape == (4, 16, 24, 3)
+    covered = (frames > 0).any(-1).mean((1, 2))
+    assert (covered > 0.05).all(), covered
+    # Four azimuths a quarter turn apart: every frame differs from the next.
+    assert (np.abs(np.diff(frames.astype(int), axis=0)).mean((1, 2, 3)) > 1).all()
+
+
+def test_modes_agree_on_coverage(tmp_path: Path) -> None:
+    images = {}
+    for mode in ("rgb", "depth", "silhouette"):
+        out = tmp_path / f"{mode}.png"
+        assert render(TEAPOT, "-o", str(out), "--mode", mode, "--no-anti-aliasing") == 0
+        images[mode] = iio.imread(out)
+    mask = images["silhouette"].max(-1) == 255
+    assert set(np.unique(images["silhouette"])) == {0, 255} and 10 < mask.sum() < 16 * 24
+    np.testing.assert_array_equal(images["rgb"].max(-1) > 0, mask)
+    depth = images["depth"][..., 0]
+    assert depth.max() == 255 and (depth[~mask] == 0).all()
+    assert depth[mask].min() < 128  # the far side of the teapot is dark
+
+
+def test_colours_come_from_the_mtl(tmp_path: Path) -> None:
+    # A square facing the camera, red by its material.
+    (tmp_path / "square.mtl").write_text("newmtl red\nKd 1 0 0\n")
+    (tmp_path / "square.obj").write_text(
+        "mtllib square.mtl\nv -1 -1 0\nv 1 -1 0\nv 1 1 0\nv -1 1 0\nusemtl red\nf 1 2 3 4\n"
+    )
+    unlit = ["--ambient", "1", "--directional", "0"]
+    args = [str(tmp_path / "square.obj"), "--elevation", "0", *unlit]
+    assert render(*args, "-o", str(tmp_path / "red.png")) == 0
+    assert render(*args, "-o", str(tmp_path / "white.png"), "--no-textures") == 0
+    red, white = iio.imread(tmp_path / "red.png"), iio.imread(tmp_path / "white.png")
+    centre = (8, 12)
+    assert red[centre].tolist() == [255, 0, 0]
+    assert white[centre].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-o", "out.jpg"], "must end in .png or .gif"),
+        (["-o", "out.png", "--views", "3"], "a PNG holds one view"),
+        (["-o", "out.gif", "--views", "0"], "--views must be at least 1"),
+        (["-o", "out.png", "--image-size", "0"], "--image-size"),
+        (["-o", "out.png", "--background", "2", "0", "0"], "--background"),
+        (["-o", "out.png", "--mode", "normals"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["render", TEAPOT, *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_mesh_fails_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert render(str(tmp_path / "missing.obj"), "-o", str(tmp_path / "x.png")) == 1
+    assert "missing.obj" in capsys.readouterr().err
+    (tmp_path / "bad.obj").write_text("v 0 0 0\nf 1 2 3\n")
+    assert render(str(tmp_path / "bad.obj"), "-o", str(tmp_path / "x.png")) == 1
+    assert "bad.obj:2" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["render", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "nmr-jax render teapot.obj -o turntable.gif" in text
+
+
+def test_console_script_is_registered() -> None:
+    scripts = importlib.metadata.entry_points(group="console_scripts", name="nmr-jax")
+    assert [s.value for s in scripts] == ["nmr_jax.cli:main"]
