@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmr-jax",
         description="The Neural 3D Mesh Renderer (Kato et al., CVPR 2018) in JAX.",
-        epilog="run 'nmr-jax render --help' for the options and examples",
+        epilog=_EXAMPLES + "\nrun 'nmr-jax render --help' for all the options.\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser(
