@@ -117,6 +117,7 @@ def _weights_at(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
     face = jnp.take_along_axis(flat, rows, axis=-2).reshape(*batch, height, width, 3, 3)
     x = 0.5 * (face[..., 0] * width + width - 1)  # pixel coordinates, as nmr_core.h to_pixel
     y = 0.5 * (face[..., 1] * height + height - 1)
+    # Pixel centres sit on integers; [W, 1] and [H, 1, 1] broadcast against [..., H, W, 3].
     xp = jnp.arange(width, dtype=jnp.float32)[:, None]
     yp = jnp.arange(height, dtype=jnp.float32)[:, None, None]
     x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]

@@ -56,7 +56,7 @@ class Renderer:
     orig_size: int | tuple[int, int] = 1024  # S or (H, W)
     # 'look_at' and 'look' modes.
     perspective: bool = True
-    viewing_angle: ArrayLike = 30.0  # Half the field of view, degrees.
+    viewing_angle: ArrayLike = 30.0  # Half the (vertical) field of view, degrees.
     eye: check.VectorLike = _DEFAULT_EYE
     camera_direction: check.VectorLike = (0.0, 0.0, 1.0)  # 'look' mode only.
     near: float = 0.1
@@ -178,12 +178,12 @@ class Renderer:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
         camera = dict(eye=eye, K=K, R=R, t=t, dist_coeffs=dist_coeffs)
-        if (textures is None) == (vertex_colors is None):
-            raise ValueError("render needs exactly one of textures and vertex_colors")
-        if vertex_colors is not None:
+        if textures is not None and vertex_colors is None:
+            tex = check.float_array("textures", textures, (None, None, None, None, 3))
+        elif vertex_colors is not None and textures is None:
             tex = _vertex_color_textures(vertices, faces, vertex_colors)
         else:
-            tex = check.float_array("textures", textures, (None, None, None, None, 3))  # type: ignore[arg-type]
+            raise ValueError("render needs exactly one of textures and vertex_colors")
         f = self._face_list(faces)
         if self.fill_back:
             tex = jnp.concatenate([tex, jnp.swapaxes(tex, -4, -2)], axis=-5)
@@ -223,8 +223,10 @@ def _vertex_color_textures(
 
     Texel (i, j, k) = i c0 + j c1 + k c2 for the face's vertex colours c: trilinear sampling at
     texture coordinates (b0, b1, b2), the perspective-correct barycentrics (they sum to 1), then
-    gives exactly b0 c0 + b1 c1 + b2 c2, and texture sampling, lighting, fill_back and all the
-    gradients of the texture path apply unchanged.
+    gives exactly b0 c0 + b1 c1 + b2 c2 (trilinear interpolation reproduces a linear function),
+    up to the sampler's clamp of each coordinate to 1 - eps. Texture sampling, lighting,
+    fill_back (the transposed cube is the reversed face's) and all the gradients of the texture
+    path apply unchanged: no kernel of its own.
     """
     v = check.float_array("vertices", vertices, (None, 3))
     c = check.float_array("vertex_colors", vertex_colors, (None, 3))
