@@ -149,7 +149,12 @@ def _render_view(
 
 
 def _to_images(
-    mode: str, rgb: np.ndarray, depth: np.ndarray, alpha: np.ndarray, far: float, background
+    mode: str,
+    rgb: np.ndarray,
+    depth: np.ndarray,
+    alpha: np.ndarray,
+    far: float,
+    background: Sequence[float],
 ) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` images of ``N`` views in the chosen mode."""
     if mode == "rgb":
@@ -165,7 +170,7 @@ def _to_images(
             lo, hi = (
                 (mesh_depth[covered].min(), mesh_depth[covered].max()) if covered.any() else (0, 0)
             )
-            # max(): a mesh seen at one depth only (a face square to the view) is white.
+            # A mesh seen at one depth only (a face square to the view) has hi == lo: all white.
             shade = 1 - np.clip((mesh_depth - lo) / max(hi - lo, 1e-12), 0, 1)
         else:
             shade = np.ones_like(alpha)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import imageio.v3 as iio
 import jax
@@ -139,6 +140,7 @@ def colored_mesh(seed=0):
     return v, f, colors
 
 
+@partial(jax.jit, static_argnums=(0, 4))
 def reference_vertex_colors(renderer, v, f, colors, size):
     """rgb [H, W, 3] as rasterized (row 0 at y = -1), from tests/_reference.py's maps: the sum of
     the clamped perspective-correct barycentrics times the face's vertex colours, unlit."""
@@ -158,7 +160,7 @@ def test_vertex_colors_match_interpolation_reference(size):
     # Ambient light only, so that the colours come out as interpolated.
     r = nr.Renderer(image_size=size, anti_aliasing=False, light_intensity_ambient=1.0,
                     light_intensity_directional=0.0)  # fmt: skip
-    rgb, _, alpha = r.render(v, f, vertex_colors=colors)
+    rgb, _, alpha = jax.jit(lambda c: r.render(v, f, vertex_colors=c))(colors)
     want, fi = reference_vertex_colors(r, v, f, colors, size)
     np.testing.assert_array_equal(np.asarray(alpha) > 0, np.flip(np.asarray(fi) >= 0, 0))
     assert (np.asarray(fi) >= 0).sum() > 100
@@ -169,8 +171,12 @@ def test_vertex_colors_are_lit_like_textures():
     v, f = small_mesh()
     r = nr.Renderer(image_size=32, light_direction=(0.3, 1.0, -0.5))
     color = jnp.array([0.9, 0.5, 0.2])
-    by_vertex, _, _ = r.render(v, f, vertex_colors=jnp.broadcast_to(color, v.shape))
-    by_texture, _, _ = r.render(v, f, jnp.broadcast_to(color, (f.shape[0], 1, 1, 1, 3)))
+    by_vertex = jax.jit(lambda c: r.render(v, f, vertex_colors=c)[0])(
+        jnp.broadcast_to(color, v.shape)
+    )
+    by_texture = jax.jit(lambda t: r.render(v, f, t)[0])(
+        jnp.broadcast_to(color, (f.shape[0], 1, 1, 1, 3))
+    )
     np.testing.assert_allclose(by_vertex, by_texture, atol=1e-5)
 
 
@@ -184,8 +190,8 @@ def test_vertex_colors_gradients_reach_colors_and_vertices():
         jax.grad(lambda v, c: jnp.sum(r.render(v, f, vertex_colors=c)[0] * g), argnums=(0, 1))
     )(v, colors)
     # Colours: the exact gradient, the face index held fixed (jax.grad of the jnp reference).
-    want = jax.grad(
-        lambda c: jnp.sum(reference_vertex_colors(r, v, f, c, size)[0] * jnp.flip(g, 0))
+    want = jax.jit(
+        jax.grad(lambda c: jnp.sum(reference_vertex_colors(r, v, f, c, size)[0] * jnp.flip(g, 0)))
     )(colors)
     assert np.abs(np.asarray(want)).sum() > 0
     np.testing.assert_allclose(gc, want, rtol=1e-4, atol=1e-5)  # sums of ~10 pixels of O(1)
