@@ -3,8 +3,9 @@
 Every function here takes arrays already checked by the public layer (dtype float32 / int32, core
 shapes right) with any number of leading batch dimensions, pads the batch ranks to match, and calls
 one custom call. Leading dimensions broadcast inside the kernels (size 1 is never copied), which is
-also how ``vmap`` reaches them: ``vmap_method="expand_dims"`` adds a size-1 dimension to unbatched
-operands. Attributes are cast to numpy scalars here: a Python float would arrive as f64.
+also how ``vmap`` and sharding reach them (``_partition.ffi_call``: ``vmap`` adds a size-1 dimension
+to unbatched operands; each device gets its shard of the batch). Attributes are cast to numpy
+scalars here: a Python float would arrive as f64.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmr_jax import _nmr_jax_cpu  # type: ignore[attr-defined]
+from nmr_jax import _nmr_jax_cpu, _partition  # type: ignore[attr-defined]
 
 for _name, _capsule in _nmr_jax_cpu.registrations().items():
     jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
@@ -29,7 +30,6 @@ if HAS_CUDA_BUILD:
     for _name, _capsule in _cuda.registrations().items():
         jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
 
-_VMAP = "expand_dims"
 
 
 def _pad_batch(arrays: list[jax.Array], core_ranks: list[int]) -> tuple[list[jax.Array], tuple]:
@@ -46,7 +46,7 @@ def gather_faces(vertices: jax.Array, faces: jax.Array) -> jax.Array:
     """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> face vertices [*b, F, 3, 3]."""
     (v, f), batch = _pad_batch([vertices, faces], [2, 2])
     out = jax.ShapeDtypeStruct((*batch, faces.shape[-2], 3, 3), jnp.float32)
-    return jax.ffi.ffi_call("nmr_gather_faces", out, vmap_method=_VMAP)(v, f)
+    return _partition.ffi_call("nmr_gather_faces", out, len(batch))(v, f)
 
 
 def scatter_faces(faces: jax.Array, grad: jax.Array, vertices_shape: tuple[int, ...]) -> jax.Array:
@@ -55,7 +55,7 @@ def scatter_faces(faces: jax.Array, grad: jax.Array, vertices_shape: tuple[int, 
     rank = max(f.ndim - 2, len(vertices_shape) - 2)
     shape = (1,) * (rank + 2 - len(vertices_shape)) + tuple(vertices_shape)
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
-    res = jax.ffi.ffi_call("nmr_scatter_faces", out, vmap_method=_VMAP)(f, g)
+    res = _partition.ffi_call("nmr_scatter_faces", out, rank)(f, g)
     return res.reshape(vertices_shape)
 
 
@@ -69,7 +69,7 @@ def rasterize(
         jax.ShapeDtypeStruct((*batch, height, width, 3), jnp.float32),
         jax.ShapeDtypeStruct((*batch, height, width), jnp.float32),
     )
-    call = jax.ffi.ffi_call("nmr_rasterize", out, vmap_method=_VMAP)
+    call = _partition.ffi_call("nmr_rasterize", out, len(batch))
     face_index, weights, depth = call(
         face_vertices,
         height=np.int32(height),
@@ -91,7 +91,7 @@ def sample_textures(
     """Trilinear texture colours at covered pixels -> rgb [*b, H, W, 3], 0 on background."""
     args, batch = _pad_batch([face_vertices, textures, face_index, weights, depth], [3, 5, 2, 3, 2])
     out = jax.ShapeDtypeStruct((*batch, *face_index.shape[-2:], 3), jnp.float32)
-    return jax.ffi.ffi_call("nmr_sample_textures", out, vmap_method=_VMAP)(
+    return _partition.ffi_call("nmr_sample_textures", out, len(batch))(
         *args, eps=np.float32(eps)
     )
 
@@ -110,7 +110,7 @@ def sample_textures_bwd(
     rank = max(len(batch), len(textures_shape) - 5)
     shape = (1,) * (rank + 5 - len(textures_shape)) + tuple(textures_shape)
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
-    call = jax.ffi.ffi_call("nmr_sample_textures_bwd", out, vmap_method=_VMAP)
+    call = _partition.ffi_call("nmr_sample_textures_bwd", out, rank)
     return call(*args, eps=np.float32(eps)).reshape(textures_shape)
 
 
@@ -124,7 +124,7 @@ def kato_bwd(
     """Kato's approximate gradient w.r.t. face vertices (x and y only), shaped like them."""
     args, _ = _pad_batch([face_vertices, face_index, image, grad_image], [3, 2, 3, 3])
     out = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
-    call = jax.ffi.ffi_call("nmr_kato_bwd", out, vmap_method=_VMAP)
+    call = _partition.ffi_call("nmr_kato_bwd", out, args[0].ndim - 3)
     return call(*args, eps=np.float32(eps)).reshape(face_vertices.shape)
 
 
@@ -138,5 +138,5 @@ def depth_bwd(
     """Gradient of the depth map w.r.t. face vertices (face index held fixed), shaped like them."""
     args, _ = _pad_batch([face_vertices, face_index, weights, depth, grad_depth], [3, 2, 3, 2, 2])
     out = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
-    res = jax.ffi.ffi_call("nmr_depth_bwd", out, vmap_method=_VMAP)(*args)
+    res = _partition.ffi_call("nmr_depth_bwd", out, args[0].ndim - 3)(*args)
     return res.reshape(face_vertices.shape)

@@ -14,6 +14,7 @@ from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from nmr_jax import _ops
@@ -52,17 +53,38 @@ def vertices_to_faces(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
 
     Args:
       vertices: float32 ``[..., V, 3]``.
-      faces: int32 ``[..., F, 3]`` vertex indices in ``[0, V)``; batch dims broadcast.
+      faces: int32 ``[..., F, 3]`` vertex indices in ``[0, V)``; batch dims broadcast. A row of
+        three -1 is padding, not a face: meshes of different sizes batch together padded to the
+        largest ``F`` and ``V`` (padding vertices are simply never referenced).
 
     Returns:
-      float32 ``[..., F, 3, 3]``. Differentiable in ``vertices``. An index outside ``[0, V)``
-      raises (``jax.errors.JaxRuntimeError`` naming ``faces``, also under jit) instead of being
-      clamped as a plain gather would.
+      float32 ``[..., F, 3, 3]``, all 0 for padding rows (a zero-area face at the eye, which draws
+      nothing). Differentiable in ``vertices``; padding passes no gradient. An index outside
+      ``[0, V)`` raises (``jax.errors.JaxRuntimeError`` naming ``faces``, also under jit) instead of
+      being clamped as a plain gather would; so does a row with some but not all indices -1 (a
+      ``ValueError`` naming ``faces`` for concrete faces).
     """
     v = check.float_array("vertices", vertices, (None, 3))
     f = check.index_array("faces", faces, (None, 3))
     check.batch(["vertices", "faces"], [v.shape[:-2], f.shape[:-2]])
-    return _ops.gather_faces(v, f)
+    padding = _padding(f)
+    fv = _ops.gather_faces(v, jnp.where(padding[..., None], 0, f))
+    return jnp.where(padding[..., None, None], 0.0, fv)
+
+
+def _padding(faces: jax.Array) -> jax.Array:
+    """bool ``[..., F]``: rows of three -1. Concrete faces with any other negative index raise;
+    under jit the gather's range check does."""
+    padding = jnp.all(faces == -1, axis=-1)
+    if not isinstance(faces, jax.core.Tracer):
+        bad = np.argwhere(np.asarray(jnp.any(faces < 0, axis=-1) & ~padding))
+        if bad.size:
+            row = tuple(int(i) for i in bad[0])
+            raise ValueError(
+                f"faces[{', '.join(map(str, row))}] = {np.asarray(faces)[row].tolist()}: a row "
+                "holds three vertex indices in [0, V), or three -1 for padding"
+            )
+    return padding
 
 
 def _config(
@@ -102,8 +124,9 @@ def _finish(image: jax.Array, channels: bool, anti_aliasing: bool) -> jax.Array:
         image = image[..., None]
     image = jnp.flip(image, axis=-3)
     if anti_aliasing:
-        *lead, h, w, c = image.shape
-        image = image.reshape(*lead, h // 2, 2, w // 2, 2, c).mean(axis=(-4, -2))
+        # Strided slices, not a reshape: explicit sharding cannot type a reshape of sharded batches.
+        rows = image[..., 0::2, :, :] + image[..., 1::2, :, :]
+        image = (rows[..., 0::2, :] + rows[..., 1::2, :]) * 0.25
     return image if channels else image[..., 0]
 
 
