@@ -29,10 +29,11 @@ def stack(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def assert_trees_close(got, want, atol=2e-5):
-    # jit and eager may fuse the camera math differently: float32 rounding, not batching.
+def assert_trees_close(got, want, rtol=1e-5):
+    """Leaves equal to ``rtol`` of their largest magnitude."""
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=atol, rtol=1e-5)
+        scale = float(jnp.abs(w).max()) or 1.0
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=rtol * scale, rtol=0)
 
 
 @pytest.mark.parametrize("mapped", ["eye", "vertices", "textures", "light_direction"])
@@ -51,9 +52,24 @@ def test_vmap_equals_loop(scene, mapped):
         r = nr.Renderer(image_size=SIZE, light_direction=kw.pop("light_direction"))
         return r.render(kw.pop("vertices"), faces, kw.pop("textures"), **kw)
 
-    batched = jax.jit(jax.vmap(render))(batch)
+    # Both sides eager: jit may round the camera math differently (1e-5), which moves Kato's
+    # gradients (next test) by more; here only batching may make a difference.
+    batched = jax.vmap(render)(batch)
     assert_trees_close(batched, stack([render(x) for x in batch]))
     assert not np.allclose(batched[0][0], batched[0][1])  # the views do differ
+
+
+@pytest.mark.xfail(
+    reason="jaxlib 0.10.2's XLA:CPU YNNPACK fusion miscompiles the lighting's broadcast multiply "
+    "with a batched light direction (right with --xla_cpu_experimental_ynn_fusion_type= and "
+    "on jaxlib 0.12); not in nmr_jax's kernels",
+    strict=False,
+)
+def test_jit_vmap_over_light_direction_equals_loop(scene):
+    vertices, faces, textures, _ = scene
+    tex = lambda d: nr.lighting(nr.vertices_to_faces(vertices, faces), textures, direction=d)  # noqa: E731
+    directions = jnp.eye(3)
+    assert_trees_close(jax.jit(jax.vmap(tex))(directions), stack([tex(d) for d in directions]))
 
 
 def test_nested_vmap_equals_loop(scene):
@@ -76,14 +92,14 @@ def test_vmap_of_grad_and_grad_of_vmap_equal_loop(scene):
         return jnp.sum(rgb * w) + jnp.sum(alpha * w[..., 0]) + 0.01 * jnp.sum(depth * w[..., 1])
 
     grad = jax.grad(loss, argnums=(0, 1, 2))
-    loop = [grad(vertices, textures, eyes[i], w[i]) for i in range(VIEWS)]
+    loop = [jax.jit(grad)(vertices, textures, eyes[i], w[i]) for i in range(VIEWS)]
     per_view = jax.jit(jax.vmap(grad, in_axes=(None, None, 0, 0)))(vertices, textures, eyes, w)
-    assert_trees_close(per_view, stack(loop), atol=1e-5)
+    assert_trees_close(per_view, stack(loop))
 
     total = lambda v, tex, e: jnp.sum(jax.vmap(loss, (None, None, 0, 0))(v, tex, e, w))  # noqa: E731
     summed = jax.jit(jax.grad(total, argnums=(0, 1, 2)))(vertices, textures, eyes)
     want = [sum(g[k] for g in loop) for k in range(2)] + [stack([g[2] for g in loop])]
-    assert_trees_close(summed, want, atol=1e-4)
+    assert_trees_close(summed, want)
     assert float(jnp.abs(summed[0]).max()) > 0 and float(jnp.abs(summed[1]).max()) > 0
 
 
