@@ -50,7 +50,9 @@ def main() -> None:
     vertices, faces = nr.data.teapot()
     t = args.texture_size
     textures = jnp.full((faces.shape[0], t, t, t, 3), 0.8, jnp.float32)
-    eyes = nr.get_points_from_angles(2.732, 30.0, jnp.linspace(0.0, 360.0, args.views, endpoint=False))
+    eyes = nr.get_points_from_angles(
+        2.732, 30.0, jnp.linspace(0.0, 360.0, args.views, endpoint=False)
+    )
     renderer = nr.Renderer(image_size=args.image_size)
 
     def render(eye):
@@ -64,7 +66,9 @@ def main() -> None:
         f"{args.views} views, {faces.shape[0]} faces (x2 with fill_back), {args.image_size}^2 "
         f"pixels, textures {t}^3, {jax.devices()[0].platform}, jax {jax.__version__}"
     )
-    print(f"| {'':19} | separate ms | vmap ms | time ratio | separate MiB | vmap MiB | mesh copies |")
+    print(
+        f"| {'':19} | separate ms | vmap ms | time ratio | separate MiB | vmap MiB | mesh copies |"
+    )
     print(f"|{'-' * 21}|{'-' * 13}|{'-' * 9}|{'-' * 12}|{'-' * 14}|{'-' * 10}|{'-' * 13}|")
     for name, fn in [("forward", render), ("forward + grad(eye)", jax.grad(loss))]:
         one = jax.jit(fn)

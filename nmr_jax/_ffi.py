@@ -31,7 +31,6 @@ if HAS_CUDA_BUILD:
         jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
 
 
-
 def _pad_batch(arrays: list[jax.Array], core_ranks: list[int]) -> tuple[list[jax.Array], tuple]:
     """Left-pads the batch dims of each array with 1s to a common rank; returns the broadcast batch."""
     batches = [a.shape[: a.ndim - r] for a, r in zip(arrays, core_ranks, strict=True)]
@@ -91,9 +90,7 @@ def sample_textures(
     """Trilinear texture colours at covered pixels -> rgb [*b, H, W, 3], 0 on background."""
     args, batch = _pad_batch([face_vertices, textures, face_index, weights, depth], [3, 5, 2, 3, 2])
     out = jax.ShapeDtypeStruct((*batch, *face_index.shape[-2:], 3), jnp.float32)
-    return _partition.ffi_call("nmr_sample_textures", out, len(batch))(
-        *args, eps=np.float32(eps)
-    )
+    return _partition.ffi_call("nmr_sample_textures", out, len(batch))(*args, eps=np.float32(eps))
 
 
 def sample_textures_bwd(

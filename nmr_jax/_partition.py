@@ -34,14 +34,11 @@ def ffi_call(
 ) -> Callable[..., Any]:
     """Like ``jax.ffi.ffi_call`` for a kernel whose operands and results all have ``batch_rank``
     leading batch dimensions (sizes 1 or equal); returns an array, or a tuple for a sequence."""
-    single = isinstance(result_shape_dtypes, jax.ShapeDtypeStruct)
-    results = (result_shape_dtypes,) if single else tuple(result_shape_dtypes)  # type: ignore[arg-type]
-
-    def call(*args: jax.Array, **attrs: Any) -> Any:
-        out = _batched(target, results, batch_rank, attrs, args)
-        return out[0] if single else out
-
-    return call
+    if isinstance(result_shape_dtypes, jax.ShapeDtypeStruct):
+        one = (result_shape_dtypes,)
+        return lambda *args, **attrs: _batched(target, one, batch_rank, attrs, args)[0]
+    results = tuple(result_shape_dtypes)
+    return lambda *args, **attrs: _batched(target, results, batch_rank, attrs, args)
 
 
 def _batched(
@@ -121,7 +118,9 @@ def _typed(results: Shapes, batch: list[int], arg_types: list[Any]) -> Shapes:
         return results
     specs = _batch_specs(mesh, batch, arg_types)
     return tuple(
-        jax.ShapeDtypeStruct(r.shape, r.dtype, sharding=NamedSharding(mesh, _spec(r.shape, batch, specs)))
+        jax.ShapeDtypeStruct(
+            r.shape, r.dtype, sharding=NamedSharding(mesh, _spec(r.shape, batch, specs))
+        )
         for r in results
     )
 

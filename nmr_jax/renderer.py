@@ -36,9 +36,10 @@ class Renderer:
     per-call keywords of ``render`` change the camera without a new class. Everything else is static.
 
     Meshes: ``vertices`` float32 ``[..., V, 3]``, ``faces`` int32 ``[..., F, 3]`` (vertex indices,
-    counter-clockwise seen from outside), ``textures`` float32 ``[..., F, T, T, T, 3]`` or
-    ``vertex_colors`` float32 ``[..., V, 3]`` (see ``render``). Leading batch dimensions of all
-    inputs (and of camera parameters such as ``eye [..., 3]``) broadcast.
+    counter-clockwise seen from outside; a row of three -1 is padding, which draws nothing and gets
+    no gradient, for batches of meshes of different sizes), ``textures`` float32
+    ``[..., F, T, T, T, 3]`` or ``vertex_colors`` float32 ``[..., V, 3]`` (see ``render``). Leading
+    batch dimensions of all inputs (and of camera parameters such as ``eye [..., 3]``) broadcast.
     Images: rgb ``[..., H, W, 3]``, depth and alpha ``[..., H, W]``, row 0 at the top.
     """
 

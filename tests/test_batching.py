@@ -47,7 +47,9 @@ def test_vmap_equals_loop(scene, mapped):
     }[mapped]
 
     def render(x):
-        kw = dict(vertices=vertices, textures=textures, eye=eyes[0], light_direction=(0.0, 1.0, 0.0))
+        kw = dict(
+            vertices=vertices, textures=textures, eye=eyes[0], light_direction=(0.0, 1.0, 0.0)
+        )
         kw[mapped] = x
         r = nr.Renderer(image_size=SIZE, light_direction=kw.pop("light_direction"))
         return r.render(kw.pop("vertices"), faces, kw.pop("textures"), **kw)
@@ -135,7 +137,9 @@ def test_padded_meshes_render_as_if_alone_and_padding_gets_no_gradient(scene):
     nv, nf = small_v.shape[0], small_f.shape[0]
     # Padding vertices far away and padding textures non-zero: neither may matter.
     batch_v = jnp.stack([big_v, jnp.concatenate([small_v, jnp.full((len(big_v) - nv, 3), 7.0)])])
-    batch_f = jnp.stack([big_f, jnp.concatenate([small_f, jnp.full((1000 - nf, 3), -1, jnp.int32)])])
+    batch_f = jnp.stack(
+        [big_f, jnp.concatenate([small_f, jnp.full((1000 - nf, 3), -1, jnp.int32)])]
+    )
     batch_t = jnp.stack([textures[:1000], textures[:1000]])
     r = nr.Renderer(image_size=SIZE, eye=(1.0, 2.0, -2.5))
     w = jnp.asarray(np.random.default_rng(2).normal(size=(2, SIZE, SIZE, 3)), jnp.float32)
@@ -169,4 +173,3 @@ def test_padding_rows_are_all_minus_one():
     fv = nr.vertices_to_faces(vertices + 1.0, faces[:2])
     np.testing.assert_array_equal(fv[1], 0.0)
     np.testing.assert_array_equal(fv[0], 1.0)
-

@@ -50,7 +50,9 @@ def _main() -> None:
     rng = np.random.default_rng(0)
     textures = jnp.asarray(rng.uniform(size=(faces.shape[0], 2, 2, 2, 3)), jnp.float32)
     eyes = nr.get_points_from_angles(2.732, 30.0, jnp.arange(VIEWS) * (360.0 / VIEWS))
-    weights = [jnp.asarray(rng.normal(size=(VIEWS, SIZE, SIZE) + c), jnp.float32) for c in [(3,), ()]]
+    weights = [
+        jnp.asarray(rng.normal(size=(VIEWS, SIZE, SIZE) + c), jnp.float32) for c in [(3,), ()]
+    ]
     renderer = nr.Renderer(image_size=SIZE)
 
     def views(vertices, textures, eyes):
@@ -66,20 +68,22 @@ def _main() -> None:
         rgb, depth, alpha = fn(vertices, textures, eyes)
         return jnp.sum(rgb * w_rgb) + jnp.sum((alpha + 0.01 * depth) * w_depth)
 
-    def check(name, fn, mesh, vertices_spec):
+    def check(name, fn, mesh, vertices):
+        """fn's forward and gradients, views sharded over `mesh` vs all on one device."""
         args = (vertices, textures, eyes, *weights)
-        specs = (vertices_spec, P(), P("views"), P("views"), P("views"))
-        sharded = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs)]
+        specs = (P("views") if vertices.ndim == 3 else P(), P(), P("views"), P("views"), P("views"))
+        sharded = [
+            jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs, strict=True)
+        ]
+        one = [jax.device_put(a, jax.devices()[0]) for a in args]
         forward = jax.jit(fn)
         grad = jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2)))
-        one = [jax.device_put(a, jax.devices()[0]) for a in args]
-        for f, ins in [(forward, args[:3]), (grad, args)]:
-            want = f(*[one[i] for i in range(len(ins))])
-            got = f(*[sharded[i] for i in range(len(ins))])
-            for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        for f, n in [(forward, 3), (grad, 5)]:
+            want, got = f(*one[:n]), f(*sharded[:n])
+            for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
                 scale = float(np.abs(np.asarray(w)).max()) or 1.0
                 np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5 * scale, rtol=0)
-            hlo = f.lower(*[sharded[i] for i in range(len(ins))]).compile().as_text()
+            hlo = f.lower(*sharded[:n]).compile().as_text()
             assert "all-gather" not in hlo, f"{name}: all-gather in\n{hlo}"
             batches = _rasterize_batches(hlo)
             assert batches and set(batches) == {VIEWS // DEVICES}, (name, batches)
@@ -90,10 +94,10 @@ def _main() -> None:
     # jax.make_mesh gives explicit axes (shardings in the types); Mesh() gives auto axes.
     explicit = jax.make_mesh((DEVICES,), ("views",))
     auto = jax.sharding.Mesh(np.array(jax.devices()), ("views",))
-    check("vmap over views, explicit axes", views, explicit, P())
+    check("vmap over views, explicit axes", views, explicit, vertices)
     # Shared textures and batched meshes: the textures' gradient is a sum over sharded views.
-    vertices = jnp.broadcast_to(vertices, (VIEWS, *vertices.shape))
-    check("batched meshes, auto axes", meshes, auto, P("views"))
+    batched = jnp.broadcast_to(vertices, (VIEWS, *vertices.shape))
+    check("batched meshes, auto axes", meshes, auto, batched)
 
 
 if __name__ == "__main__":
