@@ -73,18 +73,18 @@ def vertices_to_faces(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
 
 
 def _padding(faces: jax.Array) -> jax.Array:
-    """bool ``[..., F]``: rows of three -1. Concrete faces with any other negative index raise;
-    under jit the gather's range check does."""
-    padding = jnp.all(faces == -1, axis=-1)
+    """bool ``[..., F]``: rows of three -1. Concrete faces (also constants under jit) with any
+    other negative index raise; traced ones meet the gather's range check instead."""
     if not isinstance(faces, jax.core.Tracer):
-        bad = np.argwhere(np.asarray(jnp.any(faces < 0, axis=-1) & ~padding))
+        f = np.asarray(faces)
+        bad = np.argwhere(np.any(f < 0, axis=-1) & ~np.all(f == -1, axis=-1))
         if bad.size:
             row = tuple(int(i) for i in bad[0])
             raise ValueError(
-                f"faces[{', '.join(map(str, row))}] = {np.asarray(faces)[row].tolist()}: a row "
-                "holds three vertex indices in [0, V), or three -1 for padding"
+                f"faces[{', '.join(map(str, row))}] = {f[row].tolist()}: a row holds three "
+                "vertex indices in [0, V), or three -1 for padding"
             )
-    return padding
+    return jnp.all(faces == -1, axis=-1)
 
 
 def _config(
