@@ -81,8 +81,8 @@ def _padding(faces: jax.Array) -> jax.Array:
         if bad.size:
             row = tuple(int(i) for i in bad[0])
             raise ValueError(
-                f"faces[{', '.join(map(str, row))}] = {f[row].tolist()}: a row holds three "
-                "vertex indices in [0, V), or three -1 for padding"
+                f"faces holds vertex index {f[row].min()} in faces[{', '.join(map(str, row))}] = "
+                f"{f[row].tolist()}: a row holds three indices in [0, V), or three -1 (padding)"
             )
     return jnp.all(faces == -1, axis=-1)
 
