@@ -51,7 +51,9 @@ def lighting(
     n = _normalize(
         jnp.cross(faces[..., 0, :] - faces[..., 1, :], faces[..., 2, :] - faces[..., 1, :])
     )
-    cos = jax.nn.relu(jnp.sum(n * d[..., None, :], axis=-1))  # [..., F]
+    # A matmul, not sum(n * d): jaxlib 0.10.2's XLA:CPU YNNPACK fusion miscompiles the broadcast
+    # multiply-reduce when `direction` is batched under jit(vmap) (test_batching pins it).
+    cos = jax.nn.relu(jnp.matmul(n, d[..., :, None])[..., 0])  # [..., F]
     light = (
         ambient[..., None, :] + (id_[..., None] * cd)[..., None, :] * cos[..., None]
     )  # [..., F, 3]
