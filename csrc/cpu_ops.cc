@@ -2,8 +2,13 @@
 // walk the broadcast batch, and call the per-face and per-pixel math of nmr_core.h.
 // Shapes are checked by the Python layer (nmr_jax/_ffi.py) before any call is built.
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "batch.h"
 #include "nmr_core.h"
@@ -21,6 +26,44 @@ using S32Out = ffi::ResultBuffer<ffi::S32>;
 int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) {
   return dims[dims.size() - from_end];
 }
+
+// Runs fn(i) for every i in [0, n) on XLA's intra-op thread pool and the calling thread, and
+// returns when all have run. The pool has no join: the caller claims tasks like any worker and then
+// waits only for tasks that workers already claimed, so a busy pool cannot deadlock it (workers that
+// start late find nothing left; the shared state outlives the call for them). Tasks must write
+// disjoint memory; which thread runs a task never changes what it computes.
+template <typename Fn>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
+  if (n <= 0) return;
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mutex;
+    std::condition_variable all_done;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, n, &fn]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
+      fn(i);
+      if (state->done.fetch_add(1) + 1 == n) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->all_done.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work]() { work(); });
+  work();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->all_done.wait(lock, [&] { return state->done.load() == n; });
+}
+
+// Work split into tasks of a fixed size (never by the thread count, so that results cannot
+// depend on it): rows of an image drawn by one task, faces of one Kato task.
+constexpr int kBandRows = 16;
+constexpr int64_t kFacesPerTask = 256;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A face index map holds -1 or a face of its batch element; anything else would index out of bounds.
 ffi::Error check_face_index(const int32_t* face_index, int64_t n, int64_t num_faces) {
@@ -84,32 +127,76 @@ ffi::Error ScatterFacesImpl(S32 faces, F32 grad_face_vertices, F32Out grad_verti
 
 // face_vertices [*b, F, 3, 3] -> face_index [*b, H, W] (-1 on background), weights [*b, H, W, 3]
 // (0 on background), depth [*b, H, W] (far on background); row 0 is y = -1.
-ffi::Error RasterizeImpl(F32 face_vertices, int32_t height, int32_t width, float near, float far,
-                         S32Out face_index, F32Out weights, F32Out depth) {
+// Faces are set up once, binned into bands of kBandRows rows in increasing index order, and each
+// band draws its faces in that order: every pixel sees the same sequence of depth tests as a
+// sequential draw of all faces, so the maps (and the tie rule, lowest index wins) do not depend on
+// the threads. Cost O(F + covered bounding-box pixels), memory O(F) beyond the outputs.
+ffi::Error RasterizeImpl(ffi::ThreadPool pool, F32 face_vertices, int32_t height, int32_t width,
+                         float near, float far, S32Out face_index, F32Out weights, F32Out depth) {
   nmr::Broadcast bc;
   const int ifv = bc.add(face_vertices.dimensions(), 3);
   const int out = bc.add(face_index->dimensions(), 2);
   if (auto err = bc.finish(); err.failure()) return err;
   const int64_t F = dim(face_vertices.dimensions(), 3);
   const int64_t P = static_cast<int64_t>(height) * width;
-  std::fill_n(face_index->typed_data(), face_index->element_count(), -1);
-  std::fill_n(weights->typed_data(), weights->element_count(), 0.f);
-  std::fill_n(depth->typed_data(), depth->element_count(), far);
+  const int64_t bands = ceil_div(height, kBandRows);
+  std::vector<nmr::Face> faces(F);
+  std::vector<int64_t> band_start(bands + 1);
+  std::vector<int32_t> band_faces;
   for (int64_t b = 0; b < bc.size(); ++b) {
     const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
     const int64_t o = bc.at(out, b) * P;
+    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+      for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f)
+        faces[f] = nmr::setup_face(fv + 9 * f, height, width);
+    });
+    // Counting sort of the visible faces by the bands their rows reach; stable, so each band
+    // lists its faces in increasing index order.
+    auto band_range = [&](const nmr::Face& face, int64_t* lo, int64_t* hi) {
+      int y_lo, y_hi;
+      nmr::pixel_span(fminf(face.y[0], fminf(face.y[1], face.y[2])),
+                      fmaxf(face.y[0], fmaxf(face.y[1], face.y[2])), height, &y_lo, &y_hi);
+      *lo = y_lo / kBandRows;
+      *hi = y_lo <= y_hi ? y_hi / kBandRows : *lo - 1;
+    };
+    std::fill(band_start.begin(), band_start.end(), 0);
     for (int64_t f = 0; f < F; ++f) {
-      const nmr::Face face = nmr::setup_face(fv + 9 * f, height, width);
-      nmr::draw_face(face, static_cast<int32_t>(f), height, width, near, far, 0, height - 1,
-                     face_index->typed_data() + o, weights->typed_data() + 3 * o, depth->typed_data() + o);
+      if (!faces[f].visible) continue;
+      int64_t lo, hi;
+      band_range(faces[f], &lo, &hi);
+      for (int64_t k = lo; k <= hi; ++k) ++band_start[k + 1];
     }
+    for (int64_t k = 0; k < bands; ++k) band_start[k + 1] += band_start[k];
+    band_faces.resize(band_start[bands]);
+    std::vector<int64_t> fill(band_start.begin(), band_start.end() - 1);
+    for (int64_t f = 0; f < F; ++f) {
+      if (!faces[f].visible) continue;
+      int64_t lo, hi;
+      band_range(faces[f], &lo, &hi);
+      for (int64_t k = lo; k <= hi; ++k) band_faces[fill[k]++] = static_cast<int32_t>(f);
+    }
+    int32_t* fi = face_index->typed_data() + o;
+    float* wt = weights->typed_data() + 3 * o;
+    float* dp = depth->typed_data() + o;
+    parallel_for(pool, bands, [&](int64_t k) {
+      const int row_lo = static_cast<int>(k) * kBandRows;
+      const int row_hi = std::min(row_lo + kBandRows, static_cast<int>(height)) - 1;
+      const int64_t p0 = static_cast<int64_t>(row_lo) * width;
+      const int64_t p1 = static_cast<int64_t>(row_hi + 1) * width;
+      std::fill(fi + p0, fi + p1, -1);
+      std::fill(wt + 3 * p0, wt + 3 * p1, 0.f);
+      std::fill(dp + p0, dp + p1, far);
+      for (int64_t i = band_start[k]; i < band_start[k + 1]; ++i)
+        nmr::draw_face(faces[band_faces[i]], band_faces[i], height, width, near, far, row_lo, row_hi,
+                       fi, wt, dp);
+    });
   }
   return ffi::Error::Success();
 }
 
 // Trilinear texture sampling at covered pixels -> rgb [*b, H, W, 3], 0 on background.
-ffi::Error SampleTexturesImpl(F32 face_vertices, F32 textures, S32 face_index, F32 weights, F32 depth,
-                              float eps, F32Out rgb) {
+ffi::Error SampleTexturesImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, S32 face_index,
+                              F32 weights, F32 depth, float eps, F32Out rgb) {
   nmr::Broadcast bc;
   const int ifv = bc.add(face_vertices.dimensions(), 3);
   const int it = bc.add(textures.dimensions(), 5);
@@ -127,14 +214,18 @@ ffi::Error SampleTexturesImpl(F32 face_vertices, F32 textures, S32 face_index, F
     const int32_t* fi = face_index.typed_data() + q;
     if (auto err = check_face_index(fi, P, F); err.failure()) return err;
     float* out_rgb = rgb->typed_data() + bc.at(out, b) * P * 3;
-    for (int64_t p = 0; p < P; ++p) {
-      if (fi[p] < 0) {
-        for (int c = 0; c < 3; ++c) out_rgb[3 * p + c] = 0.f;
-        continue;
+    const int64_t W = dim(face_index.dimensions(), 1);
+    const int64_t chunk = kBandRows * W;
+    parallel_for(pool, ceil_div(P, chunk), [&](int64_t k) {
+      for (int64_t p = k * chunk; p < std::min(P, (k + 1) * chunk); ++p) {
+        if (fi[p] < 0) {
+          for (int c = 0; c < 3; ++c) out_rgb[3 * p + c] = 0.f;
+          continue;
+        }
+        nmr::sample_texture(fv + 9 * fi[p], tex + fi[p] * cube, weights.typed_data() + 3 * (q + p),
+                            depth.typed_data()[q + p], T, eps, out_rgb + 3 * p);
       }
-      nmr::sample_texture(fv + 9 * fi[p], tex + fi[p] * cube, weights.typed_data() + 3 * (q + p),
-                          depth.typed_data()[q + p], T, eps, out_rgb + 3 * p);
-    }
+    });
   }
   return ffi::Error::Success();
 }
@@ -175,8 +266,12 @@ ffi::Error SampleTexturesBwdImpl(F32 face_vertices, S32 face_index, F32 weights,
 }
 
 // Kato's approximate gradient of face x, y from image [*b, H, W, C] and its gradient.
-ffi::Error KatoBwdImpl(F32 face_vertices, S32 face_index, F32 image, F32 grad_image, float eps,
-                       F32Out grad_face_vertices) {
+// Parallel over faces: each face writes only its own 9 floats, and the batch elements are visited
+// in order, so the result does not depend on the threads (a face's sum over a broadcast batch is
+// in increasing batch order). Columns are scanned in a transposed copy of the image and its gradient
+// ([W, H, C], 2 H W C floats of scratch) so that every scan reads contiguous memory.
+ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, F32 image,
+                       F32 grad_image, float eps, F32Out grad_face_vertices) {
   nmr::Broadcast bc;
   const int ifv = bc.add(face_vertices.dimensions(), 3);
   const int ipix = bc.add(face_index.dimensions(), 2);
@@ -191,16 +286,36 @@ ffi::Error KatoBwdImpl(F32 face_vertices, S32 face_index, F32 image, F32 grad_im
   const int64_t P = static_cast<int64_t>(H) * W;
   std::fill_n(grad_face_vertices->typed_data(), grad_face_vertices->element_count(), 0.f);
   for (int64_t b = 0; b < bc.size(); ++b) {
+    if (auto err = check_face_index(face_index.typed_data() + bc.at(ipix, b) * P, P, F); err.failure())
+      return err;
+  }
+  std::vector<float> image_t(P * C), grad_t(P * C);
+  for (int64_t b = 0; b < bc.size(); ++b) {
     const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
     const int32_t* fi = face_index.typed_data() + bc.at(ipix, b) * P;
-    if (auto err = check_face_index(fi, P, F); err.failure()) return err;
     const float* im = image.typed_data() + bc.at(iim, b) * P * C;
     const float* g = grad_image.typed_data() + bc.at(ig, b) * P * C;
     float* gf = grad_face_vertices->typed_data() + bc.at(out, b) * F * 9;
-    for (int64_t f = 0; f < F; ++f) {
-      const nmr::Face face = nmr::setup_face(fv + 9 * f, H, W);
-      nmr::kato_face_grad(face, static_cast<int32_t>(f), H, W, C, fi, im, g, eps, gf + 9 * f);
-    }
+    // Transpose in blocks of kBandRows columns: reads stay within a few cache lines per row.
+    parallel_for(pool, ceil_div(W, kBandRows), [&](int64_t k) {
+      const int x_hi = std::min(static_cast<int>(k + 1) * kBandRows, W);
+      for (int y = 0; y < H; ++y)
+        for (int x = static_cast<int>(k) * kBandRows; x < x_hi; ++x)
+          for (int c = 0; c < C; ++c) {
+            const int64_t src = (static_cast<int64_t>(y) * W + x) * C + c;
+            const int64_t dst = (static_cast<int64_t>(x) * H + y) * C + c;
+            image_t[dst] = im[src];
+            grad_t[dst] = g[src];
+          }
+    });
+    const nmr::ScanLines cols{image_t.data(), grad_t.data(), H, 1};
+    const nmr::ScanLines rows{im, g, W, 1};
+    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+      for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f) {
+        const nmr::Face face = nmr::setup_face(fv + 9 * f, H, W);
+        nmr::kato_face_grad(face, static_cast<int32_t>(f), H, W, C, fi, cols, rows, eps, gf + 9 * f);
+      }
+    });
   }
   return ffi::Error::Success();
 }
@@ -255,6 +370,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFacesCpu, ScatterFacesImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterizeCpu, RasterizeImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // face_vertices [*b, F, 3, 3], NDC x, y and view z
                                   .Attr<int32_t>("height")
                                   .Attr<int32_t>("width")
@@ -267,6 +383,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterizeCpu, RasterizeImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesCpu, SampleTexturesImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // face_vertices [*b, F, 3, 3]
                                   .Arg<F32>()  // textures [*b, F, T, T, T, 3]
                                   .Arg<S32>()  // face_index [*b, H, W]
@@ -289,6 +406,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwdCpu, SampleTexturesBwdImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwdCpu, KatoBwdImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // face_vertices [*b, F, 3, 3]
                                   .Arg<S32>()  // face_index [*b, H, W]
                                   .Arg<F32>()  // image [*b, H, W, C]: rgb and/or alpha, as rasterized

@@ -182,12 +182,92 @@ NMR_HD void depth_grad(const Face& f, const float* w, float zp, float g, int hei
   }
 }
 
+// An image of C channels and its incoming gradient seen as scan lines: pixel d1 of line d0 is at
+// (d0 * line + d1 * along) * C floats. In the as-rasterized [H, W, C] maps rows are {line W, along 1}
+// and columns {line 1, along W}; a transposed copy [W, H, C] makes columns {line H, along 1}.
+struct ScanLines {
+  const float* image;
+  const float* grad;
+  int64_t line;   // Pixels between consecutive lines.
+  int64_t along;  // Pixels between consecutive pixels of a line.
+};
+
+// Kato's contribution of one pixel: only a move that would lower the loss (diff > 0) counts, and
+// it is diff over the NDC distance the vertex must move (dist), pushed eps away from zero as in
+// the original. `signed_eps` is eps with the sign of dist, known per line (see out_scan).
+NMR_HD float kato_term(float diff, float dist, float signed_eps) {
+  return (diff > 0.f ? diff : 0.f) / (dist + signed_eps);
+}
+
+// The out scan of one line: over pixels [lo, hi] (lines of `lines` with along == 1 when kContiguous),
+// sums kato_term of diff = sum_c (image - in) * grad for both vertices of the edge, with
+// dist_k = lever_k * (d1 - cross) * to_ndc. Every pixel of [lo, hi] lies on the same side of the
+// crossing, so each dist_k has one sign on the whole line and the loop has no branch; 8
+// independent partial sums let the compiler vectorise it (a fixed order: deterministic).
+// kC > 0 fixes the channel count at compile time; kC == 0 reads it from C.
+template <int kC, bool kContiguous>
+NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int C, int lo, int hi,
+                     const float* in, float cross, float to_ndc, float lever0, float lever1,
+                     float eps0, float eps1, float* sum0, float* sum1) {
+  const int nc = kC > 0 ? kC : C;
+  const int64_t step = (kContiguous ? 1 : along) * nc;
+  constexpr int kLanes = 8;
+  float acc0[kLanes] = {}, acc1[kLanes] = {};
+  int d1 = lo;
+  for (; d1 + kLanes - 1 <= hi; d1 += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float* im = image + (d1 + j) * step;
+      const float* g = grad + (d1 + j) * step;
+      float diff = 0.f;
+      for (int c = 0; c < nc; ++c) diff += (im[c] - in[c]) * g[c];
+      const float dist = (static_cast<float>(d1 + j) - cross) * to_ndc;
+      acc0[j] += kato_term(diff, lever0 * dist, eps0);
+      acc1[j] += kato_term(diff, lever1 * dist, eps1);
+    }
+  }
+  for (; d1 <= hi; ++d1) {
+    const float* im = image + d1 * step;
+    const float* g = grad + d1 * step;
+    float diff = 0.f;
+    for (int c = 0; c < nc; ++c) diff += (im[c] - in[c]) * g[c];
+    const float dist = (static_cast<float>(d1) - cross) * to_ndc;
+    acc0[0] += kato_term(diff, lever0 * dist, eps0);
+    acc1[0] += kato_term(diff, lever1 * dist, eps1);
+  }
+  float s0 = 0.f, s1 = 0.f;
+  for (int j = 0; j < kLanes; ++j) {
+    s0 += acc0[j];
+    s1 += acc1[j];
+  }
+  *sum0 = s0;
+  *sum1 = s1;
+}
+
+// The out scan with the channel count and the contiguity of the line picked at run time.
+NMR_HD void out_scan_any(const float* image, const float* grad, int64_t along, int C, int lo, int hi,
+                         const float* in, float cross, float to_ndc, float lever0, float lever1,
+                         float eps0, float eps1, float* sum0, float* sum1) {
+#define NMR_OUT_SCAN(KC, CONTIGUOUS)                                                           \
+  out_scan<KC, CONTIGUOUS>(image, grad, along, C, lo, hi, in, cross, to_ndc, lever0, lever1, eps0, \
+                           eps1, sum0, sum1)
+  // The renderer's images have 4 channels (rgb, alpha) or 1 (alpha).
+  if (along == 1) {
+    if (C == 4) return NMR_OUT_SCAN(4, true);
+    if (C == 1) return NMR_OUT_SCAN(1, true);
+    return NMR_OUT_SCAN(0, true);
+  }
+  return NMR_OUT_SCAN(0, false);
+#undef NMR_OUT_SCAN
+}
+
 // Kato's approximate gradient of one face's x and y (NDC) from an image of C channels and its
-// incoming gradient, both [H, W, C] as rasterized. `grad` receives the 9 face coordinates' gradient
-// (z untouched). One call per face; the face's pixels are read, never written.
+// incoming gradient, given as scan lines along columns (`cols`, axis 0) and rows (`rows`, axis 1);
+// face_index is [H, W] as rasterized. `grad` receives the 9 face coordinates' gradient (z untouched).
+// One call per face, reading the image and writing only this face's 9 floats: faces can run
+// concurrently. Cost: O(edge length x distance to the border) per face, the out scans.
 NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
-                           const int32_t* face_index, const float* image, const float* grad_image,
-                           float eps, float* grad) {
+                           const int32_t* face_index, ScanLines cols, ScanLines rows, float eps,
+                           float* grad) {
   if (!f.visible) return;
   const float* xy[2] = {f.x, f.y};
   for (int e = 0; e < 3; ++e) {
@@ -200,12 +280,15 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
       const float b0 = B[v[0]], b1 = B[v[1]], b2 = B[v[2]];
       // An edge parallel to the scan lines meets them in no single point (0/0 in the original).
       if (a0 == a1) continue;
+      const ScanLines& sl = axis == 0 ? cols : rows;
       const int n_lines = axis == 0 ? width : height;
       const int n_along = axis == 0 ? height : width;
-      // Pixel step along a scan line, in the flat [H, W] index.
-      const int64_t step = axis == 0 ? width : 1;
+      // Pixel step along a scan line and line start, in the flat [H, W] face index.
+      const int64_t fi_step = axis == 0 ? width : 1;
+      const int64_t fi_line = axis == 0 ? 1 : width;
       const int dir = ((a0 < a1) == (axis == 0)) ? -1 : 1;  // Outward normal of the edge along d1.
       const float to_ndc = 2.f / n_along;
+      const int coord = 1 - axis;
       int d0_lo, d0_hi;
       pixel_span(a0, a1, n_lines, &d0_lo, &d0_hi);
       for (int d0 = d0_lo; d0 <= d0_hi; ++d0) {
@@ -214,37 +297,29 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
         const int d1_in = static_cast<int>(dir > 0 ? floorf(cross) : ceilf(cross));
         const int d1_out = d1_in + dir;
         if (d1_in < 0 || d1_in >= n_along || d1_out < 0 || d1_out >= n_along) continue;
-        const int64_t line = axis == 0 ? d0 : static_cast<int64_t>(d0) * width;
-        const int64_t p_in = line + d1_in * step;
-        const int64_t p_out = line + d1_out * step;
+        const int32_t* fi = face_index + d0 * fi_line;
+        const float* im = sl.image + d0 * sl.line * C;
+        const float* g = sl.grad + d0 * sl.line * C;
+        const int64_t step = sl.along * C;
         // Moving vertex 0 (1) by delta moves the crossing on this line by delta * (a1 - d0) / (a1 - a0)
-        // (resp. (d0 - a0) / (a1 - a0)); dist is the vertex move that brings the edge to pixel d1.
+        // (resp. (d0 - a0) / (a1 - a0)); lever * (d1 - cross) is the vertex move that brings the
+        // edge to pixel d1. A lever of 0 marks a vertex on this line, which the line cannot move.
         const float lever0 = a1 != d0 ? (a1 - a0) / (a1 - d0) : 0.f;
         const float lever1 = a0 != d0 ? (a1 - a0) / (d0 - a0) : 0.f;
-        const int coord = 1 - axis;
-        auto push = [&](int d1, float diff) {
-          // Only a move that would lower the loss contributes.
-          if (!(diff > 0.f)) return;
-          const float along = (d1 - cross) * to_ndc;
-          // eps keeps the step away from zero, as in the original.
-          if (lever0 != 0.f) {
-            const float dist = lever0 * along;
-            grad[3 * v[0] + coord] -= diff / (dist > 0.f ? dist + eps : dist - eps);
-          }
-          if (lever1 != 0.f) {
-            const float dist = lever1 * along;
-            grad[3 * v[1] + coord] -= diff / (dist > 0.f ? dist + eps : dist - eps);
-          }
-        };
-        // Out scan: the face grows over the pixels beyond its edge, up to the border.
-        if (face_index[p_in] == index) {
-          const float* in = image + p_in * C;
-          for (int d1 = d1_out; d1 >= 0 && d1 < n_along; d1 += dir) {
-            const int64_t p = line + d1 * step;
-            float diff = 0.f;
-            for (int c = 0; c < C; ++c) diff += (image[p * C + c] - in[c]) * grad_image[p * C + c];
-            push(d1, diff);
-          }
+        float* g0 = grad + 3 * v[0] + coord;
+        float* g1 = grad + 3 * v[1] + coord;
+        // Out scan: the face grows over the pixels beyond its edge, up to the border. There
+        // d1 - cross has the sign of dir, so each distance has the sign of lever * dir.
+        if (fi[d1_in * fi_step] == index) {
+          const int lo = dir > 0 ? d1_out : 0;
+          const int hi = dir > 0 ? n_along - 1 : d1_out;
+          const float eps0 = (lever0 > 0.f) == (dir > 0) ? eps : -eps;
+          const float eps1 = (lever1 > 0.f) == (dir > 0) ? eps : -eps;
+          float s0, s1;
+          out_scan_any(im, g, sl.along, C, lo, hi, im + d1_in * step, cross, to_ndc, lever0, lever1,
+                       eps0, eps1, &s0, &s1);
+          if (lever0 != 0.f) *g0 -= s0;
+          if (lever1 != 0.f) *g1 -= s1;
         }
         // In scan: the face shrinks, uncovering its own pixels up to its far side on this line.
         float cross2;
@@ -258,17 +333,34 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
         const float lim = dir > 0 ? ceilf(cross2) : floorf(cross2);
         const int lo = static_cast<int>(fmaxf(fminf(static_cast<float>(d1_in), lim), 0.f));
         const int hi = static_cast<int>(fminf(fmaxf(static_cast<float>(d1_in), lim), n_along - 1.f));
-        const float* out = image + p_out * C;
+        const float* out = im + d1_out * step;
         for (int d1 = lo; d1 <= hi; ++d1) {
-          const int64_t p = line + d1 * step;
-          if (face_index[p] != index) continue;
+          if (fi[d1 * fi_step] != index) continue;
           float diff = 0.f;
-          for (int c = 0; c < C; ++c) diff += (image[p * C + c] - out[c]) * grad_image[p * C + c];
-          push(d1, diff);
+          for (int c = 0; c < C; ++c) diff += (im[d1 * step + c] - out[c]) * g[d1 * step + c];
+          if (!(diff > 0.f)) continue;
+          const float dist = (static_cast<float>(d1) - cross) * to_ndc;
+          // Here d1 - cross may have either sign or be 0.
+          if (lever0 != 0.f) {
+            const float d = lever0 * dist;
+            *g0 -= kato_term(diff, d, d > 0.f ? eps : -eps);
+          }
+          if (lever1 != 0.f) {
+            const float d = lever1 * dist;
+            *g1 -= kato_term(diff, d, d > 0.f ? eps : -eps);
+          }
         }
       }
     }
   }
+}
+
+// The same with columns and rows read in place from the [H, W, C] maps (no transposed copy).
+NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
+                           const int32_t* face_index, const float* image, const float* grad_image,
+                           float eps, float* grad) {
+  kato_face_grad(f, index, height, width, C, face_index, ScanLines{image, grad_image, 1, width},
+                 ScanLines{image, grad_image, width, 1}, eps, grad);
 }
 
 // The fragments of a visible face, for a kernel that resolves visibility itself (the CUDA
