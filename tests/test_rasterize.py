@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +111,88 @@ def test_ties_lowest_face_index_wins():
     fi, _, _ = assert_maps_equal(np.concatenate([tri, tri, tri], 1), 16, 16)
     drawn = np.asarray(fi) >= 0
     assert drawn.any() and (np.asarray(fi)[drawn] == 0).all()
+
+
+# Rows, columns of the tie scene: 4 bands of 16 rows; 300 faces make 2 Kato chunks of 256.
+SCENE = (64, 32)
+
+
+def tie_scene():
+    """Faces spanning many row bands and face-index chunks, with exact depth ties (batch of 2).
+
+    Element 0: 300 right triangles with legs of 2 to 16 pixels on integer pixel positions of a
+    power-of-two image, all at depth 1: barycentric weights are dyadic, so every pixel's depth is
+    exactly 1 and every overlap is an exact tie. Element 1: 60 random faces repeated 5 times in a
+    shuffled order (exact duplicates) at random depths."""
+    rng = np.random.default_rng(11)
+    h, w = SCENE
+    n = 300
+    x0, y0 = rng.integers(-8, w + 8, n), rng.integers(-8, h + 8, n)
+    legs = 2 ** rng.integers(1, 5, n)
+    sx, sy = rng.choice([-1, 1], n), rng.choice([-1, 1], n)
+    corners = [(x0, y0), (x0 + sx * legs, y0), (x0, y0 + sy * legs)]
+    flip = sx * sy < 0  # clockwise as listed: swap two corners
+    corners[1], corners[2] = (
+        tuple(np.where(flip, b, a) for a, b in zip(corners[1], corners[2], strict=True)),
+        tuple(np.where(flip, a, b) for a, b in zip(corners[1], corners[2], strict=True)),
+    )
+    ndc = lambda p, size: (2 * p - size + 1) / size  # noqa: E731  inverse of the pixel mapping
+    tri = np.stack([np.stack([ndc(x, w), ndc(y, h), np.ones(n)], -1) for x, y in corners], 1)
+    base = random_faces(rng, 1, 60, h, w)[0]
+    dup = base[rng.permutation(np.repeat(np.arange(60), 5))]
+    return np.stack([tri, dup]).astype(np.float32)
+
+
+def threaded_results(fv):
+    """Maps, a random image and gradient, and Kato's gradient from them, on the tie scene."""
+    h, w = SCENE
+    fi, wt, d = kernel_maps(fv, h, w)
+    rng = np.random.default_rng(12)
+    image = jnp.where(
+        (fi >= 0)[..., None], jnp.asarray(rng.uniform(size=(2, h, w, 4)), jnp.float32), 0.3
+    )
+    grad = jnp.asarray(rng.normal(size=(2, h, w, 4)), jnp.float32)
+    g_fv = _ffi.kato_bwd(jnp.asarray(fv), fi, image, grad, 1e-3)
+    return {"fi": fi, "wt": wt, "d": d, "image": image, "grad": grad, "g_fv": g_fv}
+
+
+def test_ties_lowest_index_wins_under_threading(tmp_path):
+    # The CPU kernels split images into row bands and faces into chunks run on XLA's thread pool.
+    # Exact depth ties must still go to the lowest face index, and nothing may depend on the
+    # number of threads: the results here must equal, bit for bit, those of a process pinned to
+    # one CPU (one pool thread).
+    fv = tie_scene()
+    got = {k: np.asarray(v) for k, v in threaded_results(fv).items()}
+    rfi, _, rd = reference_forward(fv, *SCENE)
+    assert (np.asarray(rd[0])[got["fi"][0] >= 0] == 1).all()  # the ties are exact
+    np.testing.assert_array_equal(got["fi"], np.asarray(rfi))
+    drawn = got["fi"][0] >= 0
+    assert drawn.sum() > 1000 and len(np.unique(got["fi"][0][drawn])) > 50
+    # Kato's backward on a non-square image (columns and rows scanned differently), 2 face chunks.
+    want = ref.kato(fv, got["fi"], got["image"], got["grad"], np.float32(1e-3))
+    np.testing.assert_allclose(got["g_fv"], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    again = threaded_results(fv)
+    for k in got:
+        np.testing.assert_array_equal(np.asarray(again[k]), got[k], err_msg=k)
+    code = (
+        "import os, sys, numpy as np\n"
+        "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+        "from tests.test_rasterize import threaded_results, tie_scene\n"
+        "np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in threaded_results(tie_scene()).items()})\n"
+    )
+    out_file = tmp_path / "one_thread.npz"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(out_file)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    one = np.load(out_file)
+    for k in got:
+        np.testing.assert_array_equal(one[k], got[k], err_msg=k)
 
 
 def test_behind_camera_and_outside_near_far_are_not_drawn():
