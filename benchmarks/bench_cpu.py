@@ -1,0 +1,421 @@
+"""CPU benchmark of nmr_jax against other differentiable renderers, side by side in one process.
+
+Scenes: the shipped teapot (2256 faces), an icosphere (5120 faces) and, at 1024^2, a torus of
+100,352 faces; image sizes 64^2 to 1024^2 with anti-aliasing on and off, batch 1 and 8; forward
+(rgb and alpha) and forward+backward (gradient of an L2 image loss w.r.t. the vertices). Times are
+medians over repeated runs after warm-up (compilation excluded); peak RSS is sampled during the
+runs of each entry (the whole process: it includes the ~0.3 GB of the Python/JAX runtime).
+
+Every renderer sees the same camera (look-at from the original's default distance, 30 degree
+half-angle perspective) and the same faces (each face and its reversed copy, as the original's
+``fill_back``), colours from the same 2^3 texture cubes, no lighting.
+
+Baselines, each run where available and skipped with a note otherwise:
+- ``brute``: the tests' brute-force pure-jnp rasterizer (tests/_reference.py: every pixel against
+  every face), chunked over rows with rematerialised gradients so that its memory stays bounded;
+  run only where pixels x faces is small enough to finish in seconds.
+- ``mitsuba``: Mitsuba 3 (``pip install mitsuba``), variant ``llvm_ad_rgb``, 1 sample per pixel:
+  silhouette gradients with the ``direct_projective`` integrator (fwd+bwd) and its plain ``direct``
+  forward. It needs libLLVM >= 16: set DRJIT_LIBLLVM_PATH (Debian 12: ``libllvm19``).
+- PyTorch3D and jaxrenderer: not adapted here; reported as skipped (see the README).
+
+Usage: ``python benchmarks/bench_cpu.py`` (all entries, several minutes) or ``--quick`` (the
+teapot at 256^2 with and without anti-aliasing, the 100k-face torus forward; about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import nmr_jax as nr
+
+ROOT = Path(__file__).resolve().parents[1]
+EYE = (0.0, 0.0, -2.732)
+ANGLE = 30.0
+NEAR, FAR = 0.1, 100.0
+# The brute force costs 30-80 ns per pixel-face pair on the 2-core VM it was written on: it runs
+# only up to the teapot at 256^2 with anti-aliasing (1.2e9 pairs, about a minute per call), and
+# with --quick up to 1e8 pairs.
+BRUTE_MAX_PAIRS = 1.2e9
+BRUTE_MAX_PAIRS_QUICK = 1e8
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenes
+
+
+def icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit icosphere with 20 * 4^level faces, counter-clockwise seen from outside."""
+    t = (1 + 5**0.5) / 2
+    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t),
+         (0, -1, -t), (0, 1, -t), (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]  # fmt: skip
+    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4),
+         (11, 10, 2), (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8),
+         (3, 8, 9), (4, 9, 5), (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]  # fmt: skip
+    verts = [np.array(p, np.float64) / np.linalg.norm(p) for p in v]
+    faces = f
+    cache: dict[tuple[int, int], int] = {}  # edge -> its midpoint vertex (shared by two faces)
+
+    def mid(a: int, b: int) -> int:
+        key = (min(a, b), max(a, b))
+        if key not in cache:
+            m = verts[a] + verts[b]
+            verts.append(m / np.linalg.norm(m))
+            cache[key] = len(verts) - 1
+        return cache[key]
+
+    for _ in range(level):
+        faces = [
+            g
+            for a, b, c in faces
+            for g in ((a, mid(a, b), mid(c, a)), (b, mid(b, c), mid(a, b)),
+                      (c, mid(c, a), mid(b, c)), (mid(a, b), mid(b, c), mid(c, a)))
+        ]  # fmt: skip
+    return np.array(verts, np.float32), np.array(faces, np.int32)
+
+
+def torus(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Torus (radii 0.7 and 0.3, axis y) of n x n quads = 2 n^2 faces, outward counter-clockwise."""
+    u, w = np.meshgrid(np.arange(n) * 2 * np.pi / n, np.arange(n) * 2 * np.pi / n, indexing="ij")
+    r = 0.7 + 0.3 * np.cos(w)
+    verts = np.stack([r * np.cos(u), 0.3 * np.sin(w), r * np.sin(u)], -1).reshape(-1, 3)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    a, b = i * n + j, ((i + 1) % n) * n + j
+    c, d = ((i + 1) % n) * n + (j + 1) % n, i * n + (j + 1) % n
+    faces = np.concatenate([np.stack([a, d, b], -1), np.stack([b, d, c], -1)]).reshape(-1, 3)
+    return verts.astype(np.float32), faces.astype(np.int32)
+
+
+def scenes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    v, f = nr.data.teapot()
+    return {
+        "teapot": (np.asarray(v), np.asarray(f)),
+        "icosphere": icosphere(4),
+        "torus100k": torus(224),
+    }
+
+
+@dataclass(frozen=True)
+class Case:
+    scene: str
+    size: int
+    aa: bool
+    batch: int
+
+
+def cases(quick: bool) -> list[Case]:
+    if quick:
+        return [Case("teapot", 64, False, 1), Case("teapot", 256, True, 1),
+                Case("icosphere", 256, False, 1), Case("torus100k", 1024, False, 1)]  # fmt: skip
+    out = [
+        Case(scene, size, aa, batch)
+        for scene in ("teapot", "icosphere")
+        for size in (64, 256, 512, 1024)
+        for aa in (False, True)
+        for batch in (1, 8)
+    ]
+    return out + [Case("torus100k", 1024, False, 1), Case("torus100k", 1024, True, 1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Renderers: each returns (forward, forward+backward) callables of the vertices [B, V, 3].
+
+
+def project(vertices: jax.Array, faces: jax.Array) -> jax.Array:
+    v = nr.perspective(nr.look_at(vertices, jnp.asarray(EYE, jnp.float32)), ANGLE)
+    return nr.vertices_to_faces(v, faces)
+
+
+def l2_loss(rgb: jax.Array, alpha: jax.Array) -> jax.Array:
+    # A dense incoming gradient on every pixel and channel, as an image-fitting loss gives.
+    return jnp.sum((rgb - 0.3) ** 2) + jnp.sum((alpha - 0.5) ** 2)
+
+
+def make_jax_pair(rasterize: Callable, faces, textures, case: Case):
+    faces, textures = jnp.asarray(faces), jnp.asarray(textures)
+
+    def forward(v):
+        return rasterize(project(v, faces), textures, case)
+
+    fwd = jax.jit(forward)
+    bwd = jax.jit(jax.value_and_grad(lambda v: l2_loss(*forward(v))))
+    return fwd, bwd
+
+
+def nmr_rasterize(fv, textures, case: Case):
+    out = nr.rasterize_rgbad(
+        fv, textures, case.size, case.aa, NEAR, FAR, return_depth=False
+    )  # fmt: skip
+    return out.rgb, out.alpha
+
+
+def brute_rasterize(fv, textures, case: Case):
+    """Visibility from tests/_reference.py (every pixel against every face), chunked over rows;
+    then the winning face's barycentrics and depth in jnp, differentiable, and the reference's
+    texture sampling. Rows are flipped and anti-aliased like nmr_jax's images."""
+    sys.path.insert(0, str(ROOT))
+    from tests import _reference as ref
+
+    n = case.size * (2 if case.aa else 1)
+    batch, n_faces = fv.shape[0], fv.shape[-3]
+    textures = jnp.broadcast_to(textures, (batch, *textures.shape))
+    # Rows per chunk: keep a chunk's [B, rows, W, F] intermediates near 2^22 elements.
+    rows = int(max(1, min(n, 2**22 // (batch * n * n_faces))))
+    while n % rows:
+        rows -= 1
+
+    def chunk(r0):
+        # Rows [r0, r0 + rows) of the n-row image: shift y so that the reference's pixel mapping
+        # of an image of `rows` rows lands on them.
+        y = (fv[..., 1] * n + n - 2 * r0 - rows) / rows
+        fi, _, _ = ref.forward(jax.lax.stop_gradient(fv.at[..., 1].set(y)), rows, n, NEAR, FAR)
+        return fi
+
+    fi = jax.lax.map(chunk, jnp.arange(0, n, rows))
+    fi = jnp.moveaxis(fi, 0, 1).reshape(batch, n, n)
+    b = jnp.arange(batch)[:, None, None]
+    face = fv[b, jnp.maximum(fi, 0)]  # [B, n, n, 3, 3]
+    x, y, z = (0.5 * (face[..., 0] + 1) * n - 0.5, 0.5 * (face[..., 1] + 1) * n - 0.5, face[..., 2])
+    xp = jnp.arange(n, dtype=jnp.float32)[None, None, :, None]
+    yp = jnp.arange(n, dtype=jnp.float32)[None, :, None, None]
+    k1, k2 = [1, 2, 0], [2, 0, 1]
+    edge = (x[..., k2] - x[..., k1]) * (yp - y[..., k1]) - (y[..., k2] - y[..., k1]) * (
+        xp - x[..., k1]
+    )
+    w = jnp.clip(edge / jnp.sum(edge, -1, keepdims=True), 0.0, 1.0)
+    w = w / jnp.sum(w, -1, keepdims=True)
+    depth = 1.0 / jnp.sum(w / z, -1)
+    covered = fi >= 0
+    rgb = ref.sample(fv, textures, fi, jnp.where(covered[..., None], w, 0.0), depth, 1e-3)
+    rgb, alpha = jnp.flip(rgb, -3), jnp.flip(covered.astype(jnp.float32), -2)
+    if case.aa:
+        rgb = rgb.reshape(batch, n // 2, 2, n // 2, 2, 3).mean((2, 4))
+        alpha = alpha.reshape(batch, n // 2, 2, n // 2, 2).mean((2, 4))
+    return rgb, alpha
+
+
+def mitsuba_fns(vertices: np.ndarray, faces: np.ndarray, case: Case):
+    """Mitsuba 3 LLVM, 1 sample per pixel, constant environment light: forward ('direct'),
+    forward+backward with interior gradients only ('direct') and with silhouette gradients
+    ('direct_projective')."""
+    import drjit as dr
+    import mitsuba as mi
+
+    mi.set_variant("llvm_ad_rgb")
+    n = case.size * (2 if case.aa else 1)
+    # The faces once: a ray tracer sees both sides anyway, and the reversed copies would make the
+    # mesh non-manifold for the silhouette sampling of 'direct_projective'.
+    mesh = mi.Mesh("m", vertex_count=len(vertices[0]), face_count=len(faces))
+    params = mi.traverse(mesh)
+    params["vertex_positions"] = mi.Float(np.ravel(vertices[0]))
+    params["faces"] = mi.UInt32(np.ravel(faces).astype(np.uint32))
+    params.update()
+
+    def scene(integrator: dict):
+        return mi.load_dict({
+            "type": "scene",
+            "integrator": integrator,
+            "sensor": {
+                "type": "perspective", "fov": 2 * ANGLE, "fov_axis": "x",
+                "to_world": mi.ScalarTransform4f().look_at(origin=EYE, target=(0, 0, 0), up=(0, 1, 0)),
+                "film": {"type": "hdrfilm", "width": n, "height": n, "rfilter": {"type": "box"},
+                         "sample_border": integrator["type"] == "direct_projective"},
+                "sampler": {"type": "independent", "sample_count": 1},
+            },
+            "emitter": {"type": "constant"},
+            "mesh": mesh,
+        })  # fmt: skip
+
+    # Silhouette gradients of primary visibility only (what Kato's rule approximates): no
+    # indirect-visibility samples, so no guiding structure is rebuilt on every call.
+    projective = {"type": "direct_projective", "sppi": 0, "guiding": "none"}
+    direct_scene, projective_scene = scene({"type": "direct"}), scene(projective)
+    base = mi.Float(np.ravel(vertices[0]))
+
+    def fwd(_):
+        img = mi.render(direct_scene, spp=1)
+        dr.eval(img)
+        return img
+
+    def fwd_bwd(scene):
+        params = mi.traverse(scene)
+        key = "mesh.vertex_positions"
+
+        def run(_):
+            params[key] = mi.Float(base)
+            dr.enable_grad(params[key])
+            params.update()
+            img = mi.render(scene, params, spp=1)
+            dr.backward(dr.sum(dr.square(img - 0.3), axis=None))
+            g = dr.grad(params[key])
+            dr.eval(g)
+            return g
+
+        return run
+
+    return fwd, fwd_bwd(direct_scene), fwd_bwd(projective_scene)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement
+
+
+class PeakRSS:
+    """Samples the resident set size (from /proc) every millisecond while active."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self._rss()
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def timed(fn: Callable, arg, repeats: int, warmup: int = 2) -> tuple[float, int, int]:
+    """(median seconds, RSS bytes before, peak RSS bytes) of fn(arg) after warm-up calls (the
+    first compiles)."""
+    with PeakRSS() as rss:
+        for _ in range(warmup):
+            jax.block_until_ready(fn(arg))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(arg))
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)), rss.start, rss.peak
+
+
+def out_and_residual_bytes(case: Case, n_faces: int) -> int:
+    """Bytes of the outputs (rgb, alpha) and of what the backward keeps from the forward: face
+    index, weights, depth, rgb and alpha at the rasterized size, the projected faces."""
+    n = case.size * (2 if case.aa else 1)
+    out = case.batch * case.size**2 * 4 * 4
+    res = case.batch * n * n * (1 + 3 + 1 + 3 + 1) * 4 + case.batch * n_faces * 9 * 4
+    return out + res
+
+
+def available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few entries, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per entry")
+    parser.add_argument("--no-brute", action="store_true", help="skip the brute-force baseline")
+    parser.add_argument("--no-mitsuba", action="store_true", help="skip Mitsuba 3")
+    args = parser.parse_args()
+    repeats = args.repeats or (3 if args.quick else 7)
+
+    notes = []
+    use_mitsuba = not args.no_mitsuba and available("mitsuba")
+    if use_mitsuba:
+        try:
+            import mitsuba as mi
+
+            mi.set_variant("llvm_ad_rgb")
+        except Exception as e:  # noqa: BLE001 - any failure to load LLVM means: skip it
+            use_mitsuba = False
+            notes.append(f"mitsuba: skipped, llvm_ad_rgb unavailable ({type(e).__name__}: {e})")
+    elif not args.no_mitsuba:
+        notes.append("mitsuba: skipped, not installed (pip install mitsuba; see the docstring)")
+    for name, module in (("pytorch3d", "pytorch3d"), ("jaxrenderer", "renderer")):
+        state = "installed but not adapted" if available(module) else "not installed"
+        notes.append(f"{name}: skipped, {state}")
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"jax {jax.__version__}, {repeats} timed runs per entry (median), ms", flush=True)  # fmt: skip
+    header = (f"{'scene':10} {'faces':>6} {'size':>5} {'aa':>3} {'B':>2} {'mode':8} "
+              f"{'nmr_jax':>9} {'RSS GB':>6} {'dRSS/io':>7} {'brute':>9} {'x':>6}")  # fmt: skip
+    if use_mitsuba:
+        header += f" {'mi int.':>9} {'x':>6} {'mi sil.':>9} {'x':>6}"
+    print(header, flush=True)
+    meshes = scenes()
+    rng = np.random.default_rng(0)
+    for case in cases(args.quick):
+        verts, faces = meshes[case.scene]
+        both = np.concatenate([faces, faces[:, ::-1]])
+        n_faces = len(both)
+        # Batch elements: the mesh slightly jittered, so that no work is shared between them.
+        v = verts[None] + rng.normal(0, 1e-3, (case.batch, *verts.shape)).astype(np.float32)
+        v = jnp.asarray(v)
+        tex = rng.uniform(0.2, 1.0, (n_faces, 2, 2, 2, 3)).astype(np.float32)
+        raster = case.size * (2 if case.aa else 1)
+        pairs = raster**2 * case.batch * n_faces
+        run_brute = not args.no_brute and pairs <= (
+            BRUTE_MAX_PAIRS_QUICK if args.quick else BRUTE_MAX_PAIRS
+        )
+        nmr_fns = make_jax_pair(nmr_rasterize, both, tex, case)
+        brute_fns = make_jax_pair(brute_rasterize, both, tex, case) if run_brute else None
+        mitsuba = (
+            mitsuba_fns(np.asarray(v), faces, case) if use_mitsuba and case.batch == 1 else None
+        )
+        for mode, k in (("fwd", 0), ("fwd+bwd", 1)):
+            t, before, peak = timed(nmr_fns[k], v, repeats)
+            ratio_io = (peak - before) / out_and_residual_bytes(case, n_faces)
+            row = (f"{case.scene:10} {n_faces:6d} {case.size:5d} {'on' if case.aa else 'off':>3} "
+                   f"{case.batch:2d} {mode:8} {t * 1e3:9.1f} {peak / 2**30:6.2f} "
+                   f"{max(ratio_io, 0):7.2f}")  # fmt: skip
+            if brute_fns is not None:
+                tb, _, _ = timed(brute_fns[k], v, max(1, repeats // 3), warmup=1)
+                row += f" {tb * 1e3:9.1f} {tb / t:6.1f}"
+            else:
+                row += f" {'-':>9} {'':>6}"
+            if mitsuba is not None:
+                for fn in (mitsuba[0],) if k == 0 else mitsuba[1:]:
+                    tm, _, _ = timed(fn, None, repeats)
+                    row += f" {tm * 1e3:9.1f} {tm / t:6.1f}"
+            print(row, flush=True)
+    print(
+        f"# max RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB"
+    )
+    if use_mitsuba:
+        print(
+            "# mi int. / mi sil.: Mitsuba 3 'direct' (fwd; fwd+bwd with interior gradients only) and"
+        )
+        print("#   'direct_projective' (fwd+bwd with silhouette gradients), batch 1 only.")
+    print("# x: baseline time / nmr_jax time. dRSS/io: nmr_jax's RSS peak above the level before")
+    print("#   the entry (compilation included), over the bytes of its outputs and saved residuals")
+    print("#   (an estimate: memory an earlier entry left to the allocator is not counted).")
+    limit = BRUTE_MAX_PAIRS_QUICK if args.quick else BRUTE_MAX_PAIRS
+    print(
+        f"# brute: only where B x pixels x faces <= {limit:.1e}; median of {max(1, repeats // 3)}."
+    )
+    for note in notes:
+        print(f"# {note}")
+
+
+if __name__ == "__main__":
+    main()
