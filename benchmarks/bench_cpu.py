@@ -209,14 +209,17 @@ def brute_rasterize(fv, textures, case: Case):
 
 
 def mitsuba_fns(vertices: np.ndarray, faces: np.ndarray, case: Case):
-    """Mitsuba 3 LLVM, 1 sample per pixel, constant environment light: forward ('direct'),
+    """Mitsuba 3 LLVM, 1 sample per pixel (4 with anti-aliasing), constant environment light:
+    forward ('direct'),
     forward+backward with interior gradients only ('direct') and with silhouette gradients
     ('direct_projective')."""
     import drjit as dr
     import mitsuba as mi
 
     mi.set_variant("llvm_ad_rgb")
-    n = case.size * (2 if case.aa else 1)
+    n = case.size
+    # Anti-aliasing: 4 samples per pixel, the samples of nmr_jax's 2x2 supersampling.
+    spp = 4 if case.aa else 1
     # The faces once: a ray tracer sees both sides anyway, and the reversed copies would make the
     # mesh non-manifold for the silhouette sampling of 'direct_projective'.
     mesh = mi.Mesh("m", vertex_count=len(vertices[0]), face_count=len(faces))
@@ -234,7 +237,7 @@ def mitsuba_fns(vertices: np.ndarray, faces: np.ndarray, case: Case):
                 "to_world": mi.ScalarTransform4f().look_at(origin=EYE, target=(0, 0, 0), up=(0, 1, 0)),
                 "film": {"type": "hdrfilm", "width": n, "height": n, "rfilter": {"type": "box"},
                          "sample_border": integrator["type"] == "direct_projective"},
-                "sampler": {"type": "independent", "sample_count": 1},
+                "sampler": {"type": "independent", "sample_count": spp},
             },
             "emitter": {"type": "constant"},
             "mesh": mesh,
@@ -247,7 +250,7 @@ def mitsuba_fns(vertices: np.ndarray, faces: np.ndarray, case: Case):
     base = mi.Float(np.ravel(vertices[0]))
 
     def fwd(_):
-        img = mi.render(direct_scene, spp=1)
+        img = mi.render(direct_scene, spp=spp)
         dr.eval(img)
         return img
 
@@ -259,7 +262,7 @@ def mitsuba_fns(vertices: np.ndarray, faces: np.ndarray, case: Case):
             params[key] = mi.Float(base)
             dr.enable_grad(params[key])
             params.update()
-            img = mi.render(scene, params, spp=1)
+            img = mi.render(scene, params, spp=spp)
             dr.backward(dr.sum(dr.square(img - 0.3), axis=None))
             g = dr.grad(params[key])
             dr.eval(g)

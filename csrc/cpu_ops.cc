@@ -266,10 +266,15 @@ ffi::Error SampleTexturesBwdImpl(F32 face_vertices, S32 face_index, F32 weights,
 }
 
 // Kato's approximate gradient of face x, y from image [*b, H, W, C] and its gradient.
-// Parallel over faces: each face writes only its own 9 floats, and the batch elements are visited
-// in order, so the result does not depend on the threads (a face's sum over a broadcast batch is
-// in increasing batch order). Columns are scanned in a transposed copy of the image and its gradient
-// ([W, H, C], 2 H W C floats of scratch) so that every scan reads contiguous memory.
+//
+// Per batch element, three passes, none of which writes where another task of it writes:
+// 1. over chunks of faces: the in scans (added to the face's gradient at once) and the list of
+//    out scans (the bulk of the work: each runs from an edge to the image border);
+// 2. over bands of rows and of columns: the out scans of each line, with the line in cache (a band
+//    of columns is first copied into a transposed scratch block so that they read contiguously);
+// 3. over chunks of faces: the out scans' sums subtracted from their face's gradient, in list order.
+// A face's gradient is thus summed in an order fixed by the data alone, whatever the threads;
+// a broadcast (reduced) output sums batch elements in increasing order.
 ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, F32 image,
                        F32 grad_image, float eps, F32Out grad_face_vertices) {
   nmr::Broadcast bc;
@@ -289,32 +294,73 @@ ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, 
     if (auto err = check_face_index(face_index.typed_data() + bc.at(ipix, b) * P, P, F); err.failure())
       return err;
   }
-  std::vector<float> image_t(P * C), grad_t(P * C);
+  struct Scan {
+    nmr::KatoCrossing k;
+    int32_t face;
+    float sum[2];
+  };
+  const int64_t n_chunks = ceil_div(F, kFacesPerTask);
+  std::vector<std::vector<Scan>> chunk_scans(n_chunks);
+  std::vector<int64_t> line_start(W + H + 1);  // Lines: the W columns, then the H rows.
+  std::vector<Scan*> by_line;
   for (int64_t b = 0; b < bc.size(); ++b) {
     const float* fv = face_vertices.typed_data() + bc.at(ifv, b) * F * 9;
     const int32_t* fi = face_index.typed_data() + bc.at(ipix, b) * P;
     const float* im = image.typed_data() + bc.at(iim, b) * P * C;
     const float* g = grad_image.typed_data() + bc.at(ig, b) * P * C;
     float* gf = grad_face_vertices->typed_data() + bc.at(out, b) * F * 9;
-    // Transpose in blocks of kBandRows columns: reads stay within a few cache lines per row.
-    parallel_for(pool, ceil_div(W, kBandRows), [&](int64_t k) {
-      const int x_hi = std::min(static_cast<int>(k + 1) * kBandRows, W);
-      for (int y = 0; y < H; ++y)
-        for (int x = static_cast<int>(k) * kBandRows; x < x_hi; ++x)
-          for (int c = 0; c < C; ++c) {
-            const int64_t src = (static_cast<int64_t>(y) * W + x) * C + c;
-            const int64_t dst = (static_cast<int64_t>(x) * H + y) * C + c;
-            image_t[dst] = im[src];
-            grad_t[dst] = g[src];
-          }
-    });
-    const nmr::ScanLines cols{image_t.data(), grad_t.data(), H, 1};
-    const nmr::ScanLines rows{im, g, W, 1};
-    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+    // Read in place here: the in scans are a few pixels long.
+    const int64_t c = C;
+    const nmr::ScanLines cols{im, g, c, W * c, 1}, rows{im, g, W * c, c, 1};
+    parallel_for(pool, n_chunks, [&](int64_t t) {
+      std::vector<Scan>& scans = chunk_scans[t];
+      scans.clear();
       for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f) {
         const nmr::Face face = nmr::setup_face(fv + 9 * f, H, W);
-        nmr::kato_face_grad(face, static_cast<int32_t>(f), H, W, C, fi, cols, rows, eps, gf + 9 * f);
+        const auto index = static_cast<int32_t>(f);
+        nmr::kato_face_scans(face, index, H, W, C, fi, cols, rows, eps, gf + 9 * f,
+                             [&](const nmr::KatoCrossing& k) { scans.push_back({k, index, {0.f, 0.f}}); });
       }
+    });
+    // Counting sort of the out scans by line.
+    auto line_of = [&](const nmr::KatoCrossing& k) { return k.axis == 0 ? k.line : W + k.line; };
+    std::fill(line_start.begin(), line_start.end(), 0);
+    for (const auto& scans : chunk_scans)
+      for (const Scan& s : scans) ++line_start[line_of(s.k) + 1];
+    for (int64_t l = 0; l < W + H; ++l) line_start[l + 1] += line_start[l];
+    by_line.resize(line_start[W + H]);
+    std::vector<int64_t> fill(line_start.begin(), line_start.end() - 1);
+    for (auto& scans : chunk_scans)
+      for (Scan& s : scans) by_line[fill[line_of(s.k)]++] = &s;
+    // A band of kBandRows columns (t < col_bands) or rows, copied into planar [line][c][d1] blocks
+    // of the image and its gradient: each line is then read from cache, pixels contiguous.
+    const int64_t col_bands = ceil_div(W, kBandRows);
+    parallel_for(pool, col_bands + ceil_div(H, kBandRows), [&](int64_t t) {
+      const int axis = t < col_bands ? 0 : 1;
+      const int l0 = static_cast<int>(axis == 0 ? t : t - col_bands) * kBandRows;
+      const int n_along = axis == 0 ? H : W;
+      const int n = std::min(kBandRows, (axis == 0 ? W : H) - l0);
+      std::vector<float> block_im(static_cast<size_t>(n) * C * n_along), block_g(block_im.size());
+      for (int y = 0; y < (axis == 0 ? H : n); ++y)
+        for (int x = 0; x < (axis == 0 ? n : W); ++x) {
+          const int64_t src = ((axis == 0 ? y : l0 + y) * int64_t{W} + (axis == 0 ? l0 + x : x)) * C;
+          const int line = axis == 0 ? x : y, d1 = axis == 0 ? y : x;
+          for (int ch = 0; ch < C; ++ch) {
+            const int64_t dst = (int64_t{line} * C + ch) * n_along + d1;
+            block_im[dst] = im[src + ch];
+            block_g[dst] = g[src + ch];
+          }
+        }
+      const int first = axis == 0 ? l0 : W + l0;
+      for (int line = 0; line < n; ++line) {
+        const int64_t at = int64_t{line} * C * n_along;
+        for (int64_t i = line_start[first + line]; i < line_start[first + line + 1]; ++i)
+          nmr::kato_out_scan(by_line[i]->k, block_im.data() + at, block_g.data() + at, 1, n_along, C,
+                             n_along, eps, by_line[i]->sum);
+      }
+    });
+    parallel_for(pool, n_chunks, [&](int64_t t) {
+      for (const Scan& s : chunk_scans[t]) nmr::kato_apply(s.k, s.sum, gf + 9 * int64_t{s.face});
     });
   }
   return ffi::Error::Success();

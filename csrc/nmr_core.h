@@ -182,14 +182,16 @@ NMR_HD void depth_grad(const Face& f, const float* w, float zp, float g, int hei
   }
 }
 
-// An image of C channels and its incoming gradient seen as scan lines: pixel d1 of line d0 is at
-// (d0 * line + d1 * along) * C floats. In the as-rasterized [H, W, C] maps rows are {line W, along 1}
-// and columns {line 1, along W}; a transposed copy [W, H, C] makes columns {line H, along 1}.
+// An image of C channels and its incoming gradient seen as scan lines: channel c of pixel d1 of
+// line d0 is at d0 * line + d1 * along + c * chan floats. In the as-rasterized [H, W, C] maps rows
+// are {line W C, along C, chan 1} and columns {line C, along W C, chan 1}; a planar copy of a band
+// of lines, [line][c][d1], has along 1 and chan n_along, so that scans vectorise over pixels.
 struct ScanLines {
   const float* image;
   const float* grad;
-  int64_t line;   // Pixels between consecutive lines.
-  int64_t along;  // Pixels between consecutive pixels of a line.
+  int64_t line;   // Floats between consecutive lines.
+  int64_t along;  // Floats between consecutive pixels of a line.
+  int64_t chan;   // Floats between the channels of a pixel.
 };
 
 // Kato's contribution of one pixel: only a move that would lower the loss (diff > 0) counts, and
@@ -199,80 +201,97 @@ NMR_HD float kato_term(float diff, float dist, float signed_eps) {
   return (diff > 0.f ? diff : 0.f) / (dist + signed_eps);
 }
 
-// The out scan of one line: over pixels [lo, hi] (lines of `lines` with along == 1 when kContiguous),
-// sums kato_term of diff = sum_c (image - in) * grad for both vertices of the edge, with
+// Vectorises the loop that follows, summing the listed variables in per-lane partial sums (an
+// order fixed by the compiled code: deterministic). Host compilers only (-fopenmp-simd).
+#if defined(__CUDACC__)
+#define NMR_SIMD_SUM(a, b)
+#else
+#define NMR_SIMD_SUM(a, b) _Pragma(NMR_STR(omp simd reduction(+ : a, b)))
+#define NMR_STR(x) #x
+#endif
+
+// The out scan of one line (`image`, `grad` at its pixel 0; strides as in ScanLines, with
+// along == 1 when kUnitAlong): over pixels [lo, hi], sums kato_term of
+// diff = sum_c (image - in) * grad for both vertices of the edge, with
 // dist_k = lever_k * (d1 - cross) * to_ndc. Every pixel of [lo, hi] lies on the same side of the
-// crossing, so each dist_k has one sign on the whole line and the loop has no branch; 8
-// independent partial sums let the compiler vectorise it (a fixed order: deterministic).
+// crossing, so each dist_k has one sign on the whole line and the loop needs no branch.
 // kC > 0 fixes the channel count at compile time; kC == 0 reads it from C.
-template <int kC, bool kContiguous>
-NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int C, int lo, int hi,
-                     const float* in, float cross, float to_ndc, float lever0, float lever1,
-                     float eps0, float eps1, float* sum0, float* sum1) {
+template <int kC, bool kUnitAlong>
+NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int64_t chan, int C,
+                     int lo, int hi, const float* in, float cross, float to_ndc, float lever0,
+                     float lever1, float eps0, float eps1, float* sum0, float* sum1) {
   const int nc = kC > 0 ? kC : C;
-  const int64_t step = (kContiguous ? 1 : along) * nc;
-  constexpr int kLanes = 8;
-  float acc0[kLanes] = {}, acc1[kLanes] = {};
-  int d1 = lo;
-  for (; d1 + kLanes - 1 <= hi; d1 += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float* im = image + (d1 + j) * step;
-      const float* g = grad + (d1 + j) * step;
-      float diff = 0.f;
-      for (int c = 0; c < nc; ++c) diff += (im[c] - in[c]) * g[c];
-      const float dist = (static_cast<float>(d1 + j) - cross) * to_ndc;
-      acc0[j] += kato_term(diff, lever0 * dist, eps0);
-      acc1[j] += kato_term(diff, lever1 * dist, eps1);
-    }
-  }
-  for (; d1 <= hi; ++d1) {
-    const float* im = image + d1 * step;
-    const float* g = grad + d1 * step;
-    float diff = 0.f;
-    for (int c = 0; c < nc; ++c) diff += (im[c] - in[c]) * g[c];
-    const float dist = (static_cast<float>(d1) - cross) * to_ndc;
-    acc0[0] += kato_term(diff, lever0 * dist, eps0);
-    acc1[0] += kato_term(diff, lever1 * dist, eps1);
-  }
+  const int64_t al = kUnitAlong ? 1 : along;
   float s0 = 0.f, s1 = 0.f;
-  for (int j = 0; j < kLanes; ++j) {
-    s0 += acc0[j];
-    s1 += acc1[j];
+  NMR_SIMD_SUM(s0, s1)
+  for (int d1 = lo; d1 <= hi; ++d1) {
+    float diff = 0.f;
+    for (int c = 0; c < nc; ++c)
+      diff += (image[c * chan + d1 * al] - in[c * chan]) * grad[c * chan + d1 * al];
+    const float dist = (static_cast<float>(d1) - cross) * to_ndc;
+    s0 += kato_term(diff, lever0 * dist, eps0);
+    s1 += kato_term(diff, lever1 * dist, eps1);
   }
   *sum0 = s0;
   *sum1 = s1;
 }
 
-// The out scan with the channel count and the contiguity of the line picked at run time.
-NMR_HD void out_scan_any(const float* image, const float* grad, int64_t along, int C, int lo, int hi,
-                         const float* in, float cross, float to_ndc, float lever0, float lever1,
-                         float eps0, float eps1, float* sum0, float* sum1) {
-#define NMR_OUT_SCAN(KC, CONTIGUOUS)                                                           \
-  out_scan<KC, CONTIGUOUS>(image, grad, along, C, lo, hi, in, cross, to_ndc, lever0, lever1, eps0, \
-                           eps1, sum0, sum1)
+// The out scan with the channel count and the line layout picked at run time.
+NMR_HD void out_scan_any(const float* image, const float* grad, int64_t along, int64_t chan, int C,
+                         int lo, int hi, const float* in, float cross, float to_ndc, float lever0,
+                         float lever1, float eps0, float eps1, float* sum0, float* sum1) {
+#define NMR_OUT_SCAN(KC, UNIT)                                                                  \
+  out_scan<KC, UNIT>(image, grad, along, chan, C, lo, hi, in, cross, to_ndc, lever0, lever1, eps0, \
+                     eps1, sum0, sum1)
   // The renderer's images have 4 channels (rgb, alpha) or 1 (alpha).
   if (along == 1) {
     if (C == 4) return NMR_OUT_SCAN(4, true);
     if (C == 1) return NMR_OUT_SCAN(1, true);
     return NMR_OUT_SCAN(0, true);
   }
+  if (C == 4) return NMR_OUT_SCAN(4, false);
   return NMR_OUT_SCAN(0, false);
 #undef NMR_OUT_SCAN
 }
 
+// One out scan of Kato's rule: a scan line that an edge of a face crosses where the face covers
+// the pixel just inside the crossing. The out scan runs from the next pixel outwards to the border.
+struct KatoCrossing {
+  int32_t axis;    // 0: a pixel column (the edge moves in y); 1: a pixel row (it moves in x).
+  int32_t line;    // Column or row index d0.
+  int32_t d1_in;   // Pixel of the line just inside the crossing, covered by the face.
+  int32_t dir;     // +1 or -1: the outward direction along the line.
+  float cross;     // Position of the crossing on the line, in pixels.
+  float lever[2];  // Vertex move per crossing move, for the edge's two vertices (0: vertex fixed).
+  int32_t slot[2]; // Entries of the face's 9 gradient floats that the two vertices receive.
+};
+
+// The out scan of crossing k on its line (`image` and `grad` at pixel 0 of the line, strides as in
+// ScanLines): sum[i] is what lever i's vertex receives, to be subtracted.
+NMR_HD void kato_out_scan(const KatoCrossing& k, const float* image, const float* grad, int64_t along,
+                          int64_t chan, int C, int n_along, float eps, float* sum) {
+  const int lo = k.dir > 0 ? k.d1_in + 1 : 0;
+  const int hi = k.dir > 0 ? n_along - 1 : k.d1_in - 1;
+  // Beyond the crossing d1 - cross has the sign of dir, so each distance has that of lever * dir.
+  const float eps0 = (k.lever[0] > 0.f) == (k.dir > 0) ? eps : -eps;
+  const float eps1 = (k.lever[1] > 0.f) == (k.dir > 0) ? eps : -eps;
+  out_scan_any(image, grad, along, chan, C, lo, hi, image + k.d1_in * along, k.cross, 2.f / n_along,
+               k.lever[0], k.lever[1], eps0, eps1, &sum[0], &sum[1]);
+}
+
 // Kato's approximate gradient of one face's x and y (NDC) from an image of C channels and its
 // incoming gradient, given as scan lines along columns (`cols`, axis 0) and rows (`rows`, axis 1);
-// face_index is [H, W] as rasterized. `grad` receives the 9 face coordinates' gradient (z untouched).
-// One call per face, reading the image and writing only this face's 9 floats: faces can run
-// concurrently. Cost: O(edge length x distance to the border) per face, the out scans.
-NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
-                           const int32_t* face_index, ScanLines cols, ScanLines rows, float eps,
-                           float* grad) {
+// face_index is [H, W] as rasterized. The in scans (the face's own pixels, a few per line) are
+// added to `grad` (the face's 9 floats; z untouched); each out scan (to the image border, the bulk
+// of the cost) is handed to on_out(const KatoCrossing&), to run now or later.
+template <typename OnOut>
+NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width, int C,
+                            const int32_t* face_index, ScanLines cols, ScanLines rows, float eps,
+                            float* grad, OnOut&& on_out) {
   if (!f.visible) return;
   const float* xy[2] = {f.x, f.y};
   for (int e = 0; e < 3; ++e) {
     const int v[3] = {e, (e + 1) % 3, (e + 2) % 3};
-    // Axis 0 scans pixel columns and moves the edge in y; axis 1 scans rows and moves it in x.
     for (int axis = 0; axis < 2; ++axis) {
       const float* A = xy[axis];      // Coordinate along the scan direction (line index d0).
       const float* B = xy[1 - axis];  // Coordinate across it (position d1 on the line).
@@ -298,29 +317,15 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
         const int d1_out = d1_in + dir;
         if (d1_in < 0 || d1_in >= n_along || d1_out < 0 || d1_out >= n_along) continue;
         const int32_t* fi = face_index + d0 * fi_line;
-        const float* im = sl.image + d0 * sl.line * C;
-        const float* g = sl.grad + d0 * sl.line * C;
-        const int64_t step = sl.along * C;
         // Moving vertex 0 (1) by delta moves the crossing on this line by delta * (a1 - d0) / (a1 - a0)
         // (resp. (d0 - a0) / (a1 - a0)); lever * (d1 - cross) is the vertex move that brings the
         // edge to pixel d1. A lever of 0 marks a vertex on this line, which the line cannot move.
         const float lever0 = a1 != d0 ? (a1 - a0) / (a1 - d0) : 0.f;
         const float lever1 = a0 != d0 ? (a1 - a0) / (d0 - a0) : 0.f;
-        float* g0 = grad + 3 * v[0] + coord;
-        float* g1 = grad + 3 * v[1] + coord;
-        // Out scan: the face grows over the pixels beyond its edge, up to the border. There
-        // d1 - cross has the sign of dir, so each distance has the sign of lever * dir.
-        if (fi[d1_in * fi_step] == index) {
-          const int lo = dir > 0 ? d1_out : 0;
-          const int hi = dir > 0 ? n_along - 1 : d1_out;
-          const float eps0 = (lever0 > 0.f) == (dir > 0) ? eps : -eps;
-          const float eps1 = (lever1 > 0.f) == (dir > 0) ? eps : -eps;
-          float s0, s1;
-          out_scan_any(im, g, sl.along, C, lo, hi, im + d1_in * step, cross, to_ndc, lever0, lever1,
-                       eps0, eps1, &s0, &s1);
-          if (lever0 != 0.f) *g0 -= s0;
-          if (lever1 != 0.f) *g1 -= s1;
-        }
+        // Out scan: the face grows over the pixels beyond its edge, up to the border.
+        if (fi[d1_in * fi_step] == index)
+          on_out(KatoCrossing{axis, d0, d1_in, dir, cross, {lever0, lever1},
+                              {3 * v[0] + coord, 3 * v[1] + coord}});
         // In scan: the face shrinks, uncovering its own pixels up to its far side on this line.
         float cross2;
         if ((d0 - a0) * (d0 - a2) < 0.f) {
@@ -333,21 +338,26 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
         const float lim = dir > 0 ? ceilf(cross2) : floorf(cross2);
         const int lo = static_cast<int>(fmaxf(fminf(static_cast<float>(d1_in), lim), 0.f));
         const int hi = static_cast<int>(fminf(fmaxf(static_cast<float>(d1_in), lim), n_along - 1.f));
-        const float* out = im + d1_out * step;
+        const float* im = sl.image + d0 * sl.line;
+        const float* g = sl.grad + d0 * sl.line;
+        const float* out = im + d1_out * sl.along;
         for (int d1 = lo; d1 <= hi; ++d1) {
           if (fi[d1 * fi_step] != index) continue;
           float diff = 0.f;
-          for (int c = 0; c < C; ++c) diff += (im[d1 * step + c] - out[c]) * g[d1 * step + c];
+          for (int c = 0; c < C; ++c) {
+            const int64_t q = d1 * sl.along + c * sl.chan;
+            diff += (im[q] - out[c * sl.chan]) * g[q];
+          }
           if (!(diff > 0.f)) continue;
           const float dist = (static_cast<float>(d1) - cross) * to_ndc;
           // Here d1 - cross may have either sign or be 0.
           if (lever0 != 0.f) {
             const float d = lever0 * dist;
-            *g0 -= kato_term(diff, d, d > 0.f ? eps : -eps);
+            grad[3 * v[0] + coord] -= kato_term(diff, d, d > 0.f ? eps : -eps);
           }
           if (lever1 != 0.f) {
             const float d = lever1 * dist;
-            *g1 -= kato_term(diff, d, d > 0.f ? eps : -eps);
+            grad[3 * v[1] + coord] -= kato_term(diff, d, d > 0.f ? eps : -eps);
           }
         }
       }
@@ -355,12 +365,34 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
   }
 }
 
+// Subtracts an out scan's sums from the face's 9 gradient floats.
+NMR_HD void kato_apply(const KatoCrossing& k, const float* sum, float* grad) {
+  for (int i = 0; i < 2; ++i)
+    if (k.lever[i] != 0.f) grad[k.slot[i]] -= sum[i];
+}
+
+// Kato's gradient of one face with its out scans run at once (one thread per face: no shared
+// writes). `grad` receives the face's 9 floats.
+NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
+                           const int32_t* face_index, ScanLines cols, ScanLines rows, float eps,
+                           float* grad) {
+  kato_face_scans(f, index, height, width, C, face_index, cols, rows, eps, grad,
+                  [&](const KatoCrossing& k) {
+                    const ScanLines& sl = k.axis == 0 ? cols : rows;
+                    float sum[2];
+                    kato_out_scan(k, sl.image + k.line * sl.line, sl.grad + k.line * sl.line, sl.along,
+                                  sl.chan, C, k.axis == 0 ? height : width, eps, sum);
+                    kato_apply(k, sum, grad);
+                  });
+}
+
 // The same with columns and rows read in place from the [H, W, C] maps (no transposed copy).
 NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
                            const int32_t* face_index, const float* image, const float* grad_image,
                            float eps, float* grad) {
-  kato_face_grad(f, index, height, width, C, face_index, ScanLines{image, grad_image, 1, width},
-                 ScanLines{image, grad_image, width, 1}, eps, grad);
+  const int64_t c = C;
+  kato_face_grad(f, index, height, width, C, face_index, ScanLines{image, grad_image, c, width * c, 1},
+                 ScanLines{image, grad_image, width * c, c, 1}, eps, grad);
 }
 
 // The fragments of a visible face, for a kernel that resolves visibility itself (the CUDA
