@@ -6,21 +6,26 @@ Scenes: the shipped teapot (2256 faces), an icosphere (5120 faces) and, at 1024^
 medians over repeated runs after warm-up (compilation excluded); peak RSS is sampled during the
 runs of each entry (the whole process: it includes the ~0.3 GB of the Python/JAX runtime).
 
-Every renderer sees the same camera (look-at from the original's default distance, 30 degree
-half-angle perspective) and the same faces (each face and its reversed copy, as the original's
-``fill_back``), colours from the same 2^3 texture cubes, no lighting.
+nmr_jax and the brute force rasterize each face and its reversed copy (the original's
+``fill_back``, so the table's face counts are twice the mesh's), under the same camera (look-at from
+the original's default distance, 30 degree half-angle perspective), with colours from the same
+2^3 texture cubes and no lighting.
 
 Baselines, each run where available and skipped with a note otherwise:
 - ``brute``: the tests' brute-force pure-jnp rasterizer (tests/_reference.py: every pixel against
-  every face), chunked over rows with rematerialised gradients so that its memory stays bounded;
-  run only where pixels x faces is small enough to finish in seconds.
-- ``mitsuba``: Mitsuba 3 (``pip install mitsuba``), variant ``llvm_ad_rgb``, 1 sample per pixel:
-  silhouette gradients with the ``direct_projective`` integrator (fwd+bwd) and its plain ``direct``
-  forward. It needs libLLVM >= 16: set DRJIT_LIBLLVM_PATH (Debian 12: ``libllvm19``).
-- PyTorch3D and jaxrenderer: not adapted here; reported as skipped (see the README).
+  every face, chunked over rows) for visibility, then the winning face's barycentrics in jnp
+  (differentiable) and the reference's texture sampling; only where B x pixels x faces is small
+  enough (see BRUTE_MAX_PAIRS).
+- ``mi int.`` / ``mi sil.``: Mitsuba 3 (``pip install mitsuba``), variant ``llvm_ad_rgb``, constant
+  environment light, the mesh once (a ray tracer sees both sides), 1 sample per pixel (4 with
+  anti-aliasing: the samples of nmr_jax's 2x2 supersampling). Forward and interior-only gradients
+  with the ``direct`` integrator; silhouette gradients of primary visibility with
+  ``direct_projective`` (sppi 0, no guiding). It needs libLLVM >= 16: point DRJIT_LIBLLVM_PATH at
+  it (Debian 12: ``libllvm19``, e.g. unpacked with ``apt-get download`` and ``dpkg -x``).
+- PyTorch3D and jaxrenderer: not adapted here; reported as skipped.
 
-Usage: ``python benchmarks/bench_cpu.py`` (all entries, several minutes) or ``--quick`` (the
-teapot at 256^2 with and without anti-aliasing, the 100k-face torus forward; about a minute).
+Usage: ``python benchmarks/bench_cpu.py`` (every entry; tens of minutes on 2 cores, most of it in
+the baselines) or ``--quick`` (4 entries, a few minutes).
 """
 
 from __future__ import annotations
