@@ -6,6 +6,7 @@ perspective are pure ``jax.numpy``. Everything is functional, jit-able and vmap-
 
 from nmr_jax import data
 from nmr_jax._obj import load_obj, save_obj
+from nmr_jax._validate import validate_mesh
 from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
@@ -42,5 +43,6 @@ __all__ = [
     "rasterize_silhouettes",
     "rasterize_weight_map",
     "save_obj",
+    "validate_mesh",
     "vertices_to_faces",
 ]

@@ -8,7 +8,9 @@ its colour at the barycentric point proportional to (i, j, k) (see ``load_obj``)
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, overload
@@ -40,23 +42,35 @@ class _Obj:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, whitespace separated fields) of the non-blank lines, comments removed."""
+    """(line number, whitespace separated fields) of the non-blank lines, comments removed.
+
+    Streams the file line by line: memory grows with the mesh, not with the file's text.
+    """
     # errors="replace": stray non-UTF-8 bytes (typically in comments) must not stop the load.
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # utf-8-sig drops a byte order mark, which would otherwise hide the first statement.
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             fields = line.split("#", 1)[0].split()
             if fields:
                 yield lineno, fields
 
 
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
 def _floats(fields: list[str], minimum: int, where: str) -> list[float]:
-    """The numbers of a statement (fields[0] is its keyword), at least ``minimum`` of them."""
+    """The numbers of a statement (fields[0] is its keyword), at least ``minimum`` of them, each
+    finite in float32."""
     if len(fields) - 1 < minimum:
         raise ValueError(f"{where}: '{fields[0]}' needs at least {minimum} numbers")
     try:
-        return [float(x) for x in fields[1:]]
+        numbers = [float(x) for x in fields[1:]]
     except ValueError:
         raise ValueError(f"{where}: '{fields[0]}' has a non-numeric value") from None
+    # "nan" and "inf" parse as floats, and 1e39 becomes inf in float32.
+    if not all(math.isfinite(x) and abs(x) <= _FLT_MAX for x in numbers):
+        raise ValueError(f"{where}: '{fields[0]}' has a value that is not finite in float32")
+    return numbers
 
 
 def _index(token: str, count: int, what: str, where: str) -> int:
@@ -73,11 +87,12 @@ def _index(token: str, count: int, what: str, where: str) -> int:
 
 
 def _parse_obj(path: Path, with_materials: bool) -> _Obj:
-    vertices: list[list[float]] = []
-    uvs: list[list[float]] = []
-    faces: list[tuple[int, int, int]] = []
-    face_uvs: list[tuple[int, int, int]] = []
-    face_materials: list[int] = []
+    # Flat typed arrays: 4 bytes a number, where lists of Python floats take about 30.
+    vertices = array("f")
+    uvs = array("f")
+    faces = array("i")
+    face_uvs = array("i")
+    face_materials = array("i")
     materials: dict[str, int] = {}
     mtllibs: list[tuple[Path, int]] = []
     material = -1
@@ -85,24 +100,25 @@ def _parse_obj(path: Path, with_materials: bool) -> _Obj:
         where = f"{path}:{lineno}"
         keyword = fields[0]
         if keyword == "v":
-            vertices.append(_floats(fields, 3, where)[:3])
+            vertices.extend(_floats(fields, 3, where)[:3])
         elif keyword == "vt" and with_materials:
             uv = _floats(fields, 1, where)
-            uvs.append([uv[0], uv[1] if len(uv) > 1 else 0.0])  # v is optional and defaults to 0
+            uvs.extend([uv[0], uv[1] if len(uv) > 1 else 0.0])  # v is optional and defaults to 0
         elif keyword == "f":
             if len(fields) < 4:
                 raise ValueError(f"{where}: a face needs at least 3 vertices")
             corners = [token.split("/") for token in fields[1:]]
             if any(len(parts) > 3 for parts in corners):
                 raise ValueError(f"{where}: a face vertex has more than 3 '/'-separated parts")
-            v = [_index(parts[0], len(vertices), "vertex", where) for parts in corners]
+            v = [_index(parts[0], len(vertices) // 3, "vertex", where) for parts in corners]
             vt = [-1] * len(v)
             if with_materials and all(len(parts) > 1 and parts[1] for parts in corners):
-                vt = [_index(parts[1], len(uvs), "texture coordinate", where) for parts in corners]
+                n_uvs = len(uvs) // 2
+                vt = [_index(parts[1], n_uvs, "texture coordinate", where) for parts in corners]
             # Polygons become a fan of triangles around their first vertex.
             for i in range(1, len(v) - 1):
-                faces.append((v[0], v[i], v[i + 1]))
-                face_uvs.append((vt[0], vt[i], vt[i + 1]))
+                faces.extend((v[0], v[i], v[i + 1]))
+                face_uvs.extend((vt[0], vt[i], vt[i + 1]))
                 face_materials.append(material)
         elif keyword == "usemtl" and with_materials:
             if len(fields) != 2:
@@ -116,11 +132,11 @@ def _parse_obj(path: Path, with_materials: bool) -> _Obj:
     if not faces:
         raise ValueError(f"{path}: no faces")
     return _Obj(
-        vertices=np.array(vertices, np.float32),
-        faces=np.array(faces, np.int32),
-        uvs=np.array(uvs, np.float32).reshape(-1, 2),
-        face_uvs=np.array(face_uvs, np.int32),
-        face_materials=np.array(face_materials, np.int32),
+        vertices=np.frombuffer(vertices, np.float32).reshape(-1, 3),
+        faces=np.frombuffer(faces, np.int32).reshape(-1, 3),
+        uvs=np.frombuffer(uvs, np.float32).reshape(-1, 2),
+        face_uvs=np.frombuffer(face_uvs, np.int32).reshape(-1, 3),
+        face_materials=np.frombuffer(face_materials, np.int32),
         materials=materials,
         mtllibs=mtllibs,
     )
@@ -153,7 +169,12 @@ def _parse_mtl(path: Path, materials: dict[str, _Material]) -> None:
 
 def _read_image(path: Path) -> np.ndarray:
     """An image as float32 RGB [H, W, 3] in [0, 1]."""
-    image = iio.imread(path)
+    try:
+        image = iio.imread(path)
+    except Exception as error:  # imageio raises many kinds for a corrupt or unknown file
+        raise ValueError(f"texture image {path} cannot be read: {error}") from error
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"texture image {path} is not a 2D image (shape {image.shape})")
     if np.issubdtype(image.dtype, np.integer):
         image = image / np.iinfo(image.dtype).max
     if image.ndim == 2:
@@ -264,7 +285,8 @@ def load_obj(
         filename: the ``.obj`` file.
         normalization: if true, fit the mesh into the cube [-1, 1]^3 as the original does:
             ``v -= v.min(0); v /= abs(v).max(); v *= 2; v -= v.max(0) / 2`` (the longest side
-            spans [-1, 1], the others are centred).
+            spans [-1, 1], the others are centred; a mesh whose vertices all coincide lands on
+            the origin).
         texture_size: T, the texels per edge of each face's texture cube.
         load_texture: if true, also build per-face textures from the materials of the
             ``mtllib`` files: ``usemtl`` selects a material; faces of a material with a
@@ -281,18 +303,27 @@ def load_obj(
 
     Raises:
         FileNotFoundError: the OBJ file, a material library or a texture image is missing.
-        ValueError: a malformed statement (wrong number of fields, a non-numeric value, an
-            index of 0 or out of range, an undefined material), reported as
-            ``"{file}:{line}: ..."``; or a file without faces.
+        ValueError: a malformed statement (wrong number of fields, a non-numeric value, a value
+            that is NaN, infinite or beyond float32, an index of 0 or out of range, an undefined
+            material), reported as ``"{file}:{line}: ..."``; a file without faces; a texture
+            image that cannot be read.
+        TypeError: ``texture_size`` is not an int.
+
+    The file is read as UTF-8 (a byte order mark is skipped; bytes that are not UTF-8 become
+    U+FFFD, so they only matter inside a number or a name) and streamed line by line.
     """
     path = Path(filename)
+    if not isinstance(texture_size, int | np.integer) or isinstance(texture_size, bool):
+        raise TypeError(f"texture_size must be an int, got {texture_size!r}")
     if texture_size < 1:
         raise ValueError(f"texture_size must be at least 1, got {texture_size}")
     obj = _parse_obj(path, with_materials=load_texture)
     vertices = obj.vertices
     if normalization:
         vertices -= vertices.min(axis=0)
-        vertices /= np.abs(vertices).max()
+        extent = np.abs(vertices).max()
+        if extent > 0:  # all vertices in one point: nothing to scale (0 / 0 otherwise)
+            vertices /= extent
         vertices *= 2
         vertices -= vertices.max(axis=0) / 2
     if not load_texture:

@@ -1,4 +1,7 @@
-"""Up-front checks of public arguments (private): clear exceptions before any kernel is built."""
+"""Up-front checks of public arguments: clear exceptions before any kernel is built.
+
+Private, except ``validate_mesh`` (exported by ``nmr_jax``), the eager check of a mesh's data.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from jax.typing import ArrayLike
 
 # Array-like inputs that may also be given as plain tuples of floats (vectors, colours).
 VectorLike = ArrayLike | Sequence[float]
+
+_INT32_MAX = 2**31 - 1
 
 
 def _dtype(x: VectorLike) -> np.dtype:
@@ -35,6 +40,14 @@ def index_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Arr
     dtype = _dtype(x)
     if not np.issubdtype(dtype, np.integer) or dtype.kind == "b":
         raise TypeError(f"{name} must be an integer array (vertex indices), got dtype {dtype}")
+    if np.iinfo(dtype).max > _INT32_MAX and not isinstance(x, jax.core.Tracer):
+        # A wider host array (int64, uint32) would wrap silently in the cast to int32.
+        values = np.asarray(x)
+        if values.size and (values.min() < -_INT32_MAX - 1 or values.max() > _INT32_MAX):
+            raise ValueError(
+                f"{name} holds values in [{values.min()}, {values.max()}], outside int32 "
+                "(vertex indices are int32)"
+            )
     x = jnp.asarray(x, jnp.int32)
     _check_core(name, x.shape, core)
     return x
@@ -59,8 +72,15 @@ def batch(names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> tuple[int,
 
 def image_size(value: int | Sequence[int]) -> tuple[int, int]:
     """``S`` or ``(H, W)`` -> ``(H, W)``, each a positive int."""
-    hw = (value, value) if isinstance(value, int | np.integer) else tuple(value)
-    if len(hw) != 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in hw):
+    if isinstance(value, int | np.integer):
+        hw: tuple = (value, value)
+    elif isinstance(value, Sequence | np.ndarray):
+        hw = tuple(value)
+    else:
+        hw = ()
+    if len(hw) != 2 or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) and s > 0 for s in hw
+    ):
         raise ValueError(f"image_size must be a positive int or (height, width), got {value!r}")
     # Flat pixel offsets are int64 in the kernels, but face ids and loop bounds are int32.
     if hw[0] * hw[1] >= 2**31 // 4:
@@ -69,7 +89,102 @@ def image_size(value: int | Sequence[int]) -> tuple[int, int]:
 
 
 def depth_range(near: float, far: float) -> tuple[float, float]:
+    """Checked ``(near, far)``: drawn depths lie strictly between them."""
     near, far = float(near), float(far)
-    if not (np.isfinite(near) and np.isfinite(far) and near < far):
-        raise ValueError(f"need finite near < far, got near={near}, far={far}")
+    # Depth is interpolated as 1 / sum(w_k / z_k), meaningful for z of one sign only; with
+    # near <= 0 a pixel at depth 0 could be drawn and its depth gradient would divide by z = 0.
+    if not (np.isfinite(near) and np.isfinite(far) and 0 < near < far):
+        raise ValueError(f"need finite 0 < near < far, got near={near}, far={far}")
     return near, far
+
+
+def eps(value: float) -> float:
+    """Kato's distance offset and the texture clamp margin, in (0, 1)."""
+    value = float(value)
+    # eps <= 0 lets Kato's step reach 0 (a division by zero); eps >= 1 empties the texture
+    # coordinate clamp [0, T - 1 - eps] of a 2-texel cube, so a tap would leave the cube.
+    if not 0 < value < 1:
+        raise ValueError(f"eps must be in (0, 1), got {value}")
+    return value
+
+
+def colour(name: str, value: Sequence[float]) -> tuple[float, float, float]:
+    """Three finite floats."""
+    rgb = tuple(float(c) for c in value)
+    if len(rgb) != 3 or not all(np.isfinite(rgb)):
+        raise ValueError(f"{name} must be 3 finite values, got {value!r}")
+    return rgb  # type: ignore[return-value]
+
+
+def texture_cube(textures: jax.Array, num_faces: int) -> None:
+    """``textures [..., F, T, T, T, 3]`` with ``F = num_faces`` and ``T >= 1``."""
+    t = textures.shape[-4:-1]
+    if textures.shape[-5] != num_faces or t[0] != t[1] or t[1] != t[2] or t[0] < 1:
+        raise ValueError(
+            f"textures must have shape [..., F, T, T, T, 3] with F = {num_faces} faces and "
+            f"T >= 1, got {textures.shape}"
+        )
+    # The kernels index a cube's texels with int32.
+    if t[0] ** 3 * 3 > _INT32_MAX:
+        raise ValueError(f"textures: T = {t[0]} is too large (T**3 * 3 must be < 2**31)")
+
+
+def num_faces(name: str, count: int) -> None:
+    """Face ids are int32 (-1 on background)."""
+    if count > _INT32_MAX:
+        raise ValueError(f"{name} has {count} faces; at most 2**31 - 1 are supported")
+
+
+def validate_mesh(vertices: ArrayLike, faces: ArrayLike, textures: ArrayLike | None = None) -> None:
+    """Checks a mesh's values eagerly (outside ``jit``), before it is rendered.
+
+    The render functions check shapes and dtypes themselves and their kernels reject vertex
+    indices outside ``[0, V)``, but they draw nothing for a face with a NaN or infinite vertex
+    rather than fail. Call this once on loaded or generated meshes to catch that too.
+
+    Args:
+      vertices: float ``[..., V, 3]``; every coordinate must be finite.
+      faces: int ``[..., F, 3]``; each row holds three vertex indices in ``[0, V)``, or is
+        ``[-1, -1, -1]``: a padding row (no face) of a ragged batch. A row mixing -1 with indices
+        is an error.
+      textures: optional float ``[..., F, T, T, T, 3]``, ``T >= 1``; every value must be finite.
+      Leading batch dimensions must broadcast.
+
+    Raises:
+      TypeError: a wrong dtype, or traced values (call it outside ``jit``).
+      ValueError: a wrong shape, or a bad value, naming the argument and the first bad entry.
+    """
+    named = {"vertices": vertices, "faces": faces, "textures": textures}
+    for name, value in named.items():
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(f"validate_mesh checks values eagerly; {name} is traced (inside jit)")
+    v = float_array("vertices", vertices, (None, 3))
+    f = index_array("faces", faces, (None, 3))
+    batch(["vertices", "faces"], [v.shape[:-2], f.shape[:-2]])
+    _all_finite("vertices", np.asarray(v), 2)
+    f_np = np.asarray(f)
+    padding = (f_np == -1).all(axis=-1, keepdims=True)
+    bad = ~padding & ((f_np < 0) | (f_np >= v.shape[-2]))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"faces[{', '.join(map(str, where[:-1]))}] = {f_np[where[:-1]].tolist()} holds a vertex "
+            f"index outside [0, {v.shape[-2]}) (V = number of vertices; [-1, -1, -1] is padding)"
+        )
+    if textures is not None:
+        tex = float_array("textures", textures, (None, None, None, None, 3))
+        texture_cube(tex, f.shape[-2])
+        batch(["faces", "textures"], [f.shape[:-2], tex.shape[:-5]])
+        _all_finite("textures", np.asarray(tex), 5)
+
+
+def _all_finite(name: str, values: np.ndarray, core_rank: int) -> None:
+    """ValueError naming the first entry (all but the last ``core_rank - 1`` dims) not finite."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        where = np.argwhere(~finite)[0][: values.ndim - core_rank + 1]
+        count = int((~finite).sum())
+        raise ValueError(
+            f"{name}[{', '.join(str(int(i)) for i in where)}] is not finite "
+            f"({count} NaN or infinite values in {name})"
+        )

@@ -17,24 +17,47 @@ from nmr_jax._validate import VectorLike
 
 __all__ = ["get_points_from_angles", "look", "look_at", "perspective", "projection"]
 
-# Length below which a vector is treated as zero when normalising: far below any real camera
-# geometry, far above float32's denormals, so the guarded division stays finite.
+# Length below which a vector is treated as zero when normalising, and depth below which a point
+# is treated as lying on the camera plane: far below any real camera geometry, far above float32's
+# denormals, so that 1 / _TINY**2 (in the gradients) is still finite.
 _TINY = 1e-12
 
 
 def _normalize(v: jax.Array) -> jax.Array:
-    """v / |v| along the last axis, with a zero gradient (not NaN) at v = 0 (double-where guard)."""
+    """v / |v| along the last axis; 0 with a zero gradient (not NaN) where |v| is 0, overflows or
+    is NaN (double-where guard: the backward pass only ever sees the safe values)."""
     sq = jnp.sum(v * v, axis=-1, keepdims=True)
-    safe = sq > _TINY**2
-    norm = jnp.sqrt(jnp.where(safe, sq, 1.0))
-    return jnp.where(safe, v / norm, 0.0)
+    safe = (sq > _TINY**2) & (sq < jnp.inf)  # False for NaN too
+    v = jnp.where(safe, v, 1.0)
+    return jnp.where(safe, v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True)), 0.0)
+
+
+def _finite_points(vertices: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mask [..., V, 1] of points with finite coordinates, vertices with the others set to 1).
+
+    The transforms compute on the safe copy and put NaN back where the mask is false: a point that
+    is not finite stays NaN (its faces are not drawn) and gets a zero gradient, and it cannot turn
+    the gradients of the camera or of the other points into NaN (0 * inf in the backward pass).
+    """
+    finite = jnp.all(jnp.isfinite(vertices), axis=-1, keepdims=True)
+    return finite, jnp.where(finite, vertices, 1.0)
 
 
 def _rotate(vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array) -> jax.Array:
     x = _normalize(jnp.cross(up, z))
     y = jnp.cross(z, x)
     rot = jnp.stack([x, y, z], axis=-2)  # [..., 3, 3], rows are the camera axes
-    return jnp.einsum("...vi,...ji->...vj", vertices - eye[..., None, :], rot)
+    finite, safe = _finite_points(vertices)
+    out = jnp.einsum("...vi,...ji->...vj", safe - eye[..., None, :], rot)
+    return jnp.where(finite, out, jnp.nan)
+
+
+def _divide_by_depth(
+    x: jax.Array, y: jax.Array, z: jax.Array, ok: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(x / z, y / z) where ``ok``, NaN elsewhere, with finite gradients (double-where guard)."""
+    safe_z = jnp.where(ok, z, 1.0)
+    return jnp.where(ok, x / safe_z, jnp.nan), jnp.where(ok, y / safe_z, jnp.nan)
 
 
 def look_at(
@@ -80,15 +103,18 @@ def perspective(vertices: ArrayLike, angle: ArrayLike = 30.0) -> jax.Array:
       angle: half the field of view, in degrees (scalar or ``[...]``).
 
     Returns:
-      float32 ``[..., V, 3]``: x and y in NDC, z the view depth. Points at z = 0 map to +-inf
-      (as in the original); the rasterizer drops them with the near plane.
+      float32 ``[..., V, 3]``: x and y in NDC, z the view depth. x and y are NaN for points with
+      ``|z| <= 1e-12`` (on the camera plane; the original gives +-inf or NaN) or a non-finite
+      coordinate: the rasterizer does not draw their faces, and their gradient is zero.
     """
     vertices = jnp.asarray(vertices, jnp.float32)
     width = jnp.tan(jnp.deg2rad(jnp.asarray(angle, jnp.float32)))[..., None]
-    z = vertices[..., 2]
-    x = vertices[..., 0] / (z * width)
-    y = vertices[..., 1] / (z * width)
-    return jnp.stack([x, y, z], axis=-1)
+    finite, safe = _finite_points(vertices)
+    z = safe[..., 2]
+    x, y = _divide_by_depth(
+        safe[..., 0], safe[..., 1], z * width, finite[..., 0] & (jnp.abs(z) > _TINY)
+    )
+    return jnp.stack([x, y, jnp.where(finite[..., 0], z, jnp.nan)], axis=-1)
 
 
 def projection(
@@ -113,16 +139,21 @@ def projection(
       eps: added to z before the division (the original's guard against z = 0).
 
     Returns:
-      float32 ``[..., V, 3]``: x and y in NDC [-1, 1] (y up), z the metric depth.
+      float32 ``[..., V, 3]``: x and y in NDC [-1, 1] (y up), z the metric depth. As in
+      ``perspective``, x and y are NaN (zero gradient) for a point with ``|z + eps| <= 1e-12`` or
+      a non-finite coordinate.
     """
     vertices, K, R, t, dist_coeffs = (
         jnp.asarray(a, jnp.float32) for a in (vertices, K, R, t, dist_coeffs)
     )
     t = t.reshape(t.shape[:-2] + (3,)) if t.ndim >= 2 and t.shape[-2] == 1 else t
-    v = jnp.einsum("...vi,...ji->...vj", vertices, R) + t[..., None, :]
+    finite, safe = _finite_points(vertices)
+    v = jnp.einsum("...vi,...ji->...vj", safe, R) + t[..., None, :]
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
-    x_ = x / (z + eps)
-    y_ = y / (z + eps)
+    ok = finite[..., 0] & (jnp.abs(z + eps) > _TINY)
+    x_, y_ = _divide_by_depth(x, y, z + eps, ok)
+    # The distortion polynomial is evaluated on zeros where the point is dropped (no 0 * inf).
+    x_, y_ = jnp.where(ok, x_, 0.0), jnp.where(ok, y_, 0.0)
     d = dist_coeffs[..., None, :]
     k1, k2, p1, p2, k3 = (d[..., i] for i in range(5))
     r2 = x_ * x_ + y_ * y_
@@ -136,7 +167,14 @@ def projection(
     v_ = height - v_  # image rows grow downwards; NDC y grows upwards
     u = 2 * (u - width / 2.0) / width
     v_ = 2 * (v_ - height / 2.0) / height
-    return jnp.stack([u, v_, z], axis=-1)
+    return jnp.stack(
+        [
+            jnp.where(ok, u, jnp.nan),
+            jnp.where(ok, v_, jnp.nan),
+            jnp.where(finite[..., 0], z, jnp.nan),
+        ],
+        axis=-1,
+    )
 
 
 def get_points_from_angles(

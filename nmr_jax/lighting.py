@@ -24,7 +24,8 @@ def lighting(
     """Lights each face's texture cube by its world-space normal.
 
     ``light = Ia * Ca + Id * Cd * relu(n . direction)`` with ``n = normalize(cross(v0 - v1, v2 - v1))``
-    (a zero-area face gets n = 0, hence ambient light only, and finite gradients).
+    (a zero-area face, or one with a NaN or infinite coordinate, gets n = 0, hence ambient light
+    only, and finite gradients).
 
     Args:
       faces: float32 ``[..., F, 3, 3]`` face vertices in world space.
@@ -48,9 +49,11 @@ def lighting(
         )
     )
     ambient = ia[..., None] * ca  # [..., 3]
-    n = _normalize(
-        jnp.cross(faces[..., 0, :] - faces[..., 1, :], faces[..., 2, :] - faces[..., 1, :])
-    )
+    # A face with a non-finite coordinate is lit as a zero-area one (double-where guard: its
+    # gradient is zero, not 0 * NaN).
+    finite = jnp.all(jnp.isfinite(faces), axis=(-1, -2))[..., None, None]
+    safe = jnp.where(finite, faces, 0.0)
+    n = _normalize(jnp.cross(safe[..., 0, :] - safe[..., 1, :], safe[..., 2, :] - safe[..., 1, :]))
     # A matmul, not sum(n * d): jaxlib 0.10.2's XLA:CPU YNNPACK fusion miscompiles the broadcast
     # multiply-reduce when `direction` is batched under jit(vmap) (test_batching pins it).
     cos = jax.nn.relu(jnp.matmul(n, d[..., :, None])[..., 0])  # [..., F]

@@ -98,23 +98,17 @@ def _config(
     background_color: Sequence[float],
 ) -> tuple[jax.Array, jax.Array | None, _ops.RasterConfig]:
     fv = check.float_array("faces", faces, (None, 3, 3))
+    check.num_faces("faces", fv.shape[-3])
     tex = None
     if textures is not None:
         tex = check.float_array("textures", textures, (None, None, None, None, 3))
-        t = tex.shape[-4:-1]
-        if tex.shape[-5] != fv.shape[-3] or t[0] != t[1] or t[1] != t[2]:
-            raise ValueError(
-                f"textures must have shape [..., F, T, T, T, 3] with F = {fv.shape[-3]} faces, "
-                f"got {tex.shape}"
-            )
+        check.texture_cube(tex, fv.shape[-3])
         check.batch(["faces", "textures"], [fv.shape[:-3], tex.shape[:-5]])
     height, width = check.image_size(image_size)
     near, far = check.depth_range(near, far)
-    bg = tuple(float(c) for c in background_color)
-    if len(bg) != 3:
-        raise ValueError(f"background_color must have 3 values, got {background_color!r}")
+    bg = check.colour("background_color", background_color)
     scale = 2 if anti_aliasing else 1
-    cfg = _ops.RasterConfig(height * scale, width * scale, near, far, float(eps), bg)  # type: ignore[arg-type]
+    cfg = _ops.RasterConfig(height * scale, width * scale, near, far, check.eps(eps), bg)
     return fv, tex, cfg
 
 

@@ -76,8 +76,8 @@ class Renderer:
             raise ValueError(
                 f"camera_mode must be 'look_at', 'look' or 'projection', got {self.camera_mode!r}"
             )
-        if len(self.background_color) != 3:
-            raise ValueError(f"background_color must have 3 values, got {self.background_color!r}")
+        check.colour("background_color", self.background_color)
+        check.eps(self.rasterizer_eps)
 
     def transform(
         self,
