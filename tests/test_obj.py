@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -120,10 +121,19 @@ def test_missing_file(tmp_path):
         "f 1 2 4",  # only 3 vertices
         "f -4 1 2",  # before the first vertex
         "f 1/1/1/1 2 3",  # too many '/' parts
+        "f 1.5 2 3",  # not an integer
+        "f /1 2 3",  # no vertex index
+        "v",  # no coordinates
+        "v 1 nan 0",  # parses as a float, but is not a coordinate
+        "v inf 0 0",
+        "v 1e39 0 0",  # infinite in float32
+        "v 1 caf\xe9 0",  # a non-UTF-8 byte inside a number
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path, line):
-    path = write(tmp_path, "bad.obj", "# header\n" + TRIANGLE + line + "\n")
+    path = write(
+        tmp_path, "bad.obj", b"# header\n" + TRIANGLE.encode() + line.encode("latin-1") + b"\n"
+    )
     with pytest.raises(ValueError, match=at_line(path, 5)):
         load_obj(path)
 
@@ -250,3 +260,77 @@ def test_reference_textured_model():
 def test_save_obj_validates(tmp_path, vertices, faces, error, name):
     with pytest.raises(error, match=name):
         save_obj(tmp_path / "bad.obj", vertices, faces)
+
+
+def test_nonfinite_texture_coordinate_and_kd(tmp_path):
+    write(tmp_path, "m.mtl", "newmtl a\nKd 1 nan 0\n")
+    path = write(tmp_path, "m.obj", "mtllib m.mtl\n" + TRIANGLE + "vt inf 0\nusemtl a\nf 1 2 3\n")
+    with pytest.raises(ValueError, match=at_line(path, 5)):
+        load_obj(path, load_texture=True)
+    path = write(tmp_path, "m.obj", "mtllib m.mtl\n" + TRIANGLE + "usemtl a\nf 1 2 3\n")
+    with pytest.raises(ValueError, match=at_line(tmp_path / "m.mtl", 2)):
+        load_obj(path, load_texture=True)
+
+
+def test_byte_order_mark_does_not_hide_the_first_vertex(tmp_path):
+    path = write(tmp_path, "bom.obj", b"\xef\xbb\xbf" + TRIANGLE.encode() + b"f 1 2 3\n")
+    vertices, faces = load_obj(path, normalization=False)
+    assert vertices.shape == (3, 3)
+    np.testing.assert_array_equal(faces, [[0, 1, 2]])
+
+
+def test_crlf_line_endings_and_tabs(tmp_path):
+    path = write(
+        tmp_path, "crlf.obj", TRIANGLE.replace(" ", "\t").replace("\n", "\r\n") + "f 1 2 3\r\n"
+    )
+    vertices, faces = load_obj(path, normalization=False)
+    np.testing.assert_array_equal(vertices, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(faces, [[0, 1, 2]])
+
+
+def test_non_utf8_material_names_still_match(tmp_path):
+    write(tmp_path, "m.mtl", b"newmtl caf\xe9\nKd 0 1 0\n")
+    text = b"mtllib m.mtl\n" + TRIANGLE.encode() + b"usemtl caf\xe9\nf 1 2 3\n"
+    _, _, textures = load_obj(write(tmp_path, "m.obj", text), texture_size=1, load_texture=True)
+    np.testing.assert_array_equal(textures[0, 0, 0, 0], [0, 1, 0])
+
+
+def test_normalization_of_a_mesh_in_one_point_gives_zeros_not_nan(tmp_path):
+    path = write(tmp_path, "point.obj", "v 3 3 3\nv 3 3 3\nv 3 3 3\nf 1 2 3\n")
+    vertices, _ = load_obj(path)
+    np.testing.assert_array_equal(vertices, np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("size", [2.0, "4", True])
+def test_texture_size_must_be_an_int(tmp_path, size):
+    path = write(tmp_path, "m.obj", TRIANGLE + "f 1 2 3\n")
+    with pytest.raises(TypeError, match="texture_size"):
+        load_obj(path, texture_size=size, load_texture=True)
+
+
+def test_unreadable_texture_image(tmp_path):
+    write(tmp_path, "broken.png", b"not a png at all")
+    write(tmp_path, "m.mtl", "newmtl a\nmap_Kd broken.png\n")
+    text = "mtllib m.mtl\n" + TRIANGLE + "vt 0 0\nusemtl a\nf 1/1 2/1 3/1\n"
+    with pytest.raises(ValueError, match="broken.png cannot be read"):
+        load_obj(write(tmp_path, "m.obj", text), load_texture=True)
+
+
+def test_large_file_is_streamed_into_compact_arrays(tmp_path):
+    # 20,000 vertices and faces (0.7 MB): parse memory stays near the 4-byte arrays'
+    # size, where lists of Python floats would take about 30 bytes a number.
+    n = 20_000
+    path = tmp_path / "big.obj"
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(f"v {i % 97} {i % 89} {i % 83}\n")
+        for i in range(n):
+            f.write(f"f {i + 1} {(i + 1) % n + 1} {(i + 2) % n + 1}\n")
+    tracemalloc.start()
+    vertices, faces = load_obj(path, normalization=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert vertices.shape == (n, 3) and faces.shape == (n, 3)
+    np.testing.assert_array_equal(faces[-1], [n - 1, 0, 1])
+    np.testing.assert_array_equal(vertices[-1], [(n - 1) % 97, (n - 1) % 89, (n - 1) % 83])
+    assert peak < 4 * (vertices.nbytes + faces.nbytes), peak
