@@ -124,6 +124,8 @@ def kato(fv, face_index, image, grad, eps):
                     for d0 in range(lo, hi + 1):
                         d0f = f32(d0)
                         cross = (bb[i1] - bb[i0]) / (a[i1] - a[i0]) * (d0f - a[i0]) + bb[i0]
+                        if not np.isfinite(cross):  # an overflowing sliver crosses no pixel
+                            continue
                         d1_in = int(np.floor(cross)) if direction > 0 else int(np.ceil(cross))
                         d1_out = d1_in + direction
                         if not (0 <= d1_in < n_along and 0 <= d1_out < n_along):

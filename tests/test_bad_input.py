@@ -233,16 +233,24 @@ RENDERER = nr.Renderer(image_size=16)
 LIT = np.full((2, 2, 2, 2, 3), 0.8, np.float32)
 
 
-def render_and_grads(vertices, faces, textures, renderer=RENDERER, eye=None):
-    """Images and the gradients of a loss of all three w.r.t. vertices, textures and eye."""
-    eye = jnp.asarray(renderer.eye if eye is None else eye, jnp.float32)
-
+@jax.jit
+def _render_and_grads(renderer, vertices, faces, textures, eye):
     def loss(v, t, e):
         rgb, depth, alpha = renderer.render(v, faces, t, eye=e)
         return jnp.sum(rgb) + jnp.sum(alpha) + 1e-2 * jnp.sum(depth), (rgb, depth, alpha)
 
-    (_, images), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
-        jnp.asarray(vertices, jnp.float32), jnp.asarray(textures, jnp.float32), eye
+    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(vertices, textures, eye)
+
+
+def render_and_grads(vertices, faces, textures, renderer=RENDERER, eye=None):
+    """Images and the gradients of a loss of all three w.r.t. vertices, textures and eye."""
+    eye = jnp.asarray(renderer.eye if eye is None else eye, jnp.float32)
+    (_, images), grads = _render_and_grads(
+        renderer,
+        jnp.asarray(vertices, jnp.float32),
+        jnp.asarray(faces, jnp.int32),
+        jnp.asarray(textures, jnp.float32),
+        eye,
     )
     for g in grads:
         assert np.isfinite(g).all()
@@ -373,7 +381,7 @@ def test_perspective_on_the_camera_plane_is_nan_with_zero_gradient():
     v = jnp.array([[1.0, 2.0, 0.0], [1.0, 2.0, 1e-13], [1.0, 2.0, 4.0]])
     out = nr.perspective(v)
     assert np.isnan(out[:2, :2]).all() and np.isfinite(out[2]).all()
-    g = jax.grad(lambda v: jnp.nansum(nr.perspective(v)))(v)
+    g = jax.jit(jax.grad(lambda v: jnp.nansum(nr.perspective(v))))(v)
     assert np.isfinite(g).all() and (g[:2, :2] == 0).all() and (g[2, :2] != 0).all()
     np.testing.assert_array_equal(g[:, 2] != 0, True)  # z passes through
 
@@ -387,7 +395,7 @@ def test_projection_at_minus_eps_is_nan_with_finite_gradients():
 
     out = nr.projection(v, K, jnp.eye(3), jnp.zeros(3), jnp.zeros(5), 100)
     assert np.isnan(out[0, :2]).all() and np.isfinite(out[1]).all()
-    for g in jax.grad(f, argnums=(0, 1))(v, K):
+    for g in jax.jit(jax.grad(f, argnums=(0, 1)))(v, K):
         assert np.isfinite(g).all()
 
 
@@ -397,7 +405,7 @@ def test_lighting_of_zero_area_and_nonfinite_faces_is_ambient_only():
     tex = np.ones((3, 1, 1, 1, 3), np.float32)
     lit = nr.lighting(faces, tex, direction=(0.0, 0.0, -1.0))
     np.testing.assert_allclose(lit[1:], 0.5)  # ambient 0.5 only
-    g = jax.grad(lambda f: jnp.sum(nr.lighting(f, tex, direction=(0.0, 0.0, -1.0))))(faces)
+    g = jax.jit(jax.grad(lambda f: jnp.sum(nr.lighting(f, tex, direction=(0.0, 0.0, -1.0)))))(faces)
     assert np.isfinite(g).all() and (g[1:] == 0).all()
 
 
