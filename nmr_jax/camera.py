@@ -104,16 +104,17 @@ def perspective(vertices: ArrayLike, angle: ArrayLike = 30.0) -> jax.Array:
 
     Returns:
       float32 ``[..., V, 3]``: x and y in NDC, z the view depth. x and y are NaN for points with
-      ``|z| <= 1e-12`` (on the camera plane; the original gives +-inf or NaN) or a non-finite
-      coordinate: the rasterizer does not draw their faces, and their gradient is zero.
+      ``|z tan(angle)| <= 1e-12`` (on the camera plane, or a zero angle; the original gives +-inf
+      or NaN) or a non-finite coordinate: the rasterizer does not draw their faces, and their
+      gradient is zero.
     """
     vertices = jnp.asarray(vertices, jnp.float32)
     width = jnp.tan(jnp.deg2rad(jnp.asarray(angle, jnp.float32)))[..., None]
     finite, safe = _finite_points(vertices)
     z = safe[..., 2]
-    x, y = _divide_by_depth(
-        safe[..., 0], safe[..., 1], z * width, finite[..., 0] & (jnp.abs(z) > _TINY)
-    )
+    scaled = z * width
+    ok = finite[..., 0] & (jnp.abs(scaled) > _TINY)
+    x, y = _divide_by_depth(safe[..., 0], safe[..., 1], scaled, ok)
     return jnp.stack([x, y, jnp.where(finite[..., 0], z, jnp.nan)], axis=-1)
 
 

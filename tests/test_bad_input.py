@@ -384,6 +384,10 @@ def test_perspective_on_the_camera_plane_is_nan_with_zero_gradient():
     g = jax.jit(jax.grad(lambda v: jnp.nansum(nr.perspective(v))))(v)
     assert np.isfinite(g).all() and (g[:2, :2] == 0).all() and (g[2, :2] != 0).all()
     np.testing.assert_array_equal(g[:, 2] != 0, True)  # z passes through
+    # A zero field of view puts every point "on the camera plane".
+    assert np.isnan(nr.perspective(v, 0.0)[:, :2]).all()
+    g_angle = jax.jit(jax.grad(lambda a: jnp.nansum(nr.perspective(v, a))))(0.0)
+    assert np.isfinite(g_angle)
 
 
 def test_projection_at_minus_eps_is_nan_with_finite_gradients():
