@@ -322,8 +322,13 @@ NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width,
         // Moving vertex 0 (1) by delta moves the crossing on this line by delta * (a1 - d0) / (a1 - a0)
         // (resp. (d0 - a0) / (a1 - a0)); lever * (d1 - cross) is the vertex move that brings the
         // edge to pixel d1. A lever of 0 marks a vertex on this line, which the line cannot move.
-        const float lever0 = a1 != d0 ? (a1 - a0) / (a1 - d0) : 0.f;
-        const float lever1 = a0 != d0 ? (a1 - a0) / (d0 - a0) : 0.f;
+        float lever0 = a1 != d0 ? (a1 - a0) / (a1 - d0) : 0.f;
+        float lever1 = a0 != d0 ? (a1 - a0) / (d0 - a0) : 0.f;
+        // A lever that overflows (one vertex a hair from this line, the other very far) moves the
+        // crossing by nothing measurable: dropped like a zero lever, where inf * 0 (a crossing on
+        // a pixel centre) would make the gradient NaN.
+        if (!(fabsf(lever0) <= FLT_MAX)) lever0 = 0.f;
+        if (!(fabsf(lever1) <= FLT_MAX)) lever1 = 0.f;
         // Out scan: the face grows over the pixels beyond its edge, up to the border.
         if (fi[d1_in * fi_step] == index)
           on_out(KatoCrossing{axis, d0, d1_in, dir, cross, {lever0, lever1},

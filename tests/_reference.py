@@ -159,12 +159,10 @@ def kato(fv, face_index, image, grad, eps):
                             for vert, lever_den in ((i0, a[i1] - d0f), (i1, d0f - a[i0])):
                                 if lever_den == 0:
                                     continue
-                                dist = (
-                                    (a[i1] - a[i0])
-                                    / lever_den
-                                    * (f32(d1) - cross)
-                                    * f32(2 / n_along)
-                                )
+                                lever = (a[i1] - a[i0]) / lever_den
+                                if not np.isfinite(lever):  # no measurable leverage
+                                    continue
+                                dist = lever * (f32(d1) - cross) * f32(2 / n_along)
                                 dist = dist + eps if dist > 0 else dist - eps
                                 out[bi, fi, vert, 1 - axis] -= diff / dist
     return out

@@ -15,6 +15,7 @@ import pytest
 import nmr_jax as nr
 from nmr_jax import _ffi
 from nmr_jax import _validate as check
+from tests import _reference as ref
 
 TRI = np.array([[-0.5, -0.5, 2.0], [0.5, -0.5, 2.0], [0.0, 0.5, 2.0]], np.float32)
 FV = TRI[None]  # [F = 1, 3, 3] projected face vertices
@@ -411,6 +412,31 @@ def test_lighting_of_zero_area_and_nonfinite_faces_is_ambient_only():
     np.testing.assert_allclose(lit[1:], 0.5)  # ambient 0.5 only
     g = jax.jit(jax.grad(lambda f: jnp.sum(nr.lighting(f, tex, direction=(0.0, 0.0, -1.0)))))(faces)
     assert np.isfinite(g).all() and (g[1:] == 0).all()
+
+
+# --- regressions found by fuzzing -------------------------------------------------------------
+
+
+def test_kato_lever_overflow_at_a_pixel_centre_is_not_nan():
+    # Vertex 0 sits 2^-19 pixel before column 6 on row 8, vertex 1 at pixel x = 1e33 on the same
+    # row: moving vertex 1 has a lever of 1e33 / 2^-19 = inf on column 6, where the edge crosses
+    # the pixel centre exactly (distance 0): inf * 0 made Kato's gradient NaN.
+    n = 16
+
+    def ndc(p):
+        return (2 * p - n + 1) / n
+
+    fv = np.array(
+        [[[[ndc(6 - 2**-19), ndc(8), 1], [ndc(1e33), ndc(8), 1], [ndc(4), ndc(12), 1]]]],
+        np.float32,
+    )
+    fi, _, _ = _ffi.rasterize(jnp.asarray(fv), n, n, 0.1, 100.0)
+    assert fi[0, 8, 6] == 0
+    alpha = (fi >= 0).astype(jnp.float32)[..., None]
+    got = np.asarray(_ffi.kato_bwd(jnp.asarray(fv), fi, alpha, jnp.ones_like(alpha), 1e-4))
+    assert np.isfinite(got).all()
+    want = ref.kato(fv, fi, alpha, np.ones(alpha.shape, np.float32), np.float32(1e-4))
+    np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
 # --- the interpreter survives the worst of it ------------------------------------------------

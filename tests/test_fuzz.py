@@ -32,6 +32,7 @@ settings.register_profile(
     deadline=None,  # the first example of a shape includes XLA compilation
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,  # a failure prints @reproduce_failure(...) to replay it exactly
 )
 FUZZ = settings.get_profile("nmr_fuzz")
 
@@ -54,6 +55,7 @@ KINDS = [
     "huge",  # a coordinate of 1e30 or FLT_MAX
     "nonfinite",  # a NaN or infinite coordinate (x, y or z)
     "offscreen",  # shifted out of the image
+    "sliver",  # a vertex a hair before a pixel column, the next one 1e33 away along a pixel row
 ]
 
 
@@ -77,11 +79,13 @@ def meshes(draw):
     fv = np.concatenate([xy, z[..., None]], -1).astype(np.float32)
     for b in range(BATCH):
         for f in range(FACES):
-            _apply(kinds[b][f], fv, b, f, rng)
+            _apply(kinds[b][f], fv, b, f, rng, h, w)
     return fv, kinds, (h, w)
 
 
-def _apply(kind: str, fv: np.ndarray, b: int, f: int, rng: np.random.Generator) -> None:
+def _apply(
+    kind: str, fv: np.ndarray, b: int, f: int, rng: np.random.Generator, h: int, w: int
+) -> None:
     face = fv[b, f]
     i, j = rng.choice(3, size=2, replace=False)
     if kind == "reversed":
@@ -110,6 +114,10 @@ def _apply(kind: str, fv: np.ndarray, b: int, f: int, rng: np.random.Generator) 
         face[i, rng.integers(3)] = rng.choice([np.nan, np.inf, -np.inf])
     elif kind == "offscreen":
         face[:, rng.integers(2)] += rng.choice([-3.0, 3.0])
+    elif kind == "sliver":  # Kato's lever from that column overflows float32
+        col, row = rng.integers(w), rng.integers(h)
+        face[i, :2] = (2 * (col - 2.0**-19) - w + 1) / w, (2 * row - h + 1) / h
+        face[j, :2] = rng.choice([1e33, -1e33]), face[i, 1]
 
 
 _reference_forward = jax.jit(ref.forward, static_argnums=(1, 2, 3, 4))
@@ -136,20 +144,37 @@ def test_kernels_match_reference_and_stay_finite(mesh, texture_size):
     fv, kinds, (h, w) = mesh
     fi, wt, d = (np.asarray(a) for a in _ffi.rasterize(jnp.asarray(fv), h, w, NEAR, FAR))
     rfi, rwt, rd = (np.asarray(a) for a in _reference_forward(jnp.asarray(fv), h, w, NEAR, FAR))
-    np.testing.assert_array_equal(fi, rfi)
-    covered = fi >= 0
+    covered, r_covered = fi >= 0, rfi >= 0
     # No NaN anywhere; background is exactly (-1, 0, far); covered pixels lie in (near, far).
     assert np.isfinite(wt).all() and np.isfinite(d).all()
     assert (wt[~covered] == 0).all() and (d[~covered] == FAR).all()
     assert ((d[covered] > NEAR) & (d[covered] < FAR)).all()
     np.testing.assert_allclose(wt.sum(-1)[covered], 1.0, rtol=1e-5)
-    np.testing.assert_allclose(wt, rwt, rtol=1e-5, atol=1e-5)
-    # Depth 1 / sum(w_k / z_k) loses sum|w_k / z_k| / |sum(w_k / z_k)| times more relative precision
-    # than float32's when depths have both signs (XLA and C++ round it differently there).
-    z = fv[np.arange(BATCH)[:, None, None], np.maximum(fi, 0), :, 2]
-    terms = np.where(covered[..., None], wt / z, 1.0)
-    cond = np.abs(terms).sum(-1) / np.abs(terms.sum(-1))
-    assert (np.abs(d - rd) <= 1e-5 * cond * np.abs(rd)).all()
+
+    def conditioning(face_index, weights):
+        """sum|w_k / z_k| / |sum(w_k / z_k)|: how many times float32's relative precision the
+        depth 1 / sum(w_k / z_k) loses; large when depths have both signs, where XLA and C++
+        round it differently."""
+        z = fv[np.arange(BATCH)[:, None, None], np.maximum(face_index, 0), :, 2]
+        terms = np.where((face_index >= 0)[..., None], weights / z, 1.0)
+        return np.abs(terms).sum(-1) / np.abs(terms.sum(-1))
+
+    tol = 2e-5 * np.maximum(conditioning(fi, wt), conditioning(rfi, rwt))
+
+    def close(a, b):
+        return np.abs(a - b) <= tol * np.maximum(np.abs(a), np.abs(b))
+
+    def at_bound(depth, drawn):
+        return drawn & (close(depth, NEAR) | close(depth, FAR))
+
+    # Face ids agree exactly, except where the choice is a rounding tie: two faces at the same
+    # depth, or a depth on the near or far bound, to that depth's precision.
+    differ = fi != rfi
+    tie = (covered & r_covered & close(d, rd)) | at_bound(d, covered) | at_bound(rd, r_covered)
+    assert not (differ & ~tie).any(), np.argwhere(differ & ~tie)
+    same = ~differ
+    np.testing.assert_allclose(wt[same], rwt[same], rtol=1e-5, atol=1e-5)
+    assert (np.abs(d - rd) <= tol * np.abs(rd))[same].all()
 
     rng = np.random.default_rng(int(np.abs(fi).sum()))
     t = texture_size
@@ -164,7 +189,10 @@ def test_kernels_match_reference_and_stay_finite(mesh, texture_size):
     args = (jnp.asarray(fv), jnp.asarray(fi), jnp.asarray(image), jnp.asarray(g_image))
     kato = np.asarray(_ffi.kato_bwd(*args, 1e-4))
     assert np.isfinite(kato).all()
-    np.testing.assert_allclose(kato, ref.kato(fv, fi, image, g_image, 1e-4), rtol=1e-4, atol=1e-4)
+    # The loop reference is slow: it checks one mesh of the batch, drawn at random.
+    k = slice(b := int(rng.integers(BATCH)), b + 1)
+    want = ref.kato(fv[k], fi[k], image[k], g_image[k], 1e-4)
+    np.testing.assert_allclose(kato[k], want, rtol=1e-4, atol=1e-4)
 
     weights = jnp.asarray(rng.normal(size=(3, BATCH, h, w)), jnp.float32)
     g_fv, g_tex = _grads(jnp.asarray(fv), tex, weights)
