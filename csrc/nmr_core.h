@@ -44,10 +44,15 @@ NMR_HD Face setup_face(const float* f, int height, int width) {
   const float* y = face.y;
   face.area2 = (y[2] - y[0]) * (x[1] - x[0]) - (y[1] - y[0]) * (x[2] - x[0]);
   // The original culls only clockwise faces; zero-area faces are dropped too because their
-  // barycentrics divide by zero, and a NaN or infinite x/y makes the area NaN or infinite. A NaN
-  // or infinite depth would still let part of the face through (w / inf = 0), so it is dropped too.
-  const bool finite_z = fabsf(face.z[0]) <= FLT_MAX && fabsf(face.z[1]) <= FLT_MAX && fabsf(face.z[2]) <= FLT_MAX;
-  face.visible = face.area2 > 0.f && face.area2 <= FLT_MAX && finite_z;
+  // barycentrics divide by zero. So is a face with a pixel coordinate beyond +-2^62 (or NaN): below
+  // that bound no coordinate difference exceeds 2^63, so no edge function or area overflows float
+  // and coverage does not depend on how a compiler rounds near FLT_MAX. A NaN or infinite depth
+  // would still let part of the face through (w / inf = 0), so it is dropped too.
+  const float max_coord = 0x1p62f;
+  bool in_range = true;
+  for (int k = 0; k < 3; ++k)
+    in_range = in_range && fabsf(x[k]) <= max_coord && fabsf(y[k]) <= max_coord && fabsf(face.z[k]) <= FLT_MAX;
+  face.visible = face.area2 > 0.f && in_range;
   return face;
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-FLT_MAX = float(np.finfo(np.float32).max)
+MAX_COORD = 2.0**62  # pixel coordinates beyond it make a face not cover
 
 
 def _pixel(v, n):
@@ -27,8 +27,9 @@ def forward(fv, height, width, near, far):
     x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]
     y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
     area = (y2 - y0) * (x1 - x0) - (y1 - y0) * (x2 - x0)
-    # Drawn: counter-clockwise with a finite area, and finite depths.
-    inside = (area > 0) & (area <= FLT_MAX) & jnp.all(jnp.isfinite(z), axis=-1)
+    # Drawn: counter-clockwise, pixel coordinates within +-2^62 and finite depths.
+    bounded = (jnp.abs(x) <= MAX_COORD) & (jnp.abs(y) <= MAX_COORD) & jnp.isfinite(z)
+    inside = (area > 0) & jnp.all(bounded, axis=-1)
     for (xa, ya), (xb, yb) in [((x0, y0), (x1, y1)), ((x1, y1), (x2, y2)), ((x2, y2), (x0, y0))]:
         inside &= ~((yp - ya) * (xb - xa) < (xp - xa) * (yb - ya))
     xs, ys = (x0, x1, x2), (y0, y1, y2)
@@ -102,7 +103,8 @@ def kato(fv, face_index, image, grad, eps):
             px = _pixel(fv[bi, fi, :, 0], f32(W)).astype(np.float32)
             py = _pixel(fv[bi, fi, :, 1], f32(H)).astype(np.float32)
             area = (py[2] - py[0]) * (px[1] - px[0]) - (py[1] - py[0]) * (px[2] - px[0])
-            if not (0 < area <= FLT_MAX and np.isfinite(fv[bi, fi, :, 2]).all()):
+            bounded = (np.abs(px) <= MAX_COORD) & (np.abs(py) <= MAX_COORD)
+            if not (area > 0 and bounded.all() and np.isfinite(fv[bi, fi, :, 2]).all()):
                 continue
             for e in range(3):
                 i0, i1, i2 = e, (e + 1) % 3, (e + 2) % 3

@@ -52,10 +52,10 @@ KINDS = [
     "behind",  # all depths negative: behind the camera
     "crossing",  # depths of both signs: crosses the near plane and the camera plane
     "tiny_depth",  # a depth of 1e-30
-    "huge",  # a coordinate of 1e30 or FLT_MAX
+    "huge",  # a coordinate of 1e17 (a visible sliver), 1e30 or FLT_MAX (beyond 2^62 pixels)
     "nonfinite",  # a NaN or infinite coordinate (x, y or z)
     "offscreen",  # shifted out of the image
-    "sliver",  # a vertex a hair before a pixel column, the next one 1e33 away along a pixel row
+    "sliver",  # a vertex a hair before a pixel line, the next one 2^61 pixels away along it
 ]
 
 
@@ -109,15 +109,19 @@ def _apply(
     elif kind == "tiny_depth":
         face[i, 2] = 1e-30
     elif kind == "huge":
-        face[i, rng.integers(3)] = rng.choice([1e30, -1e30, np.finfo(np.float32).max])
+        face[i, rng.integers(3)] = rng.choice([1e17, -1e17, 1e30, np.finfo(np.float32).max])
     elif kind == "nonfinite":
         face[i, rng.integers(3)] = rng.choice([np.nan, np.inf, -np.inf])
     elif kind == "offscreen":
         face[:, rng.integers(2)] += rng.choice([-3.0, 3.0])
-    elif kind == "sliver":  # Kato's lever from that column overflows float32
-        col, row = rng.integers(w), rng.integers(h)
-        face[i, :2] = (2 * (col - 2.0**-19) - w + 1) / w, (2 * row - h + 1) / h
-        face[j, :2] = rng.choice([1e33, -1e33]), face[i, 1]
+    elif kind == "sliver":  # Kato's lever on that line is huge (overflows on a 1-pixel axis)
+        axis = 0 if w == 1 else 1 if h == 1 else int(rng.integers(2))
+        n, m = (w, h) if axis == 0 else (h, w)
+        # Only on an axis of 1 pixel (NDC = 2 * pixel) can a vertex sit 2^-100 pixel before a line.
+        near = -(2.0**-99) if n == 1 else (2 * (int(rng.integers(n)) - 2.0**-19) - n + 1) / n
+        centre = (2 * int(rng.integers(m)) - m + 1) / m  # a pixel centre across the lines
+        face[i, axis], face[i, 1 - axis] = near, centre
+        face[j, axis], face[j, 1 - axis] = rng.choice([1.0, -1.0]) * 2.0**62 / n, centre
 
 
 _reference_forward = jax.jit(ref.forward, static_argnums=(1, 2, 3, 4))
