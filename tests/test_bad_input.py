@@ -417,18 +417,32 @@ def test_lighting_of_zero_area_and_nonfinite_faces_is_ambient_only():
 # --- regressions found by fuzzing -------------------------------------------------------------
 
 
-def test_kato_lever_overflow_at_a_pixel_centre_is_not_nan():
-    # One pixel column: vertex 0 sits 2^-100 pixel left of it on row 8, vertex 1 at pixel
-    # x = 2^61 on the same row. Moving vertex 1 has a lever of 2^61 / 2^-100 = inf on column 0,
-    # where the edge crosses the pixel centre exactly (distance 0): inf * 0 made Kato's gradient
-    # NaN.
-    fv = np.array([[[[-(2.0**-99), 1 / 16, 1], [2.0**62, 1 / 16, 1], [-1, 9 / 16, 1]]]], np.float32)
-    fi, _, _ = _ffi.rasterize(jnp.asarray(fv), 16, 1, 0.1, 100.0)
-    assert fi[0, 8, 0] == 0
+def test_kato_nan_from_a_far_sliver_at_a_pixel_centre():
+    # Vertex 0 sits 2^-19 pixel before column 6 on row 8, vertex 1 at pixel x = 1e33 on the same
+    # row: moving vertex 1 had a lever of 1e33 / 2^-19 = inf on column 6, where the edge crosses
+    # the pixel centre exactly (distance 0), and inf * 0 made Kato's gradient NaN. Such a face now
+    # does not cover (beyond 2^62 pixels), and an overflowing lever is dropped in any case.
+    n = 16
+
+    def ndc(p):
+        return (2 * p - n + 1) / n
+
+    fv = np.array(
+        [[[[ndc(6 - 2**-19), ndc(8), 1], [ndc(1e33), ndc(8), 1], [ndc(4), ndc(12), 1]]]],
+        np.float32,
+    )
+    fi, _, _ = _ffi.rasterize(jnp.asarray(fv), n, n, 0.1, 100.0)
     alpha = (fi >= 0).astype(jnp.float32)[..., None]
     got = np.asarray(_ffi.kato_bwd(jnp.asarray(fv), fi, alpha, jnp.ones_like(alpha), 1e-4))
     assert np.isfinite(got).all()
+    # The same sliver within 2^62 pixels is drawn, with a finite gradient equal to the reference.
+    fv[0, 0, 1, 0] = ndc(2.0**61)
+    fi, _, _ = _ffi.rasterize(jnp.asarray(fv), n, n, 0.1, 100.0)
+    assert fi[0, 8, 6] == 0
+    alpha = (fi >= 0).astype(jnp.float32)[..., None]
+    got = np.asarray(_ffi.kato_bwd(jnp.asarray(fv), fi, alpha, jnp.ones_like(alpha), 1e-4))
     want = ref.kato(fv, fi, alpha, np.ones(alpha.shape, np.float32), np.float32(1e-4))
+    assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 

@@ -55,7 +55,7 @@ KINDS = [
     "huge",  # a coordinate of 1e17 (a visible sliver), 1e30 or FLT_MAX (beyond 2^62 pixels)
     "nonfinite",  # a NaN or infinite coordinate (x, y or z)
     "offscreen",  # shifted out of the image
-    "sliver",  # a vertex a hair before a pixel line, the next one 2^61 pixels away along it
+    "sliver",  # a vertex 2^-19 pixel before a pixel line, the next one 2^61 pixels along it
 ]
 
 
@@ -114,16 +114,13 @@ def _apply(
         face[i, rng.integers(3)] = rng.choice([np.nan, np.inf, -np.inf])
     elif kind == "offscreen":
         face[:, rng.integers(2)] += rng.choice([-3.0, 3.0])
-    elif kind == "sliver":  # Kato's lever on that line is huge (overflows on a 1-pixel axis)
-        axis = 0 if w == 1 else 1 if h == 1 else int(rng.integers(2))
+    elif kind == "sliver":  # Kato's lever on that line is 2^61 / 2^-19
+        axis = int(rng.integers(2))
         n, m = (w, h) if axis == 0 else (h, w)
-        if n & (n - 1):
+        if n & (n - 1) or m & (m - 1):
             return  # the offsets below are exact in float32 only for power-of-two sizes
-        # Only on an axis of 1 pixel (NDC = 2 * pixel) can a vertex sit 2^-100 pixel before a line.
-        near = -(2.0**-99) if n == 1 else (2 * (int(rng.integers(n)) - 2.0**-19) - n + 1) / n
-        # A pixel centre across the lines, on the 2^-15 grid (exact: XLA contracts v * n + n - 1
-        # into a fused multiply-add, C++ does not, and a sliver's coverage would differ).
-        centre = np.round((2 * int(rng.integers(m)) - m + 1) / m * 2.0**15) / 2.0**15
+        near = (2 * (int(rng.integers(n)) - 2.0**-19) - n + 1) / n  # 2^-19 pixel before a line
+        centre = (2 * int(rng.integers(m)) - m + 1) / m  # a pixel centre across the lines
         face[i, axis], face[i, 1 - axis] = near, centre
         face[j, axis], face[j, 1 - axis] = rng.choice([1.0, -1.0]) * 2.0**62 / n, centre
 
