@@ -30,7 +30,7 @@ NMR_HD float clampf(float v, float lo, float hi) { return fminf(fmaxf(v, lo), hi
 struct Face {
   float x[3], y[3], z[3];  // Pixel coordinates and view depth of the three vertices.
   float area2;             // Twice the signed area in pixels; > 0 for counter-clockwise (y up).
-  bool visible;            // Front-facing, non-degenerate and finite in x and y.
+  bool visible;            // Front-facing, non-degenerate, within 2^62 pixels, finite depth.
 };
 
 NMR_HD Face setup_face(const float* f, int height, int width) {
