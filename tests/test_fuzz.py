@@ -165,6 +165,10 @@ def test_kernels_match_reference_and_stay_finite(mesh, texture_size):
         return np.abs(terms).sum(-1) / np.abs(terms.sum(-1))
 
     tol = 2e-5 * np.maximum(conditioning(fi, wt), conditioning(rfi, rwt))
+    # Weights carry rounding errors of ~1e-7 (1e-6 allowed) that move 1 / sum(w_k / z_k) by up to
+    # depth^2 * 1e-6 * sum(1 / |z_k|): large next to a vertex close to the camera plane.
+    z_face = fv[np.arange(BATCH)[:, None, None], np.maximum(fi, 0), :, 2]
+    slack = 1e-6 * rd**2 * np.where(covered, (1 / np.abs(z_face)).sum(-1), 0.0)
 
     def close(a, b):
         return np.abs(a - b) <= tol * np.maximum(np.abs(a), np.abs(b))
@@ -179,7 +183,7 @@ def test_kernels_match_reference_and_stay_finite(mesh, texture_size):
     assert not (differ & ~tie).any(), np.argwhere(differ & ~tie)
     same = ~differ
     np.testing.assert_allclose(wt[same], rwt[same], rtol=1e-5, atol=1e-5)
-    assert (np.abs(d - rd) <= tol * np.abs(rd))[same].all()
+    assert (np.abs(d - rd) <= tol * np.abs(rd) + slack)[same].all()
 
     rng = np.random.default_rng(int(np.abs(fi).sum()))
     t = texture_size
