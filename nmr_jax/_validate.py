@@ -19,7 +19,13 @@ _INT32_MAX = 2**31 - 1
 
 
 def _dtype(x: VectorLike) -> np.dtype:
-    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+    if hasattr(x, "dtype"):
+        return np.dtype(x.dtype)
+    try:
+        return np.asarray(x).dtype
+    except jax.errors.TracerArrayConversionError:
+        # A tuple of tracers: a Renderer's tuple-valued field passed through jit as a pytree.
+        return np.dtype(jnp.asarray(x).dtype)
 
 
 def float_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Array:

@@ -86,6 +86,17 @@ def test_renderer_is_immutable_and_a_pytree():
         nr.Renderer(camera_mode="orbit")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("camera_mode", ["look_at", "look"])
+def test_renderer_as_jit_argument_with_default_tuple_fields(camera_mode):
+    # Regression: the dtype check called np.asarray on a tuple of tracers (the default eye or
+    # camera_direction, traced as pytree leaves) and raised TracerArrayConversionError.
+    vertices, faces = nr.data.teapot()
+    r = nr.Renderer(image_size=16, camera_mode=camera_mode)
+    jitted = jax.jit(lambda r: r.render_silhouettes(vertices, faces))(r)
+    np.testing.assert_array_equal(jitted, r.render_silhouettes(vertices, faces))
+    assert float(jitted.sum()) > 0
+
+
 def test_jit_grad_through_render_for_every_parameter():
     v, f = small_mesh()
     tex = white(f, 2) * 0.7
