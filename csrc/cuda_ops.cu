@@ -237,7 +237,8 @@ __global__ void raster_faces_kernel(const float* face_vertices, int64_t F, int h
   const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * f, height, width);
   unsigned long long* image_keys = keys + at[1] * height * static_cast<int64_t>(width);
   const unsigned long long index = static_cast<uint32_t>(f);
-  nmr::for_each_fragment(face, height, width, near, far, static_cast<int>(t % kLanesPerFace),
+  nmr::for_each_fragment(face, height, width, near, far, 0, height - 1,
+                         static_cast<int>(t % kLanesPerFace),
                          kLanesPerFace, [&](int64_t p, float zp, const float*) {
                            atomicMin(image_keys + p,
                                      (static_cast<unsigned long long>(ordered_bits(zp)) << 32) | index);

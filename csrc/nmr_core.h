@@ -102,11 +102,13 @@ NMR_HD float interpolate(const Face& f, float xp, float yp, float* w) {
   return 1.f / (w[0] / f.z[0] + w[1] / f.z[1] + w[2] / f.z[2]);
 }
 
-// Rasterizes one face into the maps of its image (depth map initialised to `far`, face index to -1).
-// Faces must be drawn in increasing index order: with the strict z test the lowest index wins ties.
-// Only rows [row_lo, row_hi] are touched, so disjoint row bands can be drawn concurrently.
-NMR_HD void draw_face(const Face& f, int32_t index, int height, int width, float near, float far,
-                      int row_lo, int row_hi, int32_t* face_index, float* weights, float* depth) {
+// The fragments of a visible face in rows [row_lo, row_hi]: calls visit(pixel, zp, w) for each
+// pixel centre of the face's box that passes the edge test with its depth in (near, far); pixel is
+// the flat [H, W] index. Columns x_lo + first, x_lo + first + stride, ... of each row are visited,
+// so that `stride` CUDA threads can share one face; the row band lets CPU threads split an image.
+template <typename Visit>
+NMR_HD void for_each_fragment(const Face& f, int height, int width, float near, float far, int row_lo,
+                              int row_hi, int first, int stride, Visit&& visit) {
   if (!f.visible) return;
   int x_lo, x_hi, y_lo, y_hi;
   pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), width, &x_lo, &x_hi);
@@ -114,7 +116,7 @@ NMR_HD void draw_face(const Face& f, int32_t index, int height, int width, float
   if (y_lo < row_lo) y_lo = row_lo;
   if (y_hi > row_hi) y_hi = row_hi;
   for (int yi = y_lo; yi <= y_hi; ++yi) {
-    for (int xi = x_lo; xi <= x_hi; ++xi) {
+    for (int xi = x_lo + first; xi <= x_hi; xi += stride) {
       const float xp = static_cast<float>(xi);
       const float yp = static_cast<float>(yi);
       if (!covers(f, xp, yp)) continue;
@@ -122,13 +124,23 @@ NMR_HD void draw_face(const Face& f, int32_t index, int height, int width, float
       const float zp = interpolate(f, xp, yp, w);
       // No clipping: pixels outside (near, far) are dropped one by one, as in the original.
       if (!(zp > near && zp < far)) continue;
-      const int64_t p = static_cast<int64_t>(yi) * width + xi;
-      if (!(zp < depth[p])) continue;
-      depth[p] = zp;
-      face_index[p] = index;
-      for (int k = 0; k < 3; ++k) weights[3 * p + k] = w[k];
+      visit(static_cast<int64_t>(yi) * width + xi, zp, w);
     }
   }
+}
+
+// Rasterizes one face into the maps of its image (depth map initialised to `far`, face index to -1).
+// Faces must be drawn in increasing index order: with the strict z test the lowest index wins ties.
+// Only rows [row_lo, row_hi] are touched, so disjoint row bands can be drawn concurrently.
+NMR_HD void draw_face(const Face& f, int32_t index, int height, int width, float near, float far,
+                      int row_lo, int row_hi, int32_t* face_index, float* weights, float* depth) {
+  for_each_fragment(f, height, width, near, far, row_lo, row_hi, 0, 1,
+                    [&](int64_t p, float zp, const float* w) {
+                      if (!(zp < depth[p])) return;
+                      depth[p] = zp;
+                      face_index[p] = index;
+                      for (int k = 0; k < 3; ++k) weights[3 * p + k] = w[k];
+                    });
 }
 
 // The 8 trilinear taps of a texture cube [T, T, T, 3] at a covered pixel: flat texel indices and
@@ -405,31 +417,6 @@ NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, 
   const int64_t c = C;
   kato_face_grad(f, index, height, width, C, face_index, ScanLines{image, grad_image, c, width * c, 1},
                  ScanLines{image, grad_image, width * c, c, 1}, eps, grad);
-}
-
-// The fragments of a visible face, for a kernel that resolves visibility itself (the CUDA
-// rasterizer: an atomic minimum of depth and index per pixel, where draw_face tests and writes in
-// face order). Calls visit(pixel, zp, w) for each pixel centre of the face's box that passes the
-// edge test with its depth in (near, far); pixel is the flat [H, W] index. Columns x_lo + first,
-// x_lo + first + stride, ... of each row are visited, so that `stride` threads can share one face.
-template <typename Visit>
-NMR_HD void for_each_fragment(const Face& f, int height, int width, float near, float far, int first,
-                              int stride, Visit&& visit) {
-  if (!f.visible) return;
-  int x_lo, x_hi, y_lo, y_hi;
-  pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), width, &x_lo, &x_hi);
-  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), height, &y_lo, &y_hi);
-  for (int yi = y_lo; yi <= y_hi; ++yi) {
-    for (int xi = x_lo + first; xi <= x_hi; xi += stride) {
-      const float xp = static_cast<float>(xi);
-      const float yp = static_cast<float>(yi);
-      if (!covers(f, xp, yp)) continue;
-      float w[3];
-      const float zp = interpolate(f, xp, yp, w);
-      if (!(zp > near && zp < far)) continue;
-      visit(static_cast<int64_t>(yi) * width + xi, zp, w);
-    }
-  }
 }
 
 }  // namespace nmr
