@@ -78,11 +78,14 @@ def _main() -> None:
         one = [jax.device_put(a, jax.devices()[0]) for a in args]
         forward = jax.jit(fn)
         grad = jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2)))
-        for f, n in [(forward, 3), (grad, 5)]:
+        # Gradients are float32 sums over thousands of terms, which the sharded program adds in
+        # another order (per shard, then psum; XLA vectorises per shard shape): 1e-5 of the
+        # largest entry was measured on jax 0.12, so they get 1e-4 (the CUDA parity tolerance).
+        for f, n, tol in [(forward, 3, 1e-5), (grad, 5, 1e-4)]:
             want, got = f(*one[:n]), f(*sharded[:n])
             for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
                 scale = float(np.abs(np.asarray(w)).max()) or 1.0
-                np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5 * scale, rtol=0)
+                np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=tol * scale, rtol=0)
             hlo = f.lower(*sharded[:n]).compile().as_text()
             assert "all-gather" not in hlo, f"{name}: all-gather in\n{hlo}"
             batches = _rasterize_batches(hlo)
