@@ -7,8 +7,13 @@ distance, 30 degree half-angle perspective); faces are drawn with their reversed
 original's ``fill_back``), colours come from 2^3 texture cubes shared by the batch, no lighting,
 no anti-aliasing (so the image size is the rasterized size).
 
+Baseline, in the same process: the same jitted functions on the host CPU (nmr_jax's C++ kernels),
+where batch x pixels is at most CPU_MAX_PIXELS (the largest entries would take minutes there);
+``x`` is the CPU's time over the GPU's.
+
 Usage: ``python benchmarks/bench_gpu.py`` (all entries) or ``--quick`` (teapot 256^2 batch 1,
-torus 1024^2 batch 1). Without a GPU it prints why and exits 0.
+torus 1024^2 batch 1). Without a GPU it prints why and exits 0. ``--device cpu`` runs the GPU
+side on the CPU instead (a check of the script itself, not a measurement).
 """
 
 from __future__ import annotations
@@ -21,23 +26,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _meshes import torus  # benchmarks/ is the script's folder
 
 import nmr_jax as nr
 from nmr_jax import _ffi
 
 DISTANCE, ELEVATION, ANGLE = 2.732, 30.0, 30.0
-
-
-def torus(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Torus (radii 0.7 and 0.3, axis y) of n x n quads = 2 n^2 faces, outward counter-clockwise."""
-    u, w = np.meshgrid(np.arange(n) * 2 * np.pi / n, np.arange(n) * 2 * np.pi / n, indexing="ij")
-    r = 0.7 + 0.3 * np.cos(w)
-    verts = np.stack([r * np.cos(u), 0.3 * np.sin(w), r * np.sin(u)], -1).reshape(-1, 3)
-    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    a, b = i * n + j, ((i + 1) % n) * n + j
-    c, d = ((i + 1) % n) * n + (j + 1) % n, i * n + (j + 1) % n
-    faces = np.concatenate([np.stack([a, d, b], -1), np.stack([b, d, c], -1)]).reshape(-1, 3)
-    return verts.astype(np.float32), faces.astype(np.int32)
+# Batch x pixels of the largest entry also timed on the CPU: 8 views at 1024^2, about a second per
+# forward+backward of the torus on one core.
+CPU_MAX_PIXELS = 8 * 1024**2
+CPU_REPEATS = 3
 
 
 def scenes() -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -83,13 +81,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two entries only")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per entry")
+    parser.add_argument(
+        "--device", choices=("gpu", "cpu"), default="gpu", help="cpu: check the script only"
+    )
     args = parser.parse_args()
     try:
-        gpu = jax.devices("gpu")[0]
+        gpu = jax.devices(args.device)[0]
     except RuntimeError:
         print("bench_gpu: no GPU here (jax.devices('gpu') is unavailable): nothing to measure.")
         return 0
-    if not _ffi.HAS_CUDA_BUILD:
+    cpu = jax.devices("cpu")[0]
+    if gpu.platform == "gpu" and not _ffi.HAS_CUDA_BUILD:
         print(
             "bench_gpu: a GPU is present but nmr_jax was built without CUDA: reinstall with nvcc."
         )
@@ -104,17 +106,31 @@ def main() -> int:
             for batch in (1, 8, 64)
         ]
     print(f"device: {gpu.device_kind}; jax {jax.__version__}; median of {args.repeats} calls")
-    print("| scene | faces drawn | image | batch | forward ms | forward+backward ms |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| scene | faces drawn | image | batch | forward ms | CPU ms (x) "
+        "| forward+backward ms | CPU ms (x) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     meshes = scenes()
-    with jax.default_device(gpu):
-        for scene, size, batch in entries:
-            vertices, faces = (jax.device_put(a, gpu) for a in meshes[scene])
-            forward, grad = make_fns(vertices, faces, size, batch)
-            fwd = median_ms(forward, vertices, args.repeats)
-            bwd = median_ms(grad, vertices, args.repeats)
-            drawn = 2 * faces.shape[0]
-            print(f"| {scene} | {drawn} | {size}^2 | {batch} | {fwd:.2f} | {bwd:.2f} |", flush=True)
+    for scene, size, batch in entries:
+        times = {}
+        devices = [gpu, cpu] if batch * size**2 <= CPU_MAX_PIXELS else [gpu]
+        for device in devices:
+            with jax.default_device(device):
+                vertices, faces = (jax.device_put(a, device) for a in meshes[scene])
+                forward, grad = make_fns(vertices, faces, size, batch)
+                repeats = args.repeats if device is gpu else CPU_REPEATS
+                times[device] = [median_ms(fn, vertices, repeats) for fn in (forward, grad)]
+        cells = []
+        for mode in range(2):
+            on_gpu = times[gpu][mode]
+            on_cpu = (
+                f"{times[cpu][mode]:.1f} ({times[cpu][mode] / on_gpu:.1f})" if cpu in times else ""
+            )
+            cells += [f"{on_gpu:.2f}", on_cpu]
+        drawn = 2 * meshes[scene][1].shape[0]
+        print(f"| {scene} | {drawn} | {size}^2 | {batch} | {' | '.join(cells)} |", flush=True)
+    print(f"x: CPU time / GPU time; CPU only where batch x pixels <= {CPU_MAX_PIXELS}.")
     return 0
 
 

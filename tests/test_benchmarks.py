@@ -1,0 +1,48 @@
+"""The scripts of benchmarks/ run from a checkout and print their tables (at tiny sizes).
+
+Nothing here looks at a time: the point is that the commands the README quotes keep working.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_bench_cpu_quick_prints_every_entry_with_its_ratio():
+    out = run("bench_cpu.py", "--quick", "--repeats", "1", "--no-mitsuba")
+    rows = [line.split() for line in out.splitlines() if line.startswith("teapot ")]
+    # --quick: teapot at 64^2 and 256^2, forward and forward+backward.
+    assert len(rows) == 4, out
+    small = [r for r in rows if r[2] == "64"]
+    assert small and all(len(r) == 11 for r in small), out  # the brute force ran: time and ratio
+    assert "pytorch3d: skipped" in out
+
+
+def test_bench_vmap_prints_both_modes_and_no_mesh_copy():
+    out = run("bench_vmap.py", "--views", "4", "--image-size", "16", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| forward")]
+    assert len(rows) == 2, out
+    assert all(row.rstrip("| ").split()[-1] == "0" for row in rows), out
+
+
+def test_bench_gpu_table_on_the_cpu():
+    """--device cpu runs the GPU benchmark's code on the CPU (a GPU run is test_cuda.py's part)."""
+    out = run("bench_gpu.py", "--quick", "--repeats", "1", "--device", "cpu")
+    rows = [line for line in out.splitlines() if line.startswith("| teapot |")]
+    assert len(rows) == 1 and len(re.findall(r"\(\d+\.\d\)", rows[0])) == 2, out  # both ratios
