@@ -4,7 +4,8 @@ Scenes: the shipped teapot (2256 faces), an icosphere (5120 faces) and, at 1024^
 100,352 faces; image sizes 64^2 to 1024^2 with anti-aliasing on and off, batch 1 and 8; forward
 (rgb and alpha) and forward+backward (gradient of an L2 image loss w.r.t. the vertices). Times are
 medians over repeated runs after warm-up (compilation excluded); peak RSS is sampled during the
-runs of each entry (the whole process: it includes the ~0.3 GB of the Python/JAX runtime).
+runs of each entry (the whole process: it includes the ~0.3 GB of the Python/JAX runtime), and
+XLA's own account of the compiled program's memory is printed beside it.
 
 nmr_jax and the brute force rasterize each face and its reversed copy (the original's
 ``fill_back``, so the table's face counts are twice the mesh's), under the same camera (look-at from
@@ -325,7 +326,7 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
           f"jax {jax.__version__}, {repeats} timed runs per entry (median), ms", flush=True)  # fmt: skip
     header = (f"{'scene':10} {'faces':>6} {'size':>5} {'aa':>3} {'B':>2} {'mode':8} "
-              f"{'nmr_jax':>9} {'RSS GB':>6} {'dRSS/io':>7} {'brute':>9} {'x':>6}")  # fmt: skip
+              f"{'nmr_jax':>9} {'RSS GB':>6} {'dRSS/io':>7} {'XLA/io':>6} {'brute':>9} {'x':>6}")  # fmt: skip
     if use_mitsuba:
         header += f" {'mi int.':>9} {'x':>6} {'mi sil.':>9} {'x':>6}"
     print(header, flush=True)
@@ -351,10 +352,13 @@ def main() -> None:
         )
         for mode, k in (("fwd", 0), ("fwd+bwd", 1)):
             t, before, peak = timed(nmr_fns[k], v, repeats)
-            ratio_io = (peak - before) / out_and_residual_bytes(case, n_faces)
+            io = out_and_residual_bytes(case, n_faces)
+            ratio_io = (peak - before) / io
+            memory = nmr_fns[k].lower(v).compile().memory_analysis()
+            ratio_xla = (memory.temp_size_in_bytes + memory.output_size_in_bytes) / io
             row = (f"{case.scene:10} {n_faces:6d} {case.size:5d} {'on' if case.aa else 'off':>3} "
                    f"{case.batch:2d} {mode:8} {t * 1e3:9.1f} {peak / 2**30:6.2f} "
-                   f"{max(ratio_io, 0):7.2f}")  # fmt: skip
+                   f"{max(ratio_io, 0):7.2f} {ratio_xla:6.2f}")  # fmt: skip
             if brute_fns is not None:
                 tb, _, _ = timed(brute_fns[k], v, max(1, repeats // 3), warmup=1)
                 row += f" {tb * 1e3:9.1f} {tb / t:6.1f}"
@@ -376,6 +380,8 @@ def main() -> None:
     print("# x: baseline time / nmr_jax time. dRSS/io: nmr_jax's RSS peak above the level before")
     print("#   the entry (compilation included), over the bytes of its outputs and saved residuals")
     print("#   (an estimate: memory an earlier entry left to the allocator is not counted).")
+    print("# XLA/io: the compiled program's temporaries and outputs by XLA's own account")
+    print("#   (memory_analysis: no compilation, no allocator), over the same bytes.")
     limit = BRUTE_MAX_PAIRS_QUICK if args.quick else BRUTE_MAX_PAIRS
     print(
         f"# brute: only where B x pixels x faces <= {limit:.1e}; median of {max(1, repeats // 3)}."

@@ -30,7 +30,7 @@ def test_bench_cpu_quick_prints_every_entry_with_its_ratio():
     # --quick: teapot at 64^2 and 256^2, forward and forward+backward.
     assert len(rows) == 4, out
     small = [r for r in rows if r[2] == "64"]
-    assert small and all(len(r) == 11 for r in small), out  # the brute force ran: time and ratio
+    assert small and all(len(r) == 12 for r in small), out  # the brute force ran: time and ratio
     assert "pytorch3d: skipped" in out
 
 

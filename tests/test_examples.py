@@ -1,4 +1,5 @@
-"""The four examples, at reduced size: each optimisation must make the progress it exists to show.
+"""The four examples, at reduced size: each optimisation must make the progress it exists to show;
+and the two rendering scripts (the Quick start's teapot, views sharded over devices) run whole.
 
 Sizes and iteration counts keep every test under 3 s on a 2-core CPU (the budget is 30 s); each
 bound was set with a margin below what the run reaches (the measured value is in the comment
@@ -7,6 +8,8 @@ beside it).
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -78,3 +81,35 @@ def test_command_line_writes_its_pictures(
     module.main()
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written and all(p.startswith(module.__name__) for p in written), written
+
+
+def _run_script(name: str, *args: str, env: dict[str, str] | None = None) -> str:
+    script = Path(__file__).resolve().parents[1] / "examples" / name
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_render_teapot_writes_the_quick_start_picture(tmp_path: Path) -> None:
+    out = tmp_path / "teapot.png"
+    _run_script("render_teapot.py", "--output", str(out), "--image-size", "32")
+    image = iio.imread(out)
+    assert image.shape[:2] == (32, 32) and image.any()
+
+
+def test_render_views_sharded_splits_the_views_over_four_devices(tmp_path: Path) -> None:
+    out = tmp_path / "views.png"
+    # A fresh interpreter: the device count is read when jax starts its CPU backend.
+    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    stdout = _run_script(
+        "render_views_sharded.py", "--views", "8", "--image-size", "16", "--output", str(out),
+        env=flags,
+    )  # fmt: skip
+    assert "8 views on 4 devices" in stdout and stdout.count("(2, 16, 16, 3)") == 4, stdout
+    assert iio.imread(out).shape == (16, 8 * 16, 4)

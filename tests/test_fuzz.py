@@ -201,7 +201,13 @@ def test_kernels_match_reference_and_stay_finite(mesh, texture_size):
     # The loop reference is slow: it checks one mesh of the batch, drawn at random.
     k = slice(b := int(rng.integers(BATCH)), b + 1)
     want = ref.kato(fv[k], fi[k], image[k], g_image[k], 1e-4)
-    np.testing.assert_allclose(kato[k], want, rtol=1e-4, atol=1e-4)
+    # One face's nine sums share their scans: where one cancels (found by fuzzing: a sliver's x
+    # gradient of 3.89 in float32, 3.28 in float64, beside sums of 6400 on the same face), what is
+    # left is float32 rounding at the scale of the face's largest sums, ~1e-7 of them, which the
+    # summation order (C++ by scans, the reference by visits) moves.
+    face_scale = np.abs(want).max(axis=(-2, -1), keepdims=True)
+    err = np.abs(kato[k] - want)
+    assert (err <= 1e-4 * np.abs(want) + 1e-4 + 1e-6 * face_scale).all(), (kato[k], want)
 
     weights = jnp.asarray(rng.normal(size=(3, BATCH, h, w)), jnp.float32)
     g_fv, g_tex = _grads(jnp.asarray(fv), tex, weights)
