@@ -1,9 +1,12 @@
-"""Shared test helpers: where the original's reference data lives (../shared beside the repo)."""
+"""Shared test helpers: where the original's reference data lives (../shared beside the repo), and
+running a check on the CPU when a GPU is jax's default device."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import pytest
 
 REFERENCE_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "nmr_reference_data"
@@ -14,3 +17,17 @@ def reference_data() -> Path:
     if not (REFERENCE_DATA / "MANIFEST.txt").is_file():
         pytest.skip(f"reference data not found at {REFERENCE_DATA} (../shared is absent)")
     return REFERENCE_DATA
+
+
+@pytest.fixture
+def on_cpu() -> Iterator[None]:
+    """Runs a test with the CPU as jax's default device, for checks of what the CPU kernels define
+    in their own way: errors raised from inside a kernel and results independent of the thread
+    pool. The CUDA kernels define these differently (NaN results, atomic sums; README, GPU) and
+    tests/test_cuda.py checks them there; on a GPU machine the test still checks the CPU."""
+    try:
+        cpu = jax.devices("cpu")[0]
+    except RuntimeError:
+        pytest.skip("no CPU backend to run on (JAX_PLATFORMS hides it)")
+    with jax.default_device(cpu):
+        yield

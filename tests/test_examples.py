@@ -106,7 +106,7 @@ def test_render_teapot_writes_the_quick_start_picture(tmp_path: Path) -> None:
 def test_render_views_sharded_splits_the_views_over_four_devices(tmp_path: Path) -> None:
     out = tmp_path / "views.png"
     # A fresh interpreter: the device count is read when jax starts its CPU backend.
-    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     stdout = _run_script(
         "render_views_sharded.py", "--views", "8", "--image-size", "16", "--output", str(out),
         env=flags,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,7 +157,7 @@ def threaded_results(fv):
     return {"fi": fi, "wt": wt, "d": d, "image": image, "grad": grad, "g_fv": g_fv}
 
 
-def test_ties_lowest_index_wins_under_threading(tmp_path):
+def test_ties_lowest_index_wins_under_threading(tmp_path, on_cpu):
     # The CPU kernels split images into row bands and faces into chunks run on XLA's thread pool.
     # Exact depth ties must still go to the lowest face index, and nothing may depend on the
     # number of threads: the results here must equal, bit for bit, those of a process pinned to
@@ -185,6 +186,7 @@ def test_ties_lowest_index_wins_under_threading(tmp_path):
     run = subprocess.run(
         [sys.executable, "-c", code, str(out_file)],
         cwd=root,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -21,6 +21,7 @@ SIZE = 16  # Output image side; rasterized at 32 with anti-aliasing.
 
 def test_sharded_equals_unsharded_without_all_gather():
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    env["JAX_PLATFORMS"] = "cpu"  # the forced devices are host devices, also on a GPU machine
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
