@@ -78,6 +78,11 @@ ffi::Error for_each_chunk(const nmr::Broadcast& bc, int operands, const char* wh
   return ffi::Error::Success();
 }
 
+// Zeroes a result that the kernels then accumulate into with atomics.
+ffi::Error zero(cudaStream_t stream, F32Out& out, const char* what) {
+  return cuda_error(cudaMemsetAsync(out->typed_data(), 0, out->size_bytes(), stream), what);
+}
+
 // A device flag of bad indices holds the first bad position seen, kNoKey while there is none.
 ffi::Error new_flag(cudaStream_t stream, Scratch& scratch, unsigned long long** flag) {
   auto mem = scratch.Allocate(sizeof(unsigned long long), sizeof(unsigned long long));
@@ -204,11 +209,7 @@ ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32
   const int64_t F = dim(faces.dimensions(), 2);
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
-  if (auto err = cuda_error(cudaMemsetAsync(grad_vertices->typed_data(), 0,
-                                            grad_vertices->size_bytes(), stream),
-                            "nmr_scatter_faces");
-      err.failure())
-    return err;
+  if (auto err = zero(stream, grad_vertices, "nmr_scatter_faces"); err.failure()) return err;
   if (F > 0) {
     auto err = for_each_chunk(bc, 3, "nmr_scatter_faces", [&](const Chunk& chunk, int count) {
       scatter_kernel<<<dim3(blocks(F * 3), count), kThreads, 0, stream>>>(
@@ -381,11 +382,7 @@ ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_
   const int64_t F = dim(face_vertices.dimensions(), 3);
   const int T = static_cast<int>(dim(grad_textures->dimensions(), 2));
   const int64_t P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
-  if (auto err = cuda_error(cudaMemsetAsync(grad_textures->typed_data(), 0,
-                                            grad_textures->size_bytes(), stream),
-                            "nmr_sample_textures_bwd");
-      err.failure())
-    return err;
+  if (auto err = zero(stream, grad_textures, "nmr_sample_textures_bwd"); err.failure()) return err;
   if (P == 0) return ffi::Error::Success();
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
@@ -429,11 +426,7 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
   const int H = static_cast<int>(dim(face_index.dimensions(), 2));
   const int W = static_cast<int>(dim(face_index.dimensions(), 1));
   const int C = static_cast<int>(dim(image.dimensions(), 1));
-  if (auto err = cuda_error(cudaMemsetAsync(grad_face_vertices->typed_data(), 0,
-                                            grad_face_vertices->size_bytes(), stream),
-                            "nmr_kato_bwd");
-      err.failure())
-    return err;
+  if (auto err = zero(stream, grad_face_vertices, "nmr_kato_bwd"); err.failure()) return err;
   if (F == 0) return ffi::Error::Success();
   // The kernel only compares face ids with its own and reads few of them: check them all first.
   unsigned long long* flag;
@@ -485,11 +478,7 @@ ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices,
   const int H = static_cast<int>(dim(face_index.dimensions(), 2));
   const int W = static_cast<int>(dim(face_index.dimensions(), 1));
   const int64_t P = static_cast<int64_t>(H) * W;
-  if (auto err = cuda_error(cudaMemsetAsync(grad_face_vertices->typed_data(), 0,
-                                            grad_face_vertices->size_bytes(), stream),
-                            "nmr_depth_bwd");
-      err.failure())
-    return err;
+  if (auto err = zero(stream, grad_face_vertices, "nmr_depth_bwd"); err.failure()) return err;
   if (P == 0) return ffi::Error::Success();
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
