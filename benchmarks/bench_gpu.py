@@ -115,7 +115,7 @@ def main() -> int:
     for scene, size, batch in entries:
         times = {}
         devices = [gpu, cpu] if batch * size**2 <= CPU_MAX_PIXELS else [gpu]
-        for device in devices:
+        for device in dict.fromkeys(devices):  # once only where --device cpu makes them one
             with jax.default_device(device):
                 vertices, faces = (jax.device_put(a, device) for a in meshes[scene])
                 forward, grad = make_fns(vertices, faces, size, batch)

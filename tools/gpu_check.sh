@@ -5,8 +5,9 @@
 #
 #   bash tools/gpu_check.sh            # logs go to $OUT, or to ./gpu_check/ without it
 #
-# It builds nmr_jax for sm_90 only (the build is then about a minute), runs the CPU-vs-CUDA parity
-# tests, the whole suite with the GPU as jax's default device, and both GPU-side benchmarks. Each
+# It builds nmr_jax for sm_90 only (the build is then about a minute), runs the whole suite with the
+# GPU as jax's default device (tests/test_cuda.py, the CPU-vs-CUDA parity, included), and both
+# GPU-side benchmarks. Each
 # step's log is kept; the script goes on after a failing step and exits non-zero at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,6 @@ step nvidia-smi nvidia-smi --query-gpu=name,driver_version,memory.total --format
 # Editable, as in CI: the tests import nmr_jax from the checkout.
 step build "$python" -m pip install -q --no-build-isolation --no-deps \
   -Ccmake.define.NMR_JAX_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 -e .
-step parity "$python" -m pytest -q -rs tests/test_cuda.py
 step suite "$python" -m pytest -q -rs -p no:cacheprovider
 step bench-gpu "$python" benchmarks/bench_gpu.py --repeats 10
 step bench-vmap "$python" benchmarks/bench_vmap.py --repeats 5
