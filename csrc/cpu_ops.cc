@@ -23,9 +23,7 @@ using S32 = ffi::Buffer<ffi::S32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 using S32Out = ffi::ResultBuffer<ffi::S32>;
 
-int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) {
-  return dims[dims.size() - from_end];
-}
+int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) { return dims[dims.size() - from_end]; }
 
 // Runs fn(i) for every i in [0, n) on XLA's intra-op thread pool and the calling thread, and
 // returns when all have run. The pool has no join: the caller claims tasks like any worker and then
@@ -91,9 +89,9 @@ ffi::Error GatherFacesImpl(F32 vertices, S32 faces, F32Out face_vertices) {
     for (int64_t i = 0; i < F * 3; ++i) {
       // Bail out on a corrupt index before it is used to read memory.
       if (f[i] < 0 || f[i] >= V)
-        return ffi::Error::InvalidArgument(
-            "nmr_jax: faces holds vertex index " + std::to_string(f[i]) + " at face " +
-            std::to_string(i / 3) + ", outside [0, " + std::to_string(V) + ") (V = number of vertices)");
+        return ffi::Error::InvalidArgument("nmr_jax: faces holds vertex index " + std::to_string(f[i]) +
+                                           " at face " + std::to_string(i / 3) + ", outside [0, " +
+                                           std::to_string(V) + ") (V = number of vertices)");
       for (int c = 0; c < 3; ++c) fv[3 * i + c] = v[3 * f[i] + c];
     }
   }
@@ -131,8 +129,8 @@ ffi::Error ScatterFacesImpl(S32 faces, F32 grad_face_vertices, F32Out grad_verti
 // band draws its faces in that order: every pixel sees the same sequence of depth tests as a
 // sequential draw of all faces, so the maps (and the tie rule, lowest index wins) do not depend on
 // the threads. Cost O(F + covered bounding-box pixels), memory O(F) beyond the outputs.
-ffi::Error RasterizeImpl(ffi::ThreadPool pool, F32 face_vertices, int32_t height, int32_t width,
-                         float near, float far, S32Out face_index, F32Out weights, F32Out depth) {
+ffi::Error RasterizeImpl(ffi::ThreadPool pool, F32 face_vertices, int32_t height, int32_t width, float near,
+                         float far, S32Out face_index, F32Out weights, F32Out depth) {
   nmr::Broadcast bc;
   const int ifv = bc.add(face_vertices.dimensions(), 3);
   const int out = bc.add(face_index->dimensions(), 2);
@@ -187,8 +185,8 @@ ffi::Error RasterizeImpl(ffi::ThreadPool pool, F32 face_vertices, int32_t height
       std::fill(wt + 3 * p0, wt + 3 * p1, 0.f);
       std::fill(dp + p0, dp + p1, far);
       for (int64_t i = band_start[k]; i < band_start[k + 1]; ++i)
-        nmr::draw_face(faces[band_faces[i]], band_faces[i], height, width, near, far, row_lo, row_hi,
-                       fi, wt, dp);
+        nmr::draw_face(faces[band_faces[i]], band_faces[i], height, width, near, far, row_lo, row_hi, fi, wt,
+                       dp);
     });
   }
   return ffi::Error::Success();
@@ -255,8 +253,8 @@ ffi::Error SampleTexturesBwdImpl(F32 face_vertices, S32 face_index, F32 weights,
       if (fi[p] < 0) continue;
       int32_t idx[8];
       float tw[8];
-      nmr::texture_taps(fv + 9 * fi[p], weights.typed_data() + 3 * (q + p), depth.typed_data()[q + p], T,
-                        eps, idx, tw);
+      nmr::texture_taps(fv + 9 * fi[p], weights.typed_data() + 3 * (q + p), depth.typed_data()[q + p], T, eps,
+                        idx, tw);
       float* cell = gt + fi[p] * cube;
       for (int c = 0; c < 8; ++c)
         for (int ch = 0; ch < 3; ++ch) cell[3 * idx[c] + ch] += tw[c] * g[3 * p + ch];
@@ -275,8 +273,8 @@ ffi::Error SampleTexturesBwdImpl(F32 face_vertices, S32 face_index, F32 weights,
 // 3. over chunks of faces: the out scans' sums subtracted from their face's gradient, in list order.
 // A face's gradient is thus summed in an order fixed by the data alone, whatever the threads;
 // a broadcast (reduced) output sums batch elements in increasing order.
-ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, F32 image,
-                       F32 grad_image, float eps, F32Out grad_face_vertices) {
+ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, F32 image, F32 grad_image,
+                       float eps, F32Out grad_face_vertices) {
   nmr::Broadcast bc;
   const int ifv = bc.add(face_vertices.dimensions(), 3);
   const int ipix = bc.add(face_index.dimensions(), 2);
@@ -355,8 +353,8 @@ ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, 
       for (int line = 0; line < n; ++line) {
         const int64_t at = int64_t{line} * C * n_along;
         for (int64_t i = line_start[first + line]; i < line_start[first + line + 1]; ++i)
-          nmr::kato_out_scan(by_line[i]->k, block_im.data() + at, block_g.data() + at, 1, n_along, C,
-                             n_along, eps, by_line[i]->sum);
+          nmr::kato_out_scan(by_line[i]->k, block_im.data() + at, block_g.data() + at, 1, n_along, C, n_along,
+                             eps, by_line[i]->sum);
       }
     });
     parallel_for(pool, n_chunks, [&](int64_t t) {

@@ -49,9 +49,7 @@ struct Chunk {
   int64_t at[kChunk][kMaxOperands];
 };
 
-int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) {
-  return dims[dims.size() - from_end];
-}
+int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) { return dims[dims.size() - from_end]; }
 
 unsigned blocks(int64_t n, int per_block = kThreads) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);
@@ -59,8 +57,7 @@ unsigned blocks(int64_t n, int per_block = kThreads) {
 
 ffi::Error cuda_error(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return ffi::Error::Success();
-  return ffi::Error::Internal(std::string("nmr_jax: CUDA error in ") + what + ": " +
-                              cudaGetErrorString(err));
+  return ffi::Error::Internal(std::string("nmr_jax: CUDA error in ") + what + ": " + cudaGetErrorString(err));
 }
 
 // Launches launch(chunk, count) for each chunk of up to kChunk broadcast batch elements, each
@@ -102,8 +99,8 @@ __global__ void find_bad_index(const int32_t* data, int64_t n, int64_t lo, int64
   if (i < n && (data[i] < lo || data[i] >= hi)) flag_bad(flag, i);
 }
 
-ffi::Error launch_find_bad_index(cudaStream_t stream, const int32_t* data, int64_t n, int64_t lo,
-                                 int64_t hi, unsigned long long* flag) {
+ffi::Error launch_find_bad_index(cudaStream_t stream, const int32_t* data, int64_t n, int64_t lo, int64_t hi,
+                                 unsigned long long* flag) {
   if (n > 0) find_bad_index<<<blocks(n), kThreads, 0, stream>>>(data, n, lo, hi, flag);
   return cuda_error(cudaGetLastError(), "index check");
 }
@@ -123,8 +120,8 @@ __global__ void poison_if_flagged(const unsigned long long* flag, float* out, in
 ffi::Error launch_poison(cudaStream_t stream, const unsigned long long* flag, F32Out& out) {
   const int64_t n = static_cast<int64_t>(out->element_count());
   if (n > 0)
-    poison_if_flagged<<<std::min(blocks(n), kPoisonBlocks), kThreads, 0, stream>>>(
-        flag, out->typed_data(), n);
+    poison_if_flagged<<<std::min(blocks(n), kPoisonBlocks), kThreads, 0, stream>>>(flag, out->typed_data(),
+                                                                                   n);
   return cuda_error(cudaGetLastError(), "index check");
 }
 
@@ -136,8 +133,8 @@ ffi::Error copy_to_host(cudaStream_t stream, void* dst, const void* src, size_t 
 }
 
 // Per face corner. chunk.at: vertices, faces, face_vertices.
-__global__ void gather_kernel(const float* vertices, const int32_t* faces, float* face_vertices,
-                              int64_t V, int64_t F, Chunk chunk) {
+__global__ void gather_kernel(const float* vertices, const int32_t* faces, float* face_vertices, int64_t V,
+                              int64_t F, Chunk chunk) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // face corner
   if (i >= F * 3) return;
   const int64_t* at = chunk.at[blockIdx.y];
@@ -161,8 +158,7 @@ ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   const int64_t n = static_cast<int64_t>(faces.element_count());
-  if (auto err = launch_find_bad_index(stream, faces.typed_data(), n, 0, V, flag); err.failure())
-    return err;
+  if (auto err = launch_find_bad_index(stream, faces.typed_data(), n, 0, V, flag); err.failure()) return err;
   unsigned long long bad = kNoKey;
   if (auto err = copy_to_host(stream, &bad, flag, sizeof(bad)); err.failure()) return err;
   if (bad != kNoKey) {
@@ -182,8 +178,8 @@ ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S
 }
 
 // Per face corner. chunk.at: faces, grad_face_vertices, grad_vertices.
-__global__ void scatter_kernel(const int32_t* faces, const float* grad, float* grad_vertices,
-                               int64_t V, int64_t F, unsigned long long* flag, Chunk chunk) {
+__global__ void scatter_kernel(const int32_t* faces, const float* grad, float* grad_vertices, int64_t V,
+                               int64_t F, unsigned long long* flag, Chunk chunk) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // face corner
   if (i >= F * 3) return;
   const int64_t* at = chunk.at[blockIdx.y];
@@ -229,8 +225,8 @@ __device__ __forceinline__ uint32_t ordered_bits(float v) {
 
 // Pass 1: kLanesPerFace threads per face; keys [out batch, H, W] hold min(depth code << 32 | face).
 // chunk.at (both passes): face_vertices, maps.
-__global__ void raster_faces_kernel(const float* face_vertices, int64_t F, int height, int width,
-                                    float near, float far, unsigned long long* keys, Chunk chunk) {
+__global__ void raster_faces_kernel(const float* face_vertices, int64_t F, int height, int width, float near,
+                                    float far, unsigned long long* keys, Chunk chunk) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t f = t / kLanesPerFace;
   if (f >= F) return;
@@ -238,8 +234,7 @@ __global__ void raster_faces_kernel(const float* face_vertices, int64_t F, int h
   const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * f, height, width);
   unsigned long long* image_keys = keys + at[1] * height * static_cast<int64_t>(width);
   const unsigned long long index = static_cast<uint32_t>(f);
-  nmr::for_each_fragment(face, height, width, near, far, 0, height - 1,
-                         static_cast<int>(t % kLanesPerFace),
+  nmr::for_each_fragment(face, height, width, near, far, 0, height - 1, static_cast<int>(t % kLanesPerFace),
                          kLanesPerFace, [&](int64_t p, float zp, const float*) {
                            atomicMin(image_keys + p,
                                      (static_cast<unsigned long long>(ordered_bits(zp)) << 32) | index);
@@ -247,9 +242,9 @@ __global__ void raster_faces_kernel(const float* face_vertices, int64_t F, int h
 }
 
 // Pass 2, per pixel: the winning face's weights and depth, exactly as the CPU computes them.
-__global__ void raster_pixels_kernel(const float* face_vertices, int64_t F, int height, int width,
-                                     float far, const unsigned long long* keys, int32_t* face_index,
-                                     float* weights, float* depth, Chunk chunk) {
+__global__ void raster_pixels_kernel(const float* face_vertices, int64_t F, int height, int width, float far,
+                                     const unsigned long long* keys, int32_t* face_index, float* weights,
+                                     float* depth, Chunk chunk) {
   const int64_t P = static_cast<int64_t>(height) * width;
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
@@ -263,8 +258,8 @@ __global__ void raster_pixels_kernel(const float* face_vertices, int64_t F, int 
     return;
   }
   const int32_t f = static_cast<int32_t>(key & 0xffffffffu);
-  const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f),
-                                         height, width);
+  const nmr::Face face =
+      nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f), height, width);
   const float xp = static_cast<float>(p % width);
   const float yp = static_cast<float>(p / width);
   face_index[q] = f;
@@ -304,10 +299,9 @@ ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices
 }
 
 // Per pixel. chunk.at: face_vertices, textures, pixel maps, rgb (the Broadcast::add order).
-__global__ void sample_kernel(const float* face_vertices, const float* textures,
-                              const int32_t* face_index, const float* weights, const float* depth,
-                              int64_t F, int T, int64_t P, float eps, float* rgb,
-                              unsigned long long* flag, Chunk chunk) {
+__global__ void sample_kernel(const float* face_vertices, const float* textures, const int32_t* face_index,
+                              const float* weights, const float* depth, int64_t F, int T, int64_t P,
+                              float eps, float* rgb, unsigned long long* flag, Chunk chunk) {
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
   const int64_t* at = chunk.at[blockIdx.y];
@@ -340,18 +334,17 @@ ffi::Error SampleTexturesImpl(cudaStream_t stream, Scratch scratch, F32 face_ver
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   auto err = for_each_chunk(bc, 4, "nmr_sample_textures", [&](const Chunk& chunk, int count) {
     sample_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
-        face_vertices.typed_data(), textures.typed_data(), face_index.typed_data(),
-        weights.typed_data(), depth.typed_data(), F, T, P, eps, rgb->typed_data(), flag, chunk);
+        face_vertices.typed_data(), textures.typed_data(), face_index.typed_data(), weights.typed_data(),
+        depth.typed_data(), F, T, P, eps, rgb->typed_data(), flag, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, rgb);
 }
 
 // Per pixel. chunk.at: face_vertices, pixel maps, grad_rgb, grad_textures.
-__global__ void sample_bwd_kernel(const float* face_vertices, const int32_t* face_index,
-                                  const float* weights, const float* depth, const float* grad_rgb,
-                                  int64_t F, int T, int64_t P, float eps, float* grad_textures,
-                                  unsigned long long* flag, Chunk chunk) {
+__global__ void sample_bwd_kernel(const float* face_vertices, const int32_t* face_index, const float* weights,
+                                  const float* depth, const float* grad_rgb, int64_t F, int T, int64_t P,
+                                  float eps, float* grad_textures, unsigned long long* flag, Chunk chunk) {
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
   const int64_t* at = chunk.at[blockIdx.y];
@@ -362,17 +355,16 @@ __global__ void sample_bwd_kernel(const float* face_vertices, const int32_t* fac
   if (f < 0 || f >= F) return;
   int32_t idx[8];
   float tw[8];
-  nmr::texture_taps(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f), weights + 3 * q,
-                    depth[q], T, eps, idx, tw);
+  nmr::texture_taps(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f), weights + 3 * q, depth[q], T,
+                    eps, idx, tw);
   const float* g = grad_rgb + (at[2] * P + p) * 3;
   float* cell = grad_textures + (at[3] * F + f) * cube;
   for (int c = 0; c < 8; ++c)
     for (int ch = 0; ch < 3; ++ch) atomicAdd(cell + 3 * idx[c] + ch, tw[c] * g[ch]);
 }
 
-ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices,
-                                 S32 face_index, F32 weights, F32 depth, F32 grad_rgb, float eps,
-                                 F32Out grad_textures) {
+ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
+                                 F32 weights, F32 depth, F32 grad_rgb, float eps, F32Out grad_textures) {
   nmr::Broadcast bc;
   bc.add(face_vertices.dimensions(), 3);
   bc.add(face_index.dimensions(), 2);
@@ -413,8 +405,8 @@ __global__ void kato_kernel(const float* face_vertices, const int32_t* face_inde
     if (grad[k] != 0.f) atomicAdd(out + k, grad[k]);
 }
 
-ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
-                       F32 image, F32 grad_image, float eps, F32Out grad_face_vertices) {
+ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index, F32 image,
+                       F32 grad_image, float eps, F32Out grad_face_vertices) {
   nmr::Broadcast bc;
   bc.add(face_vertices.dimensions(), 3);
   bc.add(face_index.dimensions(), 2);
@@ -437,18 +429,18 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
     return err;
   auto err = for_each_chunk(bc, 5, "nmr_kato_bwd", [&](const Chunk& chunk, int count) {
     kato_kernel<<<dim3(blocks(F), count), kThreads, 0, stream>>>(
-        face_vertices.typed_data(), face_index.typed_data(), image.typed_data(), grad_image.typed_data(),
-        F, H, W, C, eps, grad_face_vertices->typed_data(), chunk);
+        face_vertices.typed_data(), face_index.typed_data(), image.typed_data(), grad_image.typed_data(), F,
+        H, W, C, eps, grad_face_vertices->typed_data(), chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_face_vertices);
 }
 
 // Per pixel. chunk.at: face_vertices, pixel maps, grad_depth, grad_face_vertices.
-__global__ void depth_bwd_kernel(const float* face_vertices, const int32_t* face_index,
-                                 const float* weights, const float* depth, const float* grad_depth,
-                                 int64_t F, int height, int width, float* grad_face_vertices,
-                                 unsigned long long* flag, Chunk chunk) {
+__global__ void depth_bwd_kernel(const float* face_vertices, const int32_t* face_index, const float* weights,
+                                 const float* depth, const float* grad_depth, int64_t F, int height,
+                                 int width, float* grad_face_vertices, unsigned long long* flag,
+                                 Chunk chunk) {
   const int64_t P = static_cast<int64_t>(height) * width;
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
@@ -458,16 +450,16 @@ __global__ void depth_bwd_kernel(const float* face_vertices, const int32_t* face
   if (f < -1 || f >= F) flag_bad(flag, q);
   const float g = grad_depth[at[2] * P + p];
   if (f < 0 || f >= F || g == 0.f) return;
-  const nmr::Face face = nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f),
-                                         height, width);
+  const nmr::Face face =
+      nmr::setup_face(face_vertices + at[0] * F * 9 + 9 * static_cast<int64_t>(f), height, width);
   float grad[9];
   nmr::depth_grad(face, weights + 3 * q, depth[q], g, height, width, grad);
   float* out = grad_face_vertices + (at[3] * F + f) * 9;
   for (int k = 0; k < 9; ++k) atomicAdd(out + k, grad[k]);
 }
 
-ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
-                        F32 weights, F32 depth, F32 grad_depth, F32Out grad_face_vertices) {
+ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index, F32 weights,
+                        F32 depth, F32 grad_depth, F32Out grad_face_vertices) {
   nmr::Broadcast bc;
   bc.add(face_vertices.dimensions(), 3);
   bc.add(face_index.dimensions(), 2);

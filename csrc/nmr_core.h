@@ -51,7 +51,8 @@ NMR_HD Face setup_face(const float* f, int height, int width) {
   const float max_coord = 0x1p62f;
   bool in_range = true;
   for (int k = 0; k < 3; ++k)
-    in_range = in_range && fabsf(x[k]) <= max_coord && fabsf(y[k]) <= max_coord && fabsf(face.z[k]) <= FLT_MAX;
+    in_range =
+        in_range && fabsf(x[k]) <= max_coord && fabsf(y[k]) <= max_coord && fabsf(face.z[k]) <= FLT_MAX;
   face.visible = face.area2 > 0.f && in_range;
   return face;
 }
@@ -112,7 +113,8 @@ NMR_HD void for_each_fragment(const Face& f, int height, int width, float near, 
   if (!f.visible) return;
   int x_lo, x_hi, y_lo, y_hi;
   pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), width, &x_lo, &x_hi);
-  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), height, &y_lo, &y_hi);
+  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), height, &y_lo,
+             &y_hi);
   if (y_lo < row_lo) y_lo = row_lo;
   if (y_hi > row_hi) y_hi = row_hi;
   for (int yi = y_lo; yi <= y_hi; ++yi) {
@@ -132,8 +134,8 @@ NMR_HD void for_each_fragment(const Face& f, int height, int width, float near, 
 // Rasterizes one face into the maps of its image (depth map initialised to `far`, face index to -1).
 // Faces must be drawn in increasing index order: with the strict z test the lowest index wins ties.
 // Only rows [row_lo, row_hi] are touched, so disjoint row bands can be drawn concurrently.
-NMR_HD void draw_face(const Face& f, int32_t index, int height, int width, float near, float far,
-                      int row_lo, int row_hi, int32_t* face_index, float* weights, float* depth) {
+NMR_HD void draw_face(const Face& f, int32_t index, int height, int width, float near, float far, int row_lo,
+                      int row_hi, int32_t* face_index, float* weights, float* depth) {
   for_each_fragment(f, height, width, near, far, row_lo, row_hi, 0, 1,
                     [&](int64_t p, float zp, const float* w) {
                       if (!(zp < depth[p])) return;
@@ -188,8 +190,7 @@ NMR_HD void sample_texture(const float* face, const float* texture, const float*
 // Gradient of the depth map at one covered pixel w.r.t. its face's 9 NDC coordinates, the face
 // index held fixed: d zp / d z_k = w_k zp^2 / z_k^2 and d zp / d x_k = -zp^2 w_k tmp_x * (W / 2)
 // with tmp_l = -sum_m M^-1[m][l] / z_m (differentiating w = M^-1 p through M).
-NMR_HD void depth_grad(const Face& f, const float* w, float zp, float g, int height, int width,
-                       float* grad) {
+NMR_HD void depth_grad(const Face& f, const float* w, float zp, float g, int height, int width, float* grad) {
   const float zp2 = zp * zp;
   float tmp[2] = {0.f, 0.f};
   for (int m = 0; m < 3; ++m)
@@ -236,9 +237,9 @@ NMR_HD float kato_term(float diff, float dist, float signed_eps) {
 // crossing, so each dist_k has one sign on the whole line and the loop needs no branch.
 // kC > 0 fixes the channel count at compile time; kC == 0 reads it from C.
 template <int kC, bool kUnitAlong>
-NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int64_t chan, int C,
-                     int lo, int hi, const float* in, float cross, float to_ndc, float lever0,
-                     float lever1, float eps0, float eps1, float* sum0, float* sum1) {
+NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int64_t chan, int C, int lo,
+                     int hi, const float* in, float cross, float to_ndc, float lever0, float lever1,
+                     float eps0, float eps1, float* sum0, float* sum1) {
   const int nc = kC > 0 ? kC : C;
   const int64_t al = kUnitAlong ? 1 : along;
   float s0 = 0.f, s1 = 0.f;
@@ -256,12 +257,12 @@ NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int64
 }
 
 // The out scan with the channel count and the line layout picked at run time.
-NMR_HD void out_scan_any(const float* image, const float* grad, int64_t along, int64_t chan, int C,
-                         int lo, int hi, const float* in, float cross, float to_ndc, float lever0,
-                         float lever1, float eps0, float eps1, float* sum0, float* sum1) {
-#define NMR_OUT_SCAN(KC, UNIT)                                                                  \
-  out_scan<KC, UNIT>(image, grad, along, chan, C, lo, hi, in, cross, to_ndc, lever0, lever1, eps0, \
-                     eps1, sum0, sum1)
+NMR_HD void out_scan_any(const float* image, const float* grad, int64_t along, int64_t chan, int C, int lo,
+                         int hi, const float* in, float cross, float to_ndc, float lever0, float lever1,
+                         float eps0, float eps1, float* sum0, float* sum1) {
+#define NMR_OUT_SCAN(KC, UNIT)                                                                           \
+  out_scan<KC, UNIT>(image, grad, along, chan, C, lo, hi, in, cross, to_ndc, lever0, lever1, eps0, eps1, \
+                     sum0, sum1)
   // The renderer's images have 4 channels (rgb, alpha) or 1 (alpha).
   if (along == 1) {
     if (C == 4) return NMR_OUT_SCAN(4, true);
@@ -276,13 +277,13 @@ NMR_HD void out_scan_any(const float* image, const float* grad, int64_t along, i
 // One out scan of Kato's rule: a scan line that an edge of a face crosses where the face covers
 // the pixel just inside the crossing. The out scan runs from the next pixel outwards to the border.
 struct KatoCrossing {
-  int32_t axis;    // 0: a pixel column (the edge moves in y); 1: a pixel row (it moves in x).
-  int32_t line;    // Column or row index d0.
-  int32_t d1_in;   // Pixel of the line just inside the crossing, covered by the face.
-  int32_t dir;     // +1 or -1: the outward direction along the line.
-  float cross;     // Position of the crossing on the line, in pixels.
-  float lever[2];  // Vertex move per crossing move, for the edge's two vertices (0: vertex fixed).
-  int32_t slot[2]; // Entries of the face's 9 gradient floats that the two vertices receive.
+  int32_t axis;     // 0: a pixel column (the edge moves in y); 1: a pixel row (it moves in x).
+  int32_t line;     // Column or row index d0.
+  int32_t d1_in;    // Pixel of the line just inside the crossing, covered by the face.
+  int32_t dir;      // +1 or -1: the outward direction along the line.
+  float cross;      // Position of the crossing on the line, in pixels.
+  float lever[2];   // Vertex move per crossing move, for the edge's two vertices (0: vertex fixed).
+  int32_t slot[2];  // Entries of the face's 9 gradient floats that the two vertices receive.
 };
 
 // The out scan of crossing k on its line (`image` and `grad` at pixel 0 of the line, strides as in
@@ -305,8 +306,8 @@ NMR_HD void kato_out_scan(const KatoCrossing& k, const float* image, const float
 // of the cost) is handed to on_out(const KatoCrossing&), to run now or later.
 template <typename OnOut>
 NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width, int C,
-                            const int32_t* face_index, ScanLines cols, ScanLines rows, float eps,
-                            float* grad, OnOut&& on_out) {
+                            const int32_t* face_index, ScanLines cols, ScanLines rows, float eps, float* grad,
+                            OnOut&& on_out) {
   if (!f.visible) return;
   const float* xy[2] = {f.x, f.y};
   for (int e = 0; e < 3; ++e) {
@@ -348,8 +349,8 @@ NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width,
         if (!(fabsf(lever1) <= FLT_MAX)) lever1 = 0.f;
         // Out scan: the face grows over the pixels beyond its edge, up to the border.
         if (fi[d1_in * fi_step] == index)
-          on_out(KatoCrossing{axis, d0, d1_in, dir, cross, {lever0, lever1},
-                              {3 * v[0] + coord, 3 * v[1] + coord}});
+          on_out(KatoCrossing{
+              axis, d0, d1_in, dir, cross, {lever0, lever1}, {3 * v[0] + coord, 3 * v[1] + coord}});
         // In scan: the face shrinks, uncovering its own pixels up to its far side on this line.
         float cross2;
         if ((d0 - a0) * (d0 - a2) < 0.f) {
@@ -400,20 +401,19 @@ NMR_HD void kato_apply(const KatoCrossing& k, const float* sum, float* grad) {
 NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
                            const int32_t* face_index, ScanLines cols, ScanLines rows, float eps,
                            float* grad) {
-  kato_face_scans(f, index, height, width, C, face_index, cols, rows, eps, grad,
-                  [&](const KatoCrossing& k) {
-                    const ScanLines& sl = k.axis == 0 ? cols : rows;
-                    float sum[2];
-                    kato_out_scan(k, sl.image + k.line * sl.line, sl.grad + k.line * sl.line, sl.along,
-                                  sl.chan, C, k.axis == 0 ? height : width, eps, sum);
-                    kato_apply(k, sum, grad);
-                  });
+  kato_face_scans(f, index, height, width, C, face_index, cols, rows, eps, grad, [&](const KatoCrossing& k) {
+    const ScanLines& sl = k.axis == 0 ? cols : rows;
+    float sum[2];
+    kato_out_scan(k, sl.image + k.line * sl.line, sl.grad + k.line * sl.line, sl.along, sl.chan, C,
+                  k.axis == 0 ? height : width, eps, sum);
+    kato_apply(k, sum, grad);
+  });
 }
 
 // The same with columns and rows read in place from the [H, W, C] maps (no transposed copy).
 NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
-                           const int32_t* face_index, const float* image, const float* grad_image,
-                           float eps, float* grad) {
+                           const int32_t* face_index, const float* image, const float* grad_image, float eps,
+                           float* grad) {
   const int64_t c = C;
   kato_face_grad(f, index, height, width, C, face_index, ScanLines{image, grad_image, c, width * c, 1},
                  ScanLines{image, grad_image, width * c, c, 1}, eps, grad);
