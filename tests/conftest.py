@@ -1,22 +1,11 @@
-"""Shared test helpers: where the original's reference data lives (../shared beside the repo), and
-running a check on the CPU when a GPU is jax's default device."""
+"""Fixtures: running a check on the CPU when a GPU is jax's default device (helpers: _helpers.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import jax
 import pytest
-
-REFERENCE_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "nmr_reference_data"
-
-
-def reference_data() -> Path:
-    """The original's meshes and golden images, or a skip naming what is missing."""
-    if not (REFERENCE_DATA / "MANIFEST.txt").is_file():
-        pytest.skip(f"reference data not found at {REFERENCE_DATA} (../shared is absent)")
-    return REFERENCE_DATA
 
 
 @pytest.fixture

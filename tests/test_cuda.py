@@ -17,7 +17,7 @@ import pytest
 import nmr_jax as nr
 from nmr_jax import _ffi, _nmr_jax_cpu  # type: ignore[attr-defined]
 from nmr_jax.data import teapot
-from tests.test_rasterize import FAR, NEAR, random_faces
+from tests._helpers import FAR, NEAR, random_faces
 
 
 def _device(platform: str) -> jax.Device | None:

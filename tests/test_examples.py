@@ -18,7 +18,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from tests.conftest import reference_data
+from tests._helpers import reference_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import nmr_jax as nr
 from nmr_jax import _ffi
 from tests import _reference as ref
+from tests._helpers import FAR, NEAR
 
 _LONG = int(os.environ.get("NMR_FUZZ_EXAMPLES", "0"))
 settings.register_profile(
@@ -36,7 +37,6 @@ settings.register_profile(
 )
 FUZZ = settings.get_profile("nmr_fuzz")
 
-NEAR, FAR = 0.1, 100.0
 BATCH, FACES = 4, 6
 # A few fixed shapes keep the number of XLA compilations small; they include 1-pixel images,
 # single rows and columns, and sizes that are not powers of two.

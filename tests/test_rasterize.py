@@ -15,34 +15,22 @@ import pytest
 import nmr_jax as nr
 from nmr_jax import _ffi
 from tests import _reference as ref
-from tests.conftest import reference_data
-
-NEAR, FAR = 0.1, 100.0
-
-
-def random_faces(rng: np.random.Generator, batch: int, faces: int, height: int, width=None):
-    """Random faces with x, y on a 1/8-pixel grid of a power-of-two image (so edge functions are
-    exact in float32 on both sides and face ids can be compared exactly) and continuous depths,
-    some before the near plane. Faces behind the camera have their own named test: mixed-sign
-    depths make 1 / sum(w / z) ill-conditioned, and no two float32 codes agree to 1e-5 there."""
-    width = height if width is None else width
-    # NDC k / (4 n) is pixel 0.5 * (k / 4 + n - 1), a multiple of 1/8; |NDC| <= 1.125 reaches
-    # a little beyond the image so that clipping at the border is exercised.
-    n = np.array([width, height])
-    k = rng.integers(-(9 * n) // 2, (9 * n) // 2 + 1, size=(batch, faces, 3, 2))
-    z = rng.uniform(0.05, 5.0, size=(batch, faces, 3, 1))
-    return np.concatenate([k / (4 * n), z], -1).astype(np.float32)
-
+from tests._helpers import (
+    FAR,
+    NEAR,
+    SCENE,
+    kernel_maps,
+    random_faces,
+    reference_data,
+    threaded_results,
+    tie_scene,
+)
 
 _reference_forward_jit = jax.jit(ref.forward, static_argnums=(1, 2, 3, 4))
 
 
 def reference_forward(fv, h, w):
     return _reference_forward_jit(jnp.asarray(fv), h, w, NEAR, FAR)
-
-
-def kernel_maps(fv, h, w):
-    return _ffi.rasterize(jnp.asarray(fv), h, w, NEAR, FAR)
 
 
 def assert_maps_equal(fv, h, w):
@@ -114,49 +102,6 @@ def test_ties_lowest_face_index_wins():
     assert drawn.any() and (np.asarray(fi)[drawn] == 0).all()
 
 
-# Rows, columns of the tie scene: 4 bands of 16 rows; 300 faces make 2 Kato chunks of 256.
-SCENE = (64, 32)
-
-
-def tie_scene():
-    """Faces spanning many row bands and face-index chunks, with exact depth ties (batch of 2).
-
-    Element 0: 300 right triangles with legs of 2 to 16 pixels on integer pixel positions of a
-    power-of-two image, all at depth 1: barycentric weights are dyadic, so every pixel's depth is
-    exactly 1 and every overlap is an exact tie. Element 1: 60 random faces repeated 5 times in a
-    shuffled order (exact duplicates) at random depths."""
-    rng = np.random.default_rng(11)
-    h, w = SCENE
-    n = 300
-    x0, y0 = rng.integers(-8, w + 8, n), rng.integers(-8, h + 8, n)
-    legs = 2 ** rng.integers(1, 5, n)
-    sx, sy = rng.choice([-1, 1], n), rng.choice([-1, 1], n)
-    corners = [(x0, y0), (x0 + sx * legs, y0), (x0, y0 + sy * legs)]
-    flip = sx * sy < 0  # clockwise as listed: swap two corners
-    corners[1], corners[2] = (
-        tuple(np.where(flip, b, a) for a, b in zip(corners[1], corners[2], strict=True)),
-        tuple(np.where(flip, a, b) for a, b in zip(corners[1], corners[2], strict=True)),
-    )
-    ndc = lambda p, size: (2 * p - size + 1) / size  # noqa: E731  inverse of the pixel mapping
-    tri = np.stack([np.stack([ndc(x, w), ndc(y, h), np.ones(n)], -1) for x, y in corners], 1)
-    base = random_faces(rng, 1, 60, h, w)[0]
-    dup = base[rng.permutation(np.repeat(np.arange(60), 5))]
-    return np.stack([tri, dup]).astype(np.float32)
-
-
-def threaded_results(fv):
-    """Maps, a random image and gradient, and Kato's gradient from them, on the tie scene."""
-    h, w = SCENE
-    fi, wt, d = kernel_maps(fv, h, w)
-    rng = np.random.default_rng(12)
-    image = jnp.where(
-        (fi >= 0)[..., None], jnp.asarray(rng.uniform(size=(2, h, w, 4)), jnp.float32), 0.3
-    )
-    grad = jnp.asarray(rng.normal(size=(2, h, w, 4)), jnp.float32)
-    g_fv = _ffi.kato_bwd(jnp.asarray(fv), fi, image, grad, 1e-3)
-    return {"fi": fi, "wt": wt, "d": d, "image": image, "grad": grad, "g_fv": g_fv}
-
-
 def test_ties_lowest_index_wins_under_threading(tmp_path, on_cpu):
     # The CPU kernels split images into row bands and faces into chunks run on XLA's thread pool.
     # Exact depth ties must still go to the lowest face index, and nothing may depend on the
@@ -178,7 +123,7 @@ def test_ties_lowest_index_wins_under_threading(tmp_path, on_cpu):
     code = (
         "import os, sys, numpy as np\n"
         "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
-        "from tests.test_rasterize import threaded_results, tie_scene\n"
+        "from tests._helpers import threaded_results, tie_scene\n"
         "np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in threaded_results(tie_scene()).items()})\n"
     )
     out_file = tmp_path / "one_thread.npz"

@@ -13,7 +13,7 @@ import pytest
 
 import nmr_jax as nr
 from tests import _reference as ref
-from tests.conftest import reference_data
+from tests._helpers import reference_data
 
 
 @pytest.fixture(scope="module")
