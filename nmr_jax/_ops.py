@@ -15,18 +15,19 @@ import jax.numpy as jnp
 from nmr_jax import _ffi
 
 
-@jax.custom_vjp
-def gather_faces(vertices: jax.Array, faces: jax.Array) -> jax.Array:
-    """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> [*b, F, 3, 3]; bad indices raise."""
-    return _ffi.gather_faces(vertices, faces)
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def gather_faces(vertices: jax.Array, faces: jax.Array, checked: bool) -> jax.Array:
+    """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> [*b, F, 3, 3]; bad indices raise.
+    ``checked``: all indices are known to be in [0, V) (see ``_ffi.gather_faces``)."""
+    return _ffi.gather_faces(vertices, faces, checked)
 
 
-def _gather_fwd(vertices: jax.Array, faces: jax.Array) -> tuple[jax.Array, tuple]:
+def _gather_fwd(vertices: jax.Array, faces: jax.Array, checked: bool) -> tuple[jax.Array, tuple]:
     # A zero-size stand-in carries the vertices' shape without keeping them alive.
-    return _ffi.gather_faces(vertices, faces), (faces, jnp.zeros((0,) + vertices.shape))
+    return _ffi.gather_faces(vertices, faces, checked), (faces, jnp.zeros((0,) + vertices.shape))
 
 
-def _gather_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, None]:
+def _gather_bwd(checked: bool, res: tuple, g: jax.Array) -> tuple[jax.Array, None]:
     faces, shape_of = res
     return _ffi.scatter_faces(faces, g, shape_of.shape[1:]), None
 

@@ -68,7 +68,11 @@ def vertices_to_faces(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
     f = check.index_array("faces", faces, (None, 3))
     check.batch(["vertices", "faces"], [v.shape[:-2], f.shape[:-2]])
     padding = _padding(f)
-    fv = _ops.gather_faces(v, jnp.where(padding[..., None], 0, f))
+    # Concrete faces in range need no check on the device (and no wait for it).
+    checked = not isinstance(f, jax.core.Tracer) and bool(
+        np.all(np.where(np.asarray(f) == -1, 0, np.asarray(f)) < v.shape[-2])
+    )
+    fv = _ops.gather_faces(v, jnp.where(padding[..., None], 0, f), checked)
     return jnp.where(padding[..., None, None], 0.0, fv)
 
 
