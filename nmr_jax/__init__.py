@@ -4,7 +4,7 @@ Rasterization runs in C++ (and CUDA) kernels registered as XLA custom calls; cam
 perspective are pure ``jax.numpy``. Everything is functional, jit-able and vmap-able.
 """
 
-from nmr_jax import data
+from nmr_jax import data, typing
 from nmr_jax._obj import load_obj, save_obj
 from nmr_jax._validate import validate_mesh
 from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
@@ -43,6 +43,7 @@ __all__ = [
     "rasterize_silhouettes",
     "rasterize_weight_map",
     "save_obj",
+    "typing",
     "validate_mesh",
     "vertices_to_faces",
 ]

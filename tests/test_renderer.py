@@ -248,3 +248,61 @@ def test_projection_with_non_square_orig_size():
     rows, cols = np.nonzero(alpha)
     assert len(rows) > 0
     np.testing.assert_allclose([rows.mean(), cols.mean()], [130 / 20 - 0.5, 450 / 20 - 0.5], atol=1)
+
+
+# --- pytrees: subclasses, static fields ----------------------------------------------------------
+
+
+class SubclassedRenderer(nr.Renderer):
+    """As mesh_reconstruction-style code does: methods on a subclass, no new fields."""
+
+    def silhouette_loss(self, vertices, faces):
+        return jnp.sum(self.render_silhouettes(vertices, faces))
+
+
+@dataclasses.dataclass(frozen=True)
+class RendererWithFields(nr.Renderer):
+    scale: float = 1.0  # a leaf
+    label: str = dataclasses.field(default="view", metadata={"static": True})
+
+
+def test_renderer_subclass_is_a_pytree_under_jit_grad():
+    v, f = small_mesh()
+    r = SubclassedRenderer(image_size=16)
+    g = jax.jit(jax.grad(lambda v, r: r.silhouette_loss(v, f)))(v, r)
+    assert np.isfinite(g).all() and np.abs(np.asarray(g)).sum() > 0
+    w = RendererWithFields(image_size=16, scale=1.5)
+    gw = jax.jit(jax.grad(lambda w: jnp.sum(w.render_silhouettes(v * w.scale, f))))(w)
+    assert type(gw) is RendererWithFields and gw.label == "view" and float(gw.scale) != 0
+
+
+def test_static_fields_are_marked_on_the_fields():
+    static = {f.name for f in dataclasses.fields(nr.Renderer) if f.metadata.get("static")}
+    leaves = jax.tree_util.tree_flatten_with_path(nr.Renderer())[0]
+    leaf_fields = {path[0].name for path, _ in leaves}
+    assert "image_size" in static and "camera_mode" in static and "eye" not in static
+    assert leaf_fields.isdisjoint(static) and {"eye", "light_direction"} <= leaf_fields
+    # Unflattening does not rerun the constructor's checks on leaves that are not the user's.
+    tree = jax.tree_util.tree_structure(nr.Renderer(camera_mode="look"))
+    assert jax.tree_util.tree_unflatten(tree, [None] * tree.num_leaves).camera_mode == "look"
+
+
+def test_large_constant_faces_under_jit_reach_the_kernel_unfolded():
+    # A jit closing over a 124k-face array spent seconds constant-folding a reduction over it
+    # (and XLA logged an error): known faces are now checked and prepared in numpy, so the only
+    # op that reads them is the gather kernel.
+    v, f = small_mesh()
+    r = nr.Renderer(image_size=16)
+    padded = jnp.concatenate([f, jnp.full((3, 3), -1, jnp.int32)])
+    for fn in (
+        lambda v: r.render_silhouettes(v, f),
+        lambda v: r.render(v, f, vertex_colors=v)[0],
+        lambda v: nr.vertices_to_faces(v, padded),
+    ):
+        jaxpr = jax.make_jaxpr(fn)(v)
+        readers = {
+            str(e.primitive)
+            for e in jaxpr.jaxpr.eqns
+            if any(getattr(x.aval, "dtype", None) == jnp.int32 for x in e.invars)
+        }
+        assert readers == {"custom_vjp_call"}, readers
