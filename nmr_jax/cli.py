@@ -6,6 +6,7 @@ nmr-jax render MESH.obj -o out.png|out.gif [options]    (nmr-jax render --help l
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nmr_jax as nr
+from nmr_jax import _validate as check
 
 __all__ = ["main"]
 
@@ -28,7 +30,8 @@ examples:
   nmr-jax render mesh.obj -o depth.png --mode depth
   nmr-jax render mesh.obj -o mask.gif --mode silhouette --views 8 --no-anti-aliasing
   nmr-jax render mesh.obj -o lit.png --ambient 0.3 --directional 0.8 --light-direction 1 1 -1 \\
-      --background 1 1 1
+      --background 0.2 0.3 0.4
+  nmr-jax render scan.obj -o front.png --up z --handedness right
 
 The mesh is normalised into [-1, 1]^3 (as the original's load_obj) unless --no-normalization, and
 coloured by the materials of its .mtl files (Kd colours and map_Kd images; white without them)
@@ -36,6 +39,10 @@ unless --no-textures. The camera sits at --distance from the origin, --elevation
 the horizontal plane and --azimuth degrees around the vertical axis, and looks at the origin;
 --views N renders N views at azimuths evenly spaced over a full turn (a GIF; a progress bar is
 shown when tqdm is installed). Depth images are grey levels, nearest white, over --background.
+--up z turns a mesh modelled with z up (as Blender exports without its axis conversion) so that
+z is up in the image and its front (-y) faces the camera at azimuth 0. The original renderer's
+camera is left-handed: a right-handed mesh (most OBJ files) comes out mirrored, as in the
+original, unless --handedness right.
 """
 
 _T = TypeVar("_T")
@@ -76,7 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     camera.add_argument("--views", type=int, default=1, help="views around the object (default: 1)")
     camera.add_argument(
         "--viewing-angle", type=float, default=30.0,
-        help="half the vertical field of view, degrees (default: 30)",
+        help="half the vertical field of view, degrees, in (0, 90) (default: 30)",
+    )  # fmt: skip
+    camera.add_argument(
+        "--up", choices=("y", "z"), default="y", help="the mesh's up axis (default: y)"
+    )
+    camera.add_argument(
+        "--handedness", choices=("left", "right"), default="left",
+        help="left: the original's camera (right-handed meshes appear mirrored); right: "
+        "unmirrored (default: left)",
     )  # fmt: skip
     light = p.add_argument_group("lighting and colours")
     light.add_argument("--ambient", type=float, default=0.5, help="intensity (default: 0.5)")
@@ -108,7 +123,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Argument errors argparse cannot see, reported as usage errors (exit status 2)."""
+    """Argument errors argparse cannot see, reported as usage errors (exit status 2): values
+    that would write a blank, flat or distorted image rather than fail."""
+    for name in ("distance", "elevation", "azimuth", "viewing_angle", "ambient", "directional"):
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} must be finite, got {getattr(args, name)}")
+    if args.distance <= 0:
+        parser.error(f"--distance must be positive, got {args.distance}")
+    if not 0 < args.viewing_angle < 90:
+        parser.error(f"--viewing-angle must be in (0, 90) degrees, got {args.viewing_angle}")
+    if args.ambient < 0 or args.directional < 0:
+        parser.error(
+            f"--ambient and --directional must be >= 0, got {args.ambient}, {args.directional}"
+        )
+    if not all(map(math.isfinite, args.light_direction)) or not any(args.light_direction):
+        parser.error(f"--light-direction must be finite and non-zero, got {args.light_direction}")
     suffix = args.output.suffix.lower()
     if suffix not in (".png", ".gif"):
         parser.error(f"--output must end in .png or .gif, got {args.output}")
@@ -118,6 +147,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"a PNG holds one view; write a .gif for --views {args.views}")
     if len(args.image_size) > 2 or min(args.image_size) < 1:
         parser.error(f"--image-size takes S or H W, positive, got {args.image_size}")
+    try:
+        check.image_size(
+            tuple(args.image_size * 2 if len(args.image_size) == 1 else args.image_size)
+        )
+    except ValueError as err:
+        parser.error(f"--image-size: {err}")
     if args.texture_size < 1:
         parser.error(f"--texture-size must be at least 1, got {args.texture_size}")
     if args.fps <= 0:
@@ -189,7 +224,12 @@ def _render(args: argparse.Namespace) -> None:
     else:
         vertices, faces = nr.load_obj(args.mesh, args.normalization)
         textures = jnp.ones((faces.shape[0], 1, 1, 1, 3), jnp.float32)  # white
+    if args.up == "z":
+        # A proper rotation (no mirror) taking z to y and the front (-y) towards -z, the side
+        # that the camera at azimuth 0 sees.
+        vertices = vertices[:, [0, 2, 1]] * jnp.array([-1.0, 1.0, 1.0], jnp.float32)
     renderer = nr.Renderer(
+        handedness=args.handedness,
         image_size=size,
         anti_aliasing=args.anti_aliasing,
         background_color=tuple(args.background),

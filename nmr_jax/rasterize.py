@@ -3,7 +3,9 @@
 ``faces`` here means face vertices after camera and projection: float32 ``[..., F, 3, 3]``, x and y
 in NDC [-1, 1] (y up), z the view depth. Returned images are channels-last with row 0 at the top
 (y = +1): rgb ``[..., H, W, 3]``, alpha and depth ``[..., H, W]``. Leading batch dimensions of all
-inputs broadcast. Gradients are Kato's approximation for x and y (through rgb and alpha), and exact
+inputs broadcast. A face is drawn only where its vertices run counter-clockwise in the image (x right,
+y up); clockwise (back) faces are culled. To draw both sides of a mesh, pass each face and its
+reversed copy, as ``Renderer`` does with ``fill_back``. Gradients are Kato's approximation for x and y (through rgb and alpha), and exact
 for the depth map and the textures, with the face index held fixed.
 """
 
@@ -240,7 +242,9 @@ def rasterize_face_index_map_and_weight_map(
     """Which face each pixel sees, and where on it (the iPERDance fork's maps).
 
     Maps are at the rasterized resolution (twice ``image_size`` with anti-aliasing, as the fork) with
-    row 0 at the top, like the images.
+    row 0 at the top, like the images. Only faces counter-clockwise in the image are drawn (no
+    ``fill_back`` here): for a mesh as ``Renderer`` draws it, pass its faces followed by their
+    reversed copies, so that ``face_index`` indexes that doubled list.
 
     Returns:
       ``face_index``: int32 ``[..., H', W']``, -1 on background; ``weights``: float32

@@ -330,7 +330,12 @@ class Renderer:
             textures = jnp.concatenate([textures, jnp.swapaxes(textures, -4, -2)], axis=-5)
         faces = self._both_sides(mesh.faces)
         # Lighting uses world-space normals, so the reversed copies are lit from their own side.
-        tex = _lighting(_vertices_to_faces(mesh.vertices, faces), textures, lights)
+        world = _vertices_to_faces(mesh.vertices, faces)
+        if self.handedness == "right":
+            # The original's normal cross(v0 - v1, v2 - v1) points towards the camera from a
+            # face drawn in its left-handed image; mirrored, the drawn faces are the others.
+            world = world[..., ::-1, :]
+        tex = _lighting(world, textures, lights)
         fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         out = _rgbad(fv, tex, self._config(self.rasterizer_eps), self.anti_aliasing)
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -71,6 +72,8 @@ def test_colours_come_from_the_mtl(tmp_path: Path) -> None:
         (["-o", "out.png", "--image-size", "0"], "--image-size"),
         (["-o", "out.png", "--background", "2", "0", "0"], "--background"),
         (["-o", "out.png", "--mode", "normals"], "invalid choice"),
+        (["-o", "out.png", "--image-size", "40000"], "--image-size: image_size"),
+        (["-o", "out.png", "--up", "x"], "invalid choice"),
     ],
 )
 def test_bad_arguments_are_usage_errors(
@@ -104,3 +107,43 @@ def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
 def test_console_script_is_registered() -> None:
     scripts = importlib.metadata.entry_points(group="console_scripts", name="nmr-jax")
     assert [s.value for s in scripts] == ["nmr_jax.cli:main"]
+
+
+# Each of these wrote a blank or flat image and exited with status 0.
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--viewing-angle", "0"], r"--viewing-angle must be in \(0, 90\)"),
+        (["--viewing-angle", "90"], r"--viewing-angle must be in \(0, 90\)"),
+        (["--distance", "0"], "--distance must be positive"),
+        (["--distance", "nan"], "--distance must be finite"),
+        (["--light-direction", "0", "0", "0"], "--light-direction must be finite and non-zero"),
+        (["--ambient", "-1"], "--ambient and --directional must be >= 0"),
+    ],
+)
+def test_cli_values_that_write_a_blank_or_flat_image_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["render", TEAPOT, "-o", "out.png", *args])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_cli_up_z_renders_a_z_up_mesh_upright(tmp_path: Path) -> None:
+    # The teapot turned to z up (a proper rotation) and back with --up z: the same image.
+    v, f = nr.data.teapot()
+    z_up = np.asarray(v)[:, [0, 2, 1]] * [-1, 1, 1]  # the inverse of --up z's turn
+    nr.save_obj(tmp_path / "z_up.obj", z_up, f)
+    assert render(TEAPOT, "-o", str(tmp_path / "y.png"), "--no-textures") == 0
+    assert render(str(tmp_path / "z_up.obj"), "-o", str(tmp_path / "z.png"), "--up", "z") == 0
+    y, z = iio.imread(tmp_path / "y.png"), iio.imread(tmp_path / "z.png")
+    assert np.abs(y.astype(int) - z).max() <= 2
+
+
+def test_cli_handedness_right_unmirrors(tmp_path: Path) -> None:
+    assert render(TEAPOT, "-o", str(tmp_path / "l.png"), "--no-anti-aliasing") == 0
+    assert render(TEAPOT, "-o", str(tmp_path / "r.png"), "--no-anti-aliasing",
+                  "--handedness", "right") == 0  # fmt: skip
+    left, right = iio.imread(tmp_path / "l.png"), iio.imread(tmp_path / "r.png")
+    np.testing.assert_array_equal(left, right[:, ::-1])

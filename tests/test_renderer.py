@@ -306,3 +306,57 @@ def test_large_constant_faces_under_jit_reach_the_kernel_unfolded():
             if any(getattr(x.aval, "dtype", None) == jnp.int32 for x in e.invars)
         }
         assert readers == {"custom_vjp_call"}, readers
+
+
+# --- conventions: winding, handedness, mirroring ------------------------------------------------
+
+
+def test_right_handed_mesh_without_fill_back_is_inside_out_unless_handedness_right():
+    # The teapot is wound counter-clockwise seen from outside (right-handed): the original's
+    # left-handed look_at camera sees those faces as back faces and draws the far side.
+    v, f = small_mesh()
+    both_sides = nr.Renderer(image_size=32).render_depth(v, f)
+    left = nr.Renderer(image_size=32, fill_back=False).render_depth(v, f)
+    right = nr.Renderer(image_size=32, fill_back=False, handedness="right").render_depth(v, f)
+    near = nr.Renderer(image_size=32, fill_back=False).render_depth(v, f[:, ::-1])
+    mask = np.asarray(both_sides) < 100
+    assert np.asarray(left)[mask].mean() > np.asarray(both_sides)[mask].mean() + 0.3
+    np.testing.assert_allclose(near, both_sides, atol=1e-5)  # reversed faces: the near side
+    # handedness="right" mirrors the image, so it is the near side seen mirrored, lit alike.
+    np.testing.assert_allclose(right, np.flip(both_sides, -1), atol=1e-5)
+    colors = jnp.asarray(np.random.default_rng(3).uniform(size=v.shape), jnp.float32)
+    for fill_back in (True, False):
+        kw = dict(image_size=32, light_direction=(0.5, 1.0, -1.0), fill_back=fill_back)
+        rgb_right = nr.Renderer(**kw, handedness="right").render(v, f, vertex_colors=colors)[0]
+        rgb_left = nr.Renderer(**kw).render(
+            v, f if fill_back else f[:, ::-1], vertex_colors=colors
+        )[0]
+        np.testing.assert_allclose(rgb_right, np.flip(rgb_left, -2), atol=1e-4)
+
+
+def test_look_at_mirrors_a_right_handed_world_unless_handedness_right():
+    # A camera at -z looking at the origin with y up has world +x on its left in a right-handed
+    # world (text on a quad facing it reads correctly only then).
+    marker = np.array([[0.5, 0.0, 0.0], [0.7, 0.0, 0.0], [0.6, 0.2, 0.0]], np.float32)
+    faces = np.array([[0, 1, 2]], np.int32)
+    for handedness, side in [("left", "right"), ("right", "left")]:
+        alpha = np.asarray(nr.Renderer(image_size=16, handedness=handedness).render_silhouettes(
+            marker, faces))  # fmt: skip
+        cols = np.nonzero(alpha.sum(0))[0]
+        assert len(cols) and ((cols >= 8).all() if side == "right" else (cols < 8).all())
+
+
+def test_projection_camera_is_right_handed_and_unmirrored():
+    # OpenCV's camera: x right, y down; the teapot's outward faces are front faces.
+    v, f = small_mesh()
+    K = jnp.array([[32.0, 0, 16], [0, 32.0, 16], [0, 0, 1]])
+    kw = dict(image_size=32, camera_mode="projection", orig_size=32, K=K, R=jnp.eye(3))
+    t = jnp.array([0.0, 0.0, 2.732])
+    both = nr.Renderer(**kw, t=t).render_depth(v, f)
+    front = nr.Renderer(**kw, t=t, fill_back=False).render_depth(v, f)
+    np.testing.assert_allclose(front, both, atol=1e-5)
+    # Camera x > 0 and y < 0 (y points down): the upper right quarter of the image.
+    point = jnp.array([[0.5, -0.5, 0.0], [0.7, -0.5, 0.0], [0.6, -0.3, 0.0]])
+    alpha = np.asarray(nr.Renderer(**kw, t=t).render_silhouettes(point, jnp.array([[0, 1, 2]])))
+    rows, cols = np.nonzero(alpha)
+    assert len(rows) and (cols >= 16).all() and (rows < 16).all()
