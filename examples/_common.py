@@ -1,4 +1,4 @@
-"""Helpers shared by the four examples: command line, mesh loading, batched views, metrics, output."""
+"""Helpers shared by the examples: command line, meshes, rotations, batched views, metrics, output."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import jax
@@ -230,25 +231,38 @@ def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(v, np.float32), np.asarray(faces, np.int32)
 
 
-def write_curves(
-    path: Path, curves: dict[str, ArrayLike], *, ylabel: str = "loss", xlabel: str = "iteration"
-) -> None:
-    """Writes a PNG of one or more curves against their index, on a log y axis (losses fall by
-    orders of magnitude)."""
+def axes() -> tuple[Any, Any]:
+    """A new matplotlib figure and its axes, sized for the docs; matplotlib is imported here, so
+    that only the scripts that plot need it."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    return plt.subplots(figsize=(5, 3.2), dpi=100)
+
+
+def save_figure(path: Path, fig: Any) -> None:
+    """Writes a figure from ``axes`` as a PNG and closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def write_curves(
+    path: Path, curves: dict[str, ArrayLike], *, ylabel: str = "loss", xlabel: str = "iteration"
+) -> None:
+    """Writes a PNG of one or more curves against their index, on a log y axis (losses fall by
+    orders of magnitude)."""
+    fig, ax = axes()
     for label, values in curves.items():
         ax.plot(np.asarray(values), label=label)
     ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log")
     ax.grid(True, alpha=0.3)
     if len(curves) > 1:
         ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(path, fig)

@@ -28,16 +28,18 @@ import numpy as np
 import optax
 from _common import (
     CAMERA_DISTANCE,
+    axes,
     box,
     load_mesh,
     parser,
     quaternion_to_matrix,
     rotation_angle,
+    save_figure,
     to_uint8,
     write_curves,
     write_gif,
 )
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
@@ -58,8 +60,16 @@ TRUE_TRANSLATION_RANGE = 0.15
 MAX_ROTATION_ERROR, MAX_TRANSLATION_ERROR = 5.0, 0.02 * CAMERA_DISTANCE
 # One GIF frame per this many iterations.
 FRAME_EVERY = 3
+# Levels of the loss's image pyramid (see run): 64 pixels down to 8.
+PYRAMID_LEVELS = 4
 # Steps timed (after one for compilation) for the time per iteration.
 TIMED_STEPS = 5
+
+
+def pool(image: jax.Array) -> jax.Array:
+    """Half the resolution: the mean of each 2 x 2 block (a trailing odd row or column dropped)."""
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    return image[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
 
 def random_quaternions(key: jax.Array, n: int) -> jax.Array:
@@ -100,13 +110,24 @@ def run(
     renderer = nr.Renderer(image_size=image_size, fill_back=False)
     box_alpha = renderer.render_silhouettes(*box(BOX_CENTER, BOX_HALF_SIZE))
 
-    def silhouette(pose: jax.Array) -> jax.Array:
-        """What the camera sees of the teapot at ``pose`` (quaternion, translation) and the box."""
+    def teapot(pose: jax.Array) -> jax.Array:
+        """The teapot's own silhouette at ``pose`` (quaternion, translation)."""
         posed = vertices @ quaternion_to_matrix(pose[:4]).T + pose[4:]
-        return 1 - (1 - renderer.render_silhouettes(posed, faces)) * (1 - box_alpha)
+        return renderer.render_silhouettes(posed, faces)
+
+    def silhouette(pose: jax.Array) -> jax.Array:
+        """What the camera sees: the teapot at ``pose``, where the box does not hide it."""
+        return 1 - (1 - teapot(pose)) * (1 - box_alpha)
 
     def loss_fn(pose: jax.Array, target: jax.Array) -> jax.Array:
-        return jnp.sum((silhouette(pose) - target) ** 2)
+        """Squared error of the silhouettes, summed over a pyramid of them (each level halves the
+        resolution, its pixels weighted by their area): the coarse levels see a shape that is
+        far off overlap the target's, which widens each basin of the loss."""
+        a, b, total = silhouette(pose), target, 0.0
+        for level in range(PYRAMID_LEVELS):
+            total = total + 4**level * jnp.sum((a - b) ** 2)
+            a, b = pool(a), pool(b)
+        return total
 
     # Decayed to a twentieth by the end: large steps to cross between basins, small ones to settle.
     optimizer = optax.adam(optax.cosine_decay_schedule(LEARNING_RATE, iterations, alpha=0.05))
@@ -122,26 +143,23 @@ def run(
 
     evaluate = jax.jit(jax.vmap(loss_fn, (0, None)))
     devices = jax.local_devices()
-    sharding = NamedSharding(jax.make_mesh((len(devices),), ("starts",)), P("starts"))
-
-    key_true, key_starts = jax.random.split(jax.random.key(seed))
-    true_q = random_quaternions(key_true, targets)
-    true_t = jax.random.uniform(
-        jax.random.fold_in(key_true, 1),
-        (targets, 3),
-        minval=-TRUE_TRANSLATION_RANGE,
-        maxval=TRUE_TRANSLATION_RANGE,
-    )
-    true_poses = jnp.concatenate([true_q, true_t], axis=-1)
+    # A plain Mesh: its axis is automatic, so XLA shards everything from the starts' sharding.
+    sharding = NamedSharding(Mesh(np.array(devices), ("starts",)), P("starts"))
 
     successes, best_successes = [], []
     best_losses, median_losses = [], []
-    trajectory: list[np.ndarray] = []
+    frames: list[np.ndarray] = []
     final_losses, rotation_errors = np.zeros(0), np.zeros(0)
     for k in range(targets):
-        target = silhouette(true_poses[k])
-        q0 = random_quaternions(jax.random.fold_in(key_starts, k), starts)
-        poses = jnp.concatenate([q0, jnp.zeros((starts, 3))], axis=-1)
+        # A key per target: the first targets are the same whatever the number of them.
+        key_q, key_t, key_starts = jax.random.split(jax.random.fold_in(jax.random.key(seed), k), 3)
+        true_q = random_quaternions(key_q, 1)[0]
+        r = TRUE_TRANSLATION_RANGE
+        true_t = jax.random.uniform(key_t, (3,), minval=-r, maxval=r)
+        target = silhouette(jnp.concatenate([true_q, true_t]))
+        poses = jnp.concatenate(
+            [random_quaternions(key_starts, starts), jnp.zeros((starts, 3))], -1
+        )
         if starts % len(devices) == 0:
             poses = jax.device_put(poses, sharding)
         opt_state = optimizer.init(poses)
@@ -155,8 +173,8 @@ def run(
             bar.set_postfix(best=f"{history[-1].min():.1f}")
         final = np.asarray(evaluate(poses, target))
         q, t = np.asarray(poses[:, :4]), np.asarray(poses[:, 4:])
-        rot_err = rotation_angle(q, true_q[k])
-        trans_err = np.linalg.norm(t - np.asarray(true_t[k]), axis=-1)
+        rot_err = rotation_angle(q, true_q)
+        trans_err = np.linalg.norm(t - np.asarray(true_t), axis=-1)
         ok = (rot_err < MAX_ROTATION_ERROR) & (trans_err < MAX_TRANSLATION_ERROR)
         best = int(np.argmin(final))
         successes.append(ok.mean())
@@ -170,8 +188,21 @@ def run(
             history.append(final)
             best_losses = [h[best] for h in history]
             median_losses = [np.median(h) for h in history]
-            trajectory = [s[best] for s in snapshots] + [np.asarray(poses[best])]
             final_losses, rotation_errors = final, rot_err
+            # The best start's way: its teapot red where the box does not hide it, the target
+            # green, the box blue.
+            box_np, visible = (
+                np.asarray(box_alpha),
+                np.asarray(target) * (1 - np.asarray(box_alpha)),
+            )
+            frames = [
+                to_uint8(
+                    np.stack(
+                        [np.asarray(teapot(jnp.asarray(pose))) * (1 - box_np), visible, box_np], -1
+                    )
+                )
+                for pose in [*(s[best] for s in snapshots), np.asarray(poses[best])]
+            ]
 
     metrics = {
         "single_success": float(np.mean(successes)),
@@ -182,18 +213,6 @@ def run(
         metrics["seconds_per_step_n"] = time_step(step, optimizer, poses, target)
 
     if output_dir is not None:
-        target = silhouette(true_poses[0])
-        box_np = np.asarray(box_alpha)
-        frames = []
-        for pose in trajectory:
-            teapot = np.asarray(
-                renderer.render_silhouettes(
-                    vertices @ quaternion_to_matrix(pose[:4]).T + pose[4:], faces
-                )
-            ) * (1 - box_np)
-            frames.append(
-                to_uint8(np.stack([teapot, np.asarray(target) * (1 - box_np), box_np], -1))
-            )
         write_gif(output_dir / "pose_search.gif", frames)
         write_errors_plot(output_dir / "pose_search_errors.png", rotation_errors, final_losses)
         write_curves(
@@ -219,19 +238,13 @@ def time_step(step, optimizer, poses, target) -> float:
 
 
 def write_errors_plot(path: Path, rotation_errors: np.ndarray, losses: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    """Scatter plot of each start's final loss against its rotation error."""
+    fig, ax = axes()
     ax.scatter(rotation_errors, losses, s=8)
-    ax.axvline(MAX_ROTATION_ERROR, color="grey", lw=0.8, ls="--")
+    ax.axvline(MAX_ROTATION_ERROR, color="grey", lw=0.8, ls="--", label="success bound")
     ax.set(xlabel="rotation error (degrees)", ylabel="final loss", xscale="log", yscale="log")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"wrote {path}")
+    ax.legend()
+    save_figure(path, fig)
 
 
 def main() -> None:

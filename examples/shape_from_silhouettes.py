@@ -54,8 +54,9 @@ LEARNING_RATE = 0.01
 # Laplacian weights 0.5, 5 and 20 reached held-out IoU 0.970, 0.974, 0.972 and Chamfer distances
 # 0.040, 0.035 and 0.032, the surface less bumpy with each; the edge term keeps triangles even.
 LAPLACIAN_WEIGHT, EDGE_WEIGHT = 20.0, 0.5
-# Points sampled on each surface for the Chamfer distance.
-CHAMFER_POINTS = 4000
+# Points sampled on each surface for the Chamfer distance: their spacing, about 0.03, is below
+# the distances it measures (0.03 to 0.2), and all pairs of them fit in 100 MB.
+CHAMFER_POINTS = 2500
 # Turntable of the result: 30 frames per turn, from 20 degrees above.
 GIF_AZIMUTH_STEP, GIF_ELEVATION = 12.0, 20.0
 
@@ -100,7 +101,8 @@ def surface_points(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int) -
 def chamfer(a: np.ndarray, b: np.ndarray) -> float:
     """Symmetric Chamfer distance: the mean distance from each point of a set to the nearest of
     the other, averaged over both directions (world units)."""
-    d = np.linalg.norm(a[:, None] - b[None], axis=-1)
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    d = np.sqrt(np.sum((a[:, None] - b[None]) ** 2, axis=-1))
     return float((d.min(axis=1).mean() + d.min(axis=0).mean()) / 2)
 
 
