@@ -186,8 +186,8 @@ def main() -> None:
     ).parse_args()
     m = run(args.iterations, args.image_size, args.output_dir)
     print(
-        f"velocity error {m['velocity_error_start']:.3f} -> {m['velocity_error_end']:.4f} m/s, "
-        f"spin error {m['spin_error_start']:.3f} -> {m['spin_error_end']:.4f} rad/s"
+        f"velocity error {m['velocity_error_start']:.3f} -> {m['velocity_error_end']:.2g} m/s, "
+        f"spin error {m['spin_error_start']:.3f} -> {m['spin_error_end']:.2g} rad/s"
     )
 
 
