@@ -21,14 +21,28 @@ from nmr_jax.rasterize import (
     vertices_to_faces,
 )
 from nmr_jax.renderer import Renderer
+from nmr_jax.shading import (
+    Fragments,
+    Shaded,
+    interpolate,
+    lambert,
+    rasterize_fragments,
+    rasterize_shaded,
+    sample_texture,
+    vertex_normals,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RGBAD",
+    "Fragments",
     "Renderer",
+    "Shaded",
     "data",
     "get_points_from_angles",
+    "interpolate",
+    "lambert",
     "lighting",
     "load_obj",
     "look",
@@ -40,9 +54,13 @@ __all__ = [
     "rasterize_face_index_map",
     "rasterize_face_index_map_and_weight_map",
     "rasterize_rgbad",
+    "rasterize_shaded",
+    "rasterize_fragments",
     "rasterize_silhouettes",
     "rasterize_weight_map",
+    "sample_texture",
     "save_obj",
     "validate_mesh",
+    "vertex_normals",
     "vertices_to_faces",
 ]
