@@ -256,6 +256,12 @@ def take_rows(table: jax.Array, table_core: int, index: jax.Array, index_core: i
     sharded batches (also under ``vmap``).
     """
     n_rest = table_core - 1
+    if table.shape[table.ndim - table_core] == 0:  # no rows (an empty mesh): nothing is read
+        batch = jnp.broadcast_shapes(
+            table.shape[:-table_core], index.shape[: index.ndim - index_core]
+        )
+        rest = table.shape[table.ndim - n_rest :]
+        return jnp.zeros((*batch, *index.shape[index.ndim - index_core :], *rest), table.dtype)
     if table.ndim == table_core:  # no batch on the table: a plain gather
         return jnp.take(table, index, axis=0)
     batch_rank = table.ndim - table_core
