@@ -8,10 +8,11 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from nmr_jax import _validate as check
+from nmr_jax import shading
+from nmr_jax._ops import Shader
 from nmr_jax.camera import look, look_at, perspective, projection
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
@@ -157,13 +158,15 @@ class Renderer:
         textures: ArrayLike | None = None,
         vertex_colors: ArrayLike | None = None,
         *,
+        shader: Shader | None = None,
+        shader_args: tuple = (),
         eye: check.VectorLike | None = None,
         K: ArrayLike | None = None,
         R: ArrayLike | None = None,
         t: ArrayLike | None = None,
         dist_coeffs: ArrayLike | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Renders a lit mesh coloured by texture cubes or by vertex colours (exactly one of them).
+        """Renders a mesh coloured by exactly one of: texture cubes, vertex colours, a shader.
 
         Args:
           vertices: float32 ``[..., V, 3]`` world coordinates.
@@ -173,18 +176,24 @@ class Renderer:
             over each face and lit like textures; gradients reach the colours, and the vertices
             through Kato's rule. A barycentric weight above ``1 - rasterizer_eps`` (a sliver at
             each corner) is clamped to it, as texture coordinates are.
+          shader, shader_args: ``shader(fragments, *shader_args) -> [..., H', W', C]``, any jnp
+            function of the ``Fragments`` of ``faces`` (also with ``fill_back``: a reversed copy
+            shows as its face with ``fragments.back`` set), unlit (``nmr_jax.mesh_shader`` and
+            ``lambert`` light); rgb is then its ``[..., H, W, C]`` image over
+            ``background_color`` (over 0 for C != 3). The vertices get Kato's gradient through
+            image and alpha plus the shader's own; ``shader_args`` get autodiff's. See
+            ``nmr_jax.shading``.
           eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it).
 
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
         camera = dict(eye=eye, K=K, R=R, t=t, dist_coeffs=dist_coeffs)
-        if textures is not None and vertex_colors is None:
-            tex = check.float_array("textures", textures, (None, None, None, None, 3))
-        elif vertex_colors is not None and textures is None:
-            tex = _vertex_color_textures(vertices, faces, vertex_colors)
-        else:
-            raise ValueError("render needs exactly one of textures and vertex_colors")
+        if [textures, vertex_colors, shader].count(None) != 2:
+            raise ValueError("render needs exactly one of textures and vertex_colors, or a shader")
+        if textures is None:
+            return shading.render(self, vertices, faces, shader, shader_args, vertex_colors, camera)
+        tex = check.float_array("textures", textures, (None, None, None, None, 3))
         f = self._face_list(faces)
         if self.fill_back:
             tex = jnp.concatenate([tex, jnp.swapaxes(tex, -4, -2)], axis=-5)
@@ -211,33 +220,6 @@ class Renderer:
             self.background_color,
         )
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
-
-
-# Corner (i, j, k) of a 2x2x2 cube, as barycentric coordinates [2, 2, 2, 3].
-_CUBE_CORNERS = np.moveaxis(np.indices((2, 2, 2), np.float32), 0, -1)
-
-
-def _vertex_color_textures(
-    vertices: ArrayLike, faces: ArrayLike, vertex_colors: ArrayLike
-) -> jax.Array:
-    """Texture cubes [..., F, 2, 2, 2, 3] that reproduce barycentric interpolation of the colours.
-
-    Texel (i, j, k) = i c0 + j c1 + k c2 for the face's vertex colours c: trilinear sampling at
-    texture coordinates (b0, b1, b2), the perspective-correct barycentrics (they sum to 1), then
-    gives exactly b0 c0 + b1 c1 + b2 c2 (trilinear interpolation reproduces a linear function),
-    up to the sampler's clamp of each coordinate to 1 - eps. Texture sampling, lighting,
-    fill_back (the transposed cube is the reversed face's) and all the gradients of the texture
-    path apply unchanged: no kernel of its own.
-    """
-    v = check.float_array("vertices", vertices, (None, 3))
-    c = check.float_array("vertex_colors", vertex_colors, (None, 3))
-    if c.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"vertex_colors must have shape [..., V, 3] with V = {v.shape[-2]} like vertices, "
-            f"got {c.shape}"
-        )
-    face_colors = vertices_to_faces(c, faces)  # [..., F, 3 vertices, 3 channels]
-    return jnp.einsum("ijkv,...fvc->...fijkc", _CUBE_CORNERS, face_colors)
 
 
 _DATA_FIELDS = [

@@ -19,7 +19,7 @@ Building blocks: ``interpolate`` (vertex or face-corner attributes at the pixels
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +28,11 @@ from jax.typing import ArrayLike
 
 from nmr_jax import _ops
 from nmr_jax import _validate as check
+from nmr_jax._obj import Mesh
 from nmr_jax._ops import Fragments, Shader
 from nmr_jax._validate import VectorLike
 from nmr_jax.camera import _normalize
+from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
     DEFAULT_ANTI_ALIASING,
     DEFAULT_EPS,
@@ -39,13 +41,20 @@ from nmr_jax.rasterize import (
     DEFAULT_NEAR,
     _config,
     _finish,
+    vertices_to_faces,
 )
+
+if TYPE_CHECKING:
+    from nmr_jax.renderer import Renderer
 
 __all__ = [
     "Fragments",
     "Shaded",
+    "face_normals",
     "interpolate",
     "lambert",
+    "mesh_colors",
+    "mesh_shader",
     "rasterize_fragments",
     "rasterize_shaded",
     "sample_texture",
@@ -341,3 +350,203 @@ def lambert(
     # A matmul, not sum(n * d), as lighting (an XLA:CPU fusion bug with batched directions).
     cos = jax.nn.relu(jnp.matmul(n[..., None, :], d[..., :, None])[..., 0])
     return ia * ca + id_ * cd * cos
+
+
+def face_normals(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
+    """Unit face normals float32 ``[..., F, 3]`` as the Renderer lights flat faces:
+    ``normalize(cross(v0 - v1, v2 - v1))`` (0 for a zero-area face)."""
+    fv = vertices_to_faces(vertices, faces)
+    return _normalize(jnp.cross(fv[..., 0, :] - fv[..., 1, :], fv[..., 2, :] - fv[..., 1, :]))
+
+
+def mesh_colors(fragments: Fragments, mesh: Mesh, filter: Filter = "bilinear") -> jax.Array:
+    """The unlit colour of a ``load_mesh`` mesh at each pixel, float32 ``[..., H, W, 3]``.
+
+    A face whose material has a ``map_Kd`` image and which has UVs samples it (``sample_texture``
+    with ``filter``, 'wrap' as OBJ); other faces take the mesh's vertex colours (interpolated)
+    when it has them, else their material's Kd colour, else white. ``fragments`` are those of
+    ``mesh.faces`` (a shader's, in the Renderer).
+    """
+    fi = jnp.maximum(fragments.face_index, 0)
+    material = _ops.take_rows(mesh.face_materials, 1, fi, 2)
+    if mesh.vertex_colors is not None:
+        base = interpolate(mesh.vertex_colors, mesh.faces, fragments)
+    else:
+        kd = jnp.concatenate([mesh.kd, jnp.ones((1, 3), jnp.float32)])  # -1: no material, white
+        base = _ops.take_rows(kd, 2, material, 2)
+    if mesh.uvs is None:
+        return base
+    uv = interpolate(mesh.uvs, None, fragments)
+    textured = _ops.take_rows(mesh.has_uv, 1, fi, 2)
+    for m, image in enumerate(mesh.images):
+        if image is not None:
+            here = (textured & (material == m))[..., None]
+            base = jnp.where(here, sample_texture(image, uv, filter), base)
+    return base
+
+
+ShadingMode = Literal["flat", "smooth"]
+
+
+def mesh_shader(
+    mesh: Mesh,
+    renderer: Renderer,
+    shading: ShadingMode = "flat",
+    output: Literal["rgb", "normals"] = "rgb",
+    filter: Filter = "bilinear",
+) -> tuple[Shader, tuple]:
+    """``(shader, shader_args)`` rendering a ``load_mesh`` mesh lit as the Renderer lights it.
+
+    ``renderer.render(mesh.vertices, mesh.faces, shader=shader, shader_args=args)`` draws
+    ``mesh_colors`` times the Renderer's ambient and directional light (``lambert``) at each
+    pixel's normal: the face normal for 'flat' shading (the Renderer's own lighting of texture
+    cubes), or for 'smooth' the file's normals (``mesh.normals``, turned to the side of the face
+    normal) or else ``vertex_normals``, interpolated. ``output='normals'`` draws those world
+    normals as colours ``0.5 * (n + 1)`` instead, unlit. The back of a face (seen through
+    ``fill_back``) is lit by the reversed normal. The shader reads the mesh and the Renderer's
+    lights from ``shader_args``, so gradients reach both.
+    """
+    if shading not in ("flat", "smooth"):
+        raise ValueError(f"shading must be 'flat' or 'smooth', got {shading!r}")
+    if output not in ("rgb", "normals"):
+        raise ValueError(f"output must be 'rgb' or 'normals', got {output!r}")
+
+    def shader(frags: Fragments, mesh: Mesh, renderer: Renderer) -> jax.Array:
+        flat = face_normals(mesh.vertices, mesh.faces)
+        normal = _ops.take_rows(flat, 2, jnp.maximum(frags.face_index, 0), 2)
+        if shading == "smooth":
+            if mesh.normals is None:
+                corners = vertex_normals(mesh.vertices, mesh.faces)[mesh.faces]
+            else:
+                # The file's normals may point either way round the Renderer's convention.
+                side = jnp.sign(jnp.sum(mesh.normals * flat[:, None, :], -1, keepdims=True))
+                corners = mesh.normals * jnp.where(side == 0, 1.0, side)
+            normal = interpolate(corners, None, frags)
+        normal = jnp.where(frags.back[..., None], -normal, normal)
+        if output == "normals":
+            return 0.5 * (_normalize(normal) + 1.0)
+        light = lambert(
+            normal,
+            renderer.light_intensity_ambient,
+            renderer.light_intensity_directional,
+            renderer.light_color_ambient,
+            renderer.light_color_directional,
+            renderer.light_direction,
+        )
+        return mesh_colors(frags, mesh, filter) * light
+
+    return shader, (mesh, renderer)
+
+
+def render(
+    renderer: Renderer,
+    vertices: ArrayLike,
+    faces: ArrayLike,
+    shader: Shader | None,
+    shader_args: tuple,
+    vertex_colors: ArrayLike | None,
+    camera: dict,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``Renderer.render`` with a shader or vertex colours: (rgb, depth, alpha)."""
+    f = check.index_array("faces", faces, (None, 3))
+    face_list = renderer._face_list(f)
+    fv = vertices_to_faces(renderer.transform(vertices, **camera), face_list)
+    fv, _, cfg = _config(
+        fv,
+        None,
+        renderer.image_size,
+        renderer.anti_aliasing,
+        renderer.near,
+        renderer.far,
+        renderer.rasterizer_eps,
+        renderer.background_color,
+    )
+    background = jnp.asarray(renderer.background_color, jnp.float32)
+    if shader is None:
+        shade, args = _vertex_color_shader(renderer, vertices, face_list, vertex_colors)
+    else:
+        if not callable(shader):
+            raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
+        shade, args = _user_shader(shader, f.shape[-2], renderer.fill_back), tuple(shader_args)
+    image, alpha, depth = _ops.shade(
+        fv, cfg, _with_background(shade, background), args, jnp.zeros(())
+    )
+    assert image is not None
+    aa = renderer.anti_aliasing
+    return _finish(image, True, aa), _finish(depth, False, aa), _finish(alpha, False, aa)
+
+
+def _with_background(shader: Shader, background: jax.Array) -> Shader:
+    """The Renderer's background_color behind a 3-channel shader's image, 0 behind others."""
+
+    def composited(frags: Fragments, *args: object) -> jax.Array:
+        out = shader(frags, *args)
+        bg = background if out.shape[-1] == 3 else 0.0
+        return jnp.where((frags.face_index >= 0)[..., None], out, bg)
+
+    return composited
+
+
+def _user_shader(shader: Shader, num_faces: int, fill_back: bool) -> Shader:
+    """The user's shader, seeing the fragments of the user's faces: with fill_back, a pixel of
+    a reversed copy (face num_faces + i) shows face i, from the back, with its barycentrics
+    in the original vertex order."""
+    if not fill_back:
+        return shader
+
+    def on_user_faces(frags: Fragments, *args: object) -> jax.Array:
+        back = frags.face_index >= num_faces
+        flip = back[..., None]
+        return shader(
+            Fragments(
+                jnp.where(back, frags.face_index - num_faces, frags.face_index),
+                jnp.where(flip, frags.bary[..., ::-1], frags.bary),
+                jnp.where(flip, frags.bary_screen[..., ::-1], frags.bary_screen),
+                frags.depth,
+                back,
+            ),
+            *args,
+        )
+
+    return on_user_faces
+
+
+def _vertex_color_shader(
+    renderer: Renderer,
+    vertices: ArrayLike,
+    face_list: jax.Array,
+    vertex_colors: ArrayLike | None,
+) -> tuple[Shader, tuple]:
+    """Vertex colours, lit per face as texture cubes are, as a shader of the Renderer's face list.
+
+    As the original's texture cubes sample them, each barycentric is clamped to
+    ``1 - rasterizer_eps`` and the vertices get Kato's gradient only (the barycentrics read are
+    held fixed); the colours get the exact gradient.
+    """
+    v = check.float_array("vertices", vertices, (None, 3))
+    assert vertex_colors is not None  # Renderer.render gives a shader or vertex colours
+    c = check.float_array("vertex_colors", vertex_colors, (None, 3))
+    if c.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"vertex_colors must have shape [..., V, 3] with V = {v.shape[-2]} like vertices, "
+            f"got {c.shape}"
+        )
+    # Lighting uses world-space normals, so the reversed copies are lit from their own side.
+    world = vertices_to_faces(v, face_list)
+    light = lighting(
+        world,
+        jnp.ones((*world.shape[:-2], 1, 1, 1, 3), jnp.float32),
+        renderer.light_intensity_ambient,
+        renderer.light_intensity_directional,
+        renderer.light_color_ambient,
+        renderer.light_color_directional,
+        renderer.light_direction,
+    )[..., 0, 0, 0, :]  # [..., F, 3]
+    eps = renderer.rasterizer_eps
+
+    def shader(frags: Fragments, face_colors: jax.Array) -> jax.Array:
+        bary = jnp.clip(jax.lax.stop_gradient(frags.bary), 0.0, 1.0 - eps)
+        corners = _ops.take_rows(face_colors, 3, jnp.maximum(frags.face_index, 0), 2)
+        return jnp.einsum("...k,...kc->...c", bary, corners)
+
+    return shader, (vertices_to_faces(c, face_list) * light[..., None, :],)
