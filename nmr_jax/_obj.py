@@ -225,7 +225,7 @@ def _map_file(fields: list[str], where: str) -> str:
             and (option.lower() not in ("-o", "-s", "-t") or _is_number(rest[0]))
         ):
             rest, taken = rest[1:], taken + 1
-        warnings.warn(f"{where}: map_Kd option {option} is not applied", stacklevel=4)
+        warnings.warn(f"{where}: map_Kd option {option} is not applied", stacklevel=5)
     if not rest:
         raise ValueError(f"{where}: 'map_Kd' needs a file name")
     return _unquote(" ".join(rest))
@@ -629,7 +629,11 @@ def save_obj(
             + (["%d"] if uvs is not None else ([""] if normals is not None else []))
             + (["%d"] if normals is not None else [])
         )
-        np.savetxt(f, np.stack(corners, -1).reshape(n, -1), fmt=" ".join(["f"] + [corner] * 3))
+        np.savetxt(
+            f,
+            np.stack(corners, -1).reshape(n, 3 * len(corners)),
+            fmt=" ".join(["f"] + [corner] * 3),
+        )
 
 
 def _real(name: str, value: jax.typing.ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
