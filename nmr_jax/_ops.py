@@ -137,14 +137,15 @@ def shade(
     cfg: RasterConfig,
     shader: Shader | None,
     shader_args: tuple,
-    background: jax.Array,
+    background: jax.Array | None,
 ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
     """(image [*b, H, W, C] or None without a shader, alpha [*b, H, W], depth [*b, H, W]), as
     rasterized (row 0 at y = -1).
 
     The shader sees the fragments row 0 at the top; autodiff gives the gradient of what it reads
     (its arguments, and the fragments' vertex gradients), Kato's rule on the composited image and
-    alpha adds the gradient of where the faces are drawn.
+    alpha adds the gradient of where the faces are drawn. Uncovered pixels take ``background``
+    (None: the shader's output there, for shaders that composite their own).
     """
     frags = fragments(face_vertices, cfg)
     covered = frags.face_index >= 0
@@ -159,7 +160,9 @@ def shade(
                 f"the shader must return [..., H, W, C] with [..., H, W] = "
                 f"{frags.face_index.shape} like the fragments' face_index, got {out.shape}"
             )
-        rgb = jnp.where(covered[..., None], out.astype(jnp.float32), background)
+        rgb = out.astype(jnp.float32)
+        if background is not None:
+            rgb = jnp.where(covered[..., None], rgb, background)
         image = jnp.concatenate([rgb, alpha[..., None]], axis=-1)
     image = _kato(face_vertices, frags.face_index, image, cfg.eps)
     rgb_out = None if shader is None else image[..., :-1]

@@ -468,9 +468,7 @@ def render(
         if not callable(shader):
             raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
         shade, args = _user_shader(shader, f.shape[-2], renderer.fill_back), tuple(shader_args)
-    image, alpha, depth = _ops.shade(
-        fv, cfg, _with_background(shade, background), args, jnp.zeros(())
-    )
+    image, alpha, depth = _ops.shade(fv, cfg, _with_background(shade, background), args, None)
     assert image is not None
     aa = renderer.anti_aliasing
     return _finish(image, True, aa), _finish(depth, False, aa), _finish(alpha, False, aa)

@@ -116,16 +116,19 @@ def test_interpolate_vertex_gradient_matches_central_differences():
     attributes = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.5, 2.0]], jnp.float32)
     h = 2e-3
 
+    @jax.jit
     def value(v, mask):
         return jnp.sum(nr.interpolate(attributes, f, fragments_of(v, f)) * mask[..., None])
+
+    face_index = jax.jit(lambda v: fragments_of(v, f).face_index)
 
     inner = np.ones((SIZE, SIZE), bool)
     for k in range(9):
         for s in (-h, h):
-            inner &= np.asarray(fragments_of(v.at[k // 3, k % 3].add(s), f).face_index) == 0
+            inner &= np.asarray(face_index(v.at[k // 3, k % 3].add(s))) == 0
     mask = jnp.asarray(inner, jnp.float32)
     assert inner.sum() > 100
-    grad = jax.grad(value)(v, mask)
+    grad = jax.jit(jax.grad(value))(v, mask)
     for k in range(9):
         i, c = divmod(k, 3)
         fd = (value(v.at[i, c].add(h), mask) - value(v.at[i, c].add(-h), mask)) / (2 * h)
@@ -218,11 +221,12 @@ def test_trilinear_picks_the_mip_level_of_the_footprint():
     # at its texel centres.
     j, i = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
     uv = jnp.asarray(np.stack([(i + 0.5) / 8, 1 - (j + 0.5) / 8], -1), jnp.float32)
-    np.testing.assert_allclose(nr.sample_texture(image, uv, "trilinear"), half, atol=1e-5)
+    trilinear = jax.jit(partial(nr.sample_texture, filter="trilinear"))
+    np.testing.assert_allclose(trilinear(image, uv), half, atol=1e-5)
     # Magnified (a quarter texel per pixel): level 0, bilinear.
     fine = uv[:4, :4] / 4
     np.testing.assert_allclose(
-        nr.sample_texture(image, fine, "trilinear"), nr.sample_texture(image, fine), atol=1e-6
+        trilinear(image, fine), jax.jit(nr.sample_texture)(image, fine), atol=1e-6
     )
 
 
@@ -279,7 +283,7 @@ def test_five_channel_shader_renders_jits_vmaps_and_differentiates():
     # vmap over the shader's parameters equals separate calls.
     scales = jnp.stack([scale, 2 * scale])
     batched = jax.jit(jax.vmap(render, in_axes=(None, None, 0)))(v, features, scales)
-    np.testing.assert_allclose(batched[1], render(v, features, 2 * scale), atol=1e-6)
+    np.testing.assert_allclose(batched[1], jax.jit(render)(v, features, 2 * scale), atol=1e-6)
 
     # The reference: the image as rasterized (row 0 at y = -1) from the brute-force maps.
     def reference(v, features, scale):
@@ -295,7 +299,7 @@ def test_five_channel_shader_renders_jits_vmaps_and_differentiates():
     )
     g_up = jnp.flip(g, 0)  # the incoming gradient as rasterized
     loss = lambda *a: jnp.sum(reference(*a)[0] * g_up)  # noqa: E731
-    want = jax.grad(loss, argnums=(0, 1, 2))(v, features, scale)
+    want = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(v, features, scale)
     # Vertices: autodiff of what the shader reads plus Kato's rule on image and alpha.
     fv = nr.vertices_to_faces(v, f)
     alpha = (np.asarray(fi) >= 0)[..., None].astype(np.float32)
@@ -337,3 +341,182 @@ def test_constant_per_face_shader_has_the_texture_cube_gradients():
     assert np.abs(np.asarray(want[0])).sum() > 0
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# The Renderer's shader path: world meshes, fill_back, lighting, load_mesh.
+CUBE_QUADS = [(4, 6, 7, 5), (0, 1, 3, 2), (2, 3, 7, 6), (0, 4, 5, 1), (1, 5, 7, 3), (0, 2, 6, 4)]
+CUBE_VERTICES = jnp.asarray(np.indices((2, 2, 2)).reshape(3, -1).T - 0.5, jnp.float32)
+CUBE_FACES = jnp.asarray(
+    [(a, b, c) for a, b, c, d in CUBE_QUADS] + [(a, c, d) for a, b, c, d in CUBE_QUADS], jnp.int32
+)
+SIDE_COLOURS = np.array(
+    [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255]], np.uint8
+)
+EYES = jnp.asarray([[2.0, 1.5, -2.5], [-2.2, -1.0, 2.0], [0.5, 3.0, 0.8]], jnp.float32)
+
+
+def cube_side(face):
+    return face % 6  # faces 0-5 and 6-11 are the two halves of the six quads
+
+
+def test_renderer_shader_with_five_channels_vmaps_over_eyes_and_differentiates():
+    rng = np.random.default_rng(13)
+    features = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.5, 2, size=5), jnp.float32)
+    r = nr.Renderer(image_size=16)
+    shader = five_channel_shader(CUBE_FACES)
+
+    def render(v, features, scale, eye):
+        return r.render(v, CUBE_FACES, shader=shader, shader_args=(features, scale), eye=eye)
+
+    views = jax.jit(jax.vmap(render, in_axes=(None, None, None, 0)))
+    images = views(CUBE_VERTICES, features, scale, EYES)
+    rgb, depth, alpha = images
+    assert rgb.shape == (3, 16, 16, 5) and alpha.shape == depth.shape == (3, 16, 16)
+    one = jax.jit(render)(CUBE_VERTICES, features, scale, EYES[1])
+    for a, b in zip(one, images, strict=True):
+        np.testing.assert_allclose(a, b[1], atol=1e-5)
+    g = jnp.asarray(rng.normal(size=rgb.shape), jnp.float32)
+
+    def loss(v, features, scale):
+        return jnp.sum(views(v, features, scale, EYES)[0] * g)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(CUBE_VERTICES, features, scale)
+    for grad in grads:
+        assert np.isfinite(grad).all() and np.abs(np.asarray(grad)).sum() > 0
+    # The scale's gradient is exact: the image is linear in it.
+    per_unit = views(CUBE_VERTICES, features, jnp.ones(5), EYES)[0]
+    want = np.sum(np.asarray(per_unit * g), axis=(0, 1, 2))
+    np.testing.assert_allclose(grads[2], want, rtol=1e-4)
+
+
+def test_renderer_constant_per_face_shader_equals_texture_cubes():
+    rng = np.random.default_rng(14)
+    colours = jnp.asarray(rng.uniform(size=(12, 3)), jnp.float32)
+    r = nr.Renderer(
+        image_size=16, light_direction=(0.3, 1.0, -0.6), background_color=(0.1, 0.2, 0.3)
+    )
+    grads = [
+        jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(16, 16, 3), (16, 16), (16, 16)]
+    ]
+
+    def lit(frags, v, c):
+        """The face's colour under the Renderer's flat lighting, from the face's own side."""
+        face = jnp.maximum(frags.face_index, 0)
+        n = nr.face_normals(v, CUBE_FACES)[face]
+        n = jnp.where(frags.back[..., None], -n, n)
+        light = nr.lambert(
+            n,
+            r.light_intensity_ambient,
+            r.light_intensity_directional,
+            r.light_color_ambient,
+            r.light_color_directional,
+            r.light_direction,
+        )
+        return c[face] * light
+
+    def loss(v, c, use_shader):
+        if use_shader:
+            out = r.render(v, CUBE_FACES, shader=lit, shader_args=(v, c), eye=EYES[0])
+        else:
+            out = r.render(v, CUBE_FACES, c[:, None, None, None, :], eye=EYES[0])
+        return sum(jnp.sum(m * g) for m, g in zip(out, grads, strict=True)), out
+
+    (_, got), g_got = jax.jit(
+        jax.value_and_grad(partial(loss, use_shader=True), argnums=(0, 1), has_aux=True)
+    )(CUBE_VERTICES, colours)
+    (_, want), g_want = jax.jit(
+        jax.value_and_grad(partial(loss, use_shader=False), argnums=(0, 1), has_aux=True)
+    )(CUBE_VERTICES, colours)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.abs(np.asarray(g_want[0])).sum() > 0
+    for a, b in zip(g_got, g_want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(np.asarray(b)).max())
+
+
+def textured_cube(tmp_path):
+    """A cube OBJ whose side s shows region s of a 3 x 2 grid of colours (row 0 at the top), its
+    UVs inset 4 texels so that bilinear sampling stays inside the region; read by load_mesh."""
+    image = np.zeros((96, 64, 3), np.uint8)
+    uvs = np.zeros((12, 3, 2), np.float32)
+    for s in range(6):
+        row, col = divmod(s, 2)
+        image[32 * row : 32 * row + 32, 32 * col : 32 * col + 32] = SIDE_COLOURS[s]
+        u0, u1 = (32 * col + 4) / 64, (32 * col + 28) / 64
+        v0, v1 = 1 - (32 * row + 28) / 96, 1 - (32 * row + 4) / 96
+        quad = np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]])
+        uvs[s], uvs[6 + s] = quad[[0, 1, 2]], quad[[0, 2, 3]]
+    path = tmp_path / "cube.obj"
+    nr.save_obj(path, CUBE_VERTICES, CUBE_FACES, uvs=uvs, texture=image)
+    return nr.load_mesh(path, normalization=False)
+
+
+# Not trilinear: mip levels of a texture atlas blend neighbouring regions (as on any GPU).
+@pytest.mark.parametrize("filter", ["nearest", "bilinear"])
+def test_uv_textured_cube_shows_its_six_texture_regions(tmp_path, filter):
+    mesh = textured_cube(tmp_path)
+    r = nr.Renderer(
+        image_size=32,
+        anti_aliasing=False,
+        light_intensity_ambient=1.0,
+        light_intensity_directional=0.0,
+    )
+    shader, args = nr.mesh_shader(mesh, r, filter=filter)
+    face_id = lambda frags: (frags.face_index + 1)[..., None].astype(jnp.float32)  # noqa: E731
+
+    @jax.jit
+    def views(mesh, args):
+        def view(eye):
+            rgb = r.render(mesh.vertices, mesh.faces, shader=shader, shader_args=args, eye=eye)[0]
+            return rgb, r.render(mesh.vertices, mesh.faces, shader=face_id, eye=eye)[0][..., 0]
+
+        return jax.lax.map(view, EYES)
+
+    seen: set[int] = set()
+    for rgb, faces in zip(*(np.asarray(x) for x in views(mesh, args)), strict=True):
+        covered = faces > 0
+        assert covered.sum() > 80
+        want = SIDE_COLOURS[cube_side(faces.astype(int) - 1)] / 255.0
+        np.testing.assert_allclose(rgb[covered], want[covered], atol=1e-5)
+        np.testing.assert_array_equal(rgb[~covered], 0.0)
+        seen |= {cube_side(int(f) - 1) for f in faces[covered]}
+    assert seen == set(range(6))  # every side was checked
+
+
+def test_vertex_normals_match_numpy_area_weighted_normals():
+    v, f = projected_mesh(15)
+    fv = np.asarray(v, np.float64)[np.asarray(f)]
+    n = np.cross(fv[:, 0] - fv[:, 1], fv[:, 2] - fv[:, 1])
+    want = np.zeros((v.shape[0], 3))
+    for face, normal in zip(np.asarray(f), n, strict=True):
+        want[face] += normal
+    length = np.linalg.norm(want, axis=1, keepdims=True)
+    want = np.where(length > 0, want / np.where(length > 0, length, 1), 0)
+    np.testing.assert_allclose(nr.vertex_normals(v, f), want, atol=1e-5)
+
+
+def test_smooth_shading_of_a_flat_mesh_equals_flat_and_normals_mode(tmp_path):
+    # A square in the z = 0 plane seen from the front: one normal everywhere.
+    vertices = jnp.array(
+        [[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], jnp.float32
+    )
+    faces = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
+    path = tmp_path / "square.obj"
+    nr.save_obj(path, vertices, faces)
+    mesh = nr.load_mesh(path, normalization=False)
+    r = nr.Renderer(image_size=16, light_direction=(0.2, 0.5, -1.0), eye=(0.0, 0.0, -2.0))
+    flat, smooth = (
+        jax.jit(lambda a, s=s: r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a)[0])(a)
+        for s, a in (nr.mesh_shader(mesh, r, "flat"), nr.mesh_shader(mesh, r, "smooth"))
+    )
+    np.testing.assert_allclose(smooth, flat, atol=1e-6)
+    assert np.asarray(flat).max() > 0
+    shader, args = nr.mesh_shader(mesh, r, output="normals")
+    rgb, _, alpha = r.render(mesh.vertices, mesh.faces, shader=shader, shader_args=args)
+    inside = np.asarray(alpha) == 1
+    n = np.asarray(nr.face_normals(vertices, faces))[0]
+    seen = np.where(np.dot(n, [0, 0, -1]) > 0, n, -n)  # the side facing the eye (fill_back)
+    np.testing.assert_allclose(
+        np.asarray(rgb)[inside], np.broadcast_to(0.5 * (seen + 1), (inside.sum(), 3)), atol=1e-6
+    )
