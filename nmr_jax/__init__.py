@@ -4,7 +4,7 @@ Rasterization runs in C++ (and CUDA) kernels registered as XLA custom calls; cam
 perspective are pure ``jax.numpy``. Everything is functional, jit-able and vmap-able.
 """
 
-from nmr_jax import data, shading
+from nmr_jax import data, shading, typing
 from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 from nmr_jax._validate import validate_mesh
 from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
@@ -32,6 +32,7 @@ from nmr_jax.shading import (
     rasterize_fragments,
     rasterize_shaded,
     sample_texture,
+    spherical_uvs,
     vertex_normals,
 )
 
@@ -69,6 +70,8 @@ __all__ = [
     "sample_texture",
     "save_obj",
     "shading",
+    "spherical_uvs",
+    "typing",
     "validate_mesh",
     "vertex_normals",
     "vertices_to_faces",

@@ -481,6 +481,7 @@ def load_mesh(
     filename: str | os.PathLike[str],
     normalization: bool = True,
     missing: Literal["raise", "warn"] = "raise",
+    materials: bool = True,
 ) -> Mesh:
     """Load an OBJ mesh with its texture coordinates, normals, vertex colours and materials.
 
@@ -498,6 +499,7 @@ def load_mesh(
         missing: what a missing material library, undefined material or missing image does:
             'raise' (FileNotFoundError or ValueError naming it) or 'warn' (a warning, and the
             faces concerned are white, or keep their Kd colour without their image).
+        materials: read the materials; without, every face is white (material -1, no images).
 
     Returns:
         A ``Mesh``; ``nmr_jax.mesh_colors`` shades it with its materials.
@@ -509,9 +511,12 @@ def load_mesh(
         raise ValueError(f"missing must be 'raise' or 'warn', got {missing!r}")
     path = Path(filename)
     obj = _parse_obj(path, with_materials=True, with_extras=True)
+    if not materials:
+        obj = dataclasses.replace(obj, materials={}, mtllibs=[])
+        obj.face_materials = np.full_like(obj.face_materials, -1)
     vertices = _normalized(obj.vertices) if normalization else obj.vertices
     library = _library(obj, path, missing)
-    materials = [library[name] for name in obj.materials]
+    used = [library[name] for name in obj.materials]
     has_uv = np.all(obj.face_uvs >= 0, axis=1, keepdims=True)[:, :, None]  # [F, 1, 1]
     uvs = None
     if len(obj.uvs):
@@ -519,10 +524,8 @@ def load_mesh(
     normals = None
     if len(obj.normals):
         normals = _corner_normals(obj, vertices)
-    kd = np.array([m.kd for m in materials], np.float32).reshape(-1, 3)
-    images = tuple(
-        None if m.texture is None else jnp.asarray(_read_image(m.texture)) for m in materials
-    )
+    kd = np.array([m.kd for m in used], np.float32).reshape(-1, 3)
+    images = tuple(None if m.texture is None else jnp.asarray(_read_image(m.texture)) for m in used)
     return Mesh(
         vertices=jnp.asarray(vertices),
         faces=jnp.asarray(obj.faces),

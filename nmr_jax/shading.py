@@ -19,7 +19,7 @@ Building blocks: ``interpolate`` (vertex or face-corner attributes at the pixels
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ from nmr_jax._obj import Mesh
 from nmr_jax._ops import Fragments, Shader
 from nmr_jax._validate import VectorLike
 from nmr_jax.camera import _normalize
-from nmr_jax.lighting import lighting
+from nmr_jax.lighting import Lights, _lighting, lights_of
 from nmr_jax.rasterize import (
     DEFAULT_ANTI_ALIASING,
     DEFAULT_EPS,
@@ -40,7 +40,9 @@ from nmr_jax.rasterize import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_NEAR,
     _config,
+    _face_vertices,
     _finish,
+    _vertices_to_faces,
     vertices_to_faces,
 )
 
@@ -58,6 +60,7 @@ __all__ = [
     "rasterize_fragments",
     "rasterize_shaded",
     "sample_texture",
+    "spherical_uvs",
     "vertex_normals",
 ]
 
@@ -91,8 +94,10 @@ def rasterize_fragments(
       background))``; ``bary`` and ``depth`` are differentiable in the faces' x, y and z,
       ``bary_screen`` in x and y, the face index held fixed.
     """
-    fv, _, cfg = _config(faces, None, image_size, anti_aliasing, near, far, DEFAULT_EPS, (0, 0, 0))
-    frags = _ops.fragments(fv, cfg)
+    fv, _ = _face_vertices(faces, None)
+    frags = _ops.fragments(
+        fv, _config(image_size, anti_aliasing, near, far, DEFAULT_EPS, (0, 0, 0))
+    )
     return Fragments(*(jnp.flip(m, axis=frags.face_index.ndim - 2) for m in frags))
 
 
@@ -124,7 +129,8 @@ def rasterize_shaded(
     """
     if not callable(shader):
         raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
-    fv, _, cfg = _config(faces, None, image_size, anti_aliasing, near, far, eps, (0, 0, 0))
+    fv, _ = _face_vertices(faces, None)
+    cfg = _config(image_size, anti_aliasing, near, far, eps, (0, 0, 0))
     bg = check.float_array("background", background, ())
     if bg.ndim > 1:
         raise ValueError(f"background must be a scalar or [C], got shape {bg.shape}")
@@ -157,16 +163,15 @@ def interpolate(attributes: ArrayLike, faces: ArrayLike | None, fragments: Fragm
     pixel_batch = fi.shape[:-2]
     if faces is None:
         a = check.float_array("attributes", attributes, (None, 3, None))
-        check.batch(["attributes", "fragments"], [a.shape[:-3], pixel_batch])
+        check.batch({"attributes": a.shape[:-3], "fragments": pixel_batch})
         corners = _ops.take_rows(a, 3, jnp.maximum(fi, 0), 2)  # [..., H, W, 3, C]
     else:
         a = check.float_array("attributes", attributes, (None, None))
-        f = check.index_array("faces", faces, (None, 3))
-        check.batch(["attributes", "faces", "fragments"], [a.shape[:-2], f.shape[:-2], pixel_batch])
+        f = jnp.asarray(check.index_array("faces", faces, (None, 3)))
+        check.batch({"attributes": a.shape[:-2], "faces": f.shape[:-2], "fragments": pixel_batch})
         vertex_ids = _ops.take_rows(f, 2, jnp.maximum(fi, 0), 2)  # [..., H, W, 3]
-        corners = _ops.take_rows(
-            a, 2, jnp.maximum(vertex_ids, 0), 3
-        )  # a padding row reads vertex 0
+        # A padding row (-1) reads vertex 0.
+        corners = _ops.take_rows(a, 2, jnp.maximum(vertex_ids, 0), 3)
     out = jnp.einsum("...k,...kc->...c", fragments.bary, corners)
     return jnp.where((fi >= 0)[..., None], out, 0.0)
 
@@ -203,7 +208,7 @@ def sample_texture(
     """
     img = check.float_array("image", image, (None, None, None))
     coords = check.float_array("uv", uv, (None, None, 2))
-    check.batch(["image", "uv"], [img.shape[:-3], coords.shape[:-3]])
+    check.batch({"image": img.shape[:-3], "uv": coords.shape[:-3]})
     if filter not in ("nearest", "bilinear", "trilinear"):
         raise ValueError(f"filter must be 'nearest', 'bilinear' or 'trilinear', got {filter!r}")
     if boundary not in ("wrap", "clamp"):
@@ -307,7 +312,7 @@ def vertex_normals(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
     """
     v = check.float_array("vertices", vertices, (None, 3))
     f = check.index_array("faces", faces, (None, 3))
-    check.batch(["vertices", "faces"], [v.shape[:-2], f.shape[:-2]])
+    check.batch({"vertices": v.shape[:-2], "faces": f.shape[:-2]})
     return jnp.vectorize(_vertex_normals, signature="(v,c),(f,k)->(v,c)")(v, f)
 
 
@@ -343,13 +348,12 @@ def lambert(
       face this is exactly the light ``lighting`` gives that face.
     """
     n = _normalize(check.float_array("normals", normals, (3,)))
-    ia, id_ = (
-        jnp.asarray(a, jnp.float32)[..., None] for a in (intensity_ambient, intensity_directional)
+    ia, id_, ca, cd, d = lights_of(
+        intensity_ambient, intensity_directional, color_ambient, color_directional, direction
     )
-    ca, cd, d = (jnp.asarray(a, jnp.float32) for a in (color_ambient, color_directional, direction))
     # A matmul, not sum(n * d), as lighting (an XLA:CPU fusion bug with batched directions).
     cos = jax.nn.relu(jnp.matmul(n[..., None, :], d[..., :, None])[..., 0])
-    return ia * ca + id_ * cd * cos
+    return ia[..., None] * ca + id_[..., None] * cd * cos
 
 
 def face_normals(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
@@ -413,6 +417,8 @@ def mesh_shader(
 
     def shader(frags: Fragments, mesh: Mesh, renderer: Renderer) -> jax.Array:
         flat = face_normals(mesh.vertices, mesh.faces)
+        if renderer.handedness == "right":  # the Renderer lights the mirrored side
+            flat = -flat
         normal = _ops.take_rows(flat, 2, jnp.maximum(frags.face_index, 0), 2)
         if shading == "smooth":
             if mesh.normals is None:
@@ -438,22 +444,19 @@ def mesh_shader(
     return shader, (mesh, renderer)
 
 
-def render(
+def _render(
     renderer: Renderer,
-    vertices: ArrayLike,
-    faces: ArrayLike,
+    fv: jax.Array,
+    mesh: Any,
+    world: jax.Array,
+    lights: Lights,
     shader: Shader | None,
     shader_args: tuple,
-    vertex_colors: ArrayLike | None,
-    camera: dict,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``Renderer.render`` with a shader or vertex colours: (rgb, depth, alpha)."""
-    f = check.index_array("faces", faces, (None, 3))
-    face_list = renderer._face_list(f)
-    fv = vertices_to_faces(renderer.transform(vertices, **camera), face_list)
-    fv, _, cfg = _config(
-        fv,
-        None,
+    """``Renderer.render`` of a checked mesh with a shader or vertex colours: (rgb, depth,
+    alpha). ``fv`` and ``world`` are the projected and world vertices of the Renderer's face
+    list (the reversed copies follow with ``fill_back``)."""
+    cfg = _config(
         renderer.image_size,
         renderer.anti_aliasing,
         renderer.near,
@@ -461,13 +464,14 @@ def render(
         renderer.rasterizer_eps,
         renderer.background_color,
     )
-    background = jnp.asarray(renderer.background_color, jnp.float32)
     if shader is None:
-        shade, args = _vertex_color_shader(renderer, vertices, face_list, vertex_colors)
+        light = _lighting(world, jnp.ones((*world.shape[:-2], 1, 1, 1, 3), jnp.float32), lights)
+        colors = _vertices_to_faces(mesh.vertex_colors, renderer._both_sides(mesh.faces))
+        shade = _vertex_color_shader(renderer.rasterizer_eps)
+        args: tuple = (colors * light[..., 0, 0, 0, None, :],)
     else:
-        if not callable(shader):
-            raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
-        shade, args = _user_shader(shader, f.shape[-2], renderer.fill_back), tuple(shader_args)
+        shade, args = _user_shader(shader, mesh.faces.shape[-2], renderer.fill_back), shader_args
+    background = jnp.asarray(renderer.background_color, jnp.float32)
     image, alpha, depth = _ops.shade(fv, cfg, _with_background(shade, background), args, None)
     assert image is not None
     aa = renderer.anti_aliasing
@@ -509,42 +513,41 @@ def _user_shader(shader: Shader, num_faces: int, fill_back: bool) -> Shader:
     return on_user_faces
 
 
-def _vertex_color_shader(
-    renderer: Renderer,
-    vertices: ArrayLike,
-    face_list: jax.Array,
-    vertex_colors: ArrayLike | None,
-) -> tuple[Shader, tuple]:
-    """Vertex colours, lit per face as texture cubes are, as a shader of the Renderer's face list.
+def _vertex_color_shader(eps: float) -> Shader:
+    """Lit vertex colours ``[..., F, 3, 3]`` of the Renderer's face list, as a shader.
 
-    As the original's texture cubes sample them, each barycentric is clamped to
-    ``1 - rasterizer_eps`` and the vertices get Kato's gradient only (the barycentrics read are
-    held fixed); the colours get the exact gradient.
+    As the original's texture cubes sample them (the cube trick this replaces), each
+    barycentric is clamped to ``1 - rasterizer_eps`` and the vertices get Kato's gradient only
+    (the barycentrics read are held fixed); the colours get the exact gradient.
     """
-    v = check.float_array("vertices", vertices, (None, 3))
-    assert vertex_colors is not None  # Renderer.render gives a shader or vertex colours
-    c = check.float_array("vertex_colors", vertex_colors, (None, 3))
-    if c.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"vertex_colors must have shape [..., V, 3] with V = {v.shape[-2]} like vertices, "
-            f"got {c.shape}"
-        )
-    # Lighting uses world-space normals, so the reversed copies are lit from their own side.
-    world = vertices_to_faces(v, face_list)
-    light = lighting(
-        world,
-        jnp.ones((*world.shape[:-2], 1, 1, 1, 3), jnp.float32),
-        renderer.light_intensity_ambient,
-        renderer.light_intensity_directional,
-        renderer.light_color_ambient,
-        renderer.light_color_directional,
-        renderer.light_direction,
-    )[..., 0, 0, 0, :]  # [..., F, 3]
-    eps = renderer.rasterizer_eps
 
     def shader(frags: Fragments, face_colors: jax.Array) -> jax.Array:
         bary = jnp.clip(jax.lax.stop_gradient(frags.bary), 0.0, 1.0 - eps)
         corners = _ops.take_rows(face_colors, 3, jnp.maximum(frags.face_index, 0), 2)
         return jnp.einsum("...k,...kc->...c", bary, corners)
 
-    return shader, (vertices_to_faces(c, face_list) * light[..., None, :],)
+    return shader
+
+
+def spherical_uvs(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
+    """Texture coordinates for a mesh without them: float32 ``[F, 3, 2]`` per face corner, u the
+    azimuth around the y axis through the origin (``atan2(z, x)``, 0 to 1), v the elevation
+    (-90 to 90 degrees as 0 to 1).
+
+    A face across the seam (u jumping from about 1 to about 0) has its small u raised by 1, so
+    that with 'wrap' sampling its corners stay neighbours. Computed in numpy (not traced):
+    ``vertices`` float ``[V, 3]``, ``faces`` int ``[F, 3]``.
+    """
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"vertices must be [V, 3] and faces [F, 3], got {v.shape} and {f.shape}")
+    u = np.arctan2(v[:, 2], v[:, 0]) / (2 * np.pi) + 0.5
+    # The floor keeps a vertex at the origin (no direction) at v = 0.5.
+    r = np.maximum(np.linalg.norm(v, axis=1), 1e-12)
+    elevation = np.arcsin(np.clip(v[:, 1] / r, -1, 1)) / np.pi + 0.5
+    corners = np.stack([u, elevation], -1)[f]  # [F, 3, 2]
+    cu = corners[..., 0]
+    seam = cu.max(1, keepdims=True) - cu.min(1, keepdims=True) > 0.5
+    corners[..., 0] = np.where(seam & (cu < 0.5), cu + 1, cu)
+    return jnp.asarray(corners, jnp.float32)

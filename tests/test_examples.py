@@ -113,3 +113,14 @@ def test_render_views_sharded_splits_the_views_over_four_devices(tmp_path: Path)
     )  # fmt: skip
     assert "8 views on 4 devices" in stdout and stdout.count("(2, 16, 16, 3)") == 4, stdout
     assert iio.imread(out).shape == (16, 8 * 16, 4)
+
+
+def test_example5_recovers_the_texture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import example5_texture  # noqa: PLC0415  (kept with its test: the file's other imports are the four examples')
+
+    metrics = example5_texture.run(iterations=40, image_size=32, texture_size=32, progress=False)
+    assert metrics["psnr_end"] > metrics["psnr_start"] + 5  # 13.4 dB to 22.6 dB
+    args = ["--output-dir", str(tmp_path), "--image-size", "16", "--texture-size", "16"]
+    monkeypatch.setattr(sys, "argv", ["example5_texture.py", *args, "--iterations", "2"])
+    example5_texture.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example5_texture.gif"]
