@@ -27,6 +27,7 @@ import example1  # noqa: E402  (the examples are scripts, importable once exampl
 import example2  # noqa: E402
 import example3  # noqa: E402
 import example4  # noqa: E402
+import example5_texture  # noqa: E402
 import pose_search  # noqa: E402
 import shape_from_silhouettes  # noqa: E402
 import throw  # noqa: E402
@@ -176,3 +177,12 @@ def test_pose_search_sharded_over_two_devices_finds_what_one_device_does(
     # Not bit for bit: XLA compiles the step for 4 starts per device instead of 8, and float
     # rounding differs (measured: 159.64 vs 159.65 degrees, 0.3236 vs 0.3235 away).
     np.testing.assert_allclose(_best_start_errors(stdout), expected, atol=0.05)
+
+
+def test_example5_recovers_the_texture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = example5_texture.run(iterations=40, image_size=32, texture_size=32, progress=False)
+    assert metrics["psnr_end"] > metrics["psnr_start"] + 5  # 13.4 dB to 22.6 dB
+    args = ["--output-dir", str(tmp_path), "--image-size", "16", "--texture-size", "16"]
+    monkeypatch.setattr(sys, "argv", ["example5_texture.py", *args, "--iterations", "2"])
+    example5_texture.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example5_texture.gif"]
