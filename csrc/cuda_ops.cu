@@ -75,6 +75,7 @@ void launch(void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t s
   (void)stream;
   nmr_cuda_host::launch(kernel, grid, dim3(block), std::forward<Args>(args)...);
 #else
+  // clang-format splits >>> in this preprocessor branch, which nvcc then rejects.
   // clang-format off
   kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
   // clang-format on
