@@ -67,20 +67,23 @@ unsigned blocks(int64_t n, int per_block = kThreads) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);
 }
 
-// Every kernel launch: `<<<grid, block, 0, stream>>>` under nvcc, the shim's sequential loop over
-// the grid on the host.
+// Every kernel launch (NMR_LAUNCH names it): `<<<grid, block, 0, stream>>>` under nvcc, the shim's
+// sequential loop over the grid on the host.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t stream, Args&&... args) {
+void launch_named(const char* name, void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t stream,
+                  Args&&... args) {
 #if defined(NMR_JAX_CUDA_HOST)
   (void)stream;
-  nmr_cuda_host::launch(kernel, grid, dim3(block), std::forward<Args>(args)...);
+  nmr_cuda_host::launch(name, kernel, grid, dim3(block), std::forward<Args>(args)...);
 #else
+  (void)name;
   // clang-format splits >>> in this preprocessor branch, which nvcc then rejects.
   // clang-format off
   kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
   // clang-format on
 #endif
 }
+#define NMR_LAUNCH(kernel, ...) launch_named(#kernel, kernel, __VA_ARGS__)
 
 ffi::Error cuda_error(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return ffi::Error::Success();
@@ -132,7 +135,7 @@ __global__ void find_bad_index(const int32_t* data, int64_t n, int64_t lo, int64
 
 ffi::Error launch_find_bad_index(cudaStream_t stream, const int32_t* data, int64_t n, int64_t lo, int64_t hi,
                                  unsigned long long* flag) {
-  if (n > 0) launch(find_bad_index, blocks(n), kThreads, stream, data, n, lo, hi, flag);
+  if (n > 0) NMR_LAUNCH(find_bad_index, blocks(n), kThreads, stream, data, n, lo, hi, flag);
   return cuda_error(cudaGetLastError(), "index check");
 }
 
@@ -151,8 +154,8 @@ __global__ void poison_if_flagged(const unsigned long long* flag, float* out, in
 ffi::Error launch_poison(cudaStream_t stream, const unsigned long long* flag, F32Out& out) {
   const int64_t n = static_cast<int64_t>(out->element_count());
   if (n > 0)
-    launch(poison_if_flagged, std::min(blocks(n), kPoisonBlocks), kThreads, stream, flag, out->typed_data(),
-           n);
+    NMR_LAUNCH(poison_if_flagged, std::min(blocks(n), kPoisonBlocks), kThreads, stream, flag,
+               out->typed_data(), n);
   return cuda_error(cudaGetLastError(), "index check");
 }
 
@@ -216,7 +219,7 @@ ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S
     if (auto err = check_vertex_indices(stream, scratch, faces, s); err.failure()) return err;
   const GatherParams g{vertices.typed_data(), faces.typed_data(), face_vertices->typed_data(), s};
   return for_each_chunk(bc, "nmr_gather_faces", [&](const Chunk& chunk, int count) {
-    launch(gather_kernel, dim3(blocks(s.F * 3), count), kThreads, stream, g, chunk);
+    NMR_LAUNCH(gather_kernel, dim3(blocks(s.F * 3), count), kThreads, stream, g, chunk);
   });
 }
 
@@ -258,7 +261,7 @@ ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32
   const ScatterParams g{faces.typed_data(), grad_face_vertices.typed_data(), grad_vertices->typed_data(),
                         flag, s};
   auto err = for_each_chunk(bc, "nmr_scatter_faces", [&](const Chunk& chunk, int count) {
-    launch(scatter_kernel, dim3(blocks(s.F * 3), count), kThreads, stream, g, chunk);
+    NMR_LAUNCH(scatter_kernel, dim3(blocks(s.F * 3), count), kThreads, stream, g, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_vertices);
@@ -320,12 +323,12 @@ ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices
                              nmr::RasterParams{height, width, near, far}, s};
   if (s.F > 0) {
     auto err = for_each_chunk(bc, "nmr_rasterize", [&](const Chunk& chunk, int count) {
-      launch(raster_faces_kernel, dim3(blocks(s.F * kLanesPerFace), count), kThreads, stream, g, chunk);
+      NMR_LAUNCH(raster_faces_kernel, dim3(blocks(s.F * kLanesPerFace), count), kThreads, stream, g, chunk);
     });
     if (err.failure()) return err;
   }
   return for_each_chunk(bc, "nmr_rasterize", [&](const Chunk& chunk, int count) {
-    launch(raster_pixels_kernel, dim3(blocks(s.P), count), kThreads, stream, g, chunk);
+    NMR_LAUNCH(raster_pixels_kernel, dim3(blocks(s.P), count), kThreads, stream, g, chunk);
   });
 }
 
@@ -381,7 +384,7 @@ ffi::Error SampleTexturesImpl(cudaStream_t stream, Scratch scratch, F32 face_ver
                        flag,
                        nmr::Texture{s.T, eps}};
   auto err = for_each_chunk(bc, "nmr_sample_textures", [&](const Chunk& chunk, int count) {
-    launch(sample_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
+    NMR_LAUNCH(sample_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, rgb);
@@ -424,7 +427,7 @@ ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_
                        flag,
                        nmr::Texture{s.T, eps}};
   auto err = for_each_chunk(bc, "nmr_sample_textures_bwd", [&](const Chunk& chunk, int count) {
-    launch(sample_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
+    NMR_LAUNCH(sample_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_textures);
@@ -492,7 +495,7 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
                        eps,
                        s};
     auto err = for_each_chunk(bc, "nmr_kato_bwd", [&](const Chunk& chunk, int count) {
-      launch(kato_kernel, dim3(blocks(s.F * kKatoLanes), count), kThreads, stream, g, chunk);
+      NMR_LAUNCH(kato_kernel, dim3(blocks(s.F * kKatoLanes), count), kThreads, stream, g, chunk);
     });
     if (err.failure()) return err;
   }
@@ -545,7 +548,7 @@ ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices,
                          flag,
                          s};
   auto err = for_each_chunk(bc, "nmr_depth_bwd", [&](const Chunk& chunk, int count) {
-    launch(depth_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, chunk);
+    NMR_LAUNCH(depth_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_face_vertices);

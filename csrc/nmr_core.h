@@ -21,6 +21,17 @@
 #define NMR_HD inline
 #endif
 
+// Pixel steps of the running GPU thread, counted by the host build of the CUDA code only (docs/gpu.md,
+// work per GPU thread; benchmarks/gpu_work.py); nothing in the CPU and CUDA builds.
+#if defined(NMR_JAX_CUDA_HOST)
+namespace nmr_cuda_host {
+inline thread_local int64_t thread_work = 0;
+}
+#define NMR_COUNT_WORK(n) (nmr_cuda_host::thread_work += (n))
+#else
+#define NMR_COUNT_WORK(n) ((void)0)
+#endif
+
 namespace nmr {
 
 NMR_HD float to_pixel(float v, int n) { return 0.5f * (v * n + n - 1); }
@@ -131,6 +142,7 @@ NMR_HD void for_each_fragment(const Face& f, const RasterParams& r, FragmentRang
   if (y_lo < range.row_lo) y_lo = range.row_lo;
   if (y_hi > range.row_hi) y_hi = range.row_hi;
   for (int yi = y_lo; yi <= y_hi; ++yi) {
+    if (x_lo + range.first <= x_hi) NMR_COUNT_WORK((x_hi - x_lo - range.first) / range.stride + 1);
     for (int xi = x_lo + range.first; xi <= x_hi; xi += range.stride) {
       const float xp = static_cast<float>(xi);
       const float yp = static_cast<float>(yi);
@@ -376,6 +388,7 @@ NMR_HD void kato_out_scan(const KatoCrossing& k, const ScanLine& line, int C, in
     o.lever[i] = k.lever[i];
     o.eps[i] = (k.lever[i] > 0.f) == (k.dir > 0) ? eps : -eps;
   }
+  if (o.lo <= o.hi) NMR_COUNT_WORK(o.hi - o.lo + 1);
   out_scan_any(line, C, o, sum);
 }
 
@@ -463,6 +476,7 @@ NMR_HD void kato_face_scans(const Face& f, int32_t index, const KatoImage& im, L
         const float* im = sl.image + d0 * sl.line;
         const float* g = sl.grad + d0 * sl.line;
         const float* out = im + d1_out * sl.along;
+        if (lo <= hi) NMR_COUNT_WORK(hi - lo + 1);
         for (int d1 = lo; d1 <= hi; ++d1) {
           if (fi[d1 * fi_step] != index) continue;
           float diff = 0.f;
