@@ -17,8 +17,12 @@
 
 #if defined(__CUDACC__)
 #define NMR_HD __host__ __device__ __forceinline__
+// Loops over a face's 3 vertices, unrolled on the GPU so that Face stays in registers (rolled,
+// its arrays are indexed at run time and spill to local memory).
+#define NMR_UNROLL _Pragma("unroll")
 #else
 #define NMR_HD inline
+#define NMR_UNROLL
 #endif
 
 // Pixel steps of the running GPU thread, counted by the host build of the CUDA code only (docs/gpu.md,
@@ -92,6 +96,7 @@ NMR_HD void pixel_span(float a, float b, int n, int* lo, int* hi) {
 
 // Edge test of the original: a pixel centre exactly on an edge is inside.
 NMR_HD bool covers(const Face& f, float xp, float yp) {
+  NMR_UNROLL
   for (int k = 0; k < 3; ++k) {
     const int k1 = (k + 1) % 3;
     if ((yp - f.y[k]) * (f.x[k1] - f.x[k]) < (xp - f.x[k]) * (f.y[k1] - f.y[k])) return false;
@@ -105,6 +110,7 @@ NMR_HD bool covers(const Face& f, float xp, float yp) {
 // cancellation of large terms (exact for vertices on a fine pixel grid).
 NMR_HD float interpolate(const Face& f, float xp, float yp, float* w) {
   float sum = 0.f;
+  NMR_UNROLL
   for (int k = 0; k < 3; ++k) {
     const int k1 = (k + 1) % 3, k2 = (k + 2) % 3;
     const float edge = (f.x[k2] - f.x[k1]) * (yp - f.y[k1]) - (f.y[k2] - f.y[k1]) * (xp - f.x[k1]);
