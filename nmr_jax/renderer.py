@@ -200,7 +200,7 @@ class Renderer:
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
-        if [textures, vertex_colors, shader].count(None) != 2:
+        if sum(x is not None for x in (textures, vertex_colors, shader)) != 1:
             raise ValueError("render needs exactly one of textures and vertex_colors, or a shader")
         if shader is not None and not callable(shader):
             raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
@@ -339,8 +339,8 @@ class Renderer:
         shader_args: tuple = (),
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         faces = self._both_sides(mesh.faces)
-        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         world = self._world_faces(mesh.vertices, faces)
+        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         if mesh.textures is None:
             return shading._render(self, fv, mesh, world, lights, shader, shader_args)
         textures = mesh.textures
