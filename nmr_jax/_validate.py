@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from nmr_jax.typing import VectorLike
+from nmr_jax.typing import Handedness, VectorLike
 
 _INT32_MAX = 2**31 - 1
 
@@ -178,6 +178,13 @@ def orig_size(value: float | Sequence[float]) -> tuple[float, float]:
     ):
         raise ValueError(f"orig_size must be a positive number or (height, width), got {value!r}")
     return float(hw[0]), float(hw[1])
+
+
+def handedness(value: str) -> Handedness:
+    """``"left"`` or ``"right"``."""
+    if value not in ("left", "right"):
+        raise ValueError(f"handedness must be 'left' or 'right', got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def unused(name: str, mode: str, uses: str) -> ValueError:

@@ -75,12 +75,6 @@ def _points(vertices: ArrayLike) -> jax.Array:
     return check.float_array("vertices", vertices, (None, 3))
 
 
-def _handedness(value: str) -> Handedness:
-    if value not in ("left", "right"):
-        raise ValueError(f"handedness must be 'left' or 'right', got {value!r}")
-    return value  # type: ignore[return-value]
-
-
 def _vectors(vertices: ArrayLike, **vectors: VectorLike) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     """Checked ``vertices [..., V, 3]`` and ``[..., 3]`` vectors whose batches broadcast."""
     v = _points(vertices)
@@ -113,7 +107,7 @@ def look_at(
       float32 ``[..., V, 3]``: ``(v - eye) @ [x; y; z]^T`` with ``z = normalize(at - eye)``,
       ``x = normalize(cross(up, z))`` (negated for ``"right"``), ``y = cross(z, x)``.
     """
-    handedness = _handedness(handedness)
+    handedness = check.handedness(handedness)
     v, (e, a, u) = _vectors(vertices, eye=eye, at=at, up=up)
     return _look_at(v, e, a, u, handedness)
 
@@ -132,7 +126,7 @@ def look(
     handedness: Handedness = "left",
 ) -> jax.Array:
     """Like ``look_at``, but the camera looks along ``direction`` (float32 ``[..., 3]``)."""
-    handedness = _handedness(handedness)
+    handedness = check.handedness(handedness)
     v, (e, d, u) = _vectors(vertices, eye=eye, direction=direction, up=up)
     return _look(v, e, d, u, handedness)
 
@@ -198,22 +192,8 @@ def projection(
       ``perspective``, x and y are NaN (zero gradient) for a point with ``|z + eps| <= 1e-12`` or
       a non-finite coordinate.
     """
-    args = _projection_args(vertices, K, R, t, dist_coeffs)
-    return _projection(*args, check.orig_size(orig_size), eps)
-
-
-def _projection_args(
-    vertices: ArrayLike, K: ArrayLike, R: ArrayLike, t: ArrayLike, dist_coeffs: ArrayLike
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Checked ``(vertices, K, R, t [..., 3], dist_coeffs)`` whose batches broadcast."""
     v = _points(vertices)
-    K_ = check.float_array("K", K, (3, 3))
-    R_ = check.float_array("R", R, (3, 3))
-    t_ = check.float_array("t", t, (None,))
-    if t_.ndim >= 2 and t_.shape[-2:] == (1, 3):
-        t_ = t_[..., 0, :]  # [..., 1, 3], as the PyTorch port's
-    t_ = check.float_array("t", t_, (3,))
-    dc = check.float_array("dist_coeffs", dist_coeffs, (5,))
+    K_, R_, t_, dc = _projection_params(K, R, t, dist_coeffs)
     check.batch(
         {
             "vertices": v.shape[:-2],
@@ -223,7 +203,23 @@ def _projection_args(
             "dist_coeffs": dc.shape[:-1],
         }
     )
-    return v, K_, R_, t_, dc
+    return _projection(v, K_, R_, t_, dc, check.orig_size(orig_size), eps)
+
+
+def _projection_params(
+    K: ArrayLike, R: ArrayLike, t: ArrayLike, dist_coeffs: ArrayLike
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Checked ``K [..., 3, 3]``, ``R [..., 3, 3]``, ``t [..., 3]`` and ``dist_coeffs [..., 5]``
+    (their batches are the caller's to check)."""
+    t_ = check.float_array("t", t, (None,))
+    if t_.ndim >= 2 and t_.shape[-2:] == (1, 3):
+        t_ = t_[..., 0, :]  # [..., 1, 3], as the PyTorch port's
+    return (
+        check.float_array("K", K, (3, 3)),
+        check.float_array("R", R, (3, 3)),
+        check.float_array("t", t_, (3,)),
+        check.float_array("dist_coeffs", dist_coeffs, (5,)),
+    )
 
 
 def _projection(

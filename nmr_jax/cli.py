@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     camera = p.add_argument_group("camera")
     camera.add_argument("--distance", type=float, default=2.732, help="default: 2.732")
-    camera.add_argument("--elevation", type=float, default=30.0, help="degrees (default: 30)")
+    camera.add_argument(
+        "--elevation", type=float, default=30.0, help="degrees, in (-90, 90) (default: 30)"
+    )
     camera.add_argument("--azimuth", type=float, default=0.0, help="degrees (default: 0)")
     camera.add_argument("--views", type=int, default=1, help="views around the object (default: 1)")
     camera.add_argument(
@@ -142,6 +144,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be finite, got {getattr(args, name)}")
     if args.distance <= 0:
         parser.error(f"--distance must be positive, got {args.distance}")
+    if not -90 < args.elevation < 90:
+        # At +-90 the view direction is parallel to the up vector: no camera frame.
+        parser.error(f"--elevation must be in (-90, 90) degrees, got {args.elevation}")
     if not 0 < args.viewing_angle < 90:
         parser.error(f"--viewing-angle must be in (0, 90) degrees, got {args.viewing_angle}")
     if args.ambient < 0 or args.directional < 0:

@@ -21,7 +21,7 @@ from nmr_jax.camera import (
     _look_at,
     _perspective,
     _projection,
-    _projection_args,
+    _projection_params,
 )
 from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
 from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
@@ -113,8 +113,7 @@ class Renderer:
             raise ValueError(
                 f"camera_mode must be 'look_at', 'look' or 'projection', got {self.camera_mode!r}"
             )
-        if self.handedness not in ("left", "right"):
-            raise ValueError(f"handedness must be 'left' or 'right', got {self.handedness!r}")
+        check.handedness(self.handedness)
         check.orig_size(self.orig_size)
         check.colour("background_color", self.background_color)
         check.eps(self.rasterizer_eps)
@@ -144,7 +143,7 @@ class Renderer:
         correction when ``orig_size`` is ``(height, width)`` of the image K refers to.
         """
         v = check.float_array("vertices", vertices, (None, 3))
-        camera = self._camera(v, eye, K, R, t, dist_coeffs)
+        camera = self._camera(eye, K, R, t, dist_coeffs)
         check.batch({"vertices": v.shape[:-2]} | camera.batches)
         return self._project(v, camera)
 
@@ -205,7 +204,7 @@ class Renderer:
         if shader is not None and not callable(shader):
             raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
         mesh = self._mesh(vertices, faces, textures, vertex_colors)
-        camera = self._camera(mesh.vertices, eye, K, R, t, dist_coeffs)
+        camera = self._camera(eye, K, R, t, dist_coeffs)
         lights = lights_of(
             self.light_intensity_ambient,
             self.light_intensity_directional,
@@ -248,7 +247,6 @@ class Renderer:
 
     def _camera(
         self,
-        vertices: jax.Array,
         eye: VectorLike | None = None,
         K: ArrayLike | None = None,
         R: ArrayLike | None = None,
@@ -271,7 +269,7 @@ class Renderer:
                 raise ValueError("camera_mode 'projection' needs K, R and t")
             dc = self.dist_coeffs if dist_coeffs is None else dist_coeffs
             dc = np.zeros(5, np.float32) if dc is None else dc
-            _, K_, R_, t_, dc_ = _projection_args(vertices, K, R, t, dc)
+            K_, R_, t_, dc_ = _projection_params(K, R, t, dc)
             arrays = {"K": K_, "R": R_, "t": t_, "dist_coeffs": dc_}
             cores = {"K": 2, "R": 2, "t": 1, "dist_coeffs": 1}
         else:
@@ -292,7 +290,7 @@ class Renderer:
     ) -> jax.Array:
         """Projected face vertices of a checked mesh and camera (silhouettes, depth)."""
         mesh = self._mesh(vertices, faces)
-        cam = self._camera(mesh.vertices, **camera)
+        cam = self._camera(**camera)
         check.batch(mesh.batches | cam.batches)
         return _vertices_to_faces(self._project(mesh.vertices, cam), self._both_sides(mesh.faces))
 

@@ -116,6 +116,7 @@ def test_console_script_is_registered() -> None:
         (["--viewing-angle", "0"], r"--viewing-angle must be in \(0, 90\)"),
         (["--viewing-angle", "90"], r"--viewing-angle must be in \(0, 90\)"),
         (["--distance", "0"], "--distance must be positive"),
+        (["--elevation", "90"], r"--elevation must be in \(-90, 90\)"),
         (["--distance", "nan"], "--distance must be finite"),
         (["--light-direction", "0", "0", "0"], "--light-direction must be finite and non-zero"),
         (["--ambient", "-1"], "--ambient and --directional must be >= 0"),
