@@ -174,6 +174,8 @@ def test_pose_search_sharded_over_two_devices_finds_what_one_device_does(
     flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     stdout = _run_script("pose_search.py", *args, "--output-dir", str(tmp_path), env=flags)
     assert "for 8 on 2 devices" in stdout, stdout
-    # Not bit for bit: XLA compiles the step for 4 starts per device instead of 8, and float
-    # rounding differs (measured: 159.64 vs 159.65 degrees, 0.3236 vs 0.3235 away).
-    np.testing.assert_allclose(_best_start_errors(stdout), expected, atol=0.05)
+    # Not bit for bit: XLA compiles the step for 4 starts per device instead of 8, float rounding
+    # differs and ten steps amplify it (measured: 0.01 degrees and 0.0001 apart with jax 0.10.2,
+    # 0.08 and 0.0002 with jax 0.12; a start that went elsewhere would be tens of degrees off).
+    rotation, translation = _best_start_errors(stdout)
+    assert abs(rotation - expected[0]) < 0.5 and abs(translation - expected[1]) < 0.005, stdout
