@@ -13,15 +13,20 @@
 // that the gather or the rasterizer produced; there a kernel checks each index where it reads it,
 // never uses a bad one, and flags it, and the whole result is then set to NaN (a GPU handler
 // cannot raise without a sync): never a silent wrong value.
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "batch.h"
 #include "nmr_core.h"
 #include "xla/ffi/api/ffi.h"
+
+#if defined(NMR_JAX_CUDA_HOST)
+#include "cuda_host.h"
+#else
+#include <cuda_runtime.h>
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -31,8 +36,13 @@ using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 using S32Out = ffi::ResultBuffer<ffi::S32>;
+#if defined(NMR_JAX_CUDA_HOST)
+using Stream = nmr_cuda_host::Stream;
+using Scratch = nmr_cuda_host::Scratch;
+#else
 using Stream = ffi::PlatformStream<cudaStream_t>;
 using Scratch = ffi::ScratchAllocator;
+#endif
 
 constexpr int kThreads = 256;
 // Batch elements per launch and operands per target: 64 x 5 int64 = 2.5 KiB of kernel parameters,
@@ -55,21 +65,36 @@ unsigned blocks(int64_t n, int per_block = kThreads) {
   return static_cast<unsigned>((n + per_block - 1) / per_block);
 }
 
+// Every kernel launch: `<<<grid, block, 0, stream>>>` under nvcc, the shim's sequential loop over
+// the grid on the host.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t stream, Args&&... args) {
+#if defined(NMR_JAX_CUDA_HOST)
+  (void)stream;
+  nmr_cuda_host::launch(kernel, grid, dim3(block), std::forward<Args>(args)...);
+#else
+  // clang-format splits >>> in this preprocessor branch, which nvcc then rejects.
+  // clang-format off
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
+#endif
+}
+
 ffi::Error cuda_error(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return ffi::Error::Success();
   return ffi::Error::Internal(std::string("nmr_jax: CUDA error in ") + what + ": " + cudaGetErrorString(err));
 }
 
-// Launches launch(chunk, count) for each chunk of up to kChunk broadcast batch elements, each
-// launch followed by its error check.
-template <typename Launch>
-ffi::Error for_each_chunk(const nmr::Broadcast& bc, int operands, const char* what, Launch launch) {
+// Calls run(chunk, count), which launches a kernel, for each chunk of up to kChunk broadcast batch
+// elements, each launch followed by its error check.
+template <typename Run>
+ffi::Error for_each_chunk(const nmr::Broadcast& bc, int operands, const char* what, Run run) {
   for (int64_t b0 = 0; b0 < bc.size(); b0 += kChunk) {
     Chunk chunk;
     const int count = static_cast<int>(std::min<int64_t>(kChunk, bc.size() - b0));
     for (int i = 0; i < count; ++i)
       for (int id = 0; id < operands; ++id) chunk.at[i][id] = bc.at(id, b0 + i);
-    launch(chunk, count);
+    run(chunk, count);
     if (auto err = cuda_error(cudaGetLastError(), what); err.failure()) return err;
   }
   return ffi::Error::Success();
@@ -101,7 +126,7 @@ __global__ void find_bad_index(const int32_t* data, int64_t n, int64_t lo, int64
 
 ffi::Error launch_find_bad_index(cudaStream_t stream, const int32_t* data, int64_t n, int64_t lo, int64_t hi,
                                  unsigned long long* flag) {
-  if (n > 0) find_bad_index<<<blocks(n), kThreads, 0, stream>>>(data, n, lo, hi, flag);
+  if (n > 0) launch(find_bad_index, blocks(n), kThreads, stream, data, n, lo, hi, flag);
   return cuda_error(cudaGetLastError(), "index check");
 }
 
@@ -120,8 +145,8 @@ __global__ void poison_if_flagged(const unsigned long long* flag, float* out, in
 ffi::Error launch_poison(cudaStream_t stream, const unsigned long long* flag, F32Out& out) {
   const int64_t n = static_cast<int64_t>(out->element_count());
   if (n > 0)
-    poison_if_flagged<<<std::min(blocks(n), kPoisonBlocks), kThreads, 0, stream>>>(flag, out->typed_data(),
-                                                                                   n);
+    launch(poison_if_flagged, std::min(blocks(n), kPoisonBlocks), kThreads, stream, flag, out->typed_data(),
+           n);
   return cuda_error(cudaGetLastError(), "index check");
 }
 
@@ -172,8 +197,8 @@ ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S
   }
   if (F == 0) return ffi::Error::Success();
   return for_each_chunk(bc, 3, "nmr_gather_faces", [&](const Chunk& chunk, int count) {
-    gather_kernel<<<dim3(blocks(F * 3), count), kThreads, 0, stream>>>(
-        vertices.typed_data(), faces.typed_data(), face_vertices->typed_data(), V, F, chunk);
+    launch(gather_kernel, dim3(blocks(F * 3), count), kThreads, stream, vertices.typed_data(),
+           faces.typed_data(), face_vertices->typed_data(), V, F, chunk);
   });
 }
 
@@ -208,9 +233,8 @@ ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32
   if (auto err = zero(stream, grad_vertices, "nmr_scatter_faces"); err.failure()) return err;
   if (F > 0) {
     auto err = for_each_chunk(bc, 3, "nmr_scatter_faces", [&](const Chunk& chunk, int count) {
-      scatter_kernel<<<dim3(blocks(F * 3), count), kThreads, 0, stream>>>(
-          faces.typed_data(), grad_face_vertices.typed_data(), grad_vertices->typed_data(), V, F, flag,
-          chunk);
+      launch(scatter_kernel, dim3(blocks(F * 3), count), kThreads, stream, faces.typed_data(),
+             grad_face_vertices.typed_data(), grad_vertices->typed_data(), V, F, flag, chunk);
     });
     if (err.failure()) return err;
   }
@@ -286,15 +310,15 @@ ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices
     return err;
   if (F > 0) {
     auto err = for_each_chunk(bc, 2, "nmr_rasterize", [&](const Chunk& chunk, int count) {
-      raster_faces_kernel<<<dim3(blocks(F * kLanesPerFace), count), kThreads, 0, stream>>>(
-          face_vertices.typed_data(), F, height, width, near, far, keys, chunk);
+      launch(raster_faces_kernel, dim3(blocks(F * kLanesPerFace), count), kThreads, stream,
+             face_vertices.typed_data(), F, height, width, near, far, keys, chunk);
     });
     if (err.failure()) return err;
   }
   return for_each_chunk(bc, 2, "nmr_rasterize", [&](const Chunk& chunk, int count) {
-    raster_pixels_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
-        face_vertices.typed_data(), F, height, width, far, keys, face_index->typed_data(),
-        weights->typed_data(), depth->typed_data(), chunk);
+    launch(raster_pixels_kernel, dim3(blocks(P), count), kThreads, stream, face_vertices.typed_data(), F,
+           height, width, far, keys, face_index->typed_data(), weights->typed_data(), depth->typed_data(),
+           chunk);
   });
 }
 
@@ -333,9 +357,9 @@ ffi::Error SampleTexturesImpl(cudaStream_t stream, Scratch scratch, F32 face_ver
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   auto err = for_each_chunk(bc, 4, "nmr_sample_textures", [&](const Chunk& chunk, int count) {
-    sample_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
-        face_vertices.typed_data(), textures.typed_data(), face_index.typed_data(), weights.typed_data(),
-        depth.typed_data(), F, T, P, eps, rgb->typed_data(), flag, chunk);
+    launch(sample_kernel, dim3(blocks(P), count), kThreads, stream, face_vertices.typed_data(),
+           textures.typed_data(), face_index.typed_data(), weights.typed_data(), depth.typed_data(), F, T, P,
+           eps, rgb->typed_data(), flag, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, rgb);
@@ -379,9 +403,9 @@ ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   auto err = for_each_chunk(bc, 4, "nmr_sample_textures_bwd", [&](const Chunk& chunk, int count) {
-    sample_bwd_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
-        face_vertices.typed_data(), face_index.typed_data(), weights.typed_data(), depth.typed_data(),
-        grad_rgb.typed_data(), F, T, P, eps, grad_textures->typed_data(), flag, chunk);
+    launch(sample_bwd_kernel, dim3(blocks(P), count), kThreads, stream, face_vertices.typed_data(),
+           face_index.typed_data(), weights.typed_data(), depth.typed_data(), grad_rgb.typed_data(), F, T, P,
+           eps, grad_textures->typed_data(), flag, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_textures);
@@ -428,9 +452,9 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
       err.failure())
     return err;
   auto err = for_each_chunk(bc, 5, "nmr_kato_bwd", [&](const Chunk& chunk, int count) {
-    kato_kernel<<<dim3(blocks(F), count), kThreads, 0, stream>>>(
-        face_vertices.typed_data(), face_index.typed_data(), image.typed_data(), grad_image.typed_data(), F,
-        H, W, C, eps, grad_face_vertices->typed_data(), chunk);
+    launch(kato_kernel, dim3(blocks(F), count), kThreads, stream, face_vertices.typed_data(),
+           face_index.typed_data(), image.typed_data(), grad_image.typed_data(), F, H, W, C, eps,
+           grad_face_vertices->typed_data(), chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_face_vertices);
@@ -475,9 +499,9 @@ ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices,
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   auto err = for_each_chunk(bc, 4, "nmr_depth_bwd", [&](const Chunk& chunk, int count) {
-    depth_bwd_kernel<<<dim3(blocks(P), count), kThreads, 0, stream>>>(
-        face_vertices.typed_data(), face_index.typed_data(), weights.typed_data(), depth.typed_data(),
-        grad_depth.typed_data(), F, H, W, grad_face_vertices->typed_data(), flag, chunk);
+    launch(depth_bwd_kernel, dim3(blocks(P), count), kThreads, stream, face_vertices.typed_data(),
+           face_index.typed_data(), weights.typed_data(), depth.typed_data(), grad_depth.typed_data(), F, H,
+           W, grad_face_vertices->typed_data(), flag, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_face_vertices);
@@ -485,7 +509,14 @@ ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFacesCuda, GatherFacesImpl,
+// Handler symbols: NmrRasterizeCuda, or NmrRasterizeCudaHost in the host build.
+#if defined(NMR_JAX_CUDA_HOST)
+#define NMR_CUDA_SYMBOL(name) name##CudaHost
+#else
+#define NMR_CUDA_SYMBOL(name) name##Cuda
+#endif
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NMR_CUDA_SYMBOL(NmrGatherFaces), GatherFacesImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<Stream>()
                                   .Ctx<Scratch>()
@@ -494,7 +525,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFacesCuda, GatherFacesImpl,
                                   .Ret<F32>()  // face_vertices [*b, F, 3, 3]
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFacesCuda, ScatterFacesImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NMR_CUDA_SYMBOL(NmrScatterFaces), ScatterFacesImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<Stream>()
                                   .Ctx<Scratch>()
@@ -503,7 +534,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFacesCuda, ScatterFacesImpl,
                                   .Ret<F32>()  // grad_vertices [*b, V, 3]
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterizeCuda, RasterizeImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NMR_CUDA_SYMBOL(NmrRasterize), RasterizeImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<Stream>()
                                   .Ctx<Scratch>()
@@ -517,7 +548,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterizeCuda, RasterizeImpl,
                                   .Ret<F32>()  // depth [*b, H, W]
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesCuda, SampleTexturesImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NMR_CUDA_SYMBOL(NmrSampleTextures), SampleTexturesImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<Stream>()
                                   .Ctx<Scratch>()
@@ -530,7 +561,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesCuda, SampleTexturesImpl,
                                   .Ret<F32>()  // rgb [*b, H, W, 3]
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwdCuda, SampleTexturesBwdImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NMR_CUDA_SYMBOL(NmrSampleTexturesBwd), SampleTexturesBwdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<Stream>()
                                   .Ctx<Scratch>()
@@ -543,7 +574,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwdCuda, SampleTexturesBwdImpl,
                                   .Ret<F32>()  // grad_textures [*b, F, T, T, T, 3]
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwdCuda, KatoBwdImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NMR_CUDA_SYMBOL(NmrKatoBwd), KatoBwdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<Stream>()
                                   .Ctx<Scratch>()
@@ -555,7 +586,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwdCuda, KatoBwdImpl,
                                   .Ret<F32>()  // grad_face_vertices [*b, F, 3, 3]
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrDepthBwdCuda, DepthBwdImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NMR_CUDA_SYMBOL(NmrDepthBwd), DepthBwdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<Stream>()
                                   .Ctx<Scratch>()

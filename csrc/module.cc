@@ -1,13 +1,20 @@
 // Python module exposing the XLA FFI handlers of one platform as capsules for
-// jax.ffi.register_ffi_target. Compiled twice: _nmr_jax_cpu (cpu_ops.cc) and, with NMR_JAX_CUDA
-// defined, _nmr_jax_cuda (cuda_ops.cu), so both register the same target names from this one list.
+// jax.ffi.register_ffi_target. Compiled three times: _nmr_jax_cpu (cpu_ops.cc), with NMR_JAX_CUDA
+// defined _nmr_jax_cuda (cuda_ops.cu), and with NMR_JAX_CUDA_HOST defined _nmr_jax_cuda_host
+// (cuda_ops.cu built for the host through cuda_host.h), so all list the same target names.
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
 
 #include "xla/ffi/api/api.h"
 
-#ifdef NMR_JAX_CUDA
+#if defined(NMR_JAX_CUDA)
 #define NMR_MODULE _nmr_jax_cuda
 #define NMR_HANDLER(name) name##Cuda
+#elif defined(NMR_JAX_CUDA_HOST)
+#define NMR_MODULE _nmr_jax_cuda_host
+#define NMR_HANDLER(name) name##CudaHost
+extern "C" void NmrCudaHostCounters(int64_t* launches, int64_t* threads, int64_t* syncs);
 #else
 #define NMR_MODULE _nmr_jax_cpu
 #define NMR_HANDLER(name) name##Cpu
@@ -43,4 +50,18 @@ PYBIND11_MODULE(NMR_MODULE, m) {
     d["nmr_depth_bwd"] = capsule(NMR_HANDLER(NmrDepthBwd));
     return d;
   });
+#if defined(NMR_JAX_CUDA_HOST)
+  m.def(
+      "counters",
+      []() {
+        int64_t launches, threads, syncs;
+        NmrCudaHostCounters(&launches, &threads, &syncs);
+        py::dict d;
+        d["launches"] = launches;
+        d["threads"] = threads;
+        d["syncs"] = syncs;
+        return d;
+      },
+      "Kernel launches, threads run and stream synchronisations of the host CUDA runtime so far.");
+#endif
 }

@@ -222,8 +222,9 @@ NMR_HD float kato_term(float diff, float dist, float signed_eps) {
 }
 
 // Vectorises the loop that follows, summing the listed variables in per-lane partial sums (an
-// order fixed by the compiled code: deterministic). Host compilers only (-fopenmp-simd).
-#if defined(__CUDACC__)
+// order fixed by the compiled code: deterministic). CPU build only (-fopenmp-simd): the CUDA code
+// sums in sequence, on the device and in its host build alike.
+#if defined(__CUDACC__) || defined(NMR_JAX_CUDA_HOST)
 #define NMR_SIMD_SUM(a, b)
 #else
 #define NMR_SIMD_SUM(a, b) _Pragma(NMR_STR(omp simd reduction(+ : a, b)))

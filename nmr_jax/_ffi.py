@@ -10,14 +10,20 @@ scalars here: a Python float would arrive as f64.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.machinery
 import importlib.util
+import os
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmr_jax import _nmr_jax_cpu, _partition  # type: ignore[attr-defined]
+from nmr_jax import _nmr_jax_cpu, _partition
 
 for _name, _capsule in _nmr_jax_cpu.registrations().items():
     jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
@@ -29,6 +35,74 @@ if HAS_CUDA_BUILD:
     _cuda = importlib.import_module("nmr_jax._nmr_jax_cuda")
     for _name, _capsule in _cuda.registrations().items():
         jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
+
+# cuda_ops.cu compiled for the host (docs/gpu.md): the CUDA handlers, registered on the CPU under
+# "<target>_cuda_host". NMR_JAX_CUDA_HOST_LIB may name another build of that module (CI's
+# sanitized one).
+CUDA_HOST_SUFFIX = "_cuda_host"
+
+
+def _load_cuda_host() -> ModuleType | None:
+    path = os.environ.get("NMR_JAX_CUDA_HOST_LIB")
+    if path:
+        name = "nmr_jax._nmr_jax_cuda_host"
+        spec = importlib.util.spec_from_file_location(
+            name, path, loader=importlib.machinery.ExtensionFileLoader(name, path)
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError(f"NMR_JAX_CUDA_HOST_LIB={path!r} is not an extension module")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    if importlib.util.find_spec("nmr_jax._nmr_jax_cuda_host") is None:
+        return None
+    return importlib.import_module("nmr_jax._nmr_jax_cuda_host")
+
+
+cuda_host = _load_cuda_host()
+if cuda_host is not None:
+    for _name, _capsule in cuda_host.registrations().items():
+        jax.ffi.register_ffi_target(_name + CUDA_HOST_SUFFIX, _capsule, platform="cpu")
+
+KERNELS = ("default", "cuda-host")
+_kernels = os.environ.get("NMR_JAX_KERNELS", "default") or "default"
+
+
+def _check_kernels(kind: str, source: str) -> None:
+    if kind not in KERNELS:
+        raise ValueError(f"{source} must be one of {KERNELS}, not {kind!r}")
+    if kind == "cuda-host" and cuda_host is None:
+        raise RuntimeError(
+            f"{source} is 'cuda-host' but nmr_jax was built without its host-compiled CUDA "
+            "module (NMR_JAX_CUDA_HOST=OFF at build time)"
+        )
+
+
+_check_kernels(_kernels, "NMR_JAX_KERNELS")
+
+
+@contextlib.contextmanager
+def using_kernels(kind: str) -> Iterator[None]:
+    """Custom calls traced inside use ``kind``: "default" (the CPU kernels on the CPU, the CUDA
+    ones on a GPU) or "cuda-host" (the CUDA handlers compiled for the host, on the CPU). Functions
+    jit-compiled before keep the kernels they were traced with."""
+    global _kernels
+    _check_kernels(kind, "kernels")
+    before, _kernels = _kernels, kind
+    try:
+        yield
+    finally:
+        _kernels = before
+
+
+def _call(
+    target: str,
+    results: jax.ShapeDtypeStruct | Sequence[jax.ShapeDtypeStruct],
+    batch_rank: int,
+) -> Callable[..., Any]:
+    """``_partition.ffi_call`` of ``target`` as the kernels in use name it."""
+    name = target + CUDA_HOST_SUFFIX if _kernels == "cuda-host" else target
+    return _partition.ffi_call(name, results, batch_rank)
 
 
 def _pad_batch(arrays: list[jax.Array], core_ranks: list[int]) -> tuple[list[jax.Array], tuple]:
@@ -45,7 +119,7 @@ def gather_faces(vertices: jax.Array, faces: jax.Array) -> jax.Array:
     """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> face vertices [*b, F, 3, 3]."""
     (v, f), batch = _pad_batch([vertices, faces], [2, 2])
     out = jax.ShapeDtypeStruct((*batch, faces.shape[-2], 3, 3), jnp.float32)
-    return _partition.ffi_call("nmr_gather_faces", out, len(batch))(v, f)
+    return _call("nmr_gather_faces", out, len(batch))(v, f)
 
 
 def scatter_faces(faces: jax.Array, grad: jax.Array, vertices_shape: tuple[int, ...]) -> jax.Array:
@@ -54,7 +128,7 @@ def scatter_faces(faces: jax.Array, grad: jax.Array, vertices_shape: tuple[int, 
     rank = max(f.ndim - 2, len(vertices_shape) - 2)
     shape = (1,) * (rank + 2 - len(vertices_shape)) + tuple(vertices_shape)
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
-    res = _partition.ffi_call("nmr_scatter_faces", out, rank)(f, g)
+    res = _call("nmr_scatter_faces", out, rank)(f, g)
     return res.reshape(vertices_shape)
 
 
@@ -68,7 +142,7 @@ def rasterize(
         jax.ShapeDtypeStruct((*batch, height, width, 3), jnp.float32),
         jax.ShapeDtypeStruct((*batch, height, width), jnp.float32),
     )
-    call = _partition.ffi_call("nmr_rasterize", out, len(batch))
+    call = _call("nmr_rasterize", out, len(batch))
     face_index, weights, depth = call(
         face_vertices,
         height=np.int32(height),
@@ -90,7 +164,7 @@ def sample_textures(
     """Trilinear texture colours at covered pixels -> rgb [*b, H, W, 3], 0 on background."""
     args, batch = _pad_batch([face_vertices, textures, face_index, weights, depth], [3, 5, 2, 3, 2])
     out = jax.ShapeDtypeStruct((*batch, *face_index.shape[-2:], 3), jnp.float32)
-    return _partition.ffi_call("nmr_sample_textures", out, len(batch))(*args, eps=np.float32(eps))
+    return _call("nmr_sample_textures", out, len(batch))(*args, eps=np.float32(eps))
 
 
 def sample_textures_bwd(
@@ -107,7 +181,7 @@ def sample_textures_bwd(
     rank = max(len(batch), len(textures_shape) - 5)
     shape = (1,) * (rank + 5 - len(textures_shape)) + tuple(textures_shape)
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
-    call = _partition.ffi_call("nmr_sample_textures_bwd", out, rank)
+    call = _call("nmr_sample_textures_bwd", out, rank)
     return call(*args, eps=np.float32(eps)).reshape(textures_shape)
 
 
@@ -121,7 +195,7 @@ def kato_bwd(
     """Kato's approximate gradient w.r.t. face vertices (x and y only), shaped like them."""
     args, _ = _pad_batch([face_vertices, face_index, image, grad_image], [3, 2, 3, 3])
     out = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
-    call = _partition.ffi_call("nmr_kato_bwd", out, args[0].ndim - 3)
+    call = _call("nmr_kato_bwd", out, args[0].ndim - 3)
     return call(*args, eps=np.float32(eps)).reshape(face_vertices.shape)
 
 
@@ -135,5 +209,5 @@ def depth_bwd(
     """Gradient of the depth map w.r.t. face vertices (face index held fixed), shaped like them."""
     args, _ = _pad_batch([face_vertices, face_index, weights, depth, grad_depth], [3, 2, 3, 2, 2])
     out = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
-    res = _partition.ffi_call("nmr_depth_bwd", out, args[0].ndim - 3)(*args)
+    res = _call("nmr_depth_bwd", out, args[0].ndim - 3)(*args)
     return res.reshape(face_vertices.shape)

@@ -1,19 +1,23 @@
 """Up-front checks of public arguments: clear exceptions before any kernel is built.
 
+Each public function checks all its arguments here (dtype, trailing shape, the broadcast of the
+leading batch dimensions, option values) and then calls private helpers that trust them. Concrete
+index arrays are checked and returned as numpy arrays, so that nothing about them is traced:
+under ``jit`` a constant ``faces`` stays one constant operand instead of a graph XLA would fold.
+
 Private, except ``validate_mesh`` (exported by ``nmr_jax``), the eager check of a mesh's data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-# Array-like inputs that may also be given as plain tuples of floats (vectors, colours).
-VectorLike = ArrayLike | Sequence[float]
+from nmr_jax.typing import Handedness, VectorLike
 
 _INT32_MAX = 2**31 - 1
 
@@ -26,6 +30,13 @@ def _dtype(x: VectorLike) -> np.dtype:
     except jax.errors.TracerArrayConversionError:
         # A tuple of tracers: a Renderer's tuple-valued field passed through jit as a pytree.
         return np.dtype(jnp.asarray(x).dtype)
+
+
+def is_traced(x: object) -> bool:
+    """Whether ``x`` (an array, or a tuple of scalars) holds values unknown until run time."""
+    if isinstance(x, list | tuple):
+        return any(is_traced(item) for item in x)
+    return isinstance(x, jax.core.Tracer)
 
 
 def float_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Array:
@@ -41,22 +52,41 @@ def float_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Arr
     return x
 
 
-def index_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Array:
-    """Returns ``x`` as int32 after checking that it holds integers and its trailing dims."""
+def index_array(name: str, x: VectorLike, core: Sequence[int | None]) -> np.ndarray | jax.Array:
+    """``x`` as int32 after checking that it holds integers and its trailing dims: a numpy array
+    when its values are known (also a constant under ``jit``), else the traced array."""
     dtype = _dtype(x)
     if not np.issubdtype(dtype, np.integer) or dtype.kind == "b":
         raise TypeError(f"{name} must be an integer array (vertex indices), got dtype {dtype}")
-    if np.iinfo(dtype).max > _INT32_MAX and not isinstance(x, jax.core.Tracer):
-        # A wider host array (int64, uint32) would wrap silently in the cast to int32.
-        values = np.asarray(x)
-        if values.size and (values.min() < -_INT32_MAX - 1 or values.max() > _INT32_MAX):
+    if is_traced(x):
+        traced = jnp.asarray(x, jnp.int32)
+        _check_core(name, traced.shape, core)
+        return traced
+    values = np.asarray(x)
+    _check_core(name, values.shape, core)
+    if np.iinfo(dtype).max > _INT32_MAX and values.size:
+        # A wider array (int64, uint32) would wrap silently in the cast to int32.
+        if values.min() < -_INT32_MAX - 1 or values.max() > _INT32_MAX:
             raise ValueError(
                 f"{name} holds values in [{values.min()}, {values.max()}], outside int32 "
                 "(vertex indices are int32)"
             )
-    x = jnp.asarray(x, jnp.int32)
-    _check_core(name, x.shape, core)
-    return x
+    return values.astype(np.int32, copy=False)
+
+
+def faces_array(name: str, x: VectorLike) -> np.ndarray | jax.Array:
+    """Vertex indices ``[..., F, 3]`` (int32). Known values are checked for rows that mix -1
+    (padding) with other negative or valid indices; traced ones meet the gather's range check."""
+    f = index_array(name, x, (None, 3))
+    if isinstance(f, np.ndarray):
+        bad = np.argwhere(np.any(f < 0, axis=-1) & ~np.all(f == -1, axis=-1))
+        if bad.size:
+            row = tuple(int(i) for i in bad[0])
+            raise ValueError(
+                f"{name} holds vertex index {f[row].min()} in {name}[{', '.join(map(str, row))}] "
+                f"= {f[row].tolist()}: a row holds three indices in [0, V), or three -1 (padding)"
+            )
+    return f
 
 
 def _check_core(name: str, shape: tuple[int, ...], core: Sequence[int | None]) -> None:
@@ -67,12 +97,12 @@ def _check_core(name: str, shape: tuple[int, ...], core: Sequence[int | None]) -
         raise ValueError(f"{name} must have shape {spec}, got {tuple(shape)}")
 
 
-def batch(names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
-    """Broadcast of the leading batch shapes, or a ValueError naming the arguments."""
+def batch(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """Broadcast of the arguments' leading batch shapes, or a ValueError naming them all."""
     try:
-        return tuple(np.broadcast_shapes(*shapes))
+        return tuple(np.broadcast_shapes(*shapes.values()))
     except ValueError:
-        listed = ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, shapes, strict=True))
+        listed = ", ".join(f"{n} {tuple(s)}" for n, s in shapes.items())
         raise ValueError(f"leading batch dimensions do not broadcast: {listed}") from None
 
 
@@ -122,17 +152,47 @@ def colour(name: str, value: Sequence[float]) -> tuple[float, float, float]:
     return rgb  # type: ignore[return-value]
 
 
-def texture_cube(textures: jax.Array, num_faces: int) -> None:
-    """``textures [..., F, T, T, T, 3]`` with ``F = num_faces`` and ``T >= 1``."""
+def texture_cube(textures: jax.Array, num_faces: int, faces: str = "faces") -> None:
+    """``textures [..., F, T, T, T, 3]`` with ``F = num_faces`` (the count of ``faces``, the
+    argument named in the message) and ``T >= 1``."""
     t = textures.shape[-4:-1]
     if textures.shape[-5] != num_faces or t[0] != t[1] or t[1] != t[2] or t[0] < 1:
         raise ValueError(
-            f"textures must have shape [..., F, T, T, T, 3] with F = {num_faces} faces and "
-            f"T >= 1, got {textures.shape}"
+            f"textures must have shape [..., F, T, T, T, 3] with F = {num_faces} (the faces "
+            f"of {faces}) and T >= 1, got {tuple(textures.shape)}"
         )
     # The kernels index a cube's texels with int32.
     if t[0] ** 3 * 3 > _INT32_MAX:
         raise ValueError(f"textures: T = {t[0]} is too large (T**3 * 3 must be < 2**31)")
+
+
+def orig_size(value: float | Sequence[float]) -> tuple[float, float]:
+    """``S`` or ``(H, W)`` of the image K refers to -> ``(H, W)``, each finite and positive."""
+    hw = tuple(value) if isinstance(value, Sequence | np.ndarray) else (value, value)
+    if len(hw) != 2 or not all(
+        isinstance(s, int | float | np.integer | np.floating)
+        and not isinstance(s, bool)
+        and np.isfinite(s)
+        and s > 0
+        for s in hw
+    ):
+        raise ValueError(f"orig_size must be a positive number or (height, width), got {value!r}")
+    return float(hw[0]), float(hw[1])
+
+
+def handedness(value: str) -> Handedness:
+    """``"left"`` or ``"right"``."""
+    if value not in ("left", "right"):
+        raise ValueError(f"handedness must be 'left' or 'right', got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def unused(name: str, mode: str, uses: str) -> ValueError:
+    """The error for a camera argument that ``camera_mode`` ignores."""
+    return ValueError(
+        f"{name} is not used by camera_mode {mode!r}, which uses {uses}: drop it, or choose "
+        "the camera_mode that uses it"
+    )
 
 
 def num_faces(name: str, count: int) -> None:
@@ -165,10 +225,9 @@ def validate_mesh(vertices: ArrayLike, faces: ArrayLike, textures: ArrayLike | N
         if isinstance(value, jax.core.Tracer):
             raise TypeError(f"validate_mesh checks values eagerly; {name} is traced (inside jit)")
     v = float_array("vertices", vertices, (None, 3))
-    f = index_array("faces", faces, (None, 3))
-    batch(["vertices", "faces"], [v.shape[:-2], f.shape[:-2]])
+    f_np = np.asarray(index_array("faces", faces, (None, 3)))
+    batch({"vertices": v.shape[:-2], "faces": f_np.shape[:-2]})
     _all_finite("vertices", np.asarray(v), 2)
-    f_np = np.asarray(f)
     padding = (f_np == -1).all(axis=-1, keepdims=True)
     bad = ~padding & ((f_np < 0) | (f_np >= v.shape[-2]))
     if bad.any():
@@ -179,8 +238,8 @@ def validate_mesh(vertices: ArrayLike, faces: ArrayLike, textures: ArrayLike | N
         )
     if textures is not None:
         tex = float_array("textures", textures, (None, None, None, None, 3))
-        texture_cube(tex, f.shape[-2])
-        batch(["faces", "textures"], [f.shape[:-2], tex.shape[:-5]])
+        texture_cube(tex, f_np.shape[-2])
+        batch({"faces": f_np.shape[:-2], "textures": tex.shape[:-5]})
         _all_finite("textures", np.asarray(tex), 5)
 
 

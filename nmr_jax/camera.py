@@ -2,7 +2,11 @@
 
 All functions are differentiable in every float input and accept any leading batch dimensions:
 ``vertices`` is ``[..., V, 3]`` and camera parameters broadcast against its batch (``eye`` is ``[3]``
-or ``[..., 3]``). Camera space is left-handed as in the original: x right, y up, z forward (depth).
+or ``[..., 3]``). The camera frame is the original's: x right in the image, y up, z forward (the
+depth). ``look_at`` and ``look`` map world axes onto it without a mirror (``handedness="left"``:
+the world is taken as left-handed) unless ``handedness="right"``; ``projection`` is OpenCV's
+right-handed camera (x right, y down, z forward). Each public function checks its arguments and
+calls a private one that trusts them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from nmr_jax._validate import VectorLike
+from nmr_jax import _validate as check
+from nmr_jax.typing import Handedness, VectorLike
 
 __all__ = ["get_points_from_angles", "look", "look_at", "perspective", "projection"]
 
@@ -21,6 +26,8 @@ __all__ = ["get_points_from_angles", "look", "look_at", "perspective", "projecti
 # is treated as lying on the camera plane: far below any real camera geometry, far above float32's
 # denormals, so that 1 / _TINY**2 (in the gradients) is still finite.
 _TINY = 1e-12
+# The original's guard added to z before the projection's division (as the PyTorch port).
+PROJECTION_EPS = 1e-9
 
 
 def _normalize(v: jax.Array) -> jax.Array:
@@ -43,10 +50,14 @@ def _finite_points(vertices: jax.Array) -> tuple[jax.Array, jax.Array]:
     return finite, jnp.where(finite, vertices, 1.0)
 
 
-def _rotate(vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array) -> jax.Array:
+def _rotate(
+    vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array, handedness: Handedness
+) -> jax.Array:
     x = _normalize(jnp.cross(up, z))
     y = jnp.cross(z, x)
-    rot = jnp.stack([x, y, z], axis=-2)  # [..., 3, 3], rows are the camera axes
+    # A right-handed world seen with x = cross(up, z) comes out mirrored: image right is then
+    # world left. Mirroring camera x undoes that (and with it the winding seen as front).
+    rot = jnp.stack([-x if handedness == "right" else x, y, z], axis=-2)  # rows: camera axes
     finite, safe = _finite_points(vertices)
     out = jnp.einsum("...vi,...ji->...vj", safe - eye[..., None, :], rot)
     return jnp.where(finite, out, jnp.nan)
@@ -60,11 +71,27 @@ def _divide_by_depth(
     return jnp.where(ok, x / safe_z, jnp.nan), jnp.where(ok, y / safe_z, jnp.nan)
 
 
+def _points(vertices: ArrayLike) -> jax.Array:
+    return check.float_array("vertices", vertices, (None, 3))
+
+
+def _vectors(vertices: ArrayLike, **vectors: VectorLike) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """Checked ``vertices [..., V, 3]`` and ``[..., 3]`` vectors whose batches broadcast."""
+    v = _points(vertices)
+    checked = tuple(check.float_array(n, x, (3,)) for n, x in vectors.items())
+    shapes = {"vertices": v.shape[:-2]} | {
+        n: x.shape[:-1] for n, x in zip(vectors, checked, strict=True)
+    }
+    check.batch(shapes)
+    return v, checked
+
+
 def look_at(
     vertices: ArrayLike,
-    eye: ArrayLike,
+    eye: VectorLike,
     at: VectorLike = (0.0, 0.0, 0.0),
     up: VectorLike = (0.0, 1.0, 0.0),
+    handedness: Handedness = "left",
 ) -> jax.Array:
     """Transforms world points into the camera frame of an eye looking at ``at``.
 
@@ -73,26 +100,41 @@ def look_at(
       eye: float32 ``[..., 3]`` camera position.
       at: float32 ``[..., 3]`` point looked at.
       up: float32 ``[..., 3]`` world up vector.
+      handedness: ``"left"`` (the original's) or ``"right"`` (camera x mirrored, so that a
+        right-handed world is not mirrored in the image); see ``nmr_jax.typing.Handedness``.
 
     Returns:
       float32 ``[..., V, 3]``: ``(v - eye) @ [x; y; z]^T`` with ``z = normalize(at - eye)``,
-      ``x = normalize(cross(up, z))``, ``y = cross(z, x)``.
+      ``x = normalize(cross(up, z))`` (negated for ``"right"``), ``y = cross(z, x)``.
     """
-    vertices, eye, at, up = (jnp.asarray(a, jnp.float32) for a in (vertices, eye, at, up))
-    return _rotate(vertices, eye, _normalize(at - eye), up)
+    handedness = check.handedness(handedness)
+    v, (e, a, u) = _vectors(vertices, eye=eye, at=at, up=up)
+    return _look_at(v, e, a, u, handedness)
+
+
+def _look_at(
+    v: jax.Array, eye: jax.Array, at: jax.Array, up: jax.Array, handedness: Handedness
+) -> jax.Array:
+    return _rotate(v, eye, _normalize(at - eye), up, handedness)
 
 
 def look(
     vertices: ArrayLike,
-    eye: ArrayLike,
+    eye: VectorLike,
     direction: VectorLike = (0.0, 0.0, 1.0),
     up: VectorLike = (0.0, 1.0, 0.0),
+    handedness: Handedness = "left",
 ) -> jax.Array:
     """Like ``look_at``, but the camera looks along ``direction`` (float32 ``[..., 3]``)."""
-    vertices, eye, direction, up = (
-        jnp.asarray(a, jnp.float32) for a in (vertices, eye, direction, up)
-    )
-    return _rotate(vertices, eye, _normalize(direction), up)
+    handedness = check.handedness(handedness)
+    v, (e, d, u) = _vectors(vertices, eye=eye, direction=direction, up=up)
+    return _look(v, e, d, u, handedness)
+
+
+def _look(
+    v: jax.Array, eye: jax.Array, direction: jax.Array, up: jax.Array, handedness: Handedness
+) -> jax.Array:
+    return _rotate(v, eye, _normalize(direction), up, handedness)
 
 
 def perspective(vertices: ArrayLike, angle: ArrayLike = 30.0) -> jax.Array:
@@ -108,8 +150,14 @@ def perspective(vertices: ArrayLike, angle: ArrayLike = 30.0) -> jax.Array:
       or NaN) or a non-finite coordinate: the rasterizer does not draw their faces, and their
       gradient is zero.
     """
-    vertices = jnp.asarray(vertices, jnp.float32)
-    width = jnp.tan(jnp.deg2rad(jnp.asarray(angle, jnp.float32)))[..., None]
+    v = _points(vertices)
+    a = check.float_array("angle", angle, ())
+    check.batch({"vertices": v.shape[:-2], "angle": a.shape})
+    return _perspective(v, a)
+
+
+def _perspective(vertices: jax.Array, angle: jax.Array) -> jax.Array:
+    width = jnp.tan(jnp.deg2rad(angle))[..., None]
     finite, safe = _finite_points(vertices)
     z = safe[..., 2]
     scaled = z * width
@@ -125,7 +173,7 @@ def projection(
     t: ArrayLike,
     dist_coeffs: ArrayLike,
     orig_size: float | Sequence[float],
-    eps: float = 1e-9,
+    eps: float = PROJECTION_EPS,
 ) -> jax.Array:
     """Pinhole projection with lens distortion, as OpenCV and the PyTorch port.
 
@@ -144,10 +192,45 @@ def projection(
       ``perspective``, x and y are NaN (zero gradient) for a point with ``|z + eps| <= 1e-12`` or
       a non-finite coordinate.
     """
-    vertices, K, R, t, dist_coeffs = (
-        jnp.asarray(a, jnp.float32) for a in (vertices, K, R, t, dist_coeffs)
+    v = _points(vertices)
+    K_, R_, t_, dc = _projection_params(K, R, t, dist_coeffs)
+    check.batch(
+        {
+            "vertices": v.shape[:-2],
+            "K": K_.shape[:-2],
+            "R": R_.shape[:-2],
+            "t": t_.shape[:-1],
+            "dist_coeffs": dc.shape[:-1],
+        }
     )
-    t = t.reshape(t.shape[:-2] + (3,)) if t.ndim >= 2 and t.shape[-2] == 1 else t
+    return _projection(v, K_, R_, t_, dc, check.orig_size(orig_size), eps)
+
+
+def _projection_params(
+    K: ArrayLike, R: ArrayLike, t: ArrayLike, dist_coeffs: ArrayLike
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Checked ``K [..., 3, 3]``, ``R [..., 3, 3]``, ``t [..., 3]`` and ``dist_coeffs [..., 5]``
+    (their batches are the caller's to check)."""
+    t_ = check.float_array("t", t, (None,))
+    if t_.ndim >= 2 and t_.shape[-2:] == (1, 3):
+        t_ = t_[..., 0, :]  # [..., 1, 3], as the PyTorch port's
+    return (
+        check.float_array("K", K, (3, 3)),
+        check.float_array("R", R, (3, 3)),
+        check.float_array("t", t_, (3,)),
+        check.float_array("dist_coeffs", dist_coeffs, (5,)),
+    )
+
+
+def _projection(
+    vertices: jax.Array,
+    K: jax.Array,
+    R: jax.Array,
+    t: jax.Array,
+    dist_coeffs: jax.Array,
+    orig_size: tuple[float, float],
+    eps: float,
+) -> jax.Array:
     finite, safe = _finite_points(vertices)
     v = jnp.einsum("...vi,...ji->...vj", safe, R) + t[..., None, :]
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
@@ -164,7 +247,7 @@ def projection(
     uv1 = jnp.stack([x__, y__, jnp.ones_like(x__)], axis=-1)
     uv = jnp.einsum("...vi,...ji->...vj", uv1, K)
     u, v_ = uv[..., 0], uv[..., 1]
-    height, width = orig_size if isinstance(orig_size, Sequence) else (orig_size, orig_size)
+    height, width = orig_size
     v_ = height - v_  # image rows grow downwards; NDC y grows upwards
     u = 2 * (u - width / 2.0) / width
     v_ = 2 * (v_ - height / 2.0) / height
@@ -190,7 +273,11 @@ def get_points_from_angles(
     Returns:
       float32 ``[..., 3]``: ``[d cos(el) sin(az), d sin(el), -d cos(el) cos(az)]``.
     """
-    d, el, az = (jnp.asarray(a, jnp.float32) for a in (distance, elevation, azimuth))
+    d, el, az = (
+        check.float_array(n, a, ())
+        for n, a in (("distance", distance), ("elevation", elevation), ("azimuth", azimuth))
+    )
+    check.batch({"distance": d.shape, "elevation": el.shape, "azimuth": az.shape})
     if degrees:
         el, az = jnp.deg2rad(el), jnp.deg2rad(az)
     return jnp.stack(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from nmr_jax._validate import VectorLike
+from nmr_jax import _validate as check
 from nmr_jax.camera import _normalize
+from nmr_jax.typing import VectorLike
 
 __all__ = ["lighting"]
 
@@ -37,17 +40,55 @@ def lighting(
     Returns:
       float32 ``[..., F, T, T, T, 3]``: the lit textures (a new array; nothing is updated in place).
     """
-    faces, textures = jnp.asarray(faces, jnp.float32), jnp.asarray(textures, jnp.float32)
-    ia, id_, ca, cd, d = (
-        jnp.asarray(a, jnp.float32)
-        for a in (
-            intensity_ambient,
-            intensity_directional,
-            color_ambient,
-            color_directional,
-            direction,
-        )
+    fv = check.float_array("faces", faces, (None, 3, 3))
+    tex = check.float_array("textures", textures, (None, None, None, None, 3))
+    check.texture_cube(tex, fv.shape[-3])
+    lights = lights_of(
+        intensity_ambient, intensity_directional, color_ambient, color_directional, direction
     )
+    check.batch({"faces": fv.shape[:-3], "textures": tex.shape[:-5]} | light_batches(lights))
+    return _lighting(fv, tex, lights)
+
+
+class Lights(NamedTuple):
+    """Checked light parameters (private): intensities ``[...]``, colours and direction
+    ``[..., 3]``."""
+
+    intensity_ambient: jax.Array
+    intensity_directional: jax.Array
+    color_ambient: jax.Array
+    color_directional: jax.Array
+    direction: jax.Array
+
+
+def lights_of(
+    intensity_ambient: ArrayLike,
+    intensity_directional: ArrayLike,
+    color_ambient: VectorLike,
+    color_directional: VectorLike,
+    direction: VectorLike,
+    prefix: str = "",
+) -> Lights:
+    """Checks the light parameters; ``prefix`` names them as the caller's arguments."""
+    return Lights(
+        check.float_array(prefix + "intensity_ambient", intensity_ambient, ()),
+        check.float_array(prefix + "intensity_directional", intensity_directional, ()),
+        check.float_array(prefix + "color_ambient", color_ambient, (3,)),
+        check.float_array(prefix + "color_directional", color_directional, (3,)),
+        check.float_array(prefix + "direction", direction, (3,)),
+    )
+
+
+def light_batches(lights: Lights, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """The lights' batch shapes, for ``check.batch``."""
+    return {
+        prefix + name: x.shape[:-1] if name.startswith(("color", "direction")) else x.shape
+        for name, x in lights._asdict().items()
+    }
+
+
+def _lighting(faces: jax.Array, textures: jax.Array, lights: Lights) -> jax.Array:
+    ia, id_, ca, cd, d = lights
     ambient = ia[..., None] * ca  # [..., 3]
     # A face with a non-finite coordinate is lit as a zero-area one (double-where guard: its
     # gradient is zero, not 0 * NaN).

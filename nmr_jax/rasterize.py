@@ -3,7 +3,9 @@
 ``faces`` here means face vertices after camera and projection: float32 ``[..., F, 3, 3]``, x and y
 in NDC [-1, 1] (y up), z the view depth. Returned images are channels-last with row 0 at the top
 (y = +1): rgb ``[..., H, W, 3]``, alpha and depth ``[..., H, W]``. Leading batch dimensions of all
-inputs broadcast. Gradients are Kato's approximation for x and y (through rgb and alpha), and exact
+inputs broadcast. A face is drawn only where its vertices run counter-clockwise in the image (x right,
+y up); clockwise (back) faces are culled. To draw both sides of a mesh, pass each face and its
+reversed copy, as ``Renderer`` does with ``fill_back``. Gradients are Kato's approximation for x and y (through rgb and alpha), and exact
 for the depth map and the textures, with the face index held fixed.
 """
 
@@ -65,51 +67,54 @@ def vertices_to_faces(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
       ``ValueError`` naming ``faces`` for concrete faces).
     """
     v = check.float_array("vertices", vertices, (None, 3))
-    f = check.index_array("faces", faces, (None, 3))
-    check.batch(["vertices", "faces"], [v.shape[:-2], f.shape[:-2]])
-    padding = _padding(f)
-    fv = _ops.gather_faces(v, jnp.where(padding[..., None], 0, f))
+    f = check.faces_array("faces", faces)
+    check.batch({"vertices": v.shape[:-2], "faces": f.shape[:-2]})
+    return _vertices_to_faces(v, f)
+
+
+def _vertices_to_faces(vertices: jax.Array, faces: np.ndarray | jax.Array) -> jax.Array:
+    """``vertices_to_faces`` of checked arguments. Known faces are prepared in numpy: a
+    constant ``faces`` under ``jit`` then reaches the kernel as it is, with nothing for XLA to
+    fold (a reduction over a large constant costs seconds of compilation)."""
+    if isinstance(faces, np.ndarray):
+        padding = np.all(faces == -1, axis=-1)
+        if not padding.any():
+            return _ops.gather_faces(vertices, faces)
+        fv = _ops.gather_faces(vertices, np.where(padding[..., None], 0, faces))
+    else:
+        padding = jnp.all(faces == -1, axis=-1)
+        fv = _ops.gather_faces(vertices, jnp.where(padding[..., None], 0, faces))
     return jnp.where(padding[..., None, None], 0.0, fv)
 
 
-def _padding(faces: jax.Array) -> jax.Array:
-    """bool ``[..., F]``: rows of three -1. Concrete faces (also constants under jit) with any
-    other negative index raise; traced ones meet the gather's range check instead."""
-    if not isinstance(faces, jax.core.Tracer):
-        f = np.asarray(faces)
-        bad = np.argwhere(np.any(f < 0, axis=-1) & ~np.all(f == -1, axis=-1))
-        if bad.size:
-            row = tuple(int(i) for i in bad[0])
-            raise ValueError(
-                f"faces holds vertex index {f[row].min()} in faces[{', '.join(map(str, row))}] = "
-                f"{f[row].tolist()}: a row holds three indices in [0, V), or three -1 (padding)"
-            )
-    return jnp.all(faces == -1, axis=-1)
-
-
 def _config(
-    faces: ArrayLike,
-    textures: ArrayLike | None,
     image_size: int | Sequence[int],
     anti_aliasing: bool,
     near: float,
     far: float,
     eps: float,
     background_color: Sequence[float],
-) -> tuple[jax.Array, jax.Array | None, _ops.RasterConfig]:
-    fv = check.float_array("faces", faces, (None, 3, 3))
-    check.num_faces("faces", fv.shape[-3])
-    tex = None
-    if textures is not None:
-        tex = check.float_array("textures", textures, (None, None, None, None, 3))
-        check.texture_cube(tex, fv.shape[-3])
-        check.batch(["faces", "textures"], [fv.shape[:-3], tex.shape[:-5]])
+) -> _ops.RasterConfig:
+    """Checked settings of one rasterization."""
     height, width = check.image_size(image_size)
     near, far = check.depth_range(near, far)
     bg = check.colour("background_color", background_color)
     scale = 2 if anti_aliasing else 1
-    cfg = _ops.RasterConfig(height * scale, width * scale, near, far, check.eps(eps), bg)
-    return fv, tex, cfg
+    return _ops.RasterConfig(height * scale, width * scale, near, far, check.eps(eps), bg)
+
+
+def _face_vertices(
+    faces: ArrayLike, textures: ArrayLike | None
+) -> tuple[jax.Array, jax.Array | None]:
+    """Checked projected ``faces [..., F, 3, 3]`` and ``textures [..., F, T, T, T, 3]``."""
+    fv = check.float_array("faces", faces, (None, 3, 3))
+    check.num_faces("faces", fv.shape[-3])
+    if textures is None:
+        return fv, None
+    tex = check.float_array("textures", textures, (None, None, None, None, 3))
+    check.texture_cube(tex, fv.shape[-3])
+    check.batch({"faces": fv.shape[:-3], "textures": tex.shape[:-5]})
+    return fv, tex
 
 
 def _finish(image: jax.Array, channels: bool, anti_aliasing: bool) -> jax.Array:
@@ -122,6 +127,27 @@ def _finish(image: jax.Array, channels: bool, anti_aliasing: bool) -> jax.Array:
         rows = image[..., 0::2, :, :] + image[..., 1::2, :, :]
         image = (rows[..., 0::2, :] + rows[..., 1::2, :]) * 0.25
     return image if channels else image[..., 0]
+
+
+def _rgbad(
+    fv: jax.Array,
+    tex: jax.Array | None,
+    cfg: _ops.RasterConfig,
+    anti_aliasing: bool,
+    return_rgb: bool = True,
+    return_alpha: bool = True,
+    return_depth: bool = True,
+) -> RGBAD:
+    """``rasterize_rgbad`` of checked arguments (``tex`` None: no rgb)."""
+    tex = tex if return_rgb else None
+    shader = None if tex is None else _ops.cube_shader(fv, cfg.eps)
+    bg = jnp.asarray(cfg.background, jnp.float32)
+    rgb, alpha, depth = _ops.shade(fv, cfg, shader, (tex,), bg)
+    return RGBAD(
+        _finish(rgb, True, anti_aliasing) if return_rgb and rgb is not None else None,
+        _finish(alpha, False, anti_aliasing) if return_alpha else None,
+        _finish(depth, False, anti_aliasing) if return_depth else None,
+    )
 
 
 def rasterize_rgbad(
@@ -155,22 +181,9 @@ def rasterize_rgbad(
     """
     if return_rgb and textures is None:
         raise ValueError("textures are required when return_rgb is True")
-    fv, tex, cfg = _config(
-        faces,
-        textures if return_rgb else None,
-        image_size,
-        anti_aliasing,
-        near,
-        far,
-        eps,
-        background_color,
-    )
-    rgb, alpha, depth = _ops.raster_maps(fv, tex, cfg)
-    return RGBAD(
-        _finish(rgb, True, anti_aliasing) if return_rgb and rgb is not None else None,
-        _finish(alpha, False, anti_aliasing) if return_alpha else None,
-        _finish(depth, False, anti_aliasing) if return_depth else None,
-    )
+    fv, tex = _face_vertices(faces, textures if return_rgb else None)
+    cfg = _config(image_size, anti_aliasing, near, far, eps, background_color)
+    return _rgbad(fv, tex, cfg, anti_aliasing, return_rgb, return_alpha, return_depth)
 
 
 def rasterize(
@@ -232,7 +245,9 @@ def rasterize_face_index_map_and_weight_map(
     """Which face each pixel sees, and where on it (the iPERDance fork's maps).
 
     Maps are at the rasterized resolution (twice ``image_size`` with anti-aliasing, as the fork) with
-    row 0 at the top, like the images.
+    row 0 at the top, like the images. Only faces counter-clockwise in the image are drawn (no
+    ``fill_back`` here): for a mesh as ``Renderer`` draws it, pass its faces followed by their
+    reversed copies, so that ``face_index`` indexes that doubled list.
 
     Returns:
       ``face_index``: int32 ``[..., H', W']``, -1 on background; ``weights``: float32
@@ -245,7 +260,8 @@ def rasterize_face_index_map_and_weight_map(
     vertices too. Pixels gained or lost as an edge moves are not seen by this gradient (use the
     rgb or alpha images, whose Kato gradient is about them).
     """
-    fv, _, cfg = _config(faces, None, image_size, anti_aliasing, near, far, DEFAULT_EPS, (0, 0, 0))
+    fv, _ = _face_vertices(faces, None)
+    cfg = _config(image_size, anti_aliasing, near, far, DEFAULT_EPS, (0, 0, 0))
     face_index, weights = _ops.face_index_and_weights(fv, cfg)
     return jnp.flip(face_index, axis=-2), jnp.flip(weights, axis=-3)
 

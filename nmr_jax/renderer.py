@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,19 +13,37 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from nmr_jax import _validate as check
-from nmr_jax.camera import look, look_at, perspective, projection
-from nmr_jax.lighting import lighting
-from nmr_jax.rasterize import (
-    rasterize_depth,
-    rasterize_rgbad,
-    rasterize_silhouettes,
-    vertices_to_faces,
+from nmr_jax import shading
+from nmr_jax._ops import Shader
+from nmr_jax.camera import (
+    PROJECTION_EPS,
+    _look,
+    _look_at,
+    _perspective,
+    _projection,
+    _projection_params,
 )
+from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
+from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
+from nmr_jax.typing import CameraMode, Handedness, ImageSize, VectorLike
 
 __all__ = ["Renderer"]
 
 # The original's default eye: the distance at which a unit cube fills a 30-degree view.
 _DEFAULT_EYE = (0.0, 0.0, -(1.0 / math.tan(math.radians(30.0)) + 1.0))
+
+# The fields each camera mode reads (the per-call eye, K, R, t and dist_coeffs included).
+_USES: dict[str, tuple[str, ...]] = {
+    "look_at": ("eye", "viewing_angle", "perspective", "handedness"),
+    "look": ("eye", "camera_direction", "viewing_angle", "perspective", "handedness"),
+    "projection": ("K", "R", "t", "dist_coeffs", "orig_size"),
+}
+_CAMERA_FIELDS = sorted({name for uses in _USES.values() for name in uses})
+
+
+def _static(default: Any) -> Any:
+    """A field that is pytree metadata (part of jit's cache key), not a leaf."""
+    return dataclasses.field(default=default, metadata={"static": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,61 +52,89 @@ class Renderer:
 
     Immutable and a JAX pytree: the array-valued fields (camera, lights) are leaves, so
     ``jax.grad`` can differentiate with respect to a Renderer, and ``dataclasses.replace`` or the
-    per-call keywords of ``render`` change the camera without a new class. Everything else is static.
+    per-call keywords of ``render`` change the camera without a new class. Fields made with
+    ``metadata={"static": True}`` (the options) are static. Subclasses are pytrees too, their own
+    dataclass fields included (a field is a leaf unless marked static the same way).
 
-    Meshes: ``vertices`` float32 ``[..., V, 3]``, ``faces`` int32 ``[..., F, 3]`` (vertex indices,
-    counter-clockwise seen from outside; a row of three -1 is padding, which draws nothing and gets
-    no gradient, for batches of meshes of different sizes), ``textures`` float32
-    ``[..., F, T, T, T, 3]`` or ``vertex_colors`` float32 ``[..., V, 3]`` (see ``render``). Leading
-    batch dimensions of all inputs (and of camera parameters such as ``eye [..., 3]``) broadcast.
+    Meshes: ``vertices`` float32 ``[..., V, 3]``, ``faces`` int32 ``[..., F, 3]`` (vertex indices; a
+    row of three -1 is padding, which draws nothing and gets no gradient, for batches of meshes of
+    different sizes), ``textures`` float32 ``[..., F, T, T, T, 3]`` or ``vertex_colors`` float32
+    ``[..., V, 3]`` (see ``render``). Leading batch dimensions of all inputs (and of camera and
+    light parameters such as ``eye [..., 3]``) broadcast.
     Images: rgb ``[..., H, W, 3]``, depth and alpha ``[..., H, W]``, row 0 at the top.
+
+    Winding and handedness: a face is drawn when its vertices run counter-clockwise in the image
+    (``fill_back``, the default, adds every face reversed, so both sides are drawn). The 'look_at'
+    and 'look' cameras are the original's left-handed ones: with ``handedness="left"`` a
+    right-handed mesh (OBJ files, the built-in teapot) appears mirrored and its outward faces are
+    back faces; ``handedness="right"`` renders it unmirrored with its outward faces in front.
+    'projection' is OpenCV's right-handed camera.
+
+    A camera field or per-call argument that ``camera_mode`` does not read (``K`` with 'look_at',
+    ``eye`` with 'projection', ...) raises a ValueError naming it.
     """
 
-    image_size: int | tuple[int, int] = 256
-    anti_aliasing: bool = True
-    background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    fill_back: bool = True
-    camera_mode: Literal["look_at", "look", "projection"] = "look_at"
+    image_size: ImageSize = _static(256)
+    anti_aliasing: bool = _static(True)
+    background_color: tuple[float, float, float] = _static((0.0, 0.0, 0.0))
+    fill_back: bool = _static(True)
+    camera_mode: CameraMode = _static("look_at")
     # 'projection' mode: intrinsics [..., 3, 3], rotation [..., 3, 3], translation [..., 3],
     # distortion [..., 5] (k1, k2, p1, p2, k3) and the pixel size of the image K refers to.
     K: ArrayLike | None = None
     R: ArrayLike | None = None
     t: ArrayLike | None = None
     dist_coeffs: ArrayLike | None = None
-    orig_size: int | tuple[int, int] = 1024  # S or (H, W)
+    orig_size: int | tuple[int, int] = _static(1024)  # S or (H, W)
     # 'look_at' and 'look' modes.
-    perspective: bool = True
+    perspective: bool = _static(True)
     viewing_angle: ArrayLike = 30.0  # Half the (vertical) field of view, degrees.
-    eye: check.VectorLike = _DEFAULT_EYE
-    camera_direction: check.VectorLike = (0.0, 0.0, 1.0)  # 'look' mode only.
-    near: float = 0.1
-    far: float = 100.0
+    eye: VectorLike = _DEFAULT_EYE
+    camera_direction: VectorLike = (0.0, 0.0, 1.0)  # 'look' mode only.
+    near: float = _static(0.1)
+    far: float = _static(100.0)
     light_intensity_ambient: ArrayLike = 0.5
     light_intensity_directional: ArrayLike = 0.5
-    light_color_ambient: check.VectorLike = (1.0, 1.0, 1.0)
-    light_color_directional: check.VectorLike = (1.0, 1.0, 1.0)
-    light_direction: check.VectorLike = (0.0, 1.0, 0.0)
-    rasterizer_eps: float = 1e-3  # rgb rendering; silhouettes and depth use 1e-4 as the original.
+    light_color_ambient: VectorLike = (1.0, 1.0, 1.0)
+    light_color_directional: VectorLike = (1.0, 1.0, 1.0)
+    light_direction: VectorLike = (0.0, 1.0, 0.0)
+    # rgb rendering; silhouettes and depth use 1e-4 as the original.
+    rasterizer_eps: float = _static(1e-3)
+    handedness: Handedness = _static("left")  # 'look_at' and 'look' modes; see nmr_jax.typing.
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register_pytree(cls)
 
     def __post_init__(self) -> None:
         check.image_size(self.image_size)
         check.depth_range(self.near, self.far)
-        if self.camera_mode not in ("look_at", "look", "projection"):
+        if self.camera_mode not in _USES:
             raise ValueError(
                 f"camera_mode must be 'look_at', 'look' or 'projection', got {self.camera_mode!r}"
             )
+        check.handedness(self.handedness)
+        check.orig_size(self.orig_size)
         check.colour("background_color", self.background_color)
         check.eps(self.rasterizer_eps)
+        defaults = {f.name: f.default for f in dataclasses.fields(Renderer)}
+        for name in _CAMERA_FIELDS:
+            if name not in _USES[self.camera_mode] and not _unchanged(
+                getattr(self, name), defaults[name]
+            ):
+                raise check.unused(name, self.camera_mode, ", ".join(_USES[self.camera_mode]))
+
+    # --- the public calls: check every argument, then run the private pipeline -------------
 
     def transform(
         self,
         vertices: ArrayLike,
         *,
-        eye: check.VectorLike | None = None,
-        K: check.VectorLike | None = None,
-        R: check.VectorLike | None = None,
-        t: check.VectorLike | None = None,
-        dist_coeffs: check.VectorLike | None = None,
+        eye: VectorLike | None = None,
+        K: ArrayLike | None = None,
+        R: ArrayLike | None = None,
+        t: ArrayLike | None = None,
+        dist_coeffs: ArrayLike | None = None,
     ) -> jax.Array:
         """World vertices float32 ``[..., V, 3]`` -> projected (NDC x, y; view depth z).
 
@@ -96,59 +143,23 @@ class Renderer:
         correction when ``orig_size`` is ``(height, width)`` of the image K refers to.
         """
         v = check.float_array("vertices", vertices, (None, 3))
-        if self.camera_mode == "projection":
-            K, R, t = (
-                (self.K if K is None else K),
-                (self.R if R is None else R),
-                (self.t if t is None else t),
-            )
-            if K is None or R is None or t is None:
-                raise ValueError("camera_mode 'projection' needs K, R and t")
-            dc = self.dist_coeffs if dist_coeffs is None else dist_coeffs
-            dc = jnp.zeros(5, jnp.float32) if dc is None else dc
-            K = check.float_array("K", K, (3, 3))
-            R = check.float_array("R", R, (3, 3))
-            t = check.float_array("t", t, (None,))
-            dc = check.float_array("dist_coeffs", dc, (5,))
-            return projection(v, K, R, t, dc, self.orig_size)
-        e = check.float_array("eye", self.eye if eye is None else eye, (3,))
-        if self.camera_mode == "look_at":
-            v = look_at(v, e)
-        else:
-            direction = check.float_array("camera_direction", self.camera_direction, (3,))
-            v = look(v, e, direction)
-        if self.perspective:
-            v = perspective(v, angle=self.viewing_angle)
-        height, width = check.image_size(self.image_size)
-        if height != width:
-            # NDC [-1, 1] spans both sides of the image: shrink x by the aspect ratio so that pixels
-            # stay square (viewing_angle is then the vertical half-angle, as OpenGL's fovy).
-            v = v * jnp.array([height / width, 1.0, 1.0], jnp.float32)
-        return v
-
-    def _face_list(self, faces: ArrayLike) -> jax.Array:
-        """Checked faces, followed by their reversed copies when ``fill_back``."""
-        f = check.index_array("faces", faces, (None, 3))
-        return jnp.concatenate([f, f[..., ::-1]], axis=-2) if self.fill_back else f
-
-    def _faces(
-        self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
-    ) -> jax.Array:
-        return vertices_to_faces(self.transform(vertices, **camera), self._face_list(faces))
+        camera = self._camera(eye, K, R, t, dist_coeffs)
+        check.batch({"vertices": v.shape[:-2]} | camera.batches)
+        return self._project(v, camera)
 
     def render_silhouettes(
-        self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
+        self, vertices: ArrayLike, faces: ArrayLike, **camera: VectorLike | None
     ) -> jax.Array:
         """alpha float32 ``[..., H, W]`` (1 where the mesh is). ``camera``: eye, K, R, t, dist_coeffs."""
-        fv = self._faces(vertices, faces, **camera)
-        return rasterize_silhouettes(fv, self.image_size, self.anti_aliasing, self.near, self.far)
+        fv = self._checked_faces(vertices, faces, camera)
+        return _rgbad(fv, None, self._config(1e-4), self.anti_aliasing, False, True, False).alpha  # type: ignore[return-value]
 
     def render_depth(
-        self, vertices: ArrayLike, faces: ArrayLike, **camera: check.VectorLike | None
+        self, vertices: ArrayLike, faces: ArrayLike, **camera: VectorLike | None
     ) -> jax.Array:
         """depth float32 ``[..., H, W]``, ``far`` on background. ``camera`` as ``render``."""
-        fv = self._faces(vertices, faces, **camera)
-        return rasterize_depth(fv, self.image_size, self.anti_aliasing, self.near, self.far)
+        fv = self._checked_faces(vertices, faces, camera)
+        return _rgbad(fv, None, self._config(1e-4), self.anti_aliasing, False, False, True).depth  # type: ignore[return-value]
 
     def render(
         self,
@@ -157,13 +168,15 @@ class Renderer:
         textures: ArrayLike | None = None,
         vertex_colors: ArrayLike | None = None,
         *,
-        eye: check.VectorLike | None = None,
+        shader: Shader | None = None,
+        shader_args: tuple = (),
+        eye: VectorLike | None = None,
         K: ArrayLike | None = None,
         R: ArrayLike | None = None,
         t: ArrayLike | None = None,
         dist_coeffs: ArrayLike | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Renders a lit mesh coloured by texture cubes or by vertex colours (exactly one of them).
+        """Renders a mesh coloured by exactly one of: texture cubes, vertex colours, a shader.
 
         Args:
           vertices: float32 ``[..., V, 3]`` world coordinates.
@@ -173,89 +186,235 @@ class Renderer:
             over each face and lit like textures; gradients reach the colours, and the vertices
             through Kato's rule. A barycentric weight above ``1 - rasterizer_eps`` (a sliver at
             each corner) is clamped to it, as texture coordinates are.
-          eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it).
+          shader, shader_args: ``shader(fragments, *shader_args) -> [..., H', W', C]``, any jnp
+            function of the ``Fragments`` of ``faces`` (also with ``fill_back``: a reversed copy
+            shows as its face with ``fragments.back`` set), unlit (``nmr_jax.mesh_shader`` and
+            ``lambert`` light); rgb is then its ``[..., H, W, C]`` image over
+            ``background_color`` (over 0 for C != 3). The vertices get Kato's gradient through
+            image and alpha plus the shader's own; ``shader_args`` get autodiff's. See
+            ``nmr_jax.shading``.
+          eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it);
+            only those that ``camera_mode`` reads.
 
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
-        camera = dict(eye=eye, K=K, R=R, t=t, dist_coeffs=dist_coeffs)
-        if textures is not None and vertex_colors is None:
-            tex = check.float_array("textures", textures, (None, None, None, None, 3))
-        elif vertex_colors is not None and textures is None:
-            tex = _vertex_color_textures(vertices, faces, vertex_colors)
-        else:
-            raise ValueError("render needs exactly one of textures and vertex_colors")
-        f = self._face_list(faces)
-        if self.fill_back:
-            tex = jnp.concatenate([tex, jnp.swapaxes(tex, -4, -2)], axis=-5)
-        # Lighting uses world-space normals, so the reversed copies are lit from their own side.
-        world = vertices_to_faces(check.float_array("vertices", vertices, (None, 3)), f)
-        tex = lighting(
-            world,
-            tex,
+        if [textures, vertex_colors, shader].count(None) != 2:
+            raise ValueError("render needs exactly one of textures and vertex_colors, or a shader")
+        if shader is not None and not callable(shader):
+            raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
+        mesh = self._mesh(vertices, faces, textures, vertex_colors)
+        camera = self._camera(eye, K, R, t, dist_coeffs)
+        lights = lights_of(
             self.light_intensity_ambient,
             self.light_intensity_directional,
             self.light_color_ambient,
             self.light_color_directional,
             self.light_direction,
+            prefix="light_",
         )
-        fv = vertices_to_faces(self.transform(vertices, **camera), f)
-        out = rasterize_rgbad(
-            fv,
-            tex,
-            self.image_size,
-            self.anti_aliasing,
-            self.near,
-            self.far,
-            self.rasterizer_eps,
-            self.background_color,
+        check.batch(mesh.batches | camera.batches | light_batches(lights, "light_"))
+        return self._render(mesh, camera, lights, shader, tuple(shader_args))
+
+    # --- checks ---------------------------------------------------------------------------
+
+    def _mesh(
+        self,
+        vertices: ArrayLike,
+        faces: ArrayLike,
+        textures: ArrayLike | None = None,
+        vertex_colors: ArrayLike | None = None,
+    ) -> _Mesh:
+        """Checked mesh, with the batch shapes of its arguments."""
+        v = check.float_array("vertices", vertices, (None, 3))
+        f = check.faces_array("faces", faces)
+        check.num_faces("faces", 2 * f.shape[-2] if self.fill_back else f.shape[-2])
+        batches = {"vertices": v.shape[:-2], "faces": f.shape[:-2]}
+        tex = colors = None
+        if textures is not None:
+            tex = check.float_array("textures", textures, (None, None, None, None, 3))
+            check.texture_cube(tex, f.shape[-2])
+            batches["textures"] = tex.shape[:-5]
+        if vertex_colors is not None:
+            colors = check.float_array("vertex_colors", vertex_colors, (None, 3))
+            if colors.shape[-2] != v.shape[-2]:
+                raise ValueError(
+                    f"vertex_colors must have shape [..., V, 3] with V = {v.shape[-2]} like "
+                    f"vertices, got {tuple(colors.shape)}"
+                )
+            batches["vertex_colors"] = colors.shape[:-2]
+        return _Mesh(v, f, tex, colors, batches)
+
+    def _camera(
+        self,
+        eye: VectorLike | None = None,
+        K: ArrayLike | None = None,
+        R: ArrayLike | None = None,
+        t: ArrayLike | None = None,
+        dist_coeffs: ArrayLike | None = None,
+    ) -> _Camera:
+        """Checked camera of this call: the per-call arguments, else the Renderer's fields."""
+        given = {"eye": eye, "K": K, "R": R, "t": t, "dist_coeffs": dist_coeffs}
+        uses = _USES[self.camera_mode]
+        for name, value in given.items():
+            if value is not None and name not in uses:
+                raise check.unused(name, self.camera_mode, ", ".join(uses))
+        if self.camera_mode == "projection":
+            K, R, t = (
+                (self.K if K is None else K),
+                (self.R if R is None else R),
+                (self.t if t is None else t),
+            )
+            if K is None or R is None or t is None:
+                raise ValueError("camera_mode 'projection' needs K, R and t")
+            dc = self.dist_coeffs if dist_coeffs is None else dist_coeffs
+            dc = np.zeros(5, np.float32) if dc is None else dc
+            K_, R_, t_, dc_ = _projection_params(K, R, t, dc)
+            arrays = {"K": K_, "R": R_, "t": t_, "dist_coeffs": dc_}
+            cores = {"K": 2, "R": 2, "t": 1, "dist_coeffs": 1}
+        else:
+            arrays = {"eye": check.float_array("eye", self.eye if eye is None else eye, (3,))}
+            cores = {"eye": 1}
+            if self.camera_mode == "look":
+                direction = self.camera_direction
+                arrays["camera_direction"] = check.float_array("camera_direction", direction, (3,))
+                cores["camera_direction"] = 1
+            if self.perspective:
+                arrays["viewing_angle"] = check.float_array("viewing_angle", self.viewing_angle, ())
+                cores["viewing_angle"] = 0
+        batches = {n: x.shape[: x.ndim - cores[n]] for n, x in arrays.items()}
+        return _Camera(arrays, batches)
+
+    def _checked_faces(
+        self, vertices: ArrayLike, faces: ArrayLike, camera: dict[str, Any]
+    ) -> jax.Array:
+        """Projected face vertices of a checked mesh and camera (silhouettes, depth)."""
+        mesh = self._mesh(vertices, faces)
+        cam = self._camera(**camera)
+        check.batch(mesh.batches | cam.batches)
+        return _vertices_to_faces(self._project(mesh.vertices, cam), self._both_sides(mesh.faces))
+
+    # --- the pipeline (arguments checked) ---------------------------------------------------
+
+    def _config(self, eps: float) -> Any:
+        return _config(
+            self.image_size, self.anti_aliasing, self.near, self.far, eps, self.background_color
         )
+
+    def _project(self, v: jax.Array, camera: _Camera) -> jax.Array:
+        c = camera.arrays
+        if self.camera_mode == "projection":
+            orig = check.orig_size(self.orig_size)
+            return _projection(v, c["K"], c["R"], c["t"], c["dist_coeffs"], orig, PROJECTION_EPS)
+        up = jnp.array([0.0, 1.0, 0.0], jnp.float32)
+        if self.camera_mode == "look_at":
+            v = _look_at(v, c["eye"], jnp.zeros(3, jnp.float32), up, self.handedness)
+        else:
+            v = _look(v, c["eye"], c["camera_direction"], up, self.handedness)
+        if self.perspective:
+            v = _perspective(v, c["viewing_angle"])
+        height, width = check.image_size(self.image_size)
+        if height != width:
+            # NDC [-1, 1] spans both sides of the image: shrink x by the aspect ratio so that pixels
+            # stay square (viewing_angle is then the vertical half-angle, as OpenGL's fovy).
+            v = v * jnp.array([height / width, 1.0, 1.0], jnp.float32)
+        return v
+
+    def _both_sides(self, faces: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+        """Faces followed by their reversed copies when ``fill_back`` (known faces in numpy:
+        nothing for XLA to fold under jit)."""
+        if not self.fill_back:
+            return faces
+        xp = np if isinstance(faces, np.ndarray) else jnp
+        return xp.concatenate([faces, faces[..., ::-1]], axis=-2)
+
+    def _render(
+        self,
+        mesh: _Mesh,
+        camera: _Camera,
+        lights: Lights,
+        shader: Shader | None = None,
+        shader_args: tuple = (),
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        faces = self._both_sides(mesh.faces)
+        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
+        world = self._world_faces(mesh.vertices, faces)
+        if mesh.textures is None:
+            return shading._render(self, fv, mesh, world, lights, shader, shader_args)
+        textures = mesh.textures
+        if self.fill_back:
+            # The reversed face (v2, v1, v0) sees texel (i, j, k) as (k, j, i).
+            textures = jnp.concatenate([textures, jnp.swapaxes(textures, -4, -2)], axis=-5)
+        tex = _lighting(world, textures, lights)
+        out = _rgbad(fv, tex, self._config(self.rasterizer_eps), self.anti_aliasing)
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
 
+    def _world_faces(self, vertices: jax.Array, faces: np.ndarray | jax.Array) -> jax.Array:
+        """World face vertices for lighting, ordered so that the original's normal
+        ``cross(v0 - v1, v2 - v1)`` points to the side the camera sees; the reversed copies are
+        so lit from their own side."""
+        world = _vertices_to_faces(vertices, faces)
+        if self.handedness == "right":
+            # The original's normal points towards the camera from a face drawn in its
+            # left-handed image; mirrored, the drawn faces are the others.
+            world = world[..., ::-1, :]
+        return world
 
-# Corner (i, j, k) of a 2x2x2 cube, as barycentric coordinates [2, 2, 2, 3].
-_CUBE_CORNERS = np.moveaxis(np.indices((2, 2, 2), np.float32), 0, -1)
+
+class _Mesh(NamedTuple):
+    vertices: jax.Array  # [..., V, 3]
+    faces: np.ndarray | jax.Array  # [..., F, 3]; numpy when known
+    textures: jax.Array | None  # [..., F, T, T, T, 3]
+    vertex_colors: jax.Array | None  # [..., V, 3]
+    batches: dict[str, tuple[int, ...]]  # the caller's arguments' batch shapes
 
 
-def _vertex_color_textures(
-    vertices: ArrayLike, faces: ArrayLike, vertex_colors: ArrayLike
-) -> jax.Array:
-    """Texture cubes [..., F, 2, 2, 2, 3] that reproduce barycentric interpolation of the colours.
+class _Camera(NamedTuple):
+    arrays: dict[str, jax.Array]  # checked parameters that camera_mode reads
+    batches: dict[str, tuple[int, ...]]
 
-    Texel (i, j, k) = i c0 + j c1 + k c2 for the face's vertex colours c: trilinear sampling at
-    texture coordinates (b0, b1, b2), the perspective-correct barycentrics (they sum to 1), then
-    gives exactly b0 c0 + b1 c1 + b2 c2 (trilinear interpolation reproduces a linear function),
-    up to the sampler's clamp of each coordinate to 1 - eps. Texture sampling, lighting,
-    fill_back (the transposed cube is the reversed face's) and all the gradients of the texture
-    path apply unchanged: no kernel of its own.
+
+def _unchanged(value: Any, default: Any) -> bool:
+    """Whether a field still holds its default. Traced values cannot tell: they count as it
+    (a Renderer passed through jit was checked when it was made)."""
+    if default is None or isinstance(default, bool | str):
+        return value == default if isinstance(value, bool | str) else value is default
+    if check.is_traced(value):
+        return True
+    try:
+        return bool(np.array_equal(np.asarray(value, np.float64), np.asarray(default)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _register_pytree(cls: type) -> None:
+    """Registers ``cls`` as a pytree whose leaves are its fields not marked static.
+
+    The fields are read when a Renderer is flattened, so that a subclass's own ``@dataclass``
+    (applied after ``__init_subclass__`` runs) counts. Unflattening sets the fields without
+    ``__init__``: JAX rebuilds pytrees with leaves that are not the user's (tracers, gradients,
+    placeholders), which the constructor's checks are not for.
     """
-    v = check.float_array("vertices", vertices, (None, 3))
-    c = check.float_array("vertex_colors", vertex_colors, (None, 3))
-    if c.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"vertex_colors must have shape [..., V, 3] with V = {v.shape[-2]} like vertices, "
-            f"got {c.shape}"
-        )
-    face_colors = vertices_to_faces(c, faces)  # [..., F, 3 vertices, 3 channels]
-    return jnp.einsum("ijkv,...fvc->...fijkc", _CUBE_CORNERS, face_colors)
+
+    def flatten_with_keys(r: Renderer) -> tuple[tuple, tuple]:
+        fields = dataclasses.fields(r)
+        data = tuple(f.name for f in fields if not f.metadata.get("static", False))
+        meta = tuple((f.name, getattr(r, f.name)) for f in fields if f.metadata.get("static"))
+        leaves = tuple((jax.tree_util.GetAttrKey(n), getattr(r, n)) for n in data)
+        return leaves, (data, meta)
+
+    def flatten(r: Renderer) -> tuple[tuple, tuple]:
+        leaves, aux = flatten_with_keys(r)
+        return tuple(x for _, x in leaves), aux
+
+    def unflatten(aux: tuple, leaves: Iterable[Any]) -> Renderer:
+        data, meta = aux
+        r: Renderer = object.__new__(cls)
+        for name, value in (*meta, *zip(data, leaves, strict=True)):
+            object.__setattr__(r, name, value)
+        return r
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
 
 
-_DATA_FIELDS = [
-    "K",
-    "R",
-    "t",
-    "dist_coeffs",
-    "viewing_angle",
-    "eye",
-    "camera_direction",
-    "light_intensity_ambient",
-    "light_intensity_directional",
-    "light_color_ambient",
-    "light_color_directional",
-    "light_direction",
-]
-jax.tree_util.register_dataclass(
-    Renderer,
-    data_fields=_DATA_FIELDS,
-    meta_fields=[f.name for f in dataclasses.fields(Renderer) if f.name not in _DATA_FIELDS],
-)
+_register_pytree(Renderer)

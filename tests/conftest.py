@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import jax
 import pytest
 
+from nmr_jax import _ffi
+
 
 @pytest.fixture
 def on_cpu() -> Iterator[None]:
@@ -18,5 +20,5 @@ def on_cpu() -> Iterator[None]:
         cpu = jax.devices("cpu")[0]
     except RuntimeError:
         pytest.skip("no CPU backend to run on (JAX_PLATFORMS hides it)")
-    with jax.default_device(cpu):
+    with jax.default_device(cpu), _ffi.using_kernels("default"):  # also under NMR_JAX_KERNELS
         yield

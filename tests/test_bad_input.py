@@ -4,6 +4,7 @@ harming the process, and every edge case has its defined output with finite grad
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -146,6 +147,162 @@ def test_texture_cube_too_large_for_int32_texel_indices():
     check.texture_cube(jax.ShapeDtypeStruct((1, 894, 894, 894, 3), jnp.float32), 1)
     with pytest.raises(ValueError, match="T = 895 is too large"):
         check.texture_cube(jax.ShapeDtypeStruct((1, 895, 895, 895, 3), jnp.float32), 1)
+
+
+# --- every argument of every public call: a wrong shape names it, before any jnp op ----------
+
+V4 = VERTS  # [4, 3]
+K3 = np.array([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]], np.float32)
+EYE = np.array([0.0, 0.0, -3.0], np.float32)
+PROJ = nr.Renderer(image_size=8, camera_mode="projection", orig_size=8, K=K3, R=np.eye(3), t=EYE)
+LOOK = nr.Renderer(image_size=8, camera_mode="look")
+TEX2 = np.full((2, 2, 2, 2, 3), 0.5, np.float32)  # for FACES
+
+WRONG_SHAPE_CASES = {
+    # argument: (call, the name its message must give)
+    "look_at vertices": (lambda: nr.look_at(V4[:, :2], EYE), "vertices"),
+    "look_at eye": (lambda: nr.look_at(V4, EYE[:2]), "eye"),
+    "look_at at": (lambda: nr.look_at(V4, EYE, at=np.zeros(4)), "at"),
+    "look_at up": (lambda: nr.look_at(V4, EYE, up=np.zeros((2, 2))), "up"),
+    "look_at eye batch": (lambda: nr.look_at(np.zeros((2, 4, 3)), np.zeros((3, 3))), "eye"),
+    "look direction": (lambda: nr.look(V4, EYE, direction=(1.0, 0.0)), "direction"),
+    "look_at handedness": (lambda: nr.look_at(V4, EYE, handedness="up"), "handedness"),
+    "perspective vertices": (lambda: nr.perspective(V4[None, :, :1]), "vertices"),
+    "perspective angle batch": (
+        lambda: nr.perspective(np.zeros((2, 4, 3)), np.full(3, 30.0)),
+        "angle",
+    ),
+    "projection K": (lambda: nr.projection(V4, K3[:2], np.eye(3), EYE, np.zeros(5), 8), "K"),
+    "projection R": (lambda: nr.projection(V4, K3, np.eye(4), EYE, np.zeros(5), 8), "R"),
+    "projection t": (lambda: nr.projection(V4, K3, np.eye(3), EYE[:2], np.zeros(5), 8), "t"),
+    "projection dist_coeffs": (
+        lambda: nr.projection(V4, K3, np.eye(3), EYE, np.zeros(4), 8),
+        "dist_coeffs",
+    ),
+    "projection K and R batches": (
+        lambda: nr.projection(
+            V4, np.stack([K3] * 2), np.stack([np.eye(3)] * 3), EYE, np.zeros(5), 8
+        ),
+        r"K \(2,\), R \(3,\)",
+    ),
+    "projection orig_size": (
+        lambda: nr.projection(V4, K3, np.eye(3), EYE, np.zeros(5), (8, 0)),
+        "orig_size",
+    ),
+    "get_points_from_angles batch": (
+        lambda: nr.get_points_from_angles(np.ones(2), np.ones(3), 0.0),
+        "distance",
+    ),
+    "lighting faces": (lambda: nr.lighting(np.zeros((2, 3, 2)), TEX2), "faces"),
+    "lighting textures F": (lambda: nr.lighting(np.zeros((3, 3, 3)), TEX2), "textures"),
+    "lighting direction": (
+        lambda: nr.lighting(np.zeros((2, 3, 3)), TEX2, direction=(0.0, 1.0)),
+        "direction",
+    ),
+    "lighting color batch": (
+        lambda: nr.lighting(np.zeros((2, 2, 3, 3)), TEX2, color_ambient=np.ones((3, 3))),
+        "color_ambient",
+    ),
+    "rasterize textures batch": (
+        lambda: nr.rasterize(np.zeros((2, 1, 3, 3)), np.zeros((3, 1, 2, 2, 2, 3)), 8),
+        "textures",
+    ),
+    "Renderer faces": (lambda: RENDERER.render_silhouettes(VERTS, FACES[:, :2]), "faces"),
+    "Renderer vertex_colors batch": (
+        lambda: RENDERER.render(np.zeros((2, 4, 3)), FACES, vertex_colors=np.zeros((3, 4, 3))),
+        "vertex_colors",
+    ),
+    "Renderer eye batch": (
+        lambda: RENDERER.render_depth(np.zeros((2, 4, 3)), FACES, eye=np.zeros((3, 3))),
+        "eye",
+    ),
+    "Renderer light_direction": (
+        lambda: nr.Renderer(image_size=8, light_direction=(0.0, 1.0)).render(VERTS, FACES, TEX2),
+        "light_direction",
+    ),
+    "Renderer light batch": (
+        lambda: nr.Renderer(image_size=8, light_intensity_ambient=np.ones(3)).render(
+            np.zeros((2, 4, 3)), FACES, TEX2
+        ),
+        "light_intensity_ambient",
+    ),
+    "Renderer viewing_angle batch": (
+        lambda: nr.Renderer(image_size=8, viewing_angle=np.full(3, 30.0)).render_silhouettes(
+            np.zeros((2, 4, 3)), FACES
+        ),
+        "viewing_angle",
+    ),
+    "Renderer camera_direction": (
+        lambda: nr.Renderer(camera_mode="look", camera_direction=(0.0, 1.0)).transform(VERTS),
+        "camera_direction",
+    ),
+    "Renderer K": (lambda: PROJ.render_silhouettes(VERTS, FACES, K=K3[:2]), "K"),
+    "Renderer t batch": (
+        lambda: PROJ.render_silhouettes(np.zeros((2, 4, 3)), FACES, t=np.zeros((3, 3))),
+        "t",
+    ),
+    "Renderer dist_coeffs": (
+        lambda: PROJ.render_silhouettes(VERTS, FACES, dist_coeffs=np.zeros(4)),
+        "dist_coeffs",
+    ),
+    "Renderer orig_size": (
+        lambda: nr.Renderer(camera_mode="projection", orig_size=0, K=K3, R=np.eye(3), t=EYE),
+        "orig_size",
+    ),
+    "Renderer handedness": (lambda: nr.Renderer(handedness="up"), "handedness"),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_SHAPE_CASES))
+def test_wrong_shape_names_the_argument_before_any_jnp_op(case):
+    fn, name = WRONG_SHAPE_CASES[case]
+    with pytest.raises(ValueError, match=name) as error:
+        jax.make_jaxpr(fn)()  # traced only: nothing is compiled
+    # Raised by nmr_jax's own checks, not by a jnp op or a kernel.
+    assert "nmr_jax" in str(error.traceback[-1].path), error.traceback[-1]
+
+
+# --- traps a new user met, each pinned ----------------------------------------------------------
+
+
+def test_look_at_renderer_given_K_R_t_raises_instead_of_ignoring_them():
+    with pytest.raises(ValueError, match="K is not used by camera_mode 'look_at'"):
+        nr.Renderer(K=K3, R=np.eye(3), t=EYE)
+    for name in ("K", "R", "t", "dist_coeffs"):
+        with pytest.raises(ValueError, match=f"{name} is not used by camera_mode 'look_at'"):
+            RENDERER.render_silhouettes(VERTS, FACES, **{name: np.zeros(3)})
+    with pytest.raises(ValueError, match="orig_size is not used by camera_mode 'look'"):
+        nr.Renderer(camera_mode="look", orig_size=512)
+    with pytest.raises(ValueError, match="camera_direction is not used by camera_mode 'look_at'"):
+        nr.Renderer(camera_direction=(1.0, 0.0, 0.0))
+
+
+def test_projection_renderer_given_eye_raises_instead_of_ignoring_it():
+    with pytest.raises(ValueError, match="eye is not used by camera_mode 'projection'"):
+        PROJ.render(VERTS, FACES, TEX2, eye=EYE)
+    with pytest.raises(ValueError, match="eye is not used by camera_mode 'projection'"):
+        dataclasses.replace(PROJ, eye=(1.0, 2.0, 3.0))
+    for field, value in [("viewing_angle", 20.0), ("perspective", False), ("handedness", "right")]:
+        with pytest.raises(ValueError, match=f"{field} is not used by camera_mode 'projection'"):
+            dataclasses.replace(PROJ, **{field: value})
+    # Unchanged defaults are fine, also when traced through jit.
+    jax.jit(lambda r: r.render_silhouettes(VERTS, FACES))(PROJ)
+
+
+def test_textures_with_wrong_face_count_name_textures_and_the_users_face_count():
+    vertices, faces = nr.data.teapot()  # 2256 faces; fill_back renders 4512
+    with pytest.raises(ValueError, match=r"textures .*F = 2256 .*got \(2255, 2, 2, 2, 3\)"):
+        nr.Renderer(image_size=8).render(vertices, faces, np.zeros((2255, 2, 2, 2, 3)))
+
+
+def test_eye_batch_that_does_not_broadcast_names_eye_and_vertices():
+    with pytest.raises(ValueError, match=r"vertices \(2,\).*eye \(3,\)"):
+        RENDERER.render(np.stack([VERTS] * 2), FACES, TEX2, eye=np.zeros((3, 3)))
+
+
+def test_K_and_R_batches_that_disagree_name_K_and_R():
+    with pytest.raises(ValueError, match=r"K \(2,\), R \(3,\)"):
+        PROJ.render(VERTS, FACES, TEX2, K=np.stack([K3] * 2), R=np.stack([np.eye(3)] * 3))
 
 
 # --- data checks: the kernels and validate_mesh ----------------------------------------------
@@ -500,7 +657,7 @@ def test_worst_cases_leave_the_interpreter_alive():
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "NMR_JAX_KERNELS": "default"},
     )
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)

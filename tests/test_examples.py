@@ -28,6 +28,7 @@ import example1  # noqa: E402  (the examples are scripts, importable once exampl
 import example2  # noqa: E402
 import example3  # noqa: E402
 import example4  # noqa: E402
+import example5_texture  # noqa: E402
 import pose_search  # noqa: E402
 import shape_from_silhouettes  # noqa: E402
 import throw  # noqa: E402
@@ -179,3 +180,12 @@ def test_pose_search_sharded_over_two_devices_finds_what_one_device_does(
     # 0.08 and 0.0002 with jax 0.12; a start that went elsewhere would be tens of degrees off).
     rotation, translation = _best_start_errors(stdout)
     assert abs(rotation - expected[0]) < 0.5 and abs(translation - expected[1]) < 0.005, stdout
+
+
+def test_example5_recovers_the_texture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = example5_texture.run(iterations=40, image_size=32, texture_size=32, progress=False)
+    assert metrics["psnr_end"] > metrics["psnr_start"] + 5  # 13.4 dB to 22.6 dB
+    args = ["--output-dir", str(tmp_path), "--image-size", "16", "--texture-size", "16"]
+    monkeypatch.setattr(sys, "argv", ["example5_texture.py", *args, "--iterations", "2"])
+    example5_texture.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example5_texture.gif"]

@@ -372,6 +372,32 @@ def test_values_interpolated_with_the_weight_map_pass_gradients_to_vertices():
     np.testing.assert_allclose(float(jnp.sum(grad * direction)), float(fd), rtol=1e-2)
 
 
+def test_weight_map_of_a_mesh_with_fill_back_copies_sees_the_near_side():
+    # The README's weight-map snippet rasterized the teapot's faces alone: they are wound for a
+    # right-handed world, the default camera culls them as back faces, and 97 % of the pixels
+    # showed the far side. With the reversed copies (what fill_back adds) the map sees what the
+    # renderer draws.
+    vertices, faces = nr.data.teapot()
+    renderer = nr.Renderer(image_size=32, anti_aliasing=False)
+    depth = np.asarray(renderer.render_depth(vertices, faces))
+    projected = renderer.transform(vertices)
+    both_sides = jnp.concatenate([faces, faces[:, ::-1]])
+    fi = np.asarray(
+        nr.rasterize_face_index_map(nr.vertices_to_faces(projected, both_sides), 32, False)
+    )
+    covered = fi >= 0
+    np.testing.assert_array_equal(covered, depth < renderer.far)
+    # The faces seen are the nearest: their depth at the pixel is the rendered depth.
+    fv = np.asarray(nr.vertices_to_faces(projected, both_sides))
+    seen = fv[fi[covered], :, 2].min(-1)
+    assert (seen <= depth[covered] + 1e-4).all()
+    alone = np.asarray(
+        nr.rasterize_face_index_map(nr.vertices_to_faces(projected, faces), 32, False)
+    )
+    far_side = fv[alone[alone >= 0], :, 2].min(-1) > depth[alone >= 0] + 0.05
+    assert far_side.mean() > 0.5  # the trap: without the copies, mostly the far side
+
+
 def test_rgbad_jit_vmap_and_batch_broadcast():
     rng = np.random.default_rng(5)
     fv = jnp.asarray(random_faces(rng, 3, 10, 16))

@@ -248,3 +248,120 @@ def test_projection_with_non_square_orig_size():
     rows, cols = np.nonzero(alpha)
     assert len(rows) > 0
     np.testing.assert_allclose([rows.mean(), cols.mean()], [130 / 20 - 0.5, 450 / 20 - 0.5], atol=1)
+
+
+# --- pytrees: subclasses, static fields ----------------------------------------------------------
+
+
+class SubclassedRenderer(nr.Renderer):
+    """As mesh_reconstruction-style code does: methods on a subclass, no new fields."""
+
+    def silhouette_loss(self, vertices, faces):
+        return jnp.sum(self.render_silhouettes(vertices, faces))
+
+
+@dataclasses.dataclass(frozen=True)
+class RendererWithFields(nr.Renderer):
+    scale: float = 1.0  # a leaf
+    label: str = dataclasses.field(default="view", metadata={"static": True})
+
+
+def test_renderer_subclass_is_a_pytree_under_jit_grad():
+    v, f = small_mesh()
+    r = SubclassedRenderer(image_size=16)
+    g = jax.jit(jax.grad(lambda v, r: r.silhouette_loss(v, f)))(v, r)
+    assert np.isfinite(g).all() and np.abs(np.asarray(g)).sum() > 0
+    w = RendererWithFields(image_size=16, scale=1.5)
+    gw = jax.jit(jax.grad(lambda w: jnp.sum(w.render_silhouettes(v * w.scale, f))))(w)
+    assert type(gw) is RendererWithFields and gw.label == "view" and float(gw.scale) != 0
+
+
+def test_static_fields_are_marked_on_the_fields():
+    static = {f.name for f in dataclasses.fields(nr.Renderer) if f.metadata.get("static")}
+    leaves = jax.tree_util.tree_flatten_with_path(nr.Renderer())[0]
+    leaf_fields = {path[0].name for path, _ in leaves}
+    assert "image_size" in static and "camera_mode" in static and "eye" not in static
+    assert leaf_fields.isdisjoint(static) and {"eye", "light_direction"} <= leaf_fields
+    # Unflattening does not rerun the constructor's checks on leaves that are not the user's.
+    tree = jax.tree_util.tree_structure(nr.Renderer(camera_mode="look"))
+    assert jax.tree_util.tree_unflatten(tree, [None] * tree.num_leaves).camera_mode == "look"
+
+
+def test_large_constant_faces_under_jit_reach_the_kernel_unfolded():
+    # A jit closing over a 124k-face array spent seconds constant-folding a reduction over it
+    # (and XLA logged an error): known faces are now checked and prepared in numpy, so the only
+    # op that reads them is the gather kernel.
+    v, f = small_mesh()
+    r = nr.Renderer(image_size=16)
+    padded = jnp.concatenate([f, jnp.full((3, 3), -1, jnp.int32)])
+    for fn in (
+        lambda v: r.render_silhouettes(v, f),
+        lambda v: r.render(v, f, vertex_colors=v)[0],
+        lambda v: nr.vertices_to_faces(v, padded),
+    ):
+        jaxpr = jax.make_jaxpr(fn)(v)
+        # Readers of int32 [..., F, 3] (faces), not of the int32 [H, W] face index map that the
+        # shader path reads in jnp.
+        readers = {
+            str(e.primitive)
+            for e in jaxpr.jaxpr.eqns
+            if any(
+                getattr(x.aval, "dtype", None) == jnp.int32 and x.aval.shape[-1:] == (3,)
+                for x in e.invars
+            )
+        }
+        assert readers == {"custom_vjp_call"}, readers
+
+
+# --- conventions: winding, handedness, mirroring ------------------------------------------------
+
+
+def test_right_handed_mesh_without_fill_back_is_inside_out_unless_handedness_right():
+    # The teapot is wound counter-clockwise seen from outside (right-handed): the original's
+    # left-handed look_at camera sees those faces as back faces and draws the far side.
+    v, f = small_mesh()
+    both_sides = nr.Renderer(image_size=32).render_depth(v, f)
+    left = nr.Renderer(image_size=32, fill_back=False).render_depth(v, f)
+    right = nr.Renderer(image_size=32, fill_back=False, handedness="right").render_depth(v, f)
+    near = nr.Renderer(image_size=32, fill_back=False).render_depth(v, f[:, ::-1])
+    mask = np.asarray(both_sides) < 100
+    assert np.asarray(left)[mask].mean() > np.asarray(both_sides)[mask].mean() + 0.3
+    np.testing.assert_allclose(near, both_sides, atol=1e-5)  # reversed faces: the near side
+    # handedness="right" mirrors the image, so it is the near side seen mirrored, lit alike.
+    np.testing.assert_allclose(right, np.flip(both_sides, -1), atol=1e-5)
+    colors = jnp.asarray(np.random.default_rng(3).uniform(size=v.shape), jnp.float32)
+    for fill_back in (True, False):
+        kw = dict(image_size=32, light_direction=(0.5, 1.0, -1.0), fill_back=fill_back)
+        rgb_right = nr.Renderer(**kw, handedness="right").render(v, f, vertex_colors=colors)[0]
+        rgb_left = nr.Renderer(**kw).render(
+            v, f if fill_back else f[:, ::-1], vertex_colors=colors
+        )[0]
+        np.testing.assert_allclose(rgb_right, np.flip(rgb_left, -2), atol=1e-4)
+
+
+def test_look_at_mirrors_a_right_handed_world_unless_handedness_right():
+    # A camera at -z looking at the origin with y up has world +x on its left in a right-handed
+    # world (text on a quad facing it reads correctly only then).
+    marker = np.array([[0.5, 0.0, 0.0], [0.7, 0.0, 0.0], [0.6, 0.2, 0.0]], np.float32)
+    faces = np.array([[0, 1, 2]], np.int32)
+    for handedness, side in [("left", "right"), ("right", "left")]:
+        alpha = np.asarray(nr.Renderer(image_size=16, handedness=handedness).render_silhouettes(
+            marker, faces))  # fmt: skip
+        cols = np.nonzero(alpha.sum(0))[0]
+        assert len(cols) and ((cols >= 8).all() if side == "right" else (cols < 8).all())
+
+
+def test_projection_camera_is_right_handed_and_unmirrored():
+    # OpenCV's camera: x right, y down; the teapot's outward faces are front faces.
+    v, f = small_mesh()
+    K = jnp.array([[32.0, 0, 16], [0, 32.0, 16], [0, 0, 1]])
+    kw = dict(image_size=32, camera_mode="projection", orig_size=32, K=K, R=jnp.eye(3))
+    t = jnp.array([0.0, 0.0, 2.732])
+    both = nr.Renderer(**kw, t=t).render_depth(v, f)
+    front = nr.Renderer(**kw, t=t, fill_back=False).render_depth(v, f)
+    np.testing.assert_allclose(front, both, atol=1e-5)
+    # Camera x > 0 and y < 0 (y points down): the upper right quarter of the image.
+    point = jnp.array([[0.5, -0.5, 0.0], [0.7, -0.5, 0.0], [0.6, -0.3, 0.0]])
+    alpha = np.asarray(nr.Renderer(**kw, t=t).render_silhouettes(point, jnp.array([[0, 1, 2]])))
+    rows, cols = np.nonzero(alpha)
+    assert len(rows) and (cols >= 16).all() and (rows < 16).all()
