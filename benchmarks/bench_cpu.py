@@ -25,8 +25,12 @@ Baselines, each run where available and skipped with a note otherwise:
   it (Debian 12: ``libllvm19``, e.g. unpacked with ``apt-get download`` and ``dpkg -x``).
 - PyTorch3D and jaxrenderer: not adapted here; reported as skipped.
 
+A second table times the shader path (a UV image texture through ``interpolate`` and
+``sample_texture``) against the texture-cube path: the teapot at 256^2 with anti-aliasing and a
+512^2 texture, and the 100k-face torus at 1024^2 with a 1024^2 texture.
+
 Usage: ``python benchmarks/bench_cpu.py`` (every entry; tens of minutes on 2 cores, most of it in
-the baselines) or ``--quick`` (4 entries, a few minutes).
+the baselines), ``--quick`` (4 entries, a few minutes) or ``--shader-only`` (the second table).
 """
 
 from __future__ import annotations
@@ -238,6 +242,52 @@ def mitsuba_fns(vertices: np.ndarray, faces: np.ndarray, case: Case):
     return fwd, fwd_bwd(direct_scene), fwd_bwd(projective_scene)
 
 
+def shader_pairs(vertices: np.ndarray, faces: np.ndarray, size: int, texture: int, aa: bool):
+    """(cube, shader) forward+backward callables of the vertices [1, V, 3]: the texture-cube path
+    (2^3 cubes, the original's kernel) and the shader path with a ``texture``^2 UV image
+    (spherical UVs, bilinear). Both differentiate an L2 loss of rgb and alpha w.r.t. the vertices
+    and the appearance (cubes, or image)."""
+    both = np.concatenate([faces, faces[:, ::-1]])
+    rng = np.random.default_rng(1)
+    cubes = jnp.asarray(rng.uniform(0.2, 1.0, (len(both), 2, 2, 2, 3)), jnp.float32)
+    image = jnp.asarray(rng.uniform(0.2, 1.0, (texture, texture, 3)), jnp.float32)
+    uvs = nr.spherical_uvs(vertices, both)
+    f = jnp.asarray(both)
+
+    def shader(fragments, image):
+        return nr.sample_texture(image, nr.interpolate(uvs, None, fragments))
+
+    def cube_loss(v, cubes):
+        out = nr.rasterize_rgbad(project(v, f), cubes, size, aa, NEAR, FAR, return_depth=False)
+        return l2_loss(out.rgb, out.alpha)
+
+    def shader_loss(v, image):
+        out = nr.rasterize_shaded(project(v, f), shader, (image,), size, aa, NEAR, FAR)
+        return l2_loss(out.image, out.alpha)
+
+    cube = jax.jit(jax.value_and_grad(cube_loss, argnums=(0, 1)))
+    shaded = jax.jit(jax.value_and_grad(shader_loss, argnums=(0, 1)))
+    return (lambda v: cube(v, cubes)), (lambda v: shaded(v, image))
+
+
+def shader_table(meshes: dict, repeats: int, quick: bool) -> None:
+    """The shader path against the texture-cube path, forward+backward, in this process."""
+    print("# shader path: UV image texture (interpolate + sample_texture) vs texture cubes, "
+          "fwd+bwd w.r.t. vertices and appearance, ms", flush=True)  # fmt: skip
+    print(f"{'scene':10} {'faces':>6} {'size':>5} {'aa':>3} {'texture':>7} "
+          f"{'cubes':>9} {'shader':>9} {'x':>6}", flush=True)  # fmt: skip
+    entries = [("teapot", 256, 512, True), ("torus100k", 1024, 1024, False)]
+    for scene, size, texture, aa in entries[:1] if quick else entries:
+        verts, faces = meshes[scene]
+        cube, shaded = shader_pairs(verts, faces, size, texture, aa)
+        v = jnp.asarray(verts[None])
+        tc, _, _ = timed(cube, v, repeats)
+        ts, _, _ = timed(shaded, v, repeats)
+        print(f"{scene:10} {2 * len(faces):6d} {size:5d} {'on' if aa else 'off':>3} "
+              f"{texture:5d}^2 {tc * 1e3:9.1f} {ts * 1e3:9.1f} {ts / tc:6.2f}", flush=True)  # fmt: skip
+    print("# x: shader time / texture-cube time (same process, same mesh, camera and loss).")
+
+
 # ----------------------------------------------------------------------------------------------
 # Measurement
 
@@ -304,6 +354,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per entry")
     parser.add_argument("--no-brute", action="store_true", help="skip the brute-force baseline")
     parser.add_argument("--no-mitsuba", action="store_true", help="skip Mitsuba 3")
+    parser.add_argument("--shader-only", action="store_true", help="only the shader path's table")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
 
@@ -329,8 +380,11 @@ def main() -> None:
               f"{'nmr_jax':>9} {'RSS GB':>6} {'dRSS/io':>7} {'XLA/io':>6} {'brute':>9} {'x':>6}")  # fmt: skip
     if use_mitsuba:
         header += f" {'mi int.':>9} {'x':>6} {'mi sil.':>9} {'x':>6}"
-    print(header, flush=True)
     meshes = scenes()
+    if args.shader_only:
+        shader_table(meshes, repeats, args.quick)
+        return
+    print(header, flush=True)
     rng = np.random.default_rng(0)
     for case in cases(args.quick):
         verts, faces = meshes[case.scene]
@@ -388,6 +442,7 @@ def main() -> None:
     )
     for note in notes:
         print(f"# {note}")
+    shader_table(meshes, repeats, args.quick)
 
 
 if __name__ == "__main__":

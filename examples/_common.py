@@ -1,4 +1,4 @@
-"""Helpers shared by the four examples: command line, mesh loading, batched views, metrics, output."""
+"""Helpers shared by the examples: command line, meshes, rotations, batched views, metrics, output."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import jax
@@ -27,7 +28,12 @@ GIF_FPS = 20
 
 
 def parser(
-    description: str, *, iterations: int | None = None, seed: bool = False
+    description: str,
+    *,
+    iterations: int | None = None,
+    seed: bool = False,
+    mesh: bool = True,
+    image_size: int = IMAGE_SIZE,
 ) -> argparse.ArgumentParser:
     """The options every example shares; ``--iterations`` and ``--seed`` only where they mean something.
 
@@ -35,11 +41,16 @@ def parser(
       description: the script's one-line purpose, shown by ``--help``.
       iterations: default of ``--iterations``; None for a script without an optimisation loop.
       seed: whether the script draws random numbers and so takes ``--seed``.
+      mesh: whether the script takes ``--mesh`` (those that make their own shapes do not).
+      image_size: default of ``--image-size``.
     """
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--mesh", default=None, help="OBJ file to use (default: the built-in teapot)")
+    if mesh:
+        p.add_argument(
+            "--mesh", default=None, help="OBJ file to use (default: the built-in teapot)"
+        )
     p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    p.add_argument("--image-size", type=int, default=image_size)
     if iterations is not None:
         p.add_argument("--iterations", type=int, default=iterations)
     if seed:
@@ -125,13 +136,13 @@ def to_uint8(images: ArrayLike) -> np.ndarray:
     return np.round(np.clip(np.asarray(images), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def write_gif(path: Path, frames: ArrayLike) -> None:
+def write_gif(path: Path, frames: ArrayLike, fps: float = GIF_FPS) -> None:
     """Writes ``frames [N, H, W(, 3)]`` (uint8, or floats in [0, 1]) as a looping GIF."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         frames = to_uint8(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, frames, duration=1000 / GIF_FPS, loop=0)  # duration: ms per frame
+    iio.imwrite(path, frames, duration=1000 / fps, loop=0)  # duration: ms per frame
     print(f"wrote {path}")
 
 
@@ -143,3 +154,115 @@ def write_png(path: Path, image: ArrayLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, image)
     print(f"wrote {path}")
+
+
+def quaternion_to_matrix(q: ArrayLike) -> jax.Array:
+    """float32 ``[..., 3, 3]``: the rotation of quaternions ``q [..., 4]`` (w, x, y, z), normalised.
+
+    Normalising here lets an optimiser move ``q`` freely: any non-zero 4-vector is a rotation.
+    """
+    q = jnp.asarray(q, jnp.float32)
+    w, x, y, z = jnp.moveaxis(q / jnp.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    return jnp.stack(
+        [
+            jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            jnp.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            jnp.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
+
+
+def rotation_angle(q: ArrayLike, q_true: ArrayLike) -> np.ndarray:
+    """Degrees ``[...]`` of the rotation between quaternions ``q [..., 4]`` and ``q_true [4]``."""
+    q, q_true = np.asarray(q, np.float64), np.asarray(q_true, np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    cos_half = np.abs(q @ (q_true / np.linalg.norm(q_true)))  # q and -q are the same rotation
+    return np.degrees(2 * np.arccos(np.clip(cos_half, 0.0, 1.0)))
+
+
+def box(center: ArrayLike, half_size: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """An axis-aligned box: ``(vertices float32 [8, 3], faces int32 [12, 3])``, outward-facing."""
+    corners = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], np.float32)
+    vertices = np.asarray(center, np.float32) + (2 * corners - 1) * np.asarray(half_size)
+    faces = [
+        [0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5],  # x = -1, x = +1
+        [0, 4, 5], [0, 5, 1], [2, 3, 7], [2, 7, 6],  # y = -1, y = +1
+        [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3],  # z = -1, z = +1
+    ]  # fmt: skip
+    return jnp.asarray(vertices), jnp.asarray(faces, jnp.int32)
+
+
+def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unit icosphere: ``(vertices float32 [V, 3], faces int32 [F, 3])``, F = 20 * 4^subdivisions.
+
+    Each subdivision splits every triangle into four at its edges' midpoints, pushed out to the
+    sphere; faces are counter-clockwise seen from outside, as the renderer expects.
+    """
+    g = (1 + 5**0.5) / 2
+    verts = [
+        [-1, g, 0], [1, g, 0], [-1, -g, 0], [1, -g, 0], [0, -1, g], [0, 1, g],
+        [0, -1, -g], [0, 1, -g], [g, 0, -1], [g, 0, 1], [-g, 0, -1], [-g, 0, 1],
+    ]  # fmt: skip
+    faces = [
+        [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
+        [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
+        [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
+    ]  # fmt: skip
+    v = [np.asarray(p, np.float64) / np.linalg.norm(p) for p in verts]
+    # Edge -> index of its midpoint. One cache serves all levels: each level's edges join a
+    # vertex new at that level to another vertex, so no edge of one level recurs at the next.
+    midpoints: dict[tuple[int, int], int] = {}
+
+    def midpoint(a: int, b: int) -> int:
+        key = (min(a, b), max(a, b))
+        if key not in midpoints:
+            m = v[a] + v[b]
+            v.append(m / np.linalg.norm(m))
+            midpoints[key] = len(v) - 1
+        return midpoints[key]
+
+    for _ in range(subdivisions):
+        new_faces = []
+        for a, b, c in faces:
+            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
+            new_faces += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
+        faces = new_faces
+    return np.asarray(v, np.float32), np.asarray(faces, np.int32)
+
+
+def axes() -> tuple[Any, Any]:
+    """A new matplotlib figure and its axes, sized for the docs; matplotlib is imported here, so
+    that only the scripts that plot need it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(5, 3.2), dpi=100)
+
+
+def save_figure(path: Path, fig: Any) -> None:
+    """Writes a figure from ``axes`` as a PNG and closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def write_curves(
+    path: Path, curves: dict[str, ArrayLike], *, ylabel: str = "loss", xlabel: str = "iteration"
+) -> None:
+    """Writes a PNG of one or more curves against their index, on a log y axis (losses fall by
+    orders of magnitude)."""
+    fig, ax = axes()
+    for label, values in curves.items():
+        ax.plot(np.asarray(values), label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log")
+    ax.grid(True, alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    save_figure(path, fig)

@@ -3,8 +3,9 @@
     python examples/example2.py [--mesh teapot.obj] [--iterations 300] [--image-size 256]
 
 Writes ``example2_optimization.gif`` (the silhouette in red over the target square in green, so
-their overlap is yellow) and ``example2_result.png`` (the deformed mesh, shaded) into
-``--output-dir``, and prints the intersection over union with the square before and after.
+their overlap is yellow), ``example2_result.png`` (the deformed mesh, shaded) and
+``example2_loss.png`` (the loss per step) into ``--output-dir``, and prints the intersection
+over union with the square before and after.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from _common import (
     parser,
     render_views,
     white_textures,
+    write_curves,
     write_gif,
     write_png,
 )
@@ -87,10 +89,12 @@ def run(
     opt_state = optimizer.init(vertices)
     start = evaluate(vertices)
     frames: list[np.ndarray] = []
+    losses: list[float] = []
     bar = tqdm(range(iterations), desc="example2", disable=not progress)
     for i in bar:
         vertices, opt_state, loss, silhouette = step(vertices, opt_state)
-        bar.set_postfix(loss=f"{float(loss):.1f}")
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.1f}")
         if output_dir is not None and i % FRAME_EVERY == 0:
             frames.append(overlay(silhouette, target))
     end = evaluate(vertices)
@@ -100,6 +104,7 @@ def run(
         write_gif(output_dir / "example2_optimization.gif", frames)
         result = render_views(renderer, vertices, faces, white_textures(len(faces)), eye[None])[0]
         write_png(output_dir / "example2_result.png", result)
+        write_curves(output_dir / "example2_loss.png", {"loss": [*losses, float(end[0])]})
     return {
         "iou_start": iou(start[1], target),
         "iou_end": iou(end[1], target),

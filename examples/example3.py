@@ -4,7 +4,8 @@
 
 Each step renders the teapot (orthographic, ambient light only) from a random azimuth and
 moves its textures towards the stripes behind it. Writes ``example3_ref.png`` (the stripes) and
-``example3_result.gif`` (the painted teapot turning) into ``--output-dir``.
+``example3_result.gif`` (the painted teapot turning) and ``example3_loss.png`` (each step's
+loss, on its random view) into ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from _common import (
     parser,
     render_views,
     turntable_eyes,
+    write_curves,
     write_gif,
     write_png,
 )
@@ -132,10 +134,12 @@ def run(
     loss_start = float(evaluate(param))
     opt_state = optimizer.init(param)
     key = jax.random.key(seed)
+    losses: list[float] = []
     bar = tqdm(range(iterations), desc="example3", disable=not progress)
     for _ in bar:
         param, opt_state, loss, key = step(param, opt_state, key)
-        bar.set_postfix(loss=f"{float(loss):.1f}")
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.1f}")
     loss_end = float(evaluate(param))
 
     if output_dir is not None:
@@ -144,6 +148,9 @@ def run(
         write_gif(
             output_dir / "example3_result.gif",
             render_views(renderer, vertices, faces, to_textures(param), eyes),
+        )
+        write_curves(
+            output_dir / "example3_loss.png", {"loss": losses}, ylabel="loss of the step's view"
         )
     return {"loss_start": loss_start, "loss_end": loss_end}
 

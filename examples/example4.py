@@ -5,7 +5,7 @@
 Renders the reference silhouette from distance 2.732, elevation 30, azimuth -15, then moves the
 eye from [6, 10, -14] by gradient descent on the silhouette's squared error. Writes
 ``example4_optimization.gif`` (the current silhouette in red over the reference in green, so
-their overlap is yellow) into ``--output-dir`` and prints the final eye and its error.
+their overlap is yellow) and ``example4_loss.png`` (the loss per step) into ``--output-dir`` and prints the final eye and its error.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import CAMERA_DISTANCE, IMAGE_SIZE, adam_step, load_mesh, overlay, parser, write_gif
+from _common import (
+    CAMERA_DISTANCE,
+    IMAGE_SIZE,
+    adam_step,
+    load_mesh,
+    overlay,
+    parser,
+    write_curves,
+    write_gif,
+)
 from tqdm import tqdm
 
 import nmr_jax as nr
@@ -97,6 +106,7 @@ def run(
 
     if output_dir is not None:
         write_gif(output_dir / "example4_optimization.gif", frames)
+        write_curves(output_dir / "example4_loss.png", {"loss": losses})
     final, truth = np.asarray(eye, np.float64), np.asarray(true_eye, np.float64)
     return {
         "eye": final,

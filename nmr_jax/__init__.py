@@ -4,8 +4,8 @@ Rasterization runs in C++ (and CUDA) kernels registered as XLA custom calls; cam
 perspective are pure ``jax.numpy``. Everything is functional, jit-able and vmap-able.
 """
 
-from nmr_jax import data, typing
-from nmr_jax._obj import load_obj, save_obj
+from nmr_jax import data, shading, typing
+from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 from nmr_jax._validate import validate_mesh
 from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
 from nmr_jax.lighting import lighting
@@ -21,18 +21,41 @@ from nmr_jax.rasterize import (
     vertices_to_faces,
 )
 from nmr_jax.renderer import Renderer
+from nmr_jax.shading import (
+    Fragments,
+    Shaded,
+    face_normals,
+    interpolate,
+    lambert,
+    mesh_colors,
+    mesh_shader,
+    rasterize_fragments,
+    rasterize_shaded,
+    sample_texture,
+    spherical_uvs,
+    vertex_normals,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RGBAD",
+    "Fragments",
+    "Mesh",
     "Renderer",
+    "Shaded",
     "data",
     "get_points_from_angles",
+    "face_normals",
+    "interpolate",
+    "lambert",
+    "load_mesh",
     "lighting",
     "load_obj",
     "look",
     "look_at",
+    "mesh_colors",
+    "mesh_shader",
     "perspective",
     "projection",
     "rasterize",
@@ -40,10 +63,16 @@ __all__ = [
     "rasterize_face_index_map",
     "rasterize_face_index_map_and_weight_map",
     "rasterize_rgbad",
+    "rasterize_shaded",
+    "rasterize_fragments",
     "rasterize_silhouettes",
     "rasterize_weight_map",
+    "sample_texture",
     "save_obj",
+    "shading",
+    "spherical_uvs",
     "typing",
     "validate_mesh",
+    "vertex_normals",
     "vertices_to_faces",
 ]

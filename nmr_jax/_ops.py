@@ -7,10 +7,13 @@ are plain jnp in the public layer, so autodiff un-flips and un-pools the incomin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from nmr_jax import _ffi
 
@@ -46,49 +49,161 @@ class RasterConfig:
     background: tuple[float, float, float]  # RGB of uncovered pixels.
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def raster_maps(
-    face_vertices: jax.Array, textures: jax.Array | None, cfg: RasterConfig
-) -> tuple[jax.Array | None, jax.Array, jax.Array]:
-    """(rgb [*b, H, W, 3] or None without textures, alpha [*b, H, W], depth [*b, H, W])."""
-    return _raster_fwd(face_vertices, textures, cfg)[0]
+class Fragments(NamedTuple):
+    """What a shader sees at each pixel of the rasterized image (its resolution: twice the output
+    with anti-aliasing), row 0 at the top as in the images.
+
+    Differentiable in the face vertices with the face index held fixed (as nvdiffrast's
+    ``interpolate``): ``bary_screen`` in their x and y, ``bary`` and ``depth`` in x, y and z.
+    """
+
+    face_index: jax.Array  # int32 [..., H, W]: the face drawn at each pixel, -1 on background.
+    bary: jax.Array  # float32 [..., H, W, 3]: perspective-correct barycentrics, 0 on background.
+    bary_screen: jax.Array  # float32 [..., H, W, 3]: screen-space barycentrics, 0 on background.
+    depth: jax.Array  # float32 [..., H, W]: view depth, `far` on background.
+    # bool [..., H, W]: the pixel shows the reversed copy of its face (``Renderer.fill_back``),
+    # so its normals point the other way; False from the rasterize functions.
+    back: jax.Array
 
 
-def _raster_fwd(face_vertices: jax.Array, textures: jax.Array | None, cfg: RasterConfig):
+Shader = Callable[..., jax.Array]
+
+
+def fragments(face_vertices: jax.Array, cfg: RasterConfig) -> Fragments:
+    """The kernel's maps as rasterized (row 0 at y = -1), with their vertex gradients."""
     face_index, weights, depth = _ffi.rasterize(
-        face_vertices, cfg.height, cfg.width, cfg.near, cfg.far
+        jax.lax.stop_gradient(face_vertices), cfg.height, cfg.width, cfg.near, cfg.far
     )
-    covered = face_index >= 0
+    weights, depth = _vertex_differentiable(face_vertices, face_index, weights, depth)
+    covered = (face_index >= 0)[..., None]
+    # Background pixels read face 0, whose depth may be 0 (padding): 1 keeps them finite.
+    z = jnp.where(covered, _pixel_faces(face_vertices, face_index)[..., 2], 1.0)
+    # The kernel's perspective-correct texture coordinate w_k zp / z_k, rounded as it does.
+    bary = weights * (depth[..., None] / z)
+    return Fragments(face_index, bary, weights, depth, jnp.zeros(face_index.shape, bool))
+
+
+@jax.custom_vjp
+def _vertex_differentiable(
+    face_vertices: jax.Array, face_index: jax.Array, weights: jax.Array, depth: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The kernel's weights and depth, passing their gradients on to the face vertices."""
+    return weights, depth
+
+
+def _vertex_differentiable_fwd(face_vertices, face_index, weights, depth):
+    fv, fi, w, d = (a.value for a in (face_vertices, face_index, weights, depth))
+    return (w, d), (fv, fi, w, d)
+
+
+def _vertex_differentiable_bwd(res: tuple, grads: tuple) -> tuple:
+    fv, fi, w, d = res
+    g_w, g_d = grads
+    # Symbolic zeros (a map nobody reads) cost nothing: the cube shader reads neither.
+    g_fv = jnp.zeros_like(fv)
+    if not isinstance(g_w, SymbolicZero):
+        g_fv = g_fv + jax.vjp(lambda f: _weights_at(f, fi), fv)[1](g_w)[0]
+    if not isinstance(g_d, SymbolicZero):
+        g_fv = g_fv + _ffi.depth_bwd(fv, fi, w, d, g_d)
+    return g_fv, None, None, None
+
+
+_vertex_differentiable.defvjp(
+    _vertex_differentiable_fwd, _vertex_differentiable_bwd, symbolic_zeros=True
+)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _kato(face_vertices: jax.Array, face_index: jax.Array, image: jax.Array, eps: float):
+    """The identity on ``image`` [*b, H, W, C] (as rasterized, background and alpha included),
+    adding Kato's gradient of the face vertices to the image's own gradient."""
+    return image
+
+
+def _kato_fwd(face_vertices, face_index, image, eps):
+    return image, (face_vertices, face_index, image)
+
+
+def _kato_bwd(eps: float, res: tuple, g_image: jax.Array) -> tuple:
+    face_vertices, face_index, image = res
+    return _ffi.kato_bwd(face_vertices, face_index, image, g_image, eps), None, g_image
+
+
+_kato.defvjp(_kato_fwd, _kato_bwd)
+
+
+def shade(
+    face_vertices: jax.Array,
+    cfg: RasterConfig,
+    shader: Shader | None,
+    shader_args: tuple,
+    background: jax.Array | None,
+) -> tuple[jax.Array | None, jax.Array, jax.Array]:
+    """(image [*b, H, W, C] or None without a shader, alpha [*b, H, W], depth [*b, H, W]), as
+    rasterized (row 0 at y = -1).
+
+    The shader sees the fragments row 0 at the top; autodiff gives the gradient of what it reads
+    (its arguments, and the fragments' vertex gradients), Kato's rule on the composited image and
+    alpha adds the gradient of where the faces are drawn. Uncovered pixels take ``background``
+    (None: the shader's output there, for shaders that composite their own).
+    """
+    frags = fragments(face_vertices, cfg)
+    covered = frags.face_index >= 0
     alpha = covered.astype(jnp.float32)
-    rgb = None
-    if textures is not None:
-        sampled = _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, cfg.eps)
-        rgb = jnp.where(covered[..., None], sampled, jnp.asarray(cfg.background, jnp.float32))
-    tex_shape = None if textures is None else jnp.zeros((0,) + textures.shape)
-    res = (face_vertices, face_index, weights, depth, rgb, alpha, tex_shape)
-    return (rgb, alpha, depth), res
-
-
-def _raster_bwd(cfg: RasterConfig, res: tuple, grads: tuple) -> tuple:
-    face_vertices, face_index, weights, depth, rgb, alpha, tex_shape = res
-    g_rgb, g_alpha, g_depth = grads
-    # Kato's rule sees rgb (background included) and alpha as one image of 4 (or 1) channels.
-    if rgb is None:
-        image, g_image = alpha[..., None], g_alpha[..., None]
+    if shader is None:
+        image = alpha[..., None]
     else:
+        top = Fragments(*(jnp.flip(m, axis=frags.face_index.ndim - 2) for m in frags))
+        out = jnp.flip(shader(top, *shader_args), axis=-3)
+        if out.shape[:-1] != frags.face_index.shape:
+            raise ValueError(
+                f"the shader must return [..., H, W, C] with [..., H, W] = "
+                f"{frags.face_index.shape} like the fragments' face_index, got {out.shape}"
+            )
+        rgb = out.astype(jnp.float32)
+        if background is not None:
+            rgb = jnp.where(covered[..., None], rgb, background)
         image = jnp.concatenate([rgb, alpha[..., None]], axis=-1)
-        g_image = jnp.concatenate([g_rgb, g_alpha[..., None]], axis=-1)
-    g_fv = _ffi.kato_bwd(face_vertices, face_index, image, g_image, cfg.eps)
-    g_fv = g_fv + _ffi.depth_bwd(face_vertices, face_index, weights, depth, g_depth)
-    g_tex = None
-    if tex_shape is not None:
-        g_tex = _ffi.sample_textures_bwd(
-            face_vertices, face_index, weights, depth, g_rgb, cfg.eps, tex_shape.shape[1:]
-        )
-    return g_fv, g_tex
+    image = _kato(face_vertices, frags.face_index, image, cfg.eps)
+    rgb_out = None if shader is None else image[..., :-1]
+    return rgb_out, image[..., -1], frags.depth
 
 
-raster_maps.defvjp(_raster_fwd, _raster_bwd)
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def sample_cubes(
+    face_vertices: jax.Array,
+    textures: jax.Array,
+    face_index: jax.Array,
+    weights: jax.Array,
+    depth: jax.Array,
+    eps: float,
+) -> jax.Array:
+    """The original's trilinear texture-cube colours [*b, H, W, 3], 0 on background (the kernel
+    works pixel by pixel: any row order). As the original, only the textures get a gradient."""
+    return _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, eps)
+
+
+def _sample_cubes_fwd(face_vertices, textures, face_index, weights, depth, eps):
+    rgb = _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, eps)
+    return rgb, (face_vertices, face_index, weights, depth, jnp.zeros((0,) + textures.shape))
+
+
+def _sample_cubes_bwd(eps: float, res: tuple, g_rgb: jax.Array) -> tuple:
+    face_vertices, face_index, weights, depth, tex_shape = res
+    g_tex = _ffi.sample_textures_bwd(
+        face_vertices, face_index, weights, depth, g_rgb, eps, tex_shape.shape[1:]
+    )
+    return None, g_tex, None, None, None
+
+
+sample_cubes.defvjp(_sample_cubes_fwd, _sample_cubes_bwd)
+
+
+def cube_shader(face_vertices: jax.Array, eps: float) -> Shader:
+    """The shader of texture cubes [*b, F, T, T, T, 3] of the faces ``face_vertices``."""
+    return lambda frags, textures: sample_cubes(
+        face_vertices, textures, frags.face_index, frags.bary_screen, frags.depth, eps
+    )
 
 
 def face_index_and_weights(
@@ -110,11 +225,8 @@ def _weights_at(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
     the face, as nvdiffrast's ``interpolate``; the face index (where each face is drawn) is data.
     """
     height, width = face_index.shape[-2:]
-    batch = face_index.shape[:-2]
     covered = face_index >= 0
-    flat = face_vertices.reshape(*batch, -1, 9)
-    rows = jnp.maximum(face_index, 0).reshape(*batch, height * width, 1)
-    face = jnp.take_along_axis(flat, rows, axis=-2).reshape(*batch, height, width, 3, 3)
+    face = _pixel_faces(face_vertices, face_index)
     x = 0.5 * (face[..., 0] * width + width - 1)  # pixel coordinates, as nmr_core.h to_pixel
     y = 0.5 * (face[..., 1] * height + height - 1)
     # Pixel centres sit on integers; [W, 1] and [H, 1, 1] broadcast against [..., H, W, 3].
@@ -132,3 +244,42 @@ def _weights_at(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
     total = jnp.sum(w, axis=-1, keepdims=True)
     w = w / jnp.where(total > 0, total, 1.0)
     return jnp.where(covered[..., None], w, 0.0)
+
+
+def _pixel_faces(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
+    """[*b, H, W, 3, 3]: the vertices of each pixel's face (face 0 on background)."""
+    return take_rows(face_vertices, 3, jnp.maximum(face_index, 0), 2)
+
+
+def take_rows(table: jax.Array, table_core: int, index: jax.Array, index_core: int) -> jax.Array:
+    """Rows of ``table [*b, N, *rest]`` (``table_core = 1 + len(rest)``) at ``index [*b', *I]``
+    (``index_core = len(I)``) -> ``[*broadcast(b, b'), *I, *rest]``.
+
+    One broadcasting ``take_along_axis``, no reshape: explicit sharding cannot type a reshape of
+    sharded batches (also under ``vmap``).
+    """
+    n_rest = table_core - 1
+    if table.shape[table.ndim - table_core] == 0:  # no rows (an empty mesh): nothing is read
+        batch = jnp.broadcast_shapes(
+            table.shape[:-table_core], index.shape[: index.ndim - index_core]
+        )
+        rest = table.shape[table.ndim - n_rest :]
+        return jnp.zeros((*batch, *index.shape[index.ndim - index_core :], *rest), table.dtype)
+    if table.ndim == table_core:  # no batch on the table: a plain gather
+        return jnp.take(table, index, axis=0)
+    batch_rank = table.ndim - table_core
+    # Singleton dims before N line the table up with I (they broadcast); the index gets one
+    # singleton for each trailing dim of the rows.
+    t = jnp.expand_dims(table, tuple(range(batch_rank, batch_rank + index_core - 1)))
+    i = jnp.expand_dims(index, tuple(range(index.ndim, index.ndim + n_rest)))
+    t, i = _pad_ranks(t, i)
+    return jnp.take_along_axis(t, i, axis=-1 - n_rest)
+
+
+def _pad_ranks(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Left-pads the shorter array's shape with 1s (its batch) to the other's rank."""
+    rank = max(a.ndim, b.ndim)
+    return (
+        jnp.expand_dims(a, tuple(range(rank - a.ndim))),
+        jnp.expand_dims(b, tuple(range(rank - b.ndim))),
+    )

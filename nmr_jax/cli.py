@@ -6,9 +6,11 @@ nmr-jax render MESH.obj -o out.png|out.gif [options]    (nmr-jax render --help l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,10 +34,13 @@ examples:
   nmr-jax render mesh.obj -o lit.png --ambient 0.3 --directional 0.8 --light-direction 1 1 -1 \\
       --background 0.2 0.3 0.4
   nmr-jax render scan.obj -o front.png --up z --handedness right
+  nmr-jax render asset.obj -o smooth.png --shading smooth
+  nmr-jax render asset.obj -o normals.png --mode normals --shading smooth
 
 The mesh is normalised into [-1, 1]^3 (as the original's load_obj) unless --no-normalization, and
-coloured by the materials of its .mtl files (Kd colours and map_Kd images; white without them)
-unless --no-textures. The camera sits at --distance from the origin, --elevation degrees above
+coloured by the materials of its .mtl files (map_Kd images sampled per pixel through the UVs, Kd
+colours, `v x y z r g b` vertex colours; white without them, with a warning for a missing .mtl,
+material or image) unless --no-textures. The camera sits at --distance from the origin, --elevation degrees above
 the horizontal plane and --azimuth degrees around the vertical axis, and looks at the origin;
 --views N renders N views at azimuths evenly spaced over a full turn (a GIF; a progress bar is
 shown when tqdm is installed). Depth images are grey levels, nearest white, over --background.
@@ -66,8 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("mesh", type=Path, metavar="MESH.obj", help="Wavefront OBJ file")
     p.add_argument("-o", "--output", type=Path, required=True, help="out.png or out.gif")
     p.add_argument(
-        "--mode", choices=("rgb", "depth", "silhouette"), default="rgb", help="default: rgb"
-    )
+        "--mode", choices=("rgb", "depth", "silhouette", "normals"), default="rgb",
+        help="normals: world normals as colours 0.5 (n + 1) (default: rgb)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shading", choices=("flat", "smooth"), default="flat",
+        help="flat: one normal per face, as the original; smooth: the file's vn or area-weighted "
+        "vertex normals, interpolated (default: flat)",
+    )  # fmt: skip
     p.add_argument(
         "--image-size", type=int, nargs="+", default=[256], metavar="N",
         help="S, or H W for a non-square image (default: 256)",
@@ -107,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("R", "G", "B"), help="in [0, 1] (default: 0 0 0)",
     )  # fmt: skip
     light.add_argument(
-        "--texture-size", type=int, default=4,
-        help="texels per edge of each face's colour cube (default: 4)",
+        "--texture-size", type=int, default=None,
+        help="sample the materials into the original's per-face colour cubes of this many texels "
+        "per edge (flat shading only) instead of per pixel through the UVs (default: per pixel)",
     )  # fmt: skip
     light.add_argument(
         "--textures", action=argparse.BooleanOptionalAction, default=True,
@@ -158,8 +170,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
     except ValueError as err:
         parser.error(f"--image-size: {err}")
-    if args.texture_size < 1:
+    if args.texture_size is not None and args.texture_size < 1:
         parser.error(f"--texture-size must be at least 1, got {args.texture_size}")
+    if args.texture_size is not None and (args.shading == "smooth" or args.mode == "normals"):
+        parser.error(
+            "--texture-size renders flat colour cubes: not with --shading smooth or --mode normals"
+        )
     if args.fps <= 0:
         parser.error(f"--fps must be positive, got {args.fps}")
     if not all(0.0 <= c <= 1.0 for c in args.background):
@@ -188,6 +204,30 @@ def _render_view(
     return renderer.render(vertices, faces, textures, eye=eye)
 
 
+@partial(jax.jit, static_argnames=("shading", "output"))
+def _shade_view(
+    renderer: nr.Renderer, mesh: nr.Mesh, eye: jax.Array, shading: str, output: str
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    shader, args = nr.mesh_shader(mesh, renderer, shading, output)  # type: ignore[arg-type]
+    return renderer.render(mesh.vertices, mesh.faces, shader=shader, shader_args=args, eye=eye)
+
+
+def _load(args: argparse.Namespace) -> tuple[nr.Mesh | None, tuple[jax.Array, ...]]:
+    """The mesh for the shader path, or (None, cube path's vertices, faces, textures)."""
+    if args.texture_size is None:
+        # Missing materials warn (on stderr) and render white.
+        mesh = nr.load_mesh(args.mesh, args.normalization, "warn", materials=args.textures)
+        if not args.textures:
+            mesh = dataclasses.replace(mesh, vertex_colors=None)  # white
+        return mesh, (mesh.vertices, mesh.faces)
+    if args.textures:
+        return None, nr.load_obj(
+            args.mesh, args.normalization, args.texture_size, load_texture=True
+        )
+    vertices, faces = nr.load_obj(args.mesh, args.normalization)
+    return None, (vertices, faces, jnp.ones((faces.shape[0], 1, 1, 1, 3), jnp.float32))  # white
+
+
 def _to_images(
     mode: str,
     rgb: np.ndarray,
@@ -197,7 +237,7 @@ def _to_images(
     background: Sequence[float],
 ) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` images of ``N`` views in the chosen mode."""
-    if mode == "rgb":
+    if mode in ("rgb", "normals"):
         image = rgb
     else:
         if mode == "depth":
@@ -222,17 +262,17 @@ def _to_images(
 
 def _render(args: argparse.Namespace) -> None:
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-    if args.textures:
-        vertices, faces, textures = nr.load_obj(
-            args.mesh, args.normalization, args.texture_size, load_texture=True
-        )
-    else:
-        vertices, faces = nr.load_obj(args.mesh, args.normalization)
-        textures = jnp.ones((faces.shape[0], 1, 1, 1, 3), jnp.float32)  # white
+    mesh, (vertices, faces, *textures) = _load(args)
     if args.up == "z":
         # A proper rotation (no mirror) taking z to y and the front (-y) towards -z, the side
         # that the camera at azimuth 0 sees.
-        vertices = vertices[:, [0, 2, 1]] * jnp.array([-1.0, 1.0, 1.0], jnp.float32)
+        def rotate(x: jax.Array) -> jax.Array:
+            return x[..., [0, 2, 1]] * jnp.array([-1.0, 1.0, 1.0], jnp.float32)
+
+        vertices = rotate(vertices)
+        if mesh is not None:
+            normals = None if mesh.normals is None else rotate(mesh.normals)
+            mesh = dataclasses.replace(mesh, vertices=vertices, normals=normals)
     renderer = nr.Renderer(
         handedness=args.handedness,
         image_size=size,
@@ -245,8 +285,16 @@ def _render(args: argparse.Namespace) -> None:
     )
     azimuths = args.azimuth + 360.0 * np.arange(args.views) / args.views
     eyes = np.asarray(nr.get_points_from_angles(args.distance, args.elevation, azimuths))
+    output = "normals" if args.mode == "normals" else "rgb"
     views = [
-        tuple(np.asarray(x) for x in _render_view(renderer, vertices, faces, textures, eye))
+        tuple(
+            np.asarray(x)
+            for x in (
+                _render_view(renderer, vertices, faces, textures[0], eye)
+                if mesh is None
+                else _shade_view(renderer, mesh, eye, args.shading, output)
+            )
+        )
         for eye in _progress(list(eyes), args.views > 1 and not args.quiet)
     ]
     rgb, depth, alpha = (np.stack(x) for x in zip(*views, strict=True))

@@ -139,7 +139,10 @@ def _rgbad(
     return_depth: bool = True,
 ) -> RGBAD:
     """``rasterize_rgbad`` of checked arguments (``tex`` None: no rgb)."""
-    rgb, alpha, depth = _ops.raster_maps(fv, tex if return_rgb else None, cfg)
+    tex = tex if return_rgb else None
+    shader = None if tex is None else _ops.cube_shader(fv, cfg.eps)
+    bg = jnp.asarray(cfg.background, jnp.float32)
+    rgb, alpha, depth = _ops.shade(fv, cfg, shader, (tex,), bg)
     return RGBAD(
         _finish(rgb, True, anti_aliasing) if return_rgb and rgb is not None else None,
         _finish(alpha, False, anti_aliasing) if return_alpha else None,

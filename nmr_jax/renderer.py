@@ -13,6 +13,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from nmr_jax import _validate as check
+from nmr_jax import shading
+from nmr_jax._ops import Shader
 from nmr_jax.camera import (
     PROJECTION_EPS,
     _normalize,
@@ -166,13 +168,15 @@ class Renderer:
         textures: ArrayLike | None = None,
         vertex_colors: ArrayLike | None = None,
         *,
+        shader: Shader | None = None,
+        shader_args: tuple = (),
         eye: VectorLike | None = None,
         K: ArrayLike | None = None,
         R: ArrayLike | None = None,
         t: ArrayLike | None = None,
         dist_coeffs: ArrayLike | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Renders a lit mesh coloured by texture cubes or by vertex colours (exactly one of them).
+        """Renders a mesh coloured by exactly one of: texture cubes, vertex colours, a shader.
 
         Args:
           vertices: float32 ``[..., V, 3]`` world coordinates.
@@ -182,14 +186,23 @@ class Renderer:
             over each face and lit like textures; gradients reach the colours, and the vertices
             through Kato's rule. A barycentric weight above ``1 - rasterizer_eps`` (a sliver at
             each corner) is clamped to it, as texture coordinates are.
+          shader, shader_args: ``shader(fragments, *shader_args) -> [..., H', W', C]``, any jnp
+            function of the ``Fragments`` of ``faces`` (also with ``fill_back``: a reversed copy
+            shows as its face with ``fragments.back`` set), unlit (``nmr_jax.mesh_shader`` and
+            ``lambert`` light); rgb is then its ``[..., H, W, C]`` image over
+            ``background_color`` (over 0 for C != 3). The vertices get Kato's gradient through
+            image and alpha plus the shader's own; ``shader_args`` get autodiff's. See
+            ``nmr_jax.shading``.
           eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it);
             only those that ``camera_mode`` reads.
 
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
-        if (textures is None) == (vertex_colors is None):
-            raise ValueError("render needs exactly one of textures and vertex_colors")
+        if [textures, vertex_colors, shader].count(None) != 2:
+            raise ValueError("render needs exactly one of textures and vertex_colors, or a shader")
+        if shader is not None and not callable(shader):
+            raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
         mesh = self._mesh(vertices, faces, textures, vertex_colors)
         camera = self._camera(eye, K, R, t, dist_coeffs)
         lights = lights_of(
@@ -201,7 +214,7 @@ class Renderer:
             prefix="light_",
         )
         check.batch(mesh.batches | camera.batches | light_batches(lights, "light_"))
-        return self._render(mesh, camera, lights)
+        return self._render(mesh, camera, lights, shader, tuple(shader_args))
 
     # --- checks ---------------------------------------------------------------------------
 
@@ -315,27 +328,36 @@ class Renderer:
         return xp.concatenate([faces, faces[..., ::-1]], axis=-2)
 
     def _render(
-        self, mesh: _Mesh, camera: _Camera, lights: Lights
+        self,
+        mesh: _Mesh,
+        camera: _Camera,
+        lights: Lights,
+        shader: Shader | None = None,
+        shader_args: tuple = (),
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        if mesh.vertex_colors is not None:
-            textures = _vertex_color_textures(mesh.vertex_colors, mesh.faces)
-        else:
-            assert mesh.textures is not None
-            textures = mesh.textures
+        faces = self._both_sides(mesh.faces)
+        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
+        world = self._world_faces(mesh.vertices, faces)
+        if mesh.textures is None:
+            return shading._render(self, fv, mesh, world, lights, shader, shader_args)
+        textures = mesh.textures
         if self.fill_back:
             # The reversed face (v2, v1, v0) sees texel (i, j, k) as (k, j, i).
             textures = jnp.concatenate([textures, jnp.swapaxes(textures, -4, -2)], axis=-5)
-        faces = self._both_sides(mesh.faces)
-        # Lighting uses world-space normals, so the reversed copies are lit from their own side.
-        world = _vertices_to_faces(mesh.vertices, faces)
-        if self.handedness == "right":
-            # The original's normal cross(v0 - v1, v2 - v1) points towards the camera from a
-            # face drawn in its left-handed image; mirrored, the drawn faces are the others.
-            world = world[..., ::-1, :]
         tex = _lighting(world, textures, lights)
-        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         out = _rgbad(fv, tex, self._config(self.rasterizer_eps), self.anti_aliasing)
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
+
+    def _world_faces(self, vertices: jax.Array, faces: np.ndarray | jax.Array) -> jax.Array:
+        """World face vertices for lighting, ordered so that the original's normal
+        ``cross(v0 - v1, v2 - v1)`` points to the side the camera sees; the reversed copies are
+        so lit from their own side."""
+        world = _vertices_to_faces(vertices, faces)
+        if self.handedness == "right":
+            # The original's normal points towards the camera from a face drawn in its
+            # left-handed image; mirrored, the drawn faces are the others.
+            world = world[..., ::-1, :]
+        return world
 
 
 class _Mesh(NamedTuple):
@@ -362,24 +384,6 @@ def _unchanged(value: Any, default: Any) -> bool:
         return bool(np.array_equal(np.asarray(value, np.float64), np.asarray(default)))
     except (TypeError, ValueError):
         return False
-
-
-# Corner (i, j, k) of a 2x2x2 cube, as barycentric coordinates [2, 2, 2, 3].
-_CUBE_CORNERS = np.moveaxis(np.indices((2, 2, 2), np.float32), 0, -1)
-
-
-def _vertex_color_textures(colors: jax.Array, faces: np.ndarray | jax.Array) -> jax.Array:
-    """Texture cubes [..., F, 2, 2, 2, 3] that reproduce barycentric interpolation of the colours.
-
-    Texel (i, j, k) = i c0 + j c1 + k c2 for the face's vertex colours c: trilinear sampling at
-    texture coordinates (b0, b1, b2), the perspective-correct barycentrics (they sum to 1), then
-    gives exactly b0 c0 + b1 c1 + b2 c2 (trilinear interpolation reproduces a linear function),
-    up to the sampler's clamp of each coordinate to 1 - eps. Texture sampling, lighting,
-    fill_back (the transposed cube is the reversed face's) and all the gradients of the texture
-    path apply unchanged: no kernel of its own.
-    """
-    face_colors = _vertices_to_faces(colors, faces)  # [..., F, 3 vertices, 3 channels]
-    return jnp.einsum("ijkv,...fvc->...fijkc", _CUBE_CORNERS, face_colors)
 
 
 def _register_pytree(cls: type) -> None:

@@ -71,7 +71,7 @@ def test_colours_come_from_the_mtl(tmp_path: Path) -> None:
         (["-o", "out.gif", "--views", "0"], "--views must be at least 1"),
         (["-o", "out.png", "--image-size", "0"], "--image-size"),
         (["-o", "out.png", "--background", "2", "0", "0"], "--background"),
-        (["-o", "out.png", "--mode", "normals"], "invalid choice"),
+        (["-o", "out.png", "--shading", "phong"], "invalid choice"),
         (["-o", "out.png", "--image-size", "40000"], "--image-size: image_size"),
         (["-o", "out.png", "--up", "x"], "invalid choice"),
     ],
@@ -148,3 +148,73 @@ def test_cli_handedness_right_unmirrors(tmp_path: Path) -> None:
                   "--handedness", "right") == 0  # fmt: skip
     left, right = iio.imread(tmp_path / "l.png"), iio.imread(tmp_path / "r.png")
     np.testing.assert_array_equal(left, right[:, ::-1])
+
+
+def test_cli_renders_a_uv_textured_obj_with_its_image(tmp_path: Path) -> None:
+    # A square facing the camera, its map_Kd red above and blue below (unmirrored by the flip).
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:4, :, 0] = image[4:, :, 2] = 255
+    vertices = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
+    uvs = np.array([[[0, 0], [1, 0], [1, 1]], [[0, 0], [1, 1], [0, 1]]], np.float32)
+    nr.save_obj(tmp_path / "square.obj", vertices, faces, uvs=uvs, texture=image)
+    out = tmp_path / "textured.png"
+    unlit = ["--ambient", "1", "--directional", "0", "--elevation", "0", "--image-size", "32"]
+    assert cli.main(["render", str(tmp_path / "square.obj"), "-o", str(out), *unlit, "-q"]) == 0
+    rgb = iio.imread(out)
+    assert rgb[10, 16].tolist() == [255, 0, 0] and rgb[21, 16].tolist() == [0, 0, 255]
+
+
+def test_cli_uses_v_xyz_rgb_vertex_colors(tmp_path: Path) -> None:
+    (tmp_path / "green.obj").write_text(
+        "v -1 -1 0 0 1 0\nv 1 -1 0 0 1 0\nv 1 1 0 0 1 0\nv -1 1 0 0 1 0\nf 1 2 3 4\n"
+    )
+    out = tmp_path / "green.png"
+    args = [str(tmp_path / "green.obj"), "--ambient", "1", "--directional", "0"]
+    assert render(*args, "--elevation", "0", "-o", str(out)) == 0
+    assert iio.imread(out)[8, 12].tolist() == [0, 255, 0]
+
+
+@pytest.mark.parametrize(
+    "mtl, missing",
+    [
+        (None, "material library"),
+        ("newmtl b\n", "material 'a'"),
+        ("newmtl a\nmap_Kd no.png\n", "no.png"),
+    ],
+)
+def test_cli_missing_mtl_material_or_image_renders_white_with_a_warning(
+    tmp_path: Path, mtl: str | None, missing: str
+) -> None:
+    if mtl is not None:
+        (tmp_path / "m.mtl").write_text(mtl)
+    (tmp_path / "m.obj").write_text(
+        "mtllib m.mtl\nv -1 -1 0\nv 1 -1 0\nv 1 1 0\nv -1 1 0\nvt 0 0\nusemtl a\n"
+        "f 1/1 2/1 3/1 4/1\n"
+    )
+    out = tmp_path / "white.png"
+    args = [str(tmp_path / "m.obj"), "--ambient", "1", "--directional", "0", "--elevation", "0"]
+    with pytest.warns(UserWarning) as record:
+        assert render(*args, "-o", str(out)) == 0
+    assert any(missing in str(w.message) and "white" in str(w.message) for w in record)
+    assert iio.imread(out)[8, 12].tolist() == [255, 255, 255]
+
+
+def test_cli_smooth_shading_and_normals_mode(tmp_path: Path) -> None:
+    images = {}
+    for name, extra in [
+        ("flat", []),
+        ("smooth", ["--shading", "smooth"]),
+        ("normals", ["--mode", "normals", "--shading", "smooth"]),
+        ("cubes", ["--texture-size", "2"]),
+    ]:
+        out = tmp_path / f"{name}.png"
+        assert render(TEAPOT, "-o", str(out), "--no-anti-aliasing", *extra) == 0
+        images[name] = iio.imread(out).astype(int)
+    covered = images["flat"].max(-1) > 0
+    for name in ("smooth", "normals", "cubes"):
+        np.testing.assert_array_equal(images[name].max(-1) > 0, covered)
+    # The teapot has no materials: per-pixel colours and colour cubes agree; smooth differs.
+    assert np.abs(images["cubes"] - images["flat"]).max() <= 1
+    assert np.abs(images["smooth"] - images["flat"]).max() > 10
+    assert len(np.unique(images["normals"][covered].reshape(-1, 3), axis=0)) > 20

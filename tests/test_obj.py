@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nmr_jax._obj import load_obj, save_obj
+from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 
 SHARED_DATA = Path(__file__).parents[1] / ".." / "shared" / "nmr_reference_data" / "tests" / "data"
 
@@ -334,3 +334,138 @@ def test_large_file_is_streamed_into_compact_arrays(tmp_path):
     np.testing.assert_array_equal(faces[-1], [n - 1, 0, 1])
     np.testing.assert_array_equal(vertices[-1], [(n - 1) % 97, (n - 1) % 89, (n - 1) % 83])
     assert peak < 4 * (vertices.nbytes + faces.nbytes), peak
+
+
+# load_mesh and save_obj's extras; the traps of real files, each named after what went wrong.
+SQUARE_UV = (
+    "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0.5 2 0\n"
+    "vt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\nvn 0 0 1\nvn 0 0 -1\n"
+)
+
+
+def test_empty_mesh_roundtrips(tmp_path):
+    path = tmp_path / "empty.obj"
+    save_obj(path, np.zeros((0, 3)), np.zeros((0, 3), np.int32))
+    vertices, faces = load_obj(path)
+    assert vertices.shape == (0, 3) and faces.shape == (0, 3)
+    mesh = load_mesh(path)
+    assert mesh.vertices.shape == (0, 3) and mesh.faces.shape == (0, 3)
+
+
+def test_v_xyz_rgb_vertex_colors_are_read(tmp_path):
+    text = "v 0 0 0 1 0 0\nv 1 0 0 0 1 0\nv 0 1 0\nv 0 0 1 1.0\nf 1 2 3\nf 1 2 4\n"
+    mesh = load_mesh(write(tmp_path, "c.obj", text), normalization=False)
+    # Colourless vertices (and `v x y z w`) are white.
+    np.testing.assert_array_equal(mesh.vertex_colors, [[1, 0, 0], [0, 1, 0], [1, 1, 1], [1, 1, 1]])
+    assert load_mesh(write(tmp_path, "p.obj", TRIANGLE + "f 1 2 3\n")).vertex_colors is None
+
+
+def test_uvs_normals_quads_ngons_and_faces_without_vt(tmp_path):
+    iio.imwrite(tmp_path / "tex.png", np.full((2, 4, 3), 255, np.uint8))
+    write(tmp_path, "m.mtl", "newmtl a\nKd 0.5 0.5 0.5\nmap_Kd tex.png\nnewmtl b\nKd 1 0 0\n")
+    text = (
+        "mtllib m.mtl\n" + SQUARE_UV + "usemtl a\nf 1/1/1 2/2/1 3/3/1 4/4/1\n"  # a quad
+        "f 1//2 2//2 5//2\n"  # v//vn, no vt
+        "usemtl b\nf 1/1 2/2 3/3 5/4 4/4\n"  # a pentagon, v/vt, no vn
+    )
+    mesh = load_mesh(write(tmp_path, "m.obj", text), normalization=False)
+    assert isinstance(mesh, Mesh) and mesh.material_names == ("a", "b")
+    np.testing.assert_array_equal(
+        mesh.faces, [[0, 1, 2], [0, 2, 3], [0, 1, 4], [0, 1, 2], [0, 2, 4], [0, 4, 3]]
+    )
+    np.testing.assert_array_equal(mesh.face_materials, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(mesh.has_uv, [True, True, False, True, True, True])
+    np.testing.assert_array_equal(mesh.uvs[1], [[0, 0], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(mesh.uvs[2], 0.0)
+    np.testing.assert_allclose(mesh.normals[0], [[0, 0, 1]] * 3)
+    np.testing.assert_allclose(mesh.normals[2], [[0, 0, -1]] * 3)
+    # Faces without vn: area-weighted vertex normals (outward for counter-clockwise faces).
+    np.testing.assert_allclose(mesh.normals[3:, :, 2], 1.0, atol=1e-6)
+    np.testing.assert_allclose(mesh.kd, [[0.5, 0.5, 0.5], [1, 0, 0]])
+    assert mesh.images[0].shape == (2, 4, 3) and mesh.images[1] is None
+
+
+def test_backslash_paths_in_mtllib_and_map_kd_resolve(tmp_path):
+    (tmp_path / "mats").mkdir()
+    iio.imwrite(tmp_path / "mats" / "tex.png", np.zeros((2, 2, 3), np.uint8))
+    # A relative Windows path, and an absolute one from the exporting machine (found beside).
+    write(tmp_path / "mats", "m.mtl", "newmtl a\nmap_Kd C:\\Users\\me\\textures\\tex.png\n")
+    text = "mtllib mats\\m.mtl\n" + TRIANGLE + "vt 0 0\nusemtl a\nf 1/1 2/1 3/1\n"
+    mesh = load_mesh(write(tmp_path, "m.obj", text))
+    assert mesh.images[0].shape == (2, 2, 3)
+    _, _, textures = load_obj(tmp_path / "m.obj", load_texture=True)
+    np.testing.assert_array_equal(textures, 0.0)
+
+
+def test_quoted_names_in_mtllib_usemtl_and_map_kd(tmp_path):
+    iio.imwrite(tmp_path / "my tex.png", np.full((1, 1, 3), 255, np.uint8))
+    write(tmp_path, "my mats.mtl", 'newmtl "red one"\nKd 1 0 0\nnewmtl b\nmap_Kd "my tex.png"\n')
+    text = (
+        'mtllib "my mats.mtl"\n' + TRIANGLE + 'vt 0 0\nusemtl "red one"\nf 1 2 3\n'
+        "usemtl b\nf 1/1 2/1 3/1\n"
+    )
+    mesh = load_mesh(write(tmp_path, "m.obj", text))
+    assert mesh.material_names == ("red one", "b") and mesh.images[1] is not None
+
+
+def test_map_kd_options_are_skipped_with_a_warning(tmp_path):
+    iio.imwrite(tmp_path / "tex.png", np.zeros((2, 2, 3), np.uint8))
+    write(tmp_path, "m.mtl", "newmtl a\nmap_Kd -s 2 2 1 -o 0.5 0.5 -bm 0.3 -clamp on tex.png\n")
+    text = "mtllib m.mtl\n" + TRIANGLE + "vt 0 0\nusemtl a\nf 1/1 2/1 3/1\n"
+    with pytest.warns(UserWarning) as record:
+        mesh = load_mesh(write(tmp_path, "m.obj", text))
+    assert {str(w.message).split("option ")[1].split()[0] for w in record} == {
+        "-s",
+        "-o",
+        "-bm",
+        "-clamp",
+    }
+    assert mesh.images[0].shape == (2, 2, 3)
+
+
+@pytest.mark.parametrize("what", ["library", "material", "image"])
+def test_missing_mtl_material_or_image_raises_with_the_hint_or_warns_white(tmp_path, what):
+    mtl = "newmtl a\nKd 1 0 0\n" + ("map_Kd absent.png\n" if what == "image" else "")
+    if what != "library":
+        write(tmp_path, "m.mtl", mtl)
+    name = "b" if what == "material" else "a"
+    text = "mtllib m.mtl\n" + TRIANGLE + f"vt 0 0\nusemtl {name}\nf 1/1 2/1 3/1\n"
+    path = write(tmp_path, "m.obj", text)
+    missing = {"library": "m.mtl", "material": "'b'", "image": "absent.png"}[what]
+    with pytest.raises(
+        (FileNotFoundError, ValueError), match=f"{re.escape(missing)}.*missing='warn'"
+    ):
+        load_mesh(path)
+    with pytest.raises((FileNotFoundError, ValueError), match="nmr-jax render"):
+        load_obj(path, load_texture=True)
+    with pytest.warns(UserWarning) as record:
+        mesh = load_mesh(path, missing="warn")
+    assert any(missing in str(w.message) and "white" in str(w.message) for w in record)
+    assert mesh.images == (None,)
+    # The missing image keeps its material's Kd; a missing library or material is white.
+    np.testing.assert_array_equal(mesh.kd, [[1, 0, 0]] if what == "image" else [[1, 1, 1]])
+
+
+def test_save_obj_roundtrip_with_uvs_normals_colors_and_texture(tmp_path):
+    rng = np.random.default_rng(3)
+    vertices = rng.uniform(-1, 1, (6, 3)).astype(np.float32)
+    faces = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 0]], np.int32)
+    uvs = np.round(rng.uniform(0, 1, (3, 3, 2)), 4).astype(np.float32)
+    normals = rng.normal(size=(3, 3, 3))
+    normals = (normals / np.linalg.norm(normals, axis=-1, keepdims=True)).astype(np.float32)
+    colors = np.round(rng.uniform(0, 1, (6, 3)), 4).astype(np.float32)
+    texture = rng.integers(0, 256, (4, 8, 3)).astype(np.uint8)
+    path = tmp_path / "out.obj"
+    save_obj(path, vertices, faces, uvs=uvs, normals=normals, vertex_colors=colors, texture=texture)
+    assert (tmp_path / "out.png").is_file() and (tmp_path / "out.mtl").is_file()
+    mesh = load_mesh(path, normalization=False)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_allclose(mesh.vertices, vertices, atol=1e-6)
+    np.testing.assert_allclose(mesh.uvs, uvs, atol=1e-6)
+    np.testing.assert_allclose(mesh.normals, normals, atol=2e-6)
+    np.testing.assert_allclose(mesh.vertex_colors, colors, atol=1e-6)
+    np.testing.assert_allclose(mesh.images[0], texture / 255.0, atol=1e-6)
+    # Normals alone: f v//vn.
+    save_obj(path, vertices, faces, normals=normals)
+    assert "f 1//" in path.read_text()
+    np.testing.assert_allclose(load_mesh(path, normalization=False).normals, normals, atol=2e-6)

@@ -1,0 +1,553 @@
+"""Programmable shading: any ``jax.numpy`` function of the rasterized fragments, with Kato's
+visibility gradient for the vertices and autodiff for everything the shader reads.
+
+A shader is a function ``shader(fragments, *shader_args) -> [..., H, W, C]`` (any ``C``: colours,
+features, normals, labels) evaluated at every pixel of the rasterized image (twice the output
+size with anti-aliasing; background pixels have ``face_index`` -1 and are replaced by the
+background afterwards). ``rasterize_shaded`` (projected faces) and ``Renderer.render(...,
+shader=...)`` (world meshes) composite its output over the background, anti-alias it and return
+it with alpha and depth. Gradients: for the vertex positions, Kato's approximate rule on the
+shaded image and alpha (the rule of the texture-cube images, through the same kernel); for the
+shader's arguments (texture images, UVs, vertex attributes, lights, network weights), autodiff of
+the shader with the face index held fixed; both are added when the shader also reads the vertices
+(through ``fragments.bary``, ``interpolate``, ...).
+
+Building blocks: ``interpolate`` (vertex or face-corner attributes at the pixels),
+``sample_texture`` (UV-mapped images), ``vertex_normals`` and ``lambert`` (smooth shading).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from nmr_jax import _ops
+from nmr_jax import _validate as check
+from nmr_jax._obj import Mesh
+from nmr_jax._ops import Fragments, Shader
+from nmr_jax._validate import VectorLike
+from nmr_jax.camera import _normalize
+from nmr_jax.lighting import Lights, _lighting, lights_of
+from nmr_jax.rasterize import (
+    DEFAULT_ANTI_ALIASING,
+    DEFAULT_EPS,
+    DEFAULT_FAR,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_NEAR,
+    _config,
+    _face_vertices,
+    _finish,
+    _vertices_to_faces,
+    vertices_to_faces,
+)
+
+if TYPE_CHECKING:
+    from nmr_jax.renderer import Renderer
+
+__all__ = [
+    "Fragments",
+    "Shaded",
+    "face_normals",
+    "interpolate",
+    "lambert",
+    "mesh_colors",
+    "mesh_shader",
+    "rasterize_fragments",
+    "rasterize_shaded",
+    "sample_texture",
+    "spherical_uvs",
+    "vertex_normals",
+]
+
+
+class Shaded(NamedTuple):
+    """Outputs of ``rasterize_shaded``."""
+
+    image: jax.Array  # float32 [..., H, W, C]; the background where nothing is drawn.
+    alpha: jax.Array  # float32 [..., H, W]; 1 where a face is drawn, 0 elsewhere.
+    depth: jax.Array  # float32 [..., H, W]; view depth, `far` on background.
+
+
+def rasterize_fragments(
+    faces: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+) -> Fragments:
+    """The fragments a shader sees, at the rasterized resolution (``2 * image_size`` with
+    anti-aliasing), row 0 at the top.
+
+    Args:
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
+      image_size, anti_aliasing, near, far: as ``rasterize_rgbad``.
+
+    Returns:
+      ``Fragments(face_index int32 [..., H', W'] (-1 on background), bary float32
+      [..., H', W', 3] (perspective-correct barycentrics of the face's three vertices), bary_screen
+      float32 [..., H', W', 3] (screen-space), depth float32 [..., H', W'] (``far`` on
+      background))``; ``bary`` and ``depth`` are differentiable in the faces' x, y and z,
+      ``bary_screen`` in x and y, the face index held fixed.
+    """
+    fv, _ = _face_vertices(faces, None)
+    frags = _ops.fragments(
+        fv, _config(image_size, anti_aliasing, near, far, DEFAULT_EPS, (0, 0, 0))
+    )
+    return Fragments(*(jnp.flip(m, axis=frags.face_index.ndim - 2) for m in frags))
+
+
+def rasterize_shaded(
+    faces: ArrayLike,
+    shader: Shader,
+    shader_args: tuple = (),
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    anti_aliasing: bool = DEFAULT_ANTI_ALIASING,
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+    eps: float = DEFAULT_EPS,
+    background: VectorLike = 0.0,
+) -> Shaded:
+    """Renders projected faces shaded by ``shader(fragments, *shader_args)``.
+
+    Args:
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
+      shader: a jnp function of ``Fragments`` (see ``rasterize_fragments``) and ``shader_args``
+        returning float ``[..., H', W', C]`` at the rasterized resolution, row 0 at the top.
+      shader_args: the arrays (pytrees) the shader reads; gradients reach them by autodiff.
+      image_size, anti_aliasing, near, far: as ``rasterize_rgbad``.
+      eps: the offset of Kato's distances.
+      background: scalar or ``[C]`` value of pixels where nothing is drawn.
+
+    Returns:
+      ``Shaded(image [..., H, W, C], alpha [..., H, W], depth [..., H, W])``, float32; the
+      vertices get Kato's gradient through image and alpha (and the exact one through depth).
+    """
+    if not callable(shader):
+        raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
+    fv, _ = _face_vertices(faces, None)
+    cfg = _config(image_size, anti_aliasing, near, far, eps, (0, 0, 0))
+    bg = check.float_array("background", background, ())
+    if bg.ndim > 1:
+        raise ValueError(f"background must be a scalar or [C], got shape {bg.shape}")
+    image, alpha, depth = _ops.shade(fv, cfg, shader, tuple(shader_args), bg)
+    assert image is not None  # a shader was given
+    return Shaded(
+        _finish(image, True, anti_aliasing),
+        _finish(alpha, False, anti_aliasing),
+        _finish(depth, False, anti_aliasing),
+    )
+
+
+def interpolate(attributes: ArrayLike, faces: ArrayLike | None, fragments: Fragments) -> jax.Array:
+    """Attributes at each pixel, interpolated perspective-correctly over its face.
+
+    Args:
+      attributes: float ``[..., V, C]`` per vertex (with ``faces``) or ``[..., F, 3, C]`` per
+        face corner (``faces`` None).
+      faces: int32 ``[..., F, 3]`` vertex indices of the faces the fragments index, or None.
+      fragments: the ``Fragments`` of those faces (``face_index [..., H, W]``).
+
+    Returns:
+      float32 ``[..., H, W, C]``: ``sum_k bary_k a_k`` over the corners ``k`` of the pixel's face,
+      0 on background. Differentiable in ``attributes`` and, through ``fragments.bary`` (face
+      index held fixed), in the vertices. Leading batch dims broadcast.
+    """
+    if not isinstance(fragments, Fragments):
+        raise TypeError(f"fragments must be the Fragments a shader is given, got {fragments!r}")
+    fi = fragments.face_index
+    pixel_batch = fi.shape[:-2]
+    if faces is None:
+        a = check.float_array("attributes", attributes, (None, 3, None))
+        check.batch({"attributes": a.shape[:-3], "fragments": pixel_batch})
+        corners = _ops.take_rows(a, 3, jnp.maximum(fi, 0), 2)  # [..., H, W, 3, C]
+    else:
+        a = check.float_array("attributes", attributes, (None, None))
+        f = jnp.asarray(check.index_array("faces", faces, (None, 3)))
+        check.batch({"attributes": a.shape[:-2], "faces": f.shape[:-2], "fragments": pixel_batch})
+        vertex_ids = _ops.take_rows(f, 2, jnp.maximum(fi, 0), 2)  # [..., H, W, 3]
+        # A padding row (-1) reads vertex 0.
+        corners = _ops.take_rows(a, 2, jnp.maximum(vertex_ids, 0), 3)
+    out = jnp.einsum("...k,...kc->...c", fragments.bary, corners)
+    return jnp.where((fi >= 0)[..., None], out, 0.0)
+
+
+Filter = Literal["nearest", "bilinear", "trilinear"]
+Boundary = Literal["wrap", "clamp"]
+
+
+def sample_texture(
+    image: ArrayLike,
+    uv: ArrayLike,
+    filter: Filter = "bilinear",
+    boundary: Boundary = "wrap",
+) -> jax.Array:
+    """Samples a UV-mapped image.
+
+    Conventions (those of OBJ files and of images as imageio reads them): u runs to the right, v
+    up; image row 0 is the top (v = 1), so texel ``(row j, column i)`` has its centre at
+    ``uv = ((i + 0.5) / Wt, 1 - (j + 0.5) / Ht)``.
+
+    Args:
+      image: float ``[..., Ht, Wt, C]``.
+      uv: float ``[..., H, W, 2]`` texture coordinates (e.g. ``interpolate`` of a mesh's UVs).
+      filter: 'nearest' (the texel containing uv), 'bilinear' (the four nearest texel centres),
+        or 'trilinear': bilinear in the two mip levels (2x2 box-filtered halvings; an odd size
+        drops its last row or column) that bracket the footprint of a pixel, estimated from the
+        neighbouring pixels of ``uv`` (on each axis the smaller of the two one-sided differences,
+        so that silhouettes and UV seams do not blur a pixel); for minified textures.
+      boundary: 'wrap' (repeat the image: OBJ's default) or 'clamp' (repeat its edge texels).
+
+    Returns:
+      float32 ``[..., H, W, C]``; leading batch dims of image and uv broadcast. Differentiable
+      in image and (except 'nearest', and the mip level choice) in uv.
+    """
+    img = check.float_array("image", image, (None, None, None))
+    coords = check.float_array("uv", uv, (None, None, 2))
+    check.batch({"image": img.shape[:-3], "uv": coords.shape[:-3]})
+    if filter not in ("nearest", "bilinear", "trilinear"):
+        raise ValueError(f"filter must be 'nearest', 'bilinear' or 'trilinear', got {filter!r}")
+    if boundary not in ("wrap", "clamp"):
+        raise ValueError(f"boundary must be 'wrap' or 'clamp', got {boundary!r}")
+    height, width = img.shape[-3:-1]
+    if filter != "trilinear":
+        flat = img.reshape(*img.shape[:-3], height * width, img.shape[-1])
+        return _sample_level(flat, 0, height, width, coords, filter, boundary)
+    levels = _mip_levels(img)
+    sizes = np.array([lv.shape[-3:-1] for lv in levels])  # [L, 2]
+    offsets = np.concatenate([[0], np.cumsum(sizes[:, 0] * sizes[:, 1])[:-1]])
+    flat = jnp.concatenate([lv.reshape(*lv.shape[:-3], -1, lv.shape[-1]) for lv in levels], axis=-2)
+    lod = jax.lax.stop_gradient(_level_of_detail(coords, height, width, len(levels) - 1))
+    lo = jnp.floor(lod).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, len(levels) - 1)
+    frac = (lod - lo)[..., None]
+    offsets_j, heights, widths = (jnp.asarray(a, jnp.int32) for a in (offsets, *sizes.T))
+
+    def level(k: jax.Array) -> jax.Array:
+        return _sample_level(
+            flat, offsets_j[k], heights[k], widths[k], coords, "bilinear", boundary
+        )
+
+    return level(lo) * (1 - frac) + level(hi) * frac
+
+
+def _sample_level(
+    flat: jax.Array,
+    offset: jax.Array | int,
+    height: jax.Array | int,
+    width: jax.Array | int,
+    uv: jax.Array,
+    filter: str,
+    boundary: str,
+) -> jax.Array:
+    """Texels of the image stored from ``offset`` in ``flat [..., N, C]`` (row-major, its size
+    per pixel for the mip levels) at ``uv [..., H, W, 2]``."""
+
+    def texel(col: jax.Array, row: jax.Array) -> jax.Array:
+        if boundary == "wrap":
+            col, row = jnp.mod(col, width), jnp.mod(row, height)
+        else:
+            col, row = jnp.clip(col, 0, width - 1), jnp.clip(row, 0, height - 1)
+        return _ops.take_rows(flat, 2, offset + row * width + col, 2)
+
+    # Continuous texel coordinates: texel centres on integers, row 0 at v = 1.
+    x = uv[..., 0] * width - 0.5
+    y = (1.0 - uv[..., 1]) * height - 0.5
+    if filter == "nearest":
+        return texel(jnp.floor(x + 0.5).astype(jnp.int32), jnp.floor(y + 0.5).astype(jnp.int32))
+    x0, y0 = jnp.floor(x), jnp.floor(y)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    c0, r0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+    top = texel(c0, r0) * (1 - fx) + texel(c0 + 1, r0) * fx
+    bottom = texel(c0, r0 + 1) * (1 - fx) + texel(c0 + 1, r0 + 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _mip_levels(image: jax.Array) -> list[jax.Array]:
+    """The image and its 2x2 box-filtered halvings down to 1x1."""
+    levels = [image]
+    while max(levels[-1].shape[-3:-1]) > 1:
+        lv = levels[-1]
+        h, w = lv.shape[-3:-1]
+        if h > 1:
+            lv = 0.5 * (lv[..., 0 : h - 1 : 2, :, :] + lv[..., 1:h:2, :, :])
+        if w > 1:
+            lv = 0.5 * (lv[..., 0 : w - 1 : 2, :] + lv[..., 1:w:2, :])
+        levels.append(lv)
+    return levels
+
+
+def _level_of_detail(uv: jax.Array, height: int, width: int, top: int) -> jax.Array:
+    """Mip level [..., H, W] in [0, top]: log2 of the larger side of a pixel's footprint in
+    texels of level 0."""
+    texels = uv * jnp.asarray([width, height], jnp.float32)
+
+    def step(axis: int) -> jax.Array:
+        d = jnp.diff(texels, axis=axis)
+        pad = [(0, 0)] * texels.ndim
+        pad[axis] = (1, 0)
+        before = jnp.pad(d, pad, mode="edge")
+        pad[axis] = (0, 1)
+        after = jnp.pad(d, pad, mode="edge")
+        # A wrapped coordinate jumps by about a texture size at a seam: the smaller side is kept.
+        return jnp.minimum(jnp.linalg.norm(before, axis=-1), jnp.linalg.norm(after, axis=-1))
+
+    rho = jnp.maximum(step(uv.ndim - 3), step(uv.ndim - 2))
+    # Below one texel per pixel the texture is magnified: level 0. The floor keeps log2 finite.
+    return jnp.clip(jnp.log2(jnp.maximum(rho, 1e-12)), 0.0, float(top))
+
+
+def vertex_normals(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
+    """Area-weighted vertex normals, float32 ``[..., V, 3]``, unit length (0 for a vertex of no
+    face or of zero-area faces only).
+
+    Each face contributes ``cross(v0 - v1, v2 - v1)`` (twice its area, along the normal the
+    Renderer lights flat faces by) to its three vertices; padding rows (three -1) contribute
+    nothing. ``vertices`` float ``[..., V, 3]``, ``faces`` int32 ``[..., F, 3]``; batch dims
+    broadcast.
+    """
+    v = check.float_array("vertices", vertices, (None, 3))
+    f = check.index_array("faces", faces, (None, 3))
+    check.batch({"vertices": v.shape[:-2], "faces": f.shape[:-2]})
+    return jnp.vectorize(_vertex_normals, signature="(v,c),(f,k)->(v,c)")(v, f)
+
+
+def _vertex_normals(v: jax.Array, f: jax.Array) -> jax.Array:
+    padding = jnp.all(f == -1, axis=-1)
+    f = jnp.where(padding[:, None], 0, f)
+    fv = v[f]  # [F, 3, 3]
+    n = jnp.cross(fv[:, 0] - fv[:, 1], fv[:, 2] - fv[:, 1])
+    n = jnp.where(padding[:, None], 0.0, n)
+    summed = jnp.zeros_like(v).at[f.reshape(-1)].add(jnp.repeat(n, 3, axis=0))
+    return _normalize(summed)
+
+
+def lambert(
+    normals: ArrayLike,
+    intensity_ambient: ArrayLike = 0.5,
+    intensity_directional: ArrayLike = 0.5,
+    color_ambient: VectorLike = (1.0, 1.0, 1.0),
+    color_directional: VectorLike = (1.0, 1.0, 1.0),
+    direction: VectorLike = (0.0, 1.0, 0.0),
+) -> jax.Array:
+    """The Renderer's light at each normal: ``Ia Ca + Id Cd relu(normalize(n) . direction)``.
+
+    Args:
+      normals: float ``[..., 3]`` world-space normals (e.g. ``interpolate(vertex_normals(...))``:
+        renormalised here; a zero normal gets ambient light only).
+      intensity_ambient, intensity_directional: scalars or ``[...]``.
+      color_ambient, color_directional: float ``[..., 3]``.
+      direction: float ``[..., 3]`` towards the light (not normalised, as ``lighting``).
+
+    Returns:
+      float32 ``[..., 3]``: the RGB factor to multiply colours by. With the face normal of a flat
+      face this is exactly the light ``lighting`` gives that face.
+    """
+    n = _normalize(check.float_array("normals", normals, (3,)))
+    ia, id_, ca, cd, d = lights_of(
+        intensity_ambient, intensity_directional, color_ambient, color_directional, direction
+    )
+    # A matmul, not sum(n * d), as lighting (an XLA:CPU fusion bug with batched directions).
+    cos = jax.nn.relu(jnp.matmul(n[..., None, :], d[..., :, None])[..., 0])
+    return ia[..., None] * ca + id_[..., None] * cd * cos
+
+
+def face_normals(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
+    """Unit face normals float32 ``[..., F, 3]`` as the Renderer lights flat faces:
+    ``normalize(cross(v0 - v1, v2 - v1))`` (0 for a zero-area face)."""
+    fv = vertices_to_faces(vertices, faces)
+    return _normalize(jnp.cross(fv[..., 0, :] - fv[..., 1, :], fv[..., 2, :] - fv[..., 1, :]))
+
+
+def mesh_colors(fragments: Fragments, mesh: Mesh, filter: Filter = "bilinear") -> jax.Array:
+    """The unlit colour of a ``load_mesh`` mesh at each pixel, float32 ``[..., H, W, 3]``.
+
+    A face whose material has a ``map_Kd`` image and which has UVs samples it (``sample_texture``
+    with ``filter``, 'wrap' as OBJ); other faces take the mesh's vertex colours (interpolated)
+    when it has them, else their material's Kd colour, else white. ``fragments`` are those of
+    ``mesh.faces`` (a shader's, in the Renderer).
+    """
+    fi = jnp.maximum(fragments.face_index, 0)
+    material = _ops.take_rows(mesh.face_materials, 1, fi, 2)
+    if mesh.vertex_colors is not None:
+        base = interpolate(mesh.vertex_colors, mesh.faces, fragments)
+    else:
+        kd = jnp.concatenate([mesh.kd, jnp.ones((1, 3), jnp.float32)])  # -1: no material, white
+        base = _ops.take_rows(kd, 2, material, 2)
+    if mesh.uvs is None:
+        return base
+    uv = interpolate(mesh.uvs, None, fragments)
+    textured = _ops.take_rows(mesh.has_uv, 1, fi, 2)
+    for m, image in enumerate(mesh.images):
+        if image is not None:
+            here = (textured & (material == m))[..., None]
+            base = jnp.where(here, sample_texture(image, uv, filter), base)
+    return base
+
+
+ShadingMode = Literal["flat", "smooth"]
+
+
+def mesh_shader(
+    mesh: Mesh,
+    renderer: Renderer,
+    shading: ShadingMode = "flat",
+    output: Literal["rgb", "normals"] = "rgb",
+    filter: Filter = "bilinear",
+) -> tuple[Shader, tuple]:
+    """``(shader, shader_args)`` rendering a ``load_mesh`` mesh lit as the Renderer lights it.
+
+    ``renderer.render(mesh.vertices, mesh.faces, shader=shader, shader_args=args)`` draws
+    ``mesh_colors`` times the Renderer's ambient and directional light (``lambert``) at each
+    pixel's normal: the face normal for 'flat' shading (the Renderer's own lighting of texture
+    cubes), or for 'smooth' the file's normals (``mesh.normals``, turned to the side of the face
+    normal) or else ``vertex_normals``, interpolated. ``output='normals'`` draws those world
+    normals as colours ``0.5 * (n + 1)`` instead, unlit. The back of a face (seen through
+    ``fill_back``) is lit by the reversed normal. The shader reads the mesh and the Renderer's
+    lights from ``shader_args``, so gradients reach both.
+    """
+    if shading not in ("flat", "smooth"):
+        raise ValueError(f"shading must be 'flat' or 'smooth', got {shading!r}")
+    if output not in ("rgb", "normals"):
+        raise ValueError(f"output must be 'rgb' or 'normals', got {output!r}")
+
+    def shader(frags: Fragments, mesh: Mesh, renderer: Renderer) -> jax.Array:
+        flat = face_normals(mesh.vertices, mesh.faces)
+        if renderer.handedness == "right":  # the Renderer lights the mirrored side
+            flat = -flat
+        normal = _ops.take_rows(flat, 2, jnp.maximum(frags.face_index, 0), 2)
+        if shading == "smooth":
+            if mesh.normals is None:
+                corners = vertex_normals(mesh.vertices, mesh.faces)[mesh.faces]
+            else:
+                # The file's normals may point either way round the Renderer's convention.
+                side = jnp.sign(jnp.sum(mesh.normals * flat[:, None, :], -1, keepdims=True))
+                corners = mesh.normals * jnp.where(side == 0, 1.0, side)
+            normal = interpolate(corners, None, frags)
+        normal = jnp.where(frags.back[..., None], -normal, normal)
+        if output == "normals":
+            return 0.5 * (_normalize(normal) + 1.0)
+        light = lambert(
+            normal,
+            renderer.light_intensity_ambient,
+            renderer.light_intensity_directional,
+            renderer.light_color_ambient,
+            renderer.light_color_directional,
+            renderer.light_direction,
+        )
+        return mesh_colors(frags, mesh, filter) * light
+
+    return shader, (mesh, renderer)
+
+
+def _render(
+    renderer: Renderer,
+    fv: jax.Array,
+    mesh: Any,
+    world: jax.Array,
+    lights: Lights,
+    shader: Shader | None,
+    shader_args: tuple,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``Renderer.render`` of a checked mesh with a shader or vertex colours: (rgb, depth,
+    alpha). ``fv`` and ``world`` are the projected and world vertices of the Renderer's face
+    list (the reversed copies follow with ``fill_back``)."""
+    cfg = _config(
+        renderer.image_size,
+        renderer.anti_aliasing,
+        renderer.near,
+        renderer.far,
+        renderer.rasterizer_eps,
+        renderer.background_color,
+    )
+    if shader is None:
+        light = _lighting(world, jnp.ones((*world.shape[:-2], 1, 1, 1, 3), jnp.float32), lights)
+        colors = _vertices_to_faces(mesh.vertex_colors, renderer._both_sides(mesh.faces))
+        shade = _vertex_color_shader(renderer.rasterizer_eps)
+        args: tuple = (colors * light[..., 0, 0, 0, None, :],)
+    else:
+        shade, args = _user_shader(shader, mesh.faces.shape[-2], renderer.fill_back), shader_args
+    background = jnp.asarray(renderer.background_color, jnp.float32)
+    image, alpha, depth = _ops.shade(fv, cfg, _with_background(shade, background), args, None)
+    assert image is not None
+    aa = renderer.anti_aliasing
+    return _finish(image, True, aa), _finish(depth, False, aa), _finish(alpha, False, aa)
+
+
+def _with_background(shader: Shader, background: jax.Array) -> Shader:
+    """The Renderer's background_color behind a 3-channel shader's image, 0 behind others."""
+
+    def composited(frags: Fragments, *args: object) -> jax.Array:
+        out = shader(frags, *args)
+        bg = background if out.shape[-1] == 3 else 0.0
+        return jnp.where((frags.face_index >= 0)[..., None], out, bg)
+
+    return composited
+
+
+def _user_shader(shader: Shader, num_faces: int, fill_back: bool) -> Shader:
+    """The user's shader, seeing the fragments of the user's faces: with fill_back, a pixel of
+    a reversed copy (face num_faces + i) shows face i, from the back, with its barycentrics
+    in the original vertex order."""
+    if not fill_back:
+        return shader
+
+    def on_user_faces(frags: Fragments, *args: object) -> jax.Array:
+        back = frags.face_index >= num_faces
+        flip = back[..., None]
+        return shader(
+            Fragments(
+                jnp.where(back, frags.face_index - num_faces, frags.face_index),
+                jnp.where(flip, frags.bary[..., ::-1], frags.bary),
+                jnp.where(flip, frags.bary_screen[..., ::-1], frags.bary_screen),
+                frags.depth,
+                back,
+            ),
+            *args,
+        )
+
+    return on_user_faces
+
+
+def _vertex_color_shader(eps: float) -> Shader:
+    """Lit vertex colours ``[..., F, 3, 3]`` of the Renderer's face list, as a shader.
+
+    As the original's texture cubes sample them (the cube trick this replaces), each
+    barycentric is clamped to ``1 - rasterizer_eps`` and the vertices get Kato's gradient only
+    (the barycentrics read are held fixed); the colours get the exact gradient.
+    """
+
+    def shader(frags: Fragments, face_colors: jax.Array) -> jax.Array:
+        bary = jnp.clip(jax.lax.stop_gradient(frags.bary), 0.0, 1.0 - eps)
+        corners = _ops.take_rows(face_colors, 3, jnp.maximum(frags.face_index, 0), 2)
+        return jnp.einsum("...k,...kc->...c", bary, corners)
+
+    return shader
+
+
+def spherical_uvs(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
+    """Texture coordinates for a mesh without them: float32 ``[F, 3, 2]`` per face corner, u the
+    azimuth around the y axis through the origin (``atan2(z, x)``, 0 to 1), v the elevation
+    (-90 to 90 degrees as 0 to 1).
+
+    A face across the seam (u jumping from about 1 to about 0) has its small u raised by 1, so
+    that with 'wrap' sampling its corners stay neighbours. Computed in numpy (not traced):
+    ``vertices`` float ``[V, 3]``, ``faces`` int ``[F, 3]``.
+    """
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"vertices must be [V, 3] and faces [F, 3], got {v.shape} and {f.shape}")
+    u = np.arctan2(v[:, 2], v[:, 0]) / (2 * np.pi) + 0.5
+    # The floor keeps a vertex at the origin (no direction) at v = 0.5.
+    r = np.maximum(np.linalg.norm(v, axis=1), 1e-12)
+    elevation = np.arcsin(np.clip(v[:, 1] / r, -1, 1)) / np.pi + 0.5
+    corners = np.stack([u, elevation], -1)[f]  # [F, 3, 2]
+    cu = corners[..., 0]
+    seam = cu.max(1, keepdims=True) - cu.min(1, keepdims=True) > 0.5
+    corners[..., 0] = np.where(seam & (cu < 0.5), cu + 1, cu)
+    return jnp.asarray(corners, jnp.float32)
