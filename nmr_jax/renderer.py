@@ -17,11 +17,11 @@ from nmr_jax import shading
 from nmr_jax._ops import Shader
 from nmr_jax.camera import (
     PROJECTION_EPS,
-    _look,
-    _look_at,
+    _normalize,
     _perspective,
     _projection,
     _projection_params,
+    _rotate,
 )
 from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
 from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
@@ -306,11 +306,10 @@ class Renderer:
         if self.camera_mode == "projection":
             orig = check.orig_size(self.orig_size)
             return _projection(v, c["K"], c["R"], c["t"], c["dist_coeffs"], orig, PROJECTION_EPS)
+        # 'look_at' looks at the origin; y is up in both modes.
+        direction = -c["eye"] if self.camera_mode == "look_at" else c["camera_direction"]
         up = jnp.array([0.0, 1.0, 0.0], jnp.float32)
-        if self.camera_mode == "look_at":
-            v = _look_at(v, c["eye"], jnp.zeros(3, jnp.float32), up, self.handedness)
-        else:
-            v = _look(v, c["eye"], c["camera_direction"], up, self.handedness)
+        v = _rotate(v, c["eye"], _normalize(direction), up, self.handedness)
         if self.perspective:
             v = _perspective(v, c["viewing_angle"])
         height, width = check.image_size(self.image_size)
