@@ -53,6 +53,7 @@ def _finite_points(vertices: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _rotate(
     vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array, handedness: Handedness
 ) -> jax.Array:
+    """World points in the frame of a camera at ``eye`` looking along the unit vector ``z``."""
     x = _normalize(jnp.cross(up, z))
     y = jnp.cross(z, x)
     # A right-handed world seen with x = cross(up, z) comes out mirrored: image right is then
@@ -109,13 +110,7 @@ def look_at(
     """
     handedness = check.handedness(handedness)
     v, (e, a, u) = _vectors(vertices, eye=eye, at=at, up=up)
-    return _look_at(v, e, a, u, handedness)
-
-
-def _look_at(
-    v: jax.Array, eye: jax.Array, at: jax.Array, up: jax.Array, handedness: Handedness
-) -> jax.Array:
-    return _rotate(v, eye, _normalize(at - eye), up, handedness)
+    return _rotate(v, e, _normalize(a - e), u, handedness)
 
 
 def look(
@@ -128,13 +123,7 @@ def look(
     """Like ``look_at``, but the camera looks along ``direction`` (float32 ``[..., 3]``)."""
     handedness = check.handedness(handedness)
     v, (e, d, u) = _vectors(vertices, eye=eye, direction=direction, up=up)
-    return _look(v, e, d, u, handedness)
-
-
-def _look(
-    v: jax.Array, eye: jax.Array, direction: jax.Array, up: jax.Array, handedness: Handedness
-) -> jax.Array:
-    return _rotate(v, eye, _normalize(direction), up, handedness)
+    return _rotate(v, e, _normalize(d), u, handedness)
 
 
 def perspective(vertices: ArrayLike, angle: ArrayLike = 30.0) -> jax.Array:

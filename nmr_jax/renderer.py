@@ -17,11 +17,11 @@ from nmr_jax import shading
 from nmr_jax._ops import Shader
 from nmr_jax.camera import (
     PROJECTION_EPS,
-    _look,
-    _look_at,
+    _normalize,
     _perspective,
     _projection,
     _projection_params,
+    _rotate,
 )
 from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
 from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
@@ -199,7 +199,7 @@ class Renderer:
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
-        if [textures, vertex_colors, shader].count(None) != 2:
+        if sum(x is not None for x in (textures, vertex_colors, shader)) != 1:
             raise ValueError("render needs exactly one of textures and vertex_colors, or a shader")
         if shader is not None and not callable(shader):
             raise TypeError(f"shader must be a function of the fragments, got {shader!r}")
@@ -306,11 +306,10 @@ class Renderer:
         if self.camera_mode == "projection":
             orig = check.orig_size(self.orig_size)
             return _projection(v, c["K"], c["R"], c["t"], c["dist_coeffs"], orig, PROJECTION_EPS)
+        # 'look_at' looks at the origin; y is up in both modes.
+        direction = -c["eye"] if self.camera_mode == "look_at" else c["camera_direction"]
         up = jnp.array([0.0, 1.0, 0.0], jnp.float32)
-        if self.camera_mode == "look_at":
-            v = _look_at(v, c["eye"], jnp.zeros(3, jnp.float32), up, self.handedness)
-        else:
-            v = _look(v, c["eye"], c["camera_direction"], up, self.handedness)
+        v = _rotate(v, c["eye"], _normalize(direction), up, self.handedness)
         if self.perspective:
             v = _perspective(v, c["viewing_angle"])
         height, width = check.image_size(self.image_size)
@@ -337,8 +336,8 @@ class Renderer:
         shader_args: tuple = (),
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         faces = self._both_sides(mesh.faces)
-        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         world = self._world_faces(mesh.vertices, faces)
+        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         if mesh.textures is None:
             return shading._render(self, fv, mesh, world, lights, shader, shader_args)
         textures = mesh.textures
