@@ -121,7 +121,8 @@ NMR_HD float interpolate(const Face& f, float xp, float yp, float* w) {
   return 1.f / (w[0] / f.z[0] + w[1] / f.z[1] + w[2] / f.z[2]);
 }
 
-// What one rasterization draws: the image size and the depth range (exclusive) kept.
+// What one rasterization draws: the image size and the depth range (exclusive) kept. Passed by
+// value: through a reference the compiler must assume the maps' float stores may change near/far.
 struct RasterParams {
   int height, width;
   float near, far;
@@ -138,7 +139,7 @@ struct FragmentRange {
 // inside the face's box that passes the edge test with its depth in (near, far); pixel is the flat
 // [H, W] index.
 template <typename Visit>
-NMR_HD void for_each_fragment(const Face& f, const RasterParams& r, FragmentRange range, Visit&& visit) {
+NMR_HD void for_each_fragment(const Face& f, RasterParams r, FragmentRange range, Visit&& visit) {
   if (!f.visible) return;
   int x_lo, x_hi, y_lo, y_hi;
   pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), r.width, &x_lo,
@@ -173,7 +174,7 @@ struct Maps {
 // Rasterizes one face into the maps of its image (initialised to the background).
 // Faces must be drawn in increasing index order: with the strict z test the lowest index wins ties.
 // Only rows [row_lo, row_hi] are touched, so disjoint row bands can be drawn concurrently.
-NMR_HD void draw_face(const Face& f, int32_t index, const RasterParams& r, int row_lo, int row_hi, Maps m) {
+NMR_HD void draw_face(const Face& f, int32_t index, RasterParams r, int row_lo, int row_hi, Maps m) {
   for_each_fragment(f, r, FragmentRange{row_lo, row_hi, 0, 1}, [&](int64_t p, float zp, const float* w) {
     if (!(zp < m.depth[p])) return;
     m.depth[p] = zp;
@@ -204,8 +205,7 @@ NMR_HD uint64_t fragment_key(float zp, int32_t index) {
 
 // Pass 2 at pixel p: the face of its key (its corners at face_vertices + 9 * face), and that face's
 // weights and depth at the pixel computed as draw_face computes them; the background without one.
-NMR_HD void resolve_pixel(uint64_t key, const float* face_vertices, const RasterParams& r, int64_t p,
-                          Maps m) {
+NMR_HD void resolve_pixel(uint64_t key, const float* face_vertices, RasterParams r, int64_t p, Maps m) {
   if (key == kNoFragment) {
     m.face_index[p] = -1;
     for (int k = 0; k < 3; ++k) m.weights[3 * p + k] = 0.f;
