@@ -54,6 +54,9 @@ class Broadcast {
     return ffi::Error::Success();
   }
 
+  // Number of buffers added.
+  int operands() const { return static_cast<int>(operands_.size()); }
+
   // Number of batch elements of the broadcast shape.
   int64_t size() const { return size_; }
 

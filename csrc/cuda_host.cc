@@ -10,3 +10,15 @@ extern "C" void NmrCudaHostCounters(int64_t* launches, int64_t* threads, int64_t
   *threads = nmr_cuda_host::counters.threads.load();
   *syncs = nmr_cuda_host::counters.syncs.load();
 }
+
+// The per-thread work of each kernel's last launch since record_work was turned on.
+extern "C" void NmrCudaHostRecordWork(bool on) {
+  nmr_cuda_host::record_work = on;
+  std::lock_guard<std::mutex> lock(nmr_cuda_host::work_mutex);
+  nmr_cuda_host::work_by_kernel.clear();
+}
+
+std::map<std::string, std::vector<int64_t>> NmrCudaHostWork() {
+  std::lock_guard<std::mutex> lock(nmr_cuda_host::work_mutex);
+  return nmr_cuda_host::work_by_kernel;
+}

@@ -16,11 +16,15 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "nmr_core.h"
 #include "xla/ffi/api/ffi.h"
 
 #define __global__
@@ -53,6 +57,12 @@ struct Counters {
 };
 inline Counters counters;
 
+// With `record_work` on, each launch keeps the pixel steps that each of its threads counted
+// (NMR_COUNT_WORK in nmr_core.h), by kernel name: the last launch of each kernel.
+inline std::atomic<bool> record_work{false};
+inline std::mutex work_mutex;
+inline std::map<std::string, std::vector<int64_t>> work_by_kernel;
+
 // The sticky error of the last launch, as cudaGetLastError reports and clears it.
 inline thread_local cudaError_t last_error = cudaSuccess;
 
@@ -62,7 +72,7 @@ constexpr unsigned kMaxGridX = 0x7fffffffu, kMaxGridYZ = 65535, kMaxBlockThreads
 constexpr size_t kMaxParamBytes = 4096;
 
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) {
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) {
   static_assert((sizeof(Params) + ... + 0) <= kMaxParamBytes, "kernel parameters exceed 4 KiB");
   const uint64_t threads_per_block = uint64_t{block.x} * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > kMaxGridX || grid.y > kMaxGridYZ ||
@@ -76,12 +86,22 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) {
   counters.threads.fetch_add(static_cast<int64_t>(uint64_t{grid.x} * grid.y * grid.z * threads_per_block));
   gridDim = grid;
   blockDim = block;
+  const bool record = record_work.load();
+  std::vector<int64_t> work;
   for (blockIdx.z = 0; blockIdx.z < grid.z; ++blockIdx.z)
     for (blockIdx.y = 0; blockIdx.y < grid.y; ++blockIdx.y)
       for (blockIdx.x = 0; blockIdx.x < grid.x; ++blockIdx.x)
         for (threadIdx.z = 0; threadIdx.z < block.z; ++threadIdx.z)
           for (threadIdx.y = 0; threadIdx.y < block.y; ++threadIdx.y)
-            for (threadIdx.x = 0; threadIdx.x < block.x; ++threadIdx.x) std::apply(kernel, params);
+            for (threadIdx.x = 0; threadIdx.x < block.x; ++threadIdx.x) {
+              thread_work = 0;
+              std::apply(kernel, params);
+              if (record) work.push_back(thread_work);
+            }
+  if (record) {
+    std::lock_guard<std::mutex> lock(work_mutex);
+    work_by_kernel[name] = std::move(work);
+  }
 }
 
 // Device scratch memory on the host: each allocation its own heap block of exactly the size asked

@@ -3,8 +3,12 @@
 // defined _nmr_jax_cuda (cuda_ops.cu), and with NMR_JAX_CUDA_HOST defined _nmr_jax_cuda_host
 // (cuda_ops.cu built for the host through cuda_host.h), so all list the same target names.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "xla/ffi/api/api.h"
 
@@ -15,6 +19,8 @@
 #define NMR_MODULE _nmr_jax_cuda_host
 #define NMR_HANDLER(name) name##CudaHost
 extern "C" void NmrCudaHostCounters(int64_t* launches, int64_t* threads, int64_t* syncs);
+extern "C" void NmrCudaHostRecordWork(bool on);
+std::map<std::string, std::vector<int64_t> > NmrCudaHostWork();
 #else
 #define NMR_MODULE _nmr_jax_cpu
 #define NMR_HANDLER(name) name##Cpu
@@ -63,5 +69,7 @@ PYBIND11_MODULE(NMR_MODULE, m) {
         return d;
       },
       "Kernel launches, threads run and stream synchronisations of the host CUDA runtime so far.");
+  m.def("record_work", &NmrCudaHostRecordWork, "Turns the per-thread work record on or off, and clears it.");
+  m.def("work", &NmrCudaHostWork, "Kernel name -> pixel steps of each thread of its last launch.");
 #endif
 }

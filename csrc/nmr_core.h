@@ -13,11 +13,27 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define NMR_HD __host__ __device__ __forceinline__
+// Loops over a face's 3 vertices, unrolled on the GPU so that Face stays in registers (rolled,
+// its arrays are indexed at run time and spill to local memory).
+#define NMR_UNROLL _Pragma("unroll")
 #else
 #define NMR_HD inline
+#define NMR_UNROLL
+#endif
+
+// Pixel steps of the running GPU thread, counted by the host build of the CUDA code only (docs/gpu.md,
+// work per GPU thread; benchmarks/gpu_work.py); nothing in the CPU and CUDA builds.
+#if defined(NMR_JAX_CUDA_HOST)
+namespace nmr_cuda_host {
+inline thread_local int64_t thread_work = 0;
+}
+#define NMR_COUNT_WORK(n) (nmr_cuda_host::thread_work += (n))
+#else
+#define NMR_COUNT_WORK(n) ((void)0)
 #endif
 
 namespace nmr {
@@ -80,6 +96,7 @@ NMR_HD void pixel_span(float a, float b, int n, int* lo, int* hi) {
 
 // Edge test of the original: a pixel centre exactly on an edge is inside.
 NMR_HD bool covers(const Face& f, float xp, float yp) {
+  NMR_UNROLL
   for (int k = 0; k < 3; ++k) {
     const int k1 = (k + 1) % 3;
     if ((yp - f.y[k]) * (f.x[k1] - f.x[k]) < (xp - f.x[k]) * (f.y[k1] - f.y[k])) return false;
@@ -93,6 +110,7 @@ NMR_HD bool covers(const Face& f, float xp, float yp) {
 // cancellation of large terms (exact for vertices on a fine pixel grid).
 NMR_HD float interpolate(const Face& f, float xp, float yp, float* w) {
   float sum = 0.f;
+  NMR_UNROLL
   for (int k = 0; k < 3; ++k) {
     const int k1 = (k + 1) % 3, k2 = (k + 2) % 3;
     const float edge = (f.x[k2] - f.x[k1]) * (yp - f.y[k1]) - (f.y[k2] - f.y[k1]) * (xp - f.x[k1]);
@@ -103,53 +121,115 @@ NMR_HD float interpolate(const Face& f, float xp, float yp, float* w) {
   return 1.f / (w[0] / f.z[0] + w[1] / f.z[1] + w[2] / f.z[2]);
 }
 
-// The fragments of a visible face in rows [row_lo, row_hi]: calls visit(pixel, zp, w) for each
-// pixel centre of the face's box that passes the edge test with its depth in (near, far); pixel is
-// the flat [H, W] index. Columns x_lo + first, x_lo + first + stride, ... of each row are visited,
-// so that `stride` CUDA threads can share one face; the row band lets CPU threads split an image.
+// What one rasterization draws: the image size and the depth range (exclusive) kept.
+struct RasterParams {
+  int height, width;
+  float near, far;
+};
+
+// The part of a face's pixels that one caller visits: rows [row_lo, row_hi] (CPU threads split an
+// image into bands of rows), and of each row the columns x_lo + first, x_lo + first + stride, ...
+// of the face's box (`stride` threads share a face on the GPU).
+struct FragmentRange {
+  int row_lo, row_hi, first, stride;
+};
+
+// The fragments of a visible face: calls visit(pixel, zp, w) for each pixel centre of `range`
+// inside the face's box that passes the edge test with its depth in (near, far); pixel is the flat
+// [H, W] index.
 template <typename Visit>
-NMR_HD void for_each_fragment(const Face& f, int height, int width, float near, float far, int row_lo,
-                              int row_hi, int first, int stride, Visit&& visit) {
+NMR_HD void for_each_fragment(const Face& f, const RasterParams& r, FragmentRange range, Visit&& visit) {
   if (!f.visible) return;
   int x_lo, x_hi, y_lo, y_hi;
-  pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), width, &x_lo, &x_hi);
-  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), height, &y_lo,
+  pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), r.width, &x_lo,
+             &x_hi);
+  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), r.height, &y_lo,
              &y_hi);
-  if (y_lo < row_lo) y_lo = row_lo;
-  if (y_hi > row_hi) y_hi = row_hi;
+  if (y_lo < range.row_lo) y_lo = range.row_lo;
+  if (y_hi > range.row_hi) y_hi = range.row_hi;
   for (int yi = y_lo; yi <= y_hi; ++yi) {
-    for (int xi = x_lo + first; xi <= x_hi; xi += stride) {
+    if (x_lo + range.first <= x_hi) NMR_COUNT_WORK((x_hi - x_lo - range.first) / range.stride + 1);
+    for (int xi = x_lo + range.first; xi <= x_hi; xi += range.stride) {
       const float xp = static_cast<float>(xi);
       const float yp = static_cast<float>(yi);
       if (!covers(f, xp, yp)) continue;
       float w[3];
       const float zp = interpolate(f, xp, yp, w);
       // No clipping: pixels outside (near, far) are dropped one by one, as in the original.
-      if (!(zp > near && zp < far)) continue;
-      visit(static_cast<int64_t>(yi) * width + xi, zp, w);
+      if (!(zp > r.near && zp < r.far)) continue;
+      visit(static_cast<int64_t>(yi) * r.width + xi, zp, w);
     }
   }
 }
 
-// Rasterizes one face into the maps of its image (depth map initialised to `far`, face index to -1).
+// The three maps of one image: face_index [H, W] (-1 on background), weights [H, W, 3] (0 there)
+// and depth [H, W] (far there).
+struct Maps {
+  int32_t* face_index;
+  float* weights;
+  float* depth;
+};
+
+// Rasterizes one face into the maps of its image (initialised to the background).
 // Faces must be drawn in increasing index order: with the strict z test the lowest index wins ties.
 // Only rows [row_lo, row_hi] are touched, so disjoint row bands can be drawn concurrently.
-NMR_HD void draw_face(const Face& f, int32_t index, int height, int width, float near, float far, int row_lo,
-                      int row_hi, int32_t* face_index, float* weights, float* depth) {
-  for_each_fragment(f, height, width, near, far, row_lo, row_hi, 0, 1,
-                    [&](int64_t p, float zp, const float* w) {
-                      if (!(zp < depth[p])) return;
-                      depth[p] = zp;
-                      face_index[p] = index;
-                      for (int k = 0; k < 3; ++k) weights[3 * p + k] = w[k];
-                    });
+NMR_HD void draw_face(const Face& f, int32_t index, const RasterParams& r, int row_lo, int row_hi, Maps m) {
+  for_each_fragment(f, r, FragmentRange{row_lo, row_hi, 0, 1}, [&](int64_t p, float zp, const float* w) {
+    if (!(zp < m.depth[p])) return;
+    m.depth[p] = zp;
+    m.face_index[p] = index;
+    for (int k = 0; k < 3; ++k) m.weights[3 * p + k] = w[k];
+  });
 }
+
+// The two-pass rasterizer (GPU): pass 1 takes, per pixel, the minimum of fragment_key over all
+// fragments of all faces in any order (an atomic minimum); pass 2 decodes it with resolve_pixel.
+// The key orders by depth, then by face index, so its minimum is the fragment that draw_face in
+// increasing index order keeps: the nearest, the lowest index among equal depths.
+constexpr uint64_t kNoFragment = ~0ull;  // A pixel that no fragment reached.
+
+NMR_HD uint64_t fragment_key(float zp, int32_t index) {
+  // -0.0 and +0.0 are one depth (draw_face's z test says so); fold them before taking the bits.
+  const float z = zp == 0.f ? 0.f : zp;
+  uint32_t u;
+#if defined(__CUDA_ARCH__)
+  u = __float_as_uint(z);
+#else
+  std::memcpy(&u, &z, sizeof(u));
+#endif
+  // Order-preserving code of a float: unsigned comparison of codes is float comparison.
+  const uint32_t code = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<uint64_t>(code) << 32) | static_cast<uint32_t>(index);
+}
+
+// Pass 2 at pixel p: the face of its key (its corners at face_vertices + 9 * face), and that face's
+// weights and depth at the pixel computed as draw_face computes them; the background without one.
+NMR_HD void resolve_pixel(uint64_t key, const float* face_vertices, const RasterParams& r, int64_t p,
+                          Maps m) {
+  if (key == kNoFragment) {
+    m.face_index[p] = -1;
+    for (int k = 0; k < 3; ++k) m.weights[3 * p + k] = 0.f;
+    m.depth[p] = r.far;
+    return;
+  }
+  const auto f = static_cast<int32_t>(key & 0xffffffffu);
+  const Face face = setup_face(face_vertices + 9 * static_cast<int64_t>(f), r.height, r.width);
+  m.face_index[p] = f;
+  m.depth[p] =
+      interpolate(face, static_cast<float>(p % r.width), static_cast<float>(p / r.width), m.weights + 3 * p);
+}
+
+// Texture cubes of T^3 texels per face, and the clamp margin of their coordinates.
+struct Texture {
+  int T;
+  float eps;
+};
 
 // The 8 trilinear taps of a texture cube [T, T, T, 3] at a covered pixel: flat texel indices and
 // weights. Texture coordinate k is w_k * (T - 1) * zp / z_k (perspective-correct), clamped to
 // [0, T - 1 - eps] so that the upper tap stays inside the cube.
-NMR_HD void texture_taps(const float* face, const float* w, float zp, int T, float eps, int32_t* idx,
-                         float* tw) {
+NMR_HD void texture_taps(const float* face, const float* w, float zp, Texture tex, int32_t* idx, float* tw) {
+  const int T = tex.T;
   if (T == 1) {  // A single texel: the clamp range above would be empty.
     for (int c = 0; c < 8; ++c) {
       idx[c] = 0;
@@ -160,7 +240,7 @@ NMR_HD void texture_taps(const float* face, const float* w, float zp, int T, flo
   int base[3];
   float frac[3];
   for (int k = 0; k < 3; ++k) {
-    const float t = clampf(w[k] * (T - 1) * (zp / face[3 * k + 2]), 0.f, T - 1 - eps);
+    const float t = clampf(w[k] * (T - 1) * (zp / face[3 * k + 2]), 0.f, T - 1 - tex.eps);
     base[k] = static_cast<int>(t);
     frac[k] = t - base[k];
   }
@@ -177,11 +257,11 @@ NMR_HD void texture_taps(const float* face, const float* w, float zp, int T, flo
   }
 }
 
-NMR_HD void sample_texture(const float* face, const float* texture, const float* w, float zp, int T,
-                           float eps, float* rgb) {
+NMR_HD void sample_texture(const float* face, const float* texture, const float* w, float zp, Texture tex,
+                           float* rgb) {
   int32_t idx[8];
   float tw[8];
-  texture_taps(face, w, zp, T, eps, idx, tw);
+  texture_taps(face, w, zp, tex, idx, tw);
   for (int ch = 0; ch < 3; ++ch) rgb[ch] = 0.f;
   for (int c = 0; c < 8; ++c)
     for (int ch = 0; ch < 3; ++ch) rgb[ch] += tw[c] * texture[3 * idx[c] + ch];
@@ -231,21 +311,39 @@ NMR_HD float kato_term(float diff, float dist, float signed_eps) {
 #define NMR_STR(x) #x
 #endif
 
-// The out scan of one line (`image`, `grad` at its pixel 0; strides as in ScanLines, with
-// along == 1 when kUnitAlong): over pixels [lo, hi], sums kato_term of
+// One scan line of an image and its gradient (both at pixel 0 of the line), strides as in ScanLines.
+struct ScanLine {
+  const float* image;
+  const float* grad;
+  int64_t along, chan;
+};
+
+// What an out scan sums over pixels [lo, hi] of its line: kato_term of
 // diff = sum_c (image - in) * grad for both vertices of the edge, with
-// dist_k = lever_k * (d1 - cross) * to_ndc. Every pixel of [lo, hi] lies on the same side of the
-// crossing, so each dist_k has one sign on the whole line and the loop needs no branch.
-// kC > 0 fixes the channel count at compile time; kC == 0 reads it from C.
+// dist_k = lever_k * (d1 - cross) * to_ndc and signed_eps eps_k.
+struct OutScan {
+  const float* in;  // The pixel just inside the crossing (channels `chan` apart).
+  int lo, hi;
+  float cross, to_ndc;
+  float lever[2], eps[2];
+};
+
+// The out scan of one line, with along == 1 when kUnitAlong. Every pixel of [lo, hi] lies on the
+// same side of the crossing, so each dist_k has one sign on the whole line and the loop needs no
+// branch. kC > 0 fixes the channel count at compile time; kC == 0 reads it from C.
 template <int kC, bool kUnitAlong>
-NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int64_t chan, int C, int lo,
-                     int hi, const float* in, float cross, float to_ndc, float lever0, float lever1,
-                     float eps0, float eps1, float* sum0, float* sum1) {
+NMR_HD void out_scan(const ScanLine& line, int C, const OutScan& o, float* sum) {
   const int nc = kC > 0 ? kC : C;
-  const int64_t al = kUnitAlong ? 1 : along;
+  const int64_t al = kUnitAlong ? 1 : line.along;
+  const int64_t chan = line.chan;
+  const float* image = line.image;
+  const float* grad = line.grad;
+  const float* in = o.in;
+  const float cross = o.cross, to_ndc = o.to_ndc;
+  const float lever0 = o.lever[0], lever1 = o.lever[1], eps0 = o.eps[0], eps1 = o.eps[1];
   float s0 = 0.f, s1 = 0.f;
   NMR_SIMD_SUM(s0, s1)
-  for (int d1 = lo; d1 <= hi; ++d1) {
+  for (int d1 = o.lo; d1 <= o.hi; ++d1) {
     float diff = 0.f;
     for (int c = 0; c < nc; ++c)
       diff += (image[c * chan + d1 * al] - in[c * chan]) * grad[c * chan + d1 * al];
@@ -253,26 +351,20 @@ NMR_HD void out_scan(const float* image, const float* grad, int64_t along, int64
     s0 += kato_term(diff, lever0 * dist, eps0);
     s1 += kato_term(diff, lever1 * dist, eps1);
   }
-  *sum0 = s0;
-  *sum1 = s1;
+  sum[0] = s0;
+  sum[1] = s1;
 }
 
 // The out scan with the channel count and the line layout picked at run time.
-NMR_HD void out_scan_any(const float* image, const float* grad, int64_t along, int64_t chan, int C, int lo,
-                         int hi, const float* in, float cross, float to_ndc, float lever0, float lever1,
-                         float eps0, float eps1, float* sum0, float* sum1) {
-#define NMR_OUT_SCAN(KC, UNIT)                                                                           \
-  out_scan<KC, UNIT>(image, grad, along, chan, C, lo, hi, in, cross, to_ndc, lever0, lever1, eps0, eps1, \
-                     sum0, sum1)
+NMR_HD void out_scan_any(const ScanLine& line, int C, const OutScan& o, float* sum) {
   // The renderer's images have 4 channels (rgb, alpha) or 1 (alpha).
-  if (along == 1) {
-    if (C == 4) return NMR_OUT_SCAN(4, true);
-    if (C == 1) return NMR_OUT_SCAN(1, true);
-    return NMR_OUT_SCAN(0, true);
+  if (line.along == 1) {
+    if (C == 4) return out_scan<4, true>(line, C, o, sum);
+    if (C == 1) return out_scan<1, true>(line, C, o, sum);
+    return out_scan<0, true>(line, C, o, sum);
   }
-  if (C == 4) return NMR_OUT_SCAN(4, false);
-  return NMR_OUT_SCAN(0, false);
-#undef NMR_OUT_SCAN
+  if (C == 4) return out_scan<4, false>(line, C, o, sum);
+  return out_scan<0, false>(line, C, o, sum);
 }
 
 // One out scan of Kato's rule: a scan line that an edge of a face crosses where the face covers
@@ -287,29 +379,52 @@ struct KatoCrossing {
   int32_t slot[2];  // Entries of the face's 9 gradient floats that the two vertices receive.
 };
 
-// The out scan of crossing k on its line (`image` and `grad` at pixel 0 of the line, strides as in
-// ScanLines): sum[i] is what lever i's vertex receives, to be subtracted.
-NMR_HD void kato_out_scan(const KatoCrossing& k, const float* image, const float* grad, int64_t along,
-                          int64_t chan, int C, int n_along, float eps, float* sum) {
-  const int lo = k.dir > 0 ? k.d1_in + 1 : 0;
-  const int hi = k.dir > 0 ? n_along - 1 : k.d1_in - 1;
+// The out scan of crossing k on its line (n_along pixels): sum[i] is what lever i's vertex
+// receives, to be subtracted.
+NMR_HD void kato_out_scan(const KatoCrossing& k, const ScanLine& line, int C, int n_along, float eps,
+                          float* sum) {
+  OutScan o;
+  o.in = line.image + k.d1_in * line.along;
+  o.lo = k.dir > 0 ? k.d1_in + 1 : 0;
+  o.hi = k.dir > 0 ? n_along - 1 : k.d1_in - 1;
+  o.cross = k.cross;
+  o.to_ndc = 2.f / n_along;
   // Beyond the crossing d1 - cross has the sign of dir, so each distance has that of lever * dir.
-  const float eps0 = (k.lever[0] > 0.f) == (k.dir > 0) ? eps : -eps;
-  const float eps1 = (k.lever[1] > 0.f) == (k.dir > 0) ? eps : -eps;
-  out_scan_any(image, grad, along, chan, C, lo, hi, image + k.d1_in * along, k.cross, 2.f / n_along,
-               k.lever[0], k.lever[1], eps0, eps1, &sum[0], &sum[1]);
+  for (int i = 0; i < 2; ++i) {
+    o.lever[i] = k.lever[i];
+    o.eps[i] = (k.lever[i] > 0.f) == (k.dir > 0) ? eps : -eps;
+  }
+  if (o.lo <= o.hi) NMR_COUNT_WORK(o.hi - o.lo + 1);
+  out_scan_any(line, C, o, sum);
 }
 
-// Kato's approximate gradient of one face's x and y (NDC) from an image of C channels and its
-// incoming gradient, given as scan lines along columns (`cols`, axis 0) and rows (`rows`, axis 1);
-// face_index is [H, W] as rasterized. The in scans (the face's own pixels, a few per line) are
-// added to `grad` (the face's 9 floats; z untouched); each out scan (to the image border, the bulk
-// of the cost) is handed to on_out(const KatoCrossing&), to run now or later.
+// The scan lines of each edge and axis of a face that one caller runs: the lines d0_lo + first,
+// d0_lo + first + stride, ... of the edge's span (all of them for first 0, stride 1), so that
+// `stride` GPU threads can share a face.
+struct LineRange {
+  int first, stride;
+};
+
+// What Kato's rule reads of one image: its size and channel count, the face index map [H, W] as
+// rasterized, the image and its incoming gradient as scan lines along columns (`cols`, axis 0)
+// and rows (`rows`, axis 1), and the distance offset eps.
+struct KatoImage {
+  int height, width, C;
+  const int32_t* face_index;
+  ScanLines cols, rows;
+  float eps;
+};
+
+// Kato's approximate gradient of one face's x and y (NDC) from `im`. The in scans (the face's own pixels, a
+// few per line) are added to `grad` (the face's 9 floats; z untouched); each out scan (to the image border,
+// the bulk of the cost) is handed to on_out(const KatoCrossing&), to run now or later.
 template <typename OnOut>
-NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width, int C,
-                            const int32_t* face_index, ScanLines cols, ScanLines rows, float eps, float* grad,
+NMR_HD void kato_face_scans(const Face& f, int32_t index, const KatoImage& im, LineRange lines, float* grad,
                             OnOut&& on_out) {
   if (!f.visible) return;
+  const int height = im.height, width = im.width, C = im.C;
+  const float eps = im.eps;
+  const int32_t* face_index = im.face_index;
   const float* xy[2] = {f.x, f.y};
   for (int e = 0; e < 3; ++e) {
     const int v[3] = {e, (e + 1) % 3, (e + 2) % 3};
@@ -320,7 +435,7 @@ NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width,
       const float b0 = B[v[0]], b1 = B[v[1]], b2 = B[v[2]];
       // An edge parallel to the scan lines meets them in no single point (0/0 in the original).
       if (a0 == a1) continue;
-      const ScanLines& sl = axis == 0 ? cols : rows;
+      const ScanLines& sl = axis == 0 ? im.cols : im.rows;
       const int n_lines = axis == 0 ? width : height;
       const int n_along = axis == 0 ? height : width;
       // Pixel step along a scan line and line start, in the flat [H, W] face index.
@@ -331,7 +446,7 @@ NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width,
       const int coord = 1 - axis;
       int d0_lo, d0_hi;
       pixel_span(a0, a1, n_lines, &d0_lo, &d0_hi);
-      for (int d0 = d0_lo; d0 <= d0_hi; ++d0) {
+      for (int d0 = d0_lo + lines.first; d0 <= d0_hi; d0 += lines.stride) {
         const float cross = (b1 - b0) / (a1 - a0) * (d0 - a0) + b0;
         if (!(cross > -1.f && cross < static_cast<float>(n_along))) continue;
         const int d1_in = static_cast<int>(dir > 0 ? floorf(cross) : ceilf(cross));
@@ -367,6 +482,7 @@ NMR_HD void kato_face_scans(const Face& f, int32_t index, int height, int width,
         const float* im = sl.image + d0 * sl.line;
         const float* g = sl.grad + d0 * sl.line;
         const float* out = im + d1_out * sl.along;
+        if (lo <= hi) NMR_COUNT_WORK(hi - lo + 1);
         for (int d1 = lo; d1 <= hi; ++d1) {
           if (fi[d1 * fi_step] != index) continue;
           float diff = 0.f;
@@ -397,27 +513,24 @@ NMR_HD void kato_apply(const KatoCrossing& k, const float* sum, float* grad) {
     if (k.lever[i] != 0.f) grad[k.slot[i]] -= sum[i];
 }
 
-// Kato's gradient of one face with its out scans run at once (one thread per face: no shared
-// writes). `grad` receives the face's 9 floats.
-NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
-                           const int32_t* face_index, ScanLines cols, ScanLines rows, float eps,
-                           float* grad) {
-  kato_face_scans(f, index, height, width, C, face_index, cols, rows, eps, grad, [&](const KatoCrossing& k) {
-    const ScanLines& sl = k.axis == 0 ? cols : rows;
+// Kato's gradient of one face from its scan lines `lines`, out scans run at once (the GPU's threads:
+// no shared writes). `grad` receives the face's 9 floats.
+NMR_HD void kato_face_grad(const Face& f, int32_t index, const KatoImage& im, LineRange lines, float* grad) {
+  kato_face_scans(f, index, im, lines, grad, [&](const KatoCrossing& k) {
+    const ScanLines& sl = k.axis == 0 ? im.cols : im.rows;
+    const ScanLine line{sl.image + k.line * sl.line, sl.grad + k.line * sl.line, sl.along, sl.chan};
     float sum[2];
-    kato_out_scan(k, sl.image + k.line * sl.line, sl.grad + k.line * sl.line, sl.along, sl.chan, C,
-                  k.axis == 0 ? height : width, eps, sum);
+    kato_out_scan(k, line, im.C, k.axis == 0 ? im.height : im.width, im.eps, sum);
     kato_apply(k, sum, grad);
   });
 }
 
-// The same with columns and rows read in place from the [H, W, C] maps (no transposed copy).
-NMR_HD void kato_face_grad(const Face& f, int32_t index, int height, int width, int C,
-                           const int32_t* face_index, const float* image, const float* grad_image, float eps,
-                           float* grad) {
-  const int64_t c = C;
-  kato_face_grad(f, index, height, width, C, face_index, ScanLines{image, grad_image, c, width * c, 1},
-                 ScanLines{image, grad_image, width * c, c, 1}, eps, grad);
+// Columns and rows read in place from [H, W, C] maps (no transposed copy).
+NMR_HD ScanLines columns_of(const float* image, const float* grad, int width, int C) {
+  return ScanLines{image, grad, C, static_cast<int64_t>(width) * C, 1};
+}
+NMR_HD ScanLines rows_of(const float* image, const float* grad, int width, int C) {
+  return ScanLines{image, grad, static_cast<int64_t>(width) * C, C, 1};
 }
 
 }  // namespace nmr

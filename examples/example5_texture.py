@@ -31,6 +31,7 @@ ELEVATION = 30.0  # degrees: the views see the lid and the body
 # Adam on texel values in [0, 1] (clipped after each step): a step of a few grey levels.
 LEARNING_RATE = 0.02
 GIF_FRAMES = 25
+GIF_HEIGHT = 128  # pixels: the GIF's frames are downsized to this
 
 
 def hidden_texture(size: int) -> jax.Array:
@@ -118,12 +119,15 @@ def run(
 
 
 def _frame(image: jax.Array, hidden: jax.Array, view: jax.Array) -> np.ndarray:
-    """The recovered texture, the hidden one and a view, side by side at the texture's height."""
-    size = image.shape[0]
-    rows = (np.arange(size) * view.shape[0]) // size  # nearest-neighbour resize of the view
-    return np.concatenate(
-        [np.asarray(image), np.asarray(hidden), np.asarray(view)[rows][:, rows]], 1
-    )
+    """The recovered texture, the hidden one and a view, side by side, at most 128 rows high
+    (nearest-neighbour resizing keeps the GIF small)."""
+    rows = min(image.shape[0], GIF_HEIGHT)
+
+    def resized(x: jax.Array) -> np.ndarray:
+        pick = (np.arange(rows) * x.shape[0]) // rows
+        return np.asarray(x)[pick][:, pick]
+
+    return np.concatenate([resized(image), resized(hidden), resized(view)], 1)
 
 
 def main() -> None:

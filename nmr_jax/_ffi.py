@@ -115,11 +115,14 @@ def _pad_batch(arrays: list[jax.Array], core_ranks: list[int]) -> tuple[list[jax
     return padded, jnp.broadcast_shapes(*batches)
 
 
-def gather_faces(vertices: jax.Array, faces: jax.Array) -> jax.Array:
-    """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> face vertices [*b, F, 3, 3]."""
+def gather_faces(vertices: jax.Array, faces: jax.Array, checked: bool = False) -> jax.Array:
+    """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> face vertices [*b, F, 3, 3].
+
+    ``checked``: the caller has checked on the host that every index is in [0, V), so the CUDA
+    kernel skips its own check and the stream synchronisation that reports it."""
     (v, f), batch = _pad_batch([vertices, faces], [2, 2])
     out = jax.ShapeDtypeStruct((*batch, faces.shape[-2], 3, 3), jnp.float32)
-    return _call("nmr_gather_faces", out, len(batch))(v, f)
+    return _call("nmr_gather_faces", out, len(batch))(v, f, checked=np.int32(checked))
 
 
 def scatter_faces(faces: jax.Array, grad: jax.Array, vertices_shape: tuple[int, ...]) -> jax.Array:

@@ -18,18 +18,19 @@ from jax.custom_derivatives import SymbolicZero
 from nmr_jax import _ffi
 
 
-@jax.custom_vjp
-def gather_faces(vertices: jax.Array, faces: jax.Array) -> jax.Array:
-    """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> [*b, F, 3, 3]; bad indices raise."""
-    return _ffi.gather_faces(vertices, faces)
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def gather_faces(vertices: jax.Array, faces: jax.Array, checked: bool) -> jax.Array:
+    """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> [*b, F, 3, 3]; bad indices raise.
+    ``checked``: all indices are known to be in [0, V) (see ``_ffi.gather_faces``)."""
+    return _ffi.gather_faces(vertices, faces, checked)
 
 
-def _gather_fwd(vertices: jax.Array, faces: jax.Array) -> tuple[jax.Array, tuple]:
+def _gather_fwd(vertices: jax.Array, faces: jax.Array, checked: bool) -> tuple[jax.Array, tuple]:
     # A zero-size stand-in carries the vertices' shape without keeping them alive.
-    return _ffi.gather_faces(vertices, faces), (faces, jnp.zeros((0,) + vertices.shape))
+    return _ffi.gather_faces(vertices, faces, checked), (faces, jnp.zeros((0,) + vertices.shape))
 
 
-def _gather_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, None]:
+def _gather_bwd(checked: bool, res: tuple, g: jax.Array) -> tuple[jax.Array, None]:
     faces, shape_of = res
     return _ffi.scatter_faces(faces, g, shape_of.shape[1:]), None
 
@@ -102,10 +103,39 @@ def _vertex_differentiable_bwd(res: tuple, grads: tuple) -> tuple:
     # Symbolic zeros (a map nobody reads) cost nothing: the cube shader reads neither.
     g_fv = jnp.zeros_like(fv)
     if not isinstance(g_w, SymbolicZero):
-        g_fv = g_fv + jax.vjp(lambda f: _weights_at(f, fi), fv)[1](g_w)[0]
+        g_fv = g_fv + _weights_vjp(fv, fi, w, g_w)
     if not isinstance(g_d, SymbolicZero):
         g_fv = g_fv + _ffi.depth_bwd(fv, fi, w, d, g_d)
     return g_fv, None, None, None
+
+
+def _weights_vjp(
+    face_vertices: jax.Array, face_index: jax.Array, weights: jax.Array, g_weights: jax.Array
+) -> jax.Array:
+    """The gradient of the weights map w.r.t. the face vertices, the face index held fixed.
+
+    Analytic, where autodiff of ``_weights_at`` costs several times more: w = M^-1 [xp, yp, 1]
+    with M = [[x0 x1 x2], [y0 y1 y2], [1 1 1]] in pixels, so d w_k / d x_j = -M^-1[k][0] w_j and
+    d w_k / d y_j = -M^-1[k][1] w_j (nmr_core.h ``inv_entry``); covered pixels have w in [0, 1]
+    and sum(w) = 1, where the kernel's clamp and renormalisation do not act.
+    """
+    height, width = face_index.shape[-2:]
+    x = 0.5 * (face_vertices[..., 0] * width + width - 1)  # [*b, F, 3] pixels, as to_pixel
+    y = 0.5 * (face_vertices[..., 1] * height + height - 1)
+    k1, k2 = [1, 2, 0], [2, 0, 1]
+    area2 = (y[..., 2] - y[..., 0]) * (x[..., 1] - x[..., 0]) - (y[..., 1] - y[..., 0]) * (
+        x[..., 2] - x[..., 0]
+    )
+    # Drawn faces have area2 > 0; the guard keeps the others (never gathered) finite.
+    safe = jnp.where(area2 != 0, area2, 1.0)[..., None, None]
+    inv = jnp.stack([y[..., k1] - y[..., k2], x[..., k2] - x[..., k1]], -1) / safe  # [*b, F, 3, 2]
+    covered = (face_index >= 0)[..., None, None]
+    inv_px = take_rows(inv, 3, jnp.maximum(face_index, 0), 2)  # [*b, H, W, 3, 2]
+    along = jnp.einsum("...k,...kl->...l", g_weights, jnp.where(covered, inv_px, 0.0))
+    half = jnp.asarray([0.5 * width, 0.5 * height], jnp.float32)  # d pixel / d NDC
+    g_xy = -weights[..., :, None] * along[..., None, :] * half  # [*b, H, W, 3 vertices, 2]
+    g_pixel = jnp.concatenate([g_xy, jnp.zeros_like(g_xy[..., :1])], -1)
+    return jax.vjp(lambda f: _pixel_faces(f, face_index), face_vertices)[1](g_pixel)[0]
 
 
 _vertex_differentiable.defvjp(
@@ -255,31 +285,30 @@ def take_rows(table: jax.Array, table_core: int, index: jax.Array, index_core: i
     """Rows of ``table [*b, N, *rest]`` (``table_core = 1 + len(rest)``) at ``index [*b', *I]``
     (``index_core = len(I)``) -> ``[*broadcast(b, b'), *I, *rest]``.
 
-    One broadcasting ``take_along_axis``, no reshape: explicit sharding cannot type a reshape of
-    sharded batches (also under ``vmap``).
+    A plain gather per batch element, ``vmap``-ed over the batch: no reshape (explicit sharding
+    cannot type a reshape of sharded batches) and no broadcast of the table over the index dims
+    (whose transpose would sum over a table-sized copy per row of pixels).
     """
-    n_rest = table_core - 1
     if table.shape[table.ndim - table_core] == 0:  # no rows (an empty mesh): nothing is read
         batch = jnp.broadcast_shapes(
-            table.shape[:-table_core], index.shape[: index.ndim - index_core]
+            table.shape[: table.ndim - table_core], index.shape[: index.ndim - index_core]
         )
-        rest = table.shape[table.ndim - n_rest :]
+        rest = table.shape[table.ndim - table_core + 1 :]
         return jnp.zeros((*batch, *index.shape[index.ndim - index_core :], *rest), table.dtype)
-    if table.ndim == table_core:  # no batch on the table: a plain gather
+    rank = max(table.ndim - table_core, index.ndim - index_core)
+    t = jnp.expand_dims(table, tuple(range(rank - (table.ndim - table_core))))
+    i = jnp.expand_dims(index, tuple(range(rank - (index.ndim - index_core))))
+    return _take(t, i, rank)
+
+
+def _take(table: jax.Array, index: jax.Array, batch_rank: int) -> jax.Array:
+    if batch_rank == 0:
         return jnp.take(table, index, axis=0)
-    batch_rank = table.ndim - table_core
-    # Singleton dims before N line the table up with I (they broadcast); the index gets one
-    # singleton for each trailing dim of the rows.
-    t = jnp.expand_dims(table, tuple(range(batch_rank, batch_rank + index_core - 1)))
-    i = jnp.expand_dims(index, tuple(range(index.ndim, index.ndim + n_rest)))
-    t, i = _pad_ranks(t, i)
-    return jnp.take_along_axis(t, i, axis=-1 - n_rest)
-
-
-def _pad_ranks(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Left-pads the shorter array's shape with 1s (its batch) to the other's rank."""
-    rank = max(a.ndim, b.ndim)
-    return (
-        jnp.expand_dims(a, tuple(range(rank - a.ndim))),
-        jnp.expand_dims(b, tuple(range(rank - b.ndim))),
-    )
+    if table.shape[0] == 1 and index.shape[0] == 1:
+        return _take(table[0], index[0], batch_rank - 1)[None]
+    # A size-1 side is shared by the whole batch dim, not broadcast.
+    t_axis = None if table.shape[0] == 1 else 0
+    i_axis = None if index.shape[0] == 1 else 0
+    t = table[0] if t_axis is None else table
+    i = index[0] if i_axis is None else index
+    return jax.vmap(partial(_take, batch_rank=batch_rank - 1), in_axes=(t_axis, i_axis))(t, i)

@@ -78,12 +78,15 @@ def _vertices_to_faces(vertices: jax.Array, faces: np.ndarray | jax.Array) -> ja
     fold (a reduction over a large constant costs seconds of compilation)."""
     if isinstance(faces, np.ndarray):
         padding = np.all(faces == -1, axis=-1)
+        filled = np.where(padding[..., None], 0, faces)
+        # Known faces in range need no check on the device (and no wait for it).
+        checked = bool(np.all(filled < vertices.shape[-2]))
         if not padding.any():
-            return _ops.gather_faces(vertices, faces)
-        fv = _ops.gather_faces(vertices, np.where(padding[..., None], 0, faces))
+            return _ops.gather_faces(vertices, faces, checked)
+        fv = _ops.gather_faces(vertices, filled, checked)
     else:
         padding = jnp.all(faces == -1, axis=-1)
-        fv = _ops.gather_faces(vertices, jnp.where(padding[..., None], 0, faces))
+        fv = _ops.gather_faces(vertices, jnp.where(padding[..., None], 0, faces), False)
     return jnp.where(padding[..., None, None], 0.0, fv)
 
 

@@ -337,8 +337,8 @@ class Renderer:
         shader_args: tuple = (),
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         faces = self._both_sides(mesh.faces)
-        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         world = self._world_faces(mesh.vertices, faces)
+        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         if mesh.textures is None:
             return shading._render(self, fv, mesh, world, lights, shader, shader_args)
         textures = mesh.textures

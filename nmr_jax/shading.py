@@ -91,8 +91,9 @@ def rasterize_fragments(
       ``Fragments(face_index int32 [..., H', W'] (-1 on background), bary float32
       [..., H', W', 3] (perspective-correct barycentrics of the face's three vertices), bary_screen
       float32 [..., H', W', 3] (screen-space), depth float32 [..., H', W'] (``far`` on
-      background))``; ``bary`` and ``depth`` are differentiable in the faces' x, y and z,
-      ``bary_screen`` in x and y, the face index held fixed.
+      background), back bool [..., H', W'] (all False here))``; ``bary`` and ``depth`` are
+      differentiable in the faces' x, y and z, ``bary_screen`` in x and y, the face index held
+      fixed.
     """
     fv, _ = _face_vertices(faces, None)
     frags = _ops.fragments(
@@ -117,7 +118,8 @@ def rasterize_shaded(
     Args:
       faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
       shader: a jnp function of ``Fragments`` (see ``rasterize_fragments``) and ``shader_args``
-        returning float ``[..., H', W', C]`` at the rasterized resolution, row 0 at the top.
+        returning float ``[..., H', W', C]`` at the rasterized resolution, row 0 at the top, with
+        the fragments' batch shape (``vmap`` batches parameters).
       shader_args: the arrays (pytrees) the shader reads; gradients reach them by autodiff.
       image_size, anti_aliasing, near, far: as ``rasterize_rgbad``.
       eps: the offset of Kato's distances.

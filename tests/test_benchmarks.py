@@ -46,3 +46,9 @@ def test_bench_gpu_table_on_the_cpu():
     out = run("bench_gpu.py", "--quick", "--repeats", "1", "--device", "cpu")
     rows = [line for line in out.splitlines() if line.startswith("| teapot |")]
     assert len(rows) == 1 and len(re.findall(r"\(\d+\.\d\)", rows[0])) == 2, out  # both ratios
+
+
+def test_bench_cpu_shader_table_prints_its_ratio():
+    out = run("bench_cpu.py", "--shader-only", "--quick", "--repeats", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith("teapot ")]
+    assert len(rows) == 1 and len(rows[0]) == 8 and float(rows[0][-1]) > 0, out

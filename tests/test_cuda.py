@@ -409,3 +409,22 @@ def test_package_renders_the_teapot_through_the_host_cuda_handlers():
     assert "nmr_kato_bwd_cuda_host" in targets and "nmr_gather_faces_cuda_host" in targets
     assert value > 0 and grad_max > 0
     assert counters["launches"] > 0
+
+
+def test_gather_does_not_synchronise_for_concrete_faces():
+    # Concrete faces are checked on the host, so the CUDA gather skips its device check and the
+    # stream synchronisation that reports it; traced faces keep both (counted by the host build).
+    if _ffi.cuda_host is None:
+        pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
+    vertices, faces = teapot()
+
+    def syncs(fn):
+        before = _ffi.cuda_host.counters()["syncs"]
+        with _ffi.using_kernels("cuda-host"), jax.default_device(CPU):
+            jax.block_until_ready(fn())
+        return _ffi.cuda_host.counters()["syncs"] - before
+
+    assert syncs(lambda: nr.vertices_to_faces(vertices, faces)) == 0
+    # Faces closed over by a jitted function are constants, so concrete too.
+    assert syncs(lambda: jax.jit(lambda v: nr.vertices_to_faces(v, faces))(vertices)) == 0
+    assert syncs(lambda: jax.jit(nr.vertices_to_faces)(vertices, faces)) == 1

@@ -55,9 +55,14 @@ def test_two_processes_render_and_differentiate_as_one(tmp_path: Path) -> None:
         SIZE, vertices, faces, textures, jnp.asarray(eyes)
     )
     result = np.load(saved)
-    # Each view is rasterized by the same kernel on the same data wherever it runs.
-    np.testing.assert_array_equal(result["rgb"], rgb)
-    np.testing.assert_array_equal(result["alpha"], alpha)
-    # The gradient is summed in another order (per device, then across them): float rounding.
+    # Each view is rasterized by the same kernel on the same data wherever it runs, but XLA
+    # compiles the camera and lighting for 2 views per device instead of 8, which may round
+    # differently (by one float32 ulp in 47 of 6144 values with jax 0.12; none with 0.10.2).
+    np.testing.assert_allclose(result["rgb"], rgb, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result["alpha"], alpha, rtol=0, atol=1e-6)
+    # The gradient is summed in another order (per device, then across them) from per-view
+    # parts that may differ by an ulp, and vertices shared by faces of opposite slopes cancel:
+    # entries of 0.01 differ by up to 1.6e-6 with jax 0.12 (1e-9 with 0.10.2). A process's share
+    # missing or counted twice would move them by half of themselves.
     assert np.abs(grad).max() > 1e-3  # a gradient worth comparing: 0.105
-    np.testing.assert_allclose(result["grad"], grad, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result["grad"], grad, rtol=1e-4, atol=2e-5)

@@ -1,9 +1,10 @@
 """The examples, at reduced size: each optimisation must make the progress it exists to show;
 and the two rendering scripts (the Quick start's teapot, views sharded over devices) run whole.
 
-Sizes and iteration counts keep the four classic examples' tests under 3 s each on a 2-core CPU,
-and the pose search, throw and shape tests under 40 s (the budget is 60 s); each bound was set
-with a margin below what the run reaches (the measured value is in the comment beside it).
+Sizes and iteration counts keep every test under 60 s on a 2-core CPU: on one loaded with about
+10 jobs, the pose search took 47 s, the others at most 44 s, the four classic examples' at most
+8 s. Each bound was set with a margin below what the run reaches (the measured value is in the
+comment beside it).
 """
 
 from __future__ import annotations
@@ -174,9 +175,11 @@ def test_pose_search_sharded_over_two_devices_finds_what_one_device_does(
     flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     stdout = _run_script("pose_search.py", *args, "--output-dir", str(tmp_path), env=flags)
     assert "for 8 on 2 devices" in stdout, stdout
-    # Not bit for bit: XLA compiles the step for 4 starts per device instead of 8, and float
-    # rounding differs (measured: 159.64 vs 159.65 degrees, 0.3236 vs 0.3235 away).
-    np.testing.assert_allclose(_best_start_errors(stdout), expected, atol=0.05)
+    # Not bit for bit: XLA compiles the step for 4 starts per device instead of 8, float rounding
+    # differs and ten steps amplify it (measured: 0.01 degrees and 0.0001 apart with jax 0.10.2,
+    # 0.08 and 0.0002 with jax 0.12; a start that went elsewhere would be tens of degrees off).
+    rotation, translation = _best_start_errors(stdout)
+    assert abs(rotation - expected[0]) < 0.5 and abs(translation - expected[1]) < 0.005, stdout
 
 
 def test_example5_recovers_the_texture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,7 +131,7 @@ def test_ties_lowest_index_wins_under_threading(tmp_path, on_cpu):
     run = subprocess.run(
         [sys.executable, "-c", code, str(out_file)],
         cwd=root,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "NMR_JAX_KERNELS": "default"},
         capture_output=True,
         text=True,
         timeout=300,

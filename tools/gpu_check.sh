@@ -1,37 +1,101 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a machine with an NVIDIA GPU, nvcc and jax with its CUDA plugin
-# (e.g. the project's lent H200 machine, which has every build and test dependency installed but
-# reaches no package index, hence --no-build-isolation). From the repository root:
+# The GPU checks as one short run, for a machine with an NVIDIA GPU, nvcc and jax with its CUDA
+# plugin (e.g. a lent H100/H200 with every build and test dependency installed but no package
+# index, hence --no-build-isolation). From the repository root:
 #
-#   bash tools/gpu_check.sh            # logs go to $OUT, or to ./gpu_check/ without it
+#   bash tools/gpu_check.sh            # logs and summary.txt go to $OUT, or to ./gpu_check/
 #
-# It builds nmr_jax for sm_90 only (the build is then about a minute), runs the whole suite with the
-# GPU as jax's default device (tests/test_cuda.py, the CPU-vs-CUDA parity, included), and both
-# GPU-side benchmarks. Each
-# step's log is kept; the script goes on after a failing step and exits non-zero at the end.
+# Steps, in order of value, each with its own time limit (seconds; planned total 570 s, under
+# the 10 minutes of one command):
+#   build        150  nmr_jax for sm_90 only; the run stops here if it fails
+#   nvidia-smi    15  GPU model, driver, memory
+#   test-cuda    120  tests/test_cuda.py alone: parity with the CPU kernels on the GPU
+#   memcheck      90  tools/gpu_smoke.py (all 7 targets at their edges) under compute-sanitizer
+#   racecheck     90  the same under racecheck
+#   bench-quick   60  benchmarks/bench_gpu.py --quick
+# then, with what is left of GPU_CHECK_BUDGET (default 570 s): the rest of the suite and the full
+# benchmark. Without a GPU every GPU step is skipped, and saying so is the whole output: that is
+# the CPU dry run (tests/test_gpu_check.py), which also runs gpu_smoke.py on the host-compiled
+# CUDA code. GPU_CHECK_SKIP_BUILD=1 skips the build (an installed checkout).
+# jax's pool allocator is off for the sanitizers (XLA_PYTHON_CLIENT_ALLOCATOR=platform: its pool
+# would hide out-of-bounds accesses) and preallocation is off everywhere (test subprocesses need
+# GPU memory too). Exit status: 0 when every step that ran passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+summary="$out/summary.txt"
+: > "$summary"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 python="${PYTHON:-python3}"
+budget="${GPU_CHECK_BUDGET:-570}"
+start=$SECONDS
 status=0
 
+if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+  gpu=1
+else
+  gpu=0
+fi
+
+note() { echo "$*" | tee -a "$summary"; }
+
+# step NAME LIMIT NEEDS_GPU COMMAND...: runs COMMAND with at most LIMIT seconds (less if the budget
+# is nearly spent), its output in $out/NAME.log, one summary line.
 step() {
-  local name="$1"
-  shift
-  echo "== $name: $*"
-  if ! "$@" 2>&1 | tee "$out/$name.log"; then
-    echo "== $name FAILED"
+  local name="$1" limit="$2" needs_gpu="$3"
+  shift 3
+  local left=$((budget - (SECONDS - start)))
+  if [ "$needs_gpu" = 1 ] && [ "$gpu" = 0 ]; then
+    note "$(printf '%-12s skipped: no GPU (nvidia-smi finds none)' "$name")"
+    return 0
+  fi
+  if [ "$left" -lt 10 ]; then
+    note "$(printf '%-12s skipped: time budget spent' "$name")"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$SECONDS rc
+  echo "== $name (at most ${limit}s): $*"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
+  rc=$?
+  local took=$((SECONDS - t0))
+  if [ "$rc" = 0 ]; then
+    note "$(printf '%-12s ok      %4ss  %s' "$name" "$took" "$(tail -n 1 "$out/$name.log" | cut -c1-60)")"
+  else
+    [ "$rc" = 124 ] && rc="timeout"
+    note "$(printf '%-12s FAILED  %4ss  (%s) see %s' "$name" "$took" "$rc" "$out/$name.log")"
     status=1
   fi
+  [ "$rc" = 0 ]
 }
 
-step nvidia-smi nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-# Editable, as in CI: the tests import nmr_jax from the checkout.
-step build "$python" -m pip install -q --no-build-isolation --no-deps \
-  -Ccmake.define.NMR_JAX_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 -e .
-step suite "$python" -m pytest -q -rs -p no:cacheprovider
-step bench-gpu "$python" benchmarks/bench_gpu.py --repeats 10
-step bench-vmap "$python" benchmarks/bench_vmap.py --repeats 5
+sanitizer() {
+  local tool="$1"
+  XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool "$tool" --error-exitcode 1 \
+    "$python" tools/gpu_smoke.py --device gpu
+}
+
+if [ "${GPU_CHECK_SKIP_BUILD:-0}" = 1 ]; then
+  note "build        skipped: GPU_CHECK_SKIP_BUILD=1"
+elif [ "$gpu" = 0 ]; then
+  note "build        skipped: no GPU (nvidia-smi finds none)"
+else
+  # Editable, as in CI: the tests import nmr_jax from the checkout.
+  step build 150 1 "$python" -m pip install -q --no-build-isolation --no-deps \
+    -Ccmake.define.NMR_JAX_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 -e . ||
+    { note "the build failed: nothing else runs"; exit 1; }
+fi
+step nvidia-smi 15 1 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+step test-cuda 120 1 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+if [ "$gpu" = 0 ]; then
+  # The dry run: the smoke script on the CUDA code compiled for the host.
+  step smoke-host 120 0 "$python" tools/gpu_smoke.py --device cpu
+fi
+step memcheck 90 1 sanitizer memcheck
+step racecheck 90 1 sanitizer racecheck
+step bench-quick 60 1 "$python" benchmarks/bench_gpu.py --quick --repeats 10
+step suite 240 1 "$python" -m pytest -q -rs -p no:cacheprovider --ignore=tests/test_cuda.py
+step bench-full 240 1 "$python" benchmarks/bench_gpu.py --repeats 10
+note "gpu_check: $((SECONDS - start))s, $([ "$status" = 0 ] && echo "every step that ran passed" || echo "FAILURES above")"
 exit "$status"

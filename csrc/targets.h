@@ -1,0 +1,225 @@
+// The seven custom-call targets of nmr_jax, defined once for every platform: each target's
+// signature (operands, attributes, results, in order) and the parsing of its shapes. The CPU
+// handlers (cpu_ops.cc) and the CUDA ones (cuda_ops.cu, also compiled for the host) supply only
+// their strategy, as functions GatherFacesImpl, ... that take the platform's contexts first.
+//
+// Shapes are checked by the Python layer (nmr_jax/_ffi.py) before any call is built; what is
+// parsed here is the broadcast batch (batch.h) and the core sizes. Operand ids are the order of
+// Broadcast::add, named per target so that kernels index their chunk of batch elements by name.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "batch.h"
+#include "nmr_core.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace nmr {
+
+using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+using S32Out = ffi::ResultBuffer<ffi::S32>;
+
+inline int64_t dim(const ffi::AnyBuffer::Dimensions& dims, int from_end) {
+  return dims[dims.size() - from_end];
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The error of a vertex index outside [0, V), whichever platform finds it.
+inline ffi::Error bad_vertex_index(int64_t value, int64_t face, int64_t V) {
+  return ffi::Error::InvalidArgument("nmr_jax: faces holds vertex index " + std::to_string(value) +
+                                     " at face " + std::to_string(face) + ", outside [0, " +
+                                     std::to_string(V) + ") (V = number of vertices)");
+}
+
+// nmr_gather_faces: vertices [*b, V, 3], faces [*b, F, 3] -> face_vertices [*b, F, 3, 3].
+struct GatherShape {
+  int vertices, faces, out;  // operand ids
+  int64_t V, F;
+  static ffi::Error parse(Broadcast& bc, GatherShape* s, const F32& vertices, const S32& faces, F32Out& out) {
+    s->vertices = bc.add(vertices.dimensions(), 2);
+    s->faces = bc.add(faces.dimensions(), 2);
+    s->out = bc.add(out->dimensions(), 3);
+    s->V = dim(vertices.dimensions(), 2);
+    s->F = dim(faces.dimensions(), 2);
+    return bc.finish();
+  }
+};
+
+// nmr_scatter_faces: faces [*b, F, 3], grad_face_vertices [*b, F, 3, 3] -> grad_vertices [*b, V, 3].
+struct ScatterShape {
+  int faces, grad, out;
+  int64_t V, F;
+  static ffi::Error parse(Broadcast& bc, ScatterShape* s, const S32& faces, const F32& grad, F32Out& out) {
+    s->faces = bc.add(faces.dimensions(), 2);
+    s->grad = bc.add(grad.dimensions(), 3);
+    s->out = bc.add(out->dimensions(), 2);
+    s->V = dim(out->dimensions(), 2);
+    s->F = dim(faces.dimensions(), 2);
+    return bc.finish();
+  }
+};
+
+// nmr_rasterize: face_vertices [*b, F, 3, 3] -> maps [*b, H, W] (face_index, depth), [*b, H, W, 3].
+struct RasterShape {
+  int fv, maps;
+  int64_t F, P;
+  static ffi::Error parse(Broadcast& bc, RasterShape* s, const F32& face_vertices, S32Out& face_index) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->maps = bc.add(face_index->dimensions(), 2);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->P = dim(face_index->dimensions(), 2) * dim(face_index->dimensions(), 1);
+    return bc.finish();
+  }
+};
+
+// nmr_sample_textures: face_vertices, textures [*b, F, T, T, T, 3], pixel maps -> rgb [*b, H, W, 3].
+struct SampleShape {
+  int fv, tex, pix, out;
+  int64_t F, P, cube;  // cube: floats of one face's texture
+  int T;
+  static ffi::Error parse(Broadcast& bc, SampleShape* s, const F32& face_vertices, const F32& textures,
+                          const S32& face_index, F32Out& rgb) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->tex = bc.add(textures.dimensions(), 5);
+    s->pix = bc.add(face_index.dimensions(), 2);
+    s->out = bc.add(rgb->dimensions(), 3);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->T = static_cast<int>(dim(textures.dimensions(), 2));
+    s->cube = static_cast<int64_t>(s->T) * s->T * s->T * 3;
+    s->P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+    return bc.finish();
+  }
+};
+
+// nmr_sample_textures_bwd: face_vertices, pixel maps, grad_rgb -> grad_textures [*b, F, T, T, T, 3].
+struct SampleBwdShape {
+  int fv, pix, grad, out;
+  int64_t F, P, cube;
+  int T;
+  static ffi::Error parse(Broadcast& bc, SampleBwdShape* s, const F32& face_vertices, const S32& face_index,
+                          const F32& grad_rgb, F32Out& grad_textures) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->pix = bc.add(face_index.dimensions(), 2);
+    s->grad = bc.add(grad_rgb.dimensions(), 3);
+    s->out = bc.add(grad_textures->dimensions(), 5);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->T = static_cast<int>(dim(grad_textures->dimensions(), 2));
+    s->cube = static_cast<int64_t>(s->T) * s->T * s->T * 3;
+    s->P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+    return bc.finish();
+  }
+};
+
+// nmr_kato_bwd: face_vertices, face_index, image and grad_image [*b, H, W, C] -> grad_face_vertices.
+struct KatoShape {
+  int fv, pix, image, grad, out;
+  int64_t F, P;
+  int H, W, C;
+  static ffi::Error parse(Broadcast& bc, KatoShape* s, const F32& face_vertices, const S32& face_index,
+                          const F32& image, const F32& grad_image, F32Out& out) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->pix = bc.add(face_index.dimensions(), 2);
+    s->image = bc.add(image.dimensions(), 3);
+    s->grad = bc.add(grad_image.dimensions(), 3);
+    s->out = bc.add(out->dimensions(), 3);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->H = static_cast<int>(dim(face_index.dimensions(), 2));
+    s->W = static_cast<int>(dim(face_index.dimensions(), 1));
+    s->C = static_cast<int>(dim(image.dimensions(), 1));
+    s->P = static_cast<int64_t>(s->H) * s->W;
+    return bc.finish();
+  }
+};
+
+// nmr_depth_bwd: face_vertices, pixel maps, grad_depth [*b, H, W] -> grad_face_vertices.
+struct DepthBwdShape {
+  int fv, pix, grad, out;
+  int64_t F, P;
+  int H, W;
+  static ffi::Error parse(Broadcast& bc, DepthBwdShape* s, const F32& face_vertices, const S32& face_index,
+                          const F32& grad_depth, F32Out& out) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->pix = bc.add(face_index.dimensions(), 2);
+    s->grad = bc.add(grad_depth.dimensions(), 2);
+    s->out = bc.add(out->dimensions(), 3);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->H = static_cast<int>(dim(face_index.dimensions(), 2));
+    s->W = static_cast<int>(dim(face_index.dimensions(), 1));
+    s->P = static_cast<int64_t>(s->H) * s->W;
+    return bc.finish();
+  }
+};
+
+}  // namespace nmr
+
+// The handler symbols Nmr<Target><suffix> of one platform, e.g. NmrRasterizeCpu, binding the
+// platform's contexts (CONTEXTS, e.g. `.Ctx<ffi::ThreadPool>()`) and then each target's operands,
+// attributes and results; impls <Target>Impl take them in that order.
+#define NMR_DEFINE_HANDLERS(SUFFIX, CONTEXTS) NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)
+#define NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)                                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFaces##SUFFIX, GatherFacesImpl,                                   \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()        /* vertices [*b, V, 3] */                    \
+                                    .Arg<::nmr::S32>()        /* faces [*b, F, 3] */                       \
+                                    .Attr<int32_t>("checked") /* 1: faces known to be in [0, V) */         \
+                                    .Ret<::nmr::F32>()        /* face_vertices [*b, F, 3, 3] */            \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFaces##SUFFIX, ScatterFacesImpl,                                 \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::S32>() /* faces [*b, F, 3] */                              \
+                                    .Arg<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
+                                    .Ret<::nmr::F32>() /* grad_vertices [*b, V, 3] */                      \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterize##SUFFIX, RasterizeImpl,                                       \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3], NDC x, y, view z */ \
+                                    .Attr<int32_t>("height")                                               \
+                                    .Attr<int32_t>("width")                                                \
+                                    .Attr<float>("near")                                                   \
+                                    .Attr<float>("far")                                                    \
+                                    .Ret<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Ret<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Ret<::nmr::F32>() /* depth [*b, H, W] */                              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTextures##SUFFIX, SampleTexturesImpl,                             \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                  \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
+                                    .Attr<float>("eps")                                                    \
+                                    .Ret<::nmr::F32>() /* rgb [*b, H, W, 3] */                             \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwd##SUFFIX, SampleTexturesBwdImpl,                       \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
+                                    .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                        \
+                                    .Attr<float>("eps")                                                    \
+                                    .Ret<::nmr::F32>() /* grad_textures [*b, F, T, T, T, 3] */             \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwd##SUFFIX, KatoBwdImpl,                                           \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* image [*b, H, W, C], rgb and/or alpha */         \
+                                    .Arg<::nmr::F32>() /* grad_image [*b, H, W, C] */                      \
+                                    .Attr<float>("eps")                                                    \
+                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrDepthBwd##SUFFIX, DepthBwdImpl,                                         \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
+                                    .Arg<::nmr::F32>() /* grad_depth [*b, H, W] */                         \
+                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
+  )
