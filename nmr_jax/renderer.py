@@ -199,6 +199,7 @@ class Renderer:
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
         """
+        # Identity tests: list.count(None) would compare arrays with None elementwise.
         if sum(x is not None for x in (textures, vertex_colors, shader)) != 1:
             raise ValueError("render needs exactly one of textures and vertex_colors, or a shader")
         if shader is not None and not callable(shader):

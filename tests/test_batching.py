@@ -109,12 +109,13 @@ def test_vmap_over_views_does_not_copy_the_shared_mesh(scene):
     render = jax.vmap(lambda e: r.render(vertices, faces, textures, eye=e))
     hlo = jax.jit(render).lower(eyes).as_text()
     f = 2 * faces.shape[0]  # fill_back doubles the face list
-    calls = {
-        m.group(1): m.group(2)
-        for m in re.finditer(
-            r"custom_call @(nmr_\w+?)(?:_cuda_host)?\((?:[^)]*)\).*?: \(([^)]*)\)", hlo
-        )
-    }
+    calls: dict[str, str] = {}  # operand types of each kernel's calls, all calls joined
+    for m in re.finditer(
+        r"custom_call @(nmr_\w+?)(?:_cuda_host)?\((?:[^)]*)\).*?: \(([^)]*)\)", hlo
+    ):
+        calls[m.group(1)] = calls.get(m.group(1), "") + m.group(2) + "; "
+    # The gather of the projected (per-view) vertices gets the faces with a batch dim of 1; the
+    # gather of the world vertices for lighting is not batched at all.
     assert f"tensor<1x{f}x3xi32>" in calls["nmr_gather_faces"]  # faces
     assert f"tensor<1x{f}x2x2x2x3xf32>" in calls["nmr_sample_textures"]  # lit textures
     assert f"tensor<{VIEWS}x{f}x3x3xf32>" in calls["nmr_rasterize"]  # projected: one per view

@@ -366,3 +366,13 @@ def test_projection_camera_is_right_handed_and_unmirrored():
     alpha = np.asarray(nr.Renderer(**kw, t=t).render_silhouettes(point, jnp.array([[0, 1, 2]])))
     rows, cols = np.nonzero(alpha)
     assert len(rows) and (cols >= 16).all() and (rows < 16).all()
+
+
+def test_render_takes_numpy_textures_and_colours():
+    # Regression: counting the colour sources with list.count(None) compared a numpy array with
+    # None elementwise and raised "the truth value of an array ... is ambiguous".
+    v, f = small_mesh()
+    r = nr.Renderer(image_size=8)
+    rgb, _, _ = r.render(np.asarray(v), np.asarray(f), np.ones((f.shape[0], 1, 1, 1, 3)))
+    rgb2, _, _ = r.render(np.asarray(v), np.asarray(f), vertex_colors=np.ones(v.shape))
+    np.testing.assert_allclose(rgb, rgb2, atol=1e-5)
