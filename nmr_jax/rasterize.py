@@ -76,6 +76,7 @@ def _vertices_to_faces(vertices: jax.Array, faces: np.ndarray | jax.Array) -> ja
     """``vertices_to_faces`` of checked arguments. Known faces are prepared in numpy: a
     constant ``faces`` under ``jit`` then reaches the kernel as it is, with nothing for XLA to
     fold (a reduction over a large constant costs seconds of compilation)."""
+    padding: np.ndarray | jax.Array
     if isinstance(faces, np.ndarray):
         padding = np.all(faces == -1, axis=-1)
         filled = np.where(padding[..., None], 0, faces)
