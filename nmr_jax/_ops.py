@@ -184,12 +184,7 @@ def shade(
         image = alpha[..., None]
     else:
         top = Fragments(*(jnp.flip(m, axis=frags.face_index.ndim - 2) for m in frags))
-        out = jnp.flip(shader(top, *shader_args), axis=-3)
-        if out.shape[:-1] != frags.face_index.shape:
-            raise ValueError(
-                f"the shader must return [..., H, W, C] with [..., H, W] = "
-                f"{frags.face_index.shape} like the fragments' face_index, got {out.shape}"
-            )
+        out = jnp.flip(shader_output(shader(top, *shader_args), top), axis=-3)
         rgb = out.astype(jnp.float32)
         if background is not None:
             rgb = jnp.where(covered[..., None], rgb, background)
@@ -197,6 +192,16 @@ def shade(
     image = _kato(face_vertices, frags.face_index, image, cfg.eps)
     rgb_out = None if shader is None else image[..., :-1]
     return rgb_out, image[..., -1], frags.depth
+
+
+def shader_output(out: jax.Array, frags: Fragments) -> jax.Array:
+    """A shader's result, checked before any jnp op combines it with the maps."""
+    if jnp.shape(out)[:-1] != frags.face_index.shape:
+        raise ValueError(
+            f"the shader must return [..., H, W, C] with [..., H, W] = "
+            f"{frags.face_index.shape} like the fragments' face_index, got {jnp.shape(out)}"
+        )
+    return out
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))

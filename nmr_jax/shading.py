@@ -494,14 +494,14 @@ def _with_background(shader: Shader, background: jax.Array) -> Shader:
 def _user_shader(shader: Shader, num_faces: int, fill_back: bool) -> Shader:
     """The user's shader, seeing the fragments of the user's faces: with fill_back, a pixel of
     a reversed copy (face num_faces + i) shows face i, from the back, with its barycentrics
-    in the original vertex order."""
+    in the original vertex order; its output's shape is checked."""
     if not fill_back:
-        return shader
+        return lambda frags, *args: _ops.shader_output(shader(frags, *args), frags)
 
     def on_user_faces(frags: Fragments, *args: object) -> jax.Array:
         back = frags.face_index >= num_faces
         flip = back[..., None]
-        return shader(
+        out = shader(
             Fragments(
                 jnp.where(back, frags.face_index - num_faces, frags.face_index),
                 jnp.where(flip, frags.bary[..., ::-1], frags.bary),
@@ -511,6 +511,7 @@ def _user_shader(shader: Shader, num_faces: int, fill_back: bool) -> Shader:
             ),
             *args,
         )
+        return _ops.shader_output(out, frags)
 
     return on_user_faces
 

@@ -253,6 +253,17 @@ def test_bad_shading_arguments_name_the_argument(call, match):
         call()
 
 
+@pytest.mark.parametrize("fill_back", [False, True])
+def test_shader_output_of_the_wrong_shape_names_the_shader_not_a_broadcast(fill_back):
+    vertices, faces = nr.data.teapot()
+    renderer = nr.Renderer(image_size=16, fill_back=fill_back)
+    with pytest.raises(ValueError, match=r"the shader must return \[\.\.\., H, W, C\]"):
+        renderer.render(vertices, faces, shader=lambda frags: jnp.ones((3, 3)))
+    fv = nr.look_at(nr.vertices_to_faces(vertices, faces), (0.0, 0.0, -2.7))
+    with pytest.raises(ValueError, match="the shader must return"):
+        nr.rasterize_shaded(nr.perspective(fv), lambda frags: jnp.ones(5), image_size=16)
+
+
 EPS = 1e-3
 
 
