@@ -168,12 +168,15 @@ def shade(
     shader: Shader | None,
     shader_args: tuple,
     background: jax.Array | None,
+    pixelwise: bool = False,
 ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
     """(image [*b, H, W, C] or None without a shader, alpha [*b, H, W], depth [*b, H, W]), as
     rasterized (row 0 at y = -1).
 
-    The shader sees the fragments row 0 at the top; autodiff gives the gradient of what it reads
-    (its arguments, and the fragments' vertex gradients), Kato's rule on the composited image and
+    The shader sees the fragments row 0 at the top, except a ``pixelwise`` one (each pixel's
+    output a function of that pixel's fragment alone: the package's own cube and vertex-colour
+    shaders), which sees them as rasterized and so costs no flips of the maps. Autodiff gives the
+    gradient of what it reads (its arguments, and the fragments' vertex gradients), Kato's rule on the composited image and
     alpha adds the gradient of where the faces are drawn. Uncovered pixels take ``background``
     (None: the shader's output there, for shaders that composite their own).
     """
@@ -183,8 +186,11 @@ def shade(
     if shader is None:
         image = alpha[..., None]
     else:
-        top = Fragments(*(jnp.flip(m, axis=frags.face_index.ndim - 2) for m in frags))
-        out = jnp.flip(shader_output(shader(top, *shader_args), top), axis=-3)
+        if pixelwise:
+            out = shader(frags, *shader_args)
+        else:
+            top = Fragments(*(jnp.flip(m, axis=frags.face_index.ndim - 2) for m in frags))
+            out = jnp.flip(shader_output(shader(top, *shader_args), top), axis=-3)
         rgb = out.astype(jnp.float32)
         if background is not None:
             rgb = jnp.where(covered[..., None], rgb, background)

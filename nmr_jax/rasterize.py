@@ -146,7 +146,7 @@ def _rgbad(
     tex = tex if return_rgb else None
     shader = None if tex is None else _ops.cube_shader(fv, cfg.eps)
     bg = jnp.asarray(cfg.background, jnp.float32)
-    rgb, alpha, depth = _ops.shade(fv, cfg, shader, (tex,), bg)
+    rgb, alpha, depth = _ops.shade(fv, cfg, shader, (tex,), bg, pixelwise=True)
     return RGBAD(
         _finish(rgb, True, anti_aliasing) if return_rgb and rgb is not None else None,
         _finish(alpha, False, anti_aliasing) if return_alpha else None,

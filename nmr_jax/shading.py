@@ -474,7 +474,9 @@ def _render(
     else:
         shade, args = _user_shader(shader, mesh.faces.shape[-2], renderer.fill_back), shader_args
     background = jnp.asarray(renderer.background_color, jnp.float32)
-    image, alpha, depth = _ops.shade(fv, cfg, _with_background(shade, background), args, None)
+    image, alpha, depth = _ops.shade(
+        fv, cfg, _with_background(shade, background), args, None, pixelwise=shader is None
+    )
     assert image is not None
     aa = renderer.anti_aliasing
     return _finish(image, True, aa), _finish(depth, False, aa), _finish(alpha, False, aa)
