@@ -57,6 +57,7 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
 // depend on it): rows of an image drawn by one task, faces of one Kato task.
 constexpr int kBandRows = 16;
 constexpr int64_t kFacesPerTask = 256;
+constexpr int64_t kPixelsPerTask = 16384;  // Per-pixel targets: 64 KiB of floats a task and channel.
 
 // Stable counting sort of items into buckets: for_each(emit) calls emit(bucket, item) for every
 // (bucket, item) pair in item order (an item may go to several buckets); afterwards bucket k holds
@@ -361,12 +362,14 @@ ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, 
   return ffi::Error::Success();
 }
 
-// Gradient of the depth map w.r.t. face x, y, z, the face index held fixed.
-ffi::Error DepthBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 weights, F32 depth,
-                        F32 grad_depth, F32Out grad_face_vertices) {
+// Gradient of the fragments (weights, perspective-correct barycentrics, depth) w.r.t. face x, y, z,
+// the face index held fixed. Faces are summed over pixels in pixel order (deterministic).
+ffi::Error FragmentsBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 weights, F32 depth,
+                            F32 grad_weights, F32 grad_bary, F32 grad_depth, F32Out grad_face_vertices) {
   nmr::Broadcast bc;
-  nmr::DepthBwdShape s;
-  if (auto err = nmr::DepthBwdShape::parse(bc, &s, face_vertices, face_index, grad_depth, grad_face_vertices);
+  nmr::FragmentsBwdShape s;
+  if (auto err = nmr::FragmentsBwdShape::parse(bc, &s, face_vertices, face_index, grad_weights, grad_bary,
+                                               grad_depth, grad_face_vertices);
       err.failure())
     return err;
   const int64_t P = s.P;
@@ -376,15 +379,161 @@ ffi::Error DepthBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 
     const int64_t q = bc.at(s.pix, b) * P;
     const int32_t* fi = face_index.typed_data() + q;
     if (auto err = check_face_index(fi, P, s.F); err.failure()) return err;
-    const float* g = grad_depth.typed_data() + bc.at(s.grad, b) * P;
+    const float* gw = grad_weights.typed_data() + bc.at(s.grad_w, b) * P * 3;
+    const float* gb = grad_bary.typed_data() + bc.at(s.grad_bary, b) * P * 3;
+    const float* gd = grad_depth.typed_data() + bc.at(s.grad_depth, b) * P;
     float* gf = grad_face_vertices->typed_data() + bc.at(s.out, b) * s.F * 9;
     for (int64_t p = 0; p < P; ++p) {
-      if (fi[p] < 0 || g[p] == 0.f) continue;
+      if (fi[p] < 0) continue;
+      const nmr::FragmentGrads g{
+          {gw[3 * p], gw[3 * p + 1], gw[3 * p + 2]}, {gb[3 * p], gb[3 * p + 1], gb[3 * p + 2]}, gd[p]};
       const nmr::Face face = nmr::setup_face(fv + 9 * fi[p], s.H, s.W);
       float grad[9];
-      nmr::depth_grad(face, weights.typed_data() + 3 * (q + p), depth.typed_data()[q + p], g[p], s.H, s.W,
-                      grad);
+      nmr::fragment_grad(face, weights.typed_data() + 3 * (q + p), depth.typed_data()[q + p], g, s.H, s.W,
+                         grad);
       for (int k = 0; k < 9; ++k) gf[9 * fi[p] + k] += grad[k];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Face-corner attributes at the pixels: out [*b, H, W, C], 0 on background.
+ffi::Error InterpolateImpl(ffi::ThreadPool pool, F32 attributes, S32 face_index, F32 bary, F32Out out) {
+  nmr::Broadcast bc;
+  nmr::InterpolateShape s;
+  if (auto err = nmr::InterpolateShape::parse(bc, &s, attributes, face_index, bary, out); err.failure())
+    return err;
+  const int64_t P = s.P;
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* a = attributes.typed_data() + bc.at(s.attr, b) * s.F * 3 * s.C;
+    const int32_t* fi = face_index.typed_data() + bc.at(s.pix, b) * P;
+    if (auto err = check_face_index(fi, P, s.F); err.failure()) return err;
+    const float* w = bary.typed_data() + bc.at(s.bary, b) * P * 3;
+    float* o = out->typed_data() + bc.at(s.out, b) * P * s.C;
+    parallel_for(pool, ceil_div(P, kPixelsPerTask), [&](int64_t k) {
+      for (int64_t p = k * kPixelsPerTask; p < std::min(P, (k + 1) * kPixelsPerTask); ++p) {
+        if (fi[p] < 0) {
+          std::fill_n(o + p * s.C, s.C, 0.f);
+          continue;
+        }
+        nmr::interpolate_corners(a, fi[p], w + 3 * p, s.C, o + p * s.C);
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// Transpose of Interpolate: grad_attributes summed over the pixels of each face (in pixel order)
+// and over broadcast batch dimensions; grad_bary per pixel.
+ffi::Error InterpolateBwdImpl(ffi::ThreadPool, F32 attributes, S32 face_index, F32 bary, F32 grad_out,
+                              F32Out grad_attributes, F32Out grad_bary) {
+  nmr::Broadcast bc;
+  nmr::InterpolateBwdShape s;
+  if (auto err = nmr::InterpolateBwdShape::parse(bc, &s, attributes, face_index, bary, grad_out,
+                                                 grad_attributes, grad_bary);
+      err.failure())
+    return err;
+  const int64_t P = s.P;
+  const int C = s.C;
+  std::fill_n(grad_attributes->typed_data(), grad_attributes->element_count(), 0.f);
+  std::fill_n(grad_bary->typed_data(), grad_bary->element_count(), 0.f);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* a = attributes.typed_data() + bc.at(s.attr, b) * s.F * 3 * C;
+    const int32_t* fi = face_index.typed_data() + bc.at(s.pix, b) * P;
+    if (auto err = check_face_index(fi, P, s.F); err.failure()) return err;
+    const float* w = bary.typed_data() + bc.at(s.bary, b) * P * 3;
+    const float* g = grad_out.typed_data() + bc.at(s.grad, b) * P * C;
+    float* ga = grad_attributes->typed_data() + bc.at(s.out_attr, b) * s.F * 3 * C;
+    float* gw = grad_bary->typed_data() + bc.at(s.out_bary, b) * P * 3;
+    for (int64_t p = 0; p < P; ++p) {
+      if (fi[p] < 0) continue;
+      const float* corner = a + fi[p] * 3 * C;
+      float* g_corner = ga + fi[p] * 3 * C;
+      for (int k = 0; k < 3; ++k) {
+        float dot = 0.f;
+        for (int c = 0; c < C; ++c) {
+          dot += g[p * C + c] * corner[k * C + c];
+          g_corner[k * C + c] += w[3 * p + k] * g[p * C + c];
+        }
+        gw[3 * p + k] += dot;
+      }
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// An image sampled at uv: out [*b, H, W, C] (NaN at a non-finite uv).
+ffi::Error SampleImageImpl(ffi::ThreadPool pool, F32 image, F32 uv, int32_t bilinear, int32_t wrap,
+                           F32Out out) {
+  nmr::Broadcast bc;
+  nmr::SampleImageShape s;
+  if (auto err = nmr::SampleImageShape::parse(bc, &s, image, uv, out); err.failure()) return err;
+  const nmr::ImageSampler sampler{s.Ht, s.Wt, bilinear != 0, wrap != 0};
+  const int64_t P = s.P;
+  const int C = s.C;
+  if (s.texels == 0) {  // Nothing to read: the Python layer rejects empty images; stay defined.
+    std::fill_n(out->typed_data(), out->element_count(), NAN);
+    return ffi::Error::Success();
+  }
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* im = image.typed_data() + bc.at(s.image, b) * s.texels * C;
+    const float* t = uv.typed_data() + bc.at(s.uv, b) * P * 2;
+    float* o = out->typed_data() + bc.at(s.out, b) * P * C;
+    parallel_for(pool, ceil_div(P, kPixelsPerTask), [&](int64_t k) {
+      for (int64_t p = k * kPixelsPerTask; p < std::min(P, (k + 1) * kPixelsPerTask); ++p)
+        nmr::sample_image(sampler, im, C, t[2 * p], t[2 * p + 1], o + p * C);
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// Transpose of SampleImage: grad_image summed over pixels (in pixel order) and broadcast batch
+// dimensions, grad_uv per pixel (NaN at a non-finite uv, which adds nothing to the image).
+ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, int32_t bilinear,
+                              int32_t wrap, F32Out grad_image, F32Out grad_uv) {
+  nmr::Broadcast bc;
+  nmr::SampleImageBwdShape s;
+  if (auto err = nmr::SampleImageBwdShape::parse(bc, &s, image, uv, grad_out, grad_image, grad_uv);
+      err.failure())
+    return err;
+  const nmr::ImageSampler sampler{s.Ht, s.Wt, bilinear != 0, wrap != 0};
+  const int64_t P = s.P;
+  const int C = s.C;
+  std::fill_n(grad_image->typed_data(), grad_image->element_count(), 0.f);
+  std::fill_n(grad_uv->typed_data(), grad_uv->element_count(), 0.f);
+  if (s.texels == 0) return ffi::Error::Success();
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* im = image.typed_data() + bc.at(s.image, b) * s.texels * C;
+    const float* t = uv.typed_data() + bc.at(s.uv, b) * P * 2;
+    const float* g = grad_out.typed_data() + bc.at(s.grad, b) * P * C;
+    float* gi = grad_image->typed_data() + bc.at(s.out_image, b) * s.texels * C;
+    float* gt = grad_uv->typed_data() + bc.at(s.out_uv, b) * P * 2;
+    for (int64_t p = 0; p < P; ++p) {
+      int64_t idx[4];
+      float tw[4], du[4], dv[4];
+      const int taps = nmr::image_taps(sampler, t[2 * p], t[2 * p + 1], idx, tw, du, dv);
+      if (taps == 0) {
+        gt[2 * p] = gt[2 * p + 1] = NAN;
+        continue;
+      }
+      const float* gp = g + p * C;
+      bool any = false;  // background pixels, where the shader's output is replaced, have none
+      for (int c = 0; c < C; ++c) any = any || gp[c] != 0.f;
+      if (!any) continue;
+      float g_u = 0.f, g_v = 0.f;
+      for (int i = 0; i < taps; ++i) {
+        const float* texel = im + idx[i] * C;
+        float* g_texel = gi + idx[i] * C;
+        float dot = 0.f;
+        for (int c = 0; c < C; ++c) {
+          g_texel[c] += tw[i] * gp[c];
+          dot += gp[c] * texel[c];
+        }
+        g_u += du[i] * dot;
+        g_v += dv[i] * dot;
+      }
+      gt[2 * p] += g_u;
+      gt[2 * p + 1] += g_v;
     }
   }
   return ffi::Error::Success();

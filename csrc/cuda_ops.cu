@@ -46,10 +46,10 @@ using Scratch = ffi::ScratchAllocator;
 #endif
 
 constexpr int kThreads = 256;
-// Batch elements per launch and operands per target: 64 x 5 int64 = 2.5 KiB of kernel parameters,
+// Batch elements per launch and operands per target: 64 x 6 int64 = 3 KiB of kernel parameters,
 // under the 4 KiB that every architecture accepts.
 constexpr int kChunk = 64;
-constexpr int kMaxOperands = 5;
+constexpr int kMaxOperands = 6;
 // Threads sharing one face in the rasterizer's pass 1: big faces split their rows 8 ways, while
 // the many faces of a fine mesh (a pixel or less each) still keep most threads busy.
 constexpr int kLanesPerFace = 8;
@@ -503,55 +503,254 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
 }
 
 // Per pixel.
-struct DepthBwdParams {
+struct FragmentsBwdParams {
   const float* face_vertices;
   PixelMaps pix;
-  const float* grad_depth;
+  const float *grad_w, *grad_bary, *grad_depth;
   float* out;
   unsigned long long* flag;
-  nmr::DepthBwdShape s;
+  nmr::FragmentsBwdShape s;
 };
 
-__global__ void depth_bwd_kernel(DepthBwdParams g, Chunk chunk) {
-  const nmr::DepthBwdShape& s = g.s;
+__global__ void fragments_bwd_kernel(FragmentsBwdParams g, Chunk chunk) {
+  const nmr::FragmentsBwdShape& s = g.s;
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= s.P) return;
   const int64_t* at = chunk.at[blockIdx.y];
   const int64_t q = at[s.pix] * s.P + p;
   const int32_t f = g.pix.face_index[q];
   if (f < -1 || f >= s.F) flag_bad(g.flag, q);
-  const float gd = g.grad_depth[at[s.grad] * s.P + p];
-  if (f < 0 || f >= s.F || gd == 0.f) return;
+  if (f < 0 || f >= s.F) return;
+  const float* gw = g.grad_w + (at[s.grad_w] * s.P + p) * 3;
+  const float* gb = g.grad_bary + (at[s.grad_bary] * s.P + p) * 3;
+  const nmr::FragmentGrads grads{
+      {gw[0], gw[1], gw[2]}, {gb[0], gb[1], gb[2]}, g.grad_depth[at[s.grad_depth] * s.P + p]};
   const nmr::Face face =
       nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * static_cast<int64_t>(f), s.H, s.W);
   float grad[9];
-  nmr::depth_grad(face, g.pix.weights + 3 * q, g.pix.depth[q], gd, s.H, s.W, grad);
+  nmr::fragment_grad(face, g.pix.weights + 3 * q, g.pix.depth[q], grads, s.H, s.W, grad);
   float* out = g.out + (at[s.out] * s.F + f) * 9;
-  for (int k = 0; k < 9; ++k) atomicAdd(out + k, grad[k]);
+  for (int k = 0; k < 9; ++k)
+    if (grad[k] != 0.f) atomicAdd(out + k, grad[k]);
 }
 
-ffi::Error DepthBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index, F32 weights,
-                        F32 depth, F32 grad_depth, F32Out grad_face_vertices) {
+ffi::Error FragmentsBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
+                            F32 weights, F32 depth, F32 grad_weights, F32 grad_bary, F32 grad_depth,
+                            F32Out grad_face_vertices) {
   nmr::Broadcast bc;
-  nmr::DepthBwdShape s;
-  if (auto err = nmr::DepthBwdShape::parse(bc, &s, face_vertices, face_index, grad_depth, grad_face_vertices);
+  nmr::FragmentsBwdShape s;
+  if (auto err = nmr::FragmentsBwdShape::parse(bc, &s, face_vertices, face_index, grad_weights, grad_bary,
+                                               grad_depth, grad_face_vertices);
       err.failure())
     return err;
-  if (auto err = zero(stream, grad_face_vertices, "nmr_depth_bwd"); err.failure()) return err;
+  if (auto err = zero(stream, grad_face_vertices, "nmr_fragments_bwd"); err.failure()) return err;
   if (s.P == 0 || bc.size() == 0) return ffi::Error::Success();
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
-  const DepthBwdParams g{face_vertices.typed_data(),
-                         PixelMaps{face_index.typed_data(), weights.typed_data(), depth.typed_data()},
-                         grad_depth.typed_data(),
-                         grad_face_vertices->typed_data(),
-                         flag,
-                         s};
-  auto err = for_each_chunk(bc, "nmr_depth_bwd", [&](const Chunk& chunk, int count) {
-    NMR_LAUNCH(depth_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, chunk);
+  const FragmentsBwdParams g{face_vertices.typed_data(),
+                             PixelMaps{face_index.typed_data(), weights.typed_data(), depth.typed_data()},
+                             grad_weights.typed_data(),
+                             grad_bary.typed_data(),
+                             grad_depth.typed_data(),
+                             grad_face_vertices->typed_data(),
+                             flag,
+                             s};
+  auto err = for_each_chunk(bc, "nmr_fragments_bwd", [&](const Chunk& chunk, int count) {
+    NMR_LAUNCH(fragments_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, chunk);
   });
   if (err.failure()) return err;
   return launch_poison(stream, flag, grad_face_vertices);
+}
+
+// Per pixel, forward and backward of the face-corner interpolation.
+struct InterpolateParams {
+  const float* attributes;
+  const int32_t* face_index;
+  const float* bary;
+  const float* grad;  // backward: the incoming gradient; forward: unused
+  float* out;         // the interpolated attributes, or grad_attributes
+  float* out_bary;    // backward: grad_bary; forward: unused
+  unsigned long long* flag;
+};
+
+__global__ void interpolate_kernel(InterpolateParams g, nmr::InterpolateShape s, Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= s.P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t q = at[s.pix] * s.P + p;
+  float* out = g.out + (at[s.out] * s.P + p) * s.C;
+  const int32_t f = g.face_index[q];
+  if (f < -1 || f >= s.F) flag_bad(g.flag, q);
+  if (f < 0 || f >= s.F) {
+    for (int c = 0; c < s.C; ++c) out[c] = 0.f;
+    return;
+  }
+  nmr::interpolate_corners(g.attributes + at[s.attr] * s.F * 3 * s.C, f, g.bary + (at[s.bary] * s.P + p) * 3,
+                           s.C, out);
+}
+
+ffi::Error InterpolateImpl(cudaStream_t stream, Scratch scratch, F32 attributes, S32 face_index, F32 bary,
+                           F32Out out) {
+  nmr::Broadcast bc;
+  nmr::InterpolateShape s;
+  if (auto err = nmr::InterpolateShape::parse(bc, &s, attributes, face_index, bary, out); err.failure())
+    return err;
+  if (out->element_count() == 0) return ffi::Error::Success();
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
+  const InterpolateParams g{attributes.typed_data(),
+                            face_index.typed_data(),
+                            bary.typed_data(),
+                            nullptr,
+                            out->typed_data(),
+                            nullptr,
+                            flag};
+  auto err = for_each_chunk(bc, "nmr_interpolate", [&](const Chunk& chunk, int count) {
+    NMR_LAUNCH(interpolate_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
+  });
+  if (err.failure()) return err;
+  return launch_poison(stream, flag, out);
+}
+
+__global__ void interpolate_bwd_kernel(InterpolateParams g, nmr::InterpolateBwdShape s, Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= s.P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t q = at[s.pix] * s.P + p;
+  const int32_t f = g.face_index[q];
+  if (f < -1 || f >= s.F) flag_bad(g.flag, q);
+  if (f < 0 || f >= s.F) return;
+  const int C = s.C;
+  const float* corner = g.attributes + (at[s.attr] * s.F + f) * 3 * C;
+  const float* w = g.bary + (at[s.bary] * s.P + p) * 3;
+  const float* grad = g.grad + (at[s.grad] * s.P + p) * C;
+  float* g_corner = g.out + (at[s.out_attr] * s.F + f) * 3 * C;
+  float* g_bary = g.out_bary + (at[s.out_bary] * s.P + p) * 3;
+  for (int k = 0; k < 3; ++k) {
+    float dot = 0.f;
+    for (int c = 0; c < C; ++c) {
+      dot += grad[c] * corner[k * C + c];
+      if (grad[c] != 0.f) atomicAdd(g_corner + k * C + c, w[k] * grad[c]);
+    }
+    // Atomic: a grad_bary shared by the chunk's elements (broadcast batch) sums them.
+    atomicAdd(g_bary + k, dot);
+  }
+}
+
+ffi::Error InterpolateBwdImpl(cudaStream_t stream, Scratch scratch, F32 attributes, S32 face_index, F32 bary,
+                              F32 grad_out, F32Out grad_attributes, F32Out grad_bary) {
+  nmr::Broadcast bc;
+  nmr::InterpolateBwdShape s;
+  if (auto err = nmr::InterpolateBwdShape::parse(bc, &s, attributes, face_index, bary, grad_out,
+                                                 grad_attributes, grad_bary);
+      err.failure())
+    return err;
+  if (auto err = zero(stream, grad_attributes, "nmr_interpolate_bwd"); err.failure()) return err;
+  if (auto err = zero(stream, grad_bary, "nmr_interpolate_bwd"); err.failure()) return err;
+  if (s.P == 0 || bc.size() == 0) return ffi::Error::Success();
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
+  const InterpolateParams g{attributes.typed_data(),
+                            face_index.typed_data(),
+                            bary.typed_data(),
+                            grad_out.typed_data(),
+                            grad_attributes->typed_data(),
+                            grad_bary->typed_data(),
+                            flag};
+  auto err = for_each_chunk(bc, "nmr_interpolate_bwd", [&](const Chunk& chunk, int count) {
+    NMR_LAUNCH(interpolate_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
+  });
+  if (err.failure()) return err;
+  if (auto err = launch_poison(stream, flag, grad_attributes); err.failure()) return err;
+  return launch_poison(stream, flag, grad_bary);
+}
+
+// Per pixel, forward and backward of the image sampling (no indices to check: taps are computed).
+struct SampleImageParams {
+  const float* image;
+  const float* uv;
+  const float* grad;  // backward: the incoming gradient; forward: unused
+  float* out;         // the samples, or grad_image
+  float* out_uv;      // backward: grad_uv; forward: unused
+  nmr::ImageSampler sampler;
+};
+
+__global__ void sample_image_kernel(SampleImageParams g, nmr::SampleImageShape s, Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= s.P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const float* t = g.uv + (at[s.uv] * s.P + p) * 2;
+  if (s.texels == 0) {  // Nothing to read: the Python layer rejects empty images; stay defined.
+    for (int c = 0; c < s.C; ++c) g.out[(at[s.out] * s.P + p) * s.C + c] = __int_as_float(0x7fc00000);
+    return;
+  }
+  nmr::sample_image(g.sampler, g.image + at[s.image] * s.texels * s.C, s.C, t[0], t[1],
+                    g.out + (at[s.out] * s.P + p) * s.C);
+}
+
+ffi::Error SampleImageImpl(cudaStream_t stream, Scratch, F32 image, F32 uv, int32_t bilinear, int32_t wrap,
+                           F32Out out) {
+  nmr::Broadcast bc;
+  nmr::SampleImageShape s;
+  if (auto err = nmr::SampleImageShape::parse(bc, &s, image, uv, out); err.failure()) return err;
+  if (out->element_count() == 0) return ffi::Error::Success();
+  const SampleImageParams g{
+      image.typed_data(), uv.typed_data(), nullptr,
+      out->typed_data(),  nullptr,         nmr::ImageSampler{s.Ht, s.Wt, bilinear != 0, wrap != 0}};
+  return for_each_chunk(bc, "nmr_sample_image", [&](const Chunk& chunk, int count) {
+    NMR_LAUNCH(sample_image_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
+  });
+}
+
+__global__ void sample_image_bwd_kernel(SampleImageParams g, nmr::SampleImageBwdShape s, Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= s.P || s.texels == 0) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int C = s.C;
+  const float* im = g.image + at[s.image] * s.texels * C;
+  const float* t = g.uv + (at[s.uv] * s.P + p) * 2;
+  const float* grad = g.grad + (at[s.grad] * s.P + p) * C;
+  float* g_image = g.out + at[s.out_image] * s.texels * C;
+  float* g_uv = g.out_uv + (at[s.out_uv] * s.P + p) * 2;
+  int64_t idx[4];
+  float tw[4], du[4], dv[4];
+  const int taps = nmr::image_taps(g.sampler, t[0], t[1], idx, tw, du, dv);
+  if (taps == 0) {
+    g_uv[0] = g_uv[1] = __int_as_float(0x7fc00000);  // quiet NaN, as the forward's value
+    return;
+  }
+  float g_u = 0.f, g_v = 0.f;
+  for (int i = 0; i < taps; ++i) {
+    float dot = 0.f;
+    for (int c = 0; c < C; ++c) {
+      if (grad[c] == 0.f) continue;  // background pixels, where the shader's output is replaced
+      atomicAdd(g_image + idx[i] * C + c, tw[i] * grad[c]);
+      dot += grad[c] * im[idx[i] * C + c];
+    }
+    g_u += du[i] * dot;
+    g_v += dv[i] * dot;
+  }
+  // Atomic: a grad_uv shared by the chunk's elements (broadcast batch) sums them.
+  atomicAdd(g_uv, g_u);
+  atomicAdd(g_uv + 1, g_v);
+}
+
+ffi::Error SampleImageBwdImpl(cudaStream_t stream, Scratch, F32 image, F32 uv, F32 grad_out, int32_t bilinear,
+                              int32_t wrap, F32Out grad_image, F32Out grad_uv) {
+  nmr::Broadcast bc;
+  nmr::SampleImageBwdShape s;
+  if (auto err = nmr::SampleImageBwdShape::parse(bc, &s, image, uv, grad_out, grad_image, grad_uv);
+      err.failure())
+    return err;
+  if (auto err = zero(stream, grad_image, "nmr_sample_image_bwd"); err.failure()) return err;
+  if (auto err = zero(stream, grad_uv, "nmr_sample_image_bwd"); err.failure()) return err;
+  if (s.P == 0 || bc.size() == 0) return ffi::Error::Success();
+  const SampleImageParams g{image.typed_data(),    uv.typed_data(),
+                            grad_out.typed_data(), grad_image->typed_data(),
+                            grad_uv->typed_data(), nmr::ImageSampler{s.Ht, s.Wt, bilinear != 0, wrap != 0}};
+  return for_each_chunk(bc, "nmr_sample_image_bwd", [&](const Chunk& chunk, int count) {
+    NMR_LAUNCH(sample_image_bwd_kernel, dim3(blocks(s.P), count), kThreads, stream, g, s, chunk);
+  });
 }
 
 }  // namespace

@@ -32,7 +32,11 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrRasterize));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleTextures));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleTexturesBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrKatoBwd));
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrDepthBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrFragmentsBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrInterpolate));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrInterpolateBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImage));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImageBwd));
 
 namespace py = pybind11;
 
@@ -53,7 +57,11 @@ PYBIND11_MODULE(NMR_MODULE, m) {
     d["nmr_sample_textures"] = capsule(NMR_HANDLER(NmrSampleTextures));
     d["nmr_sample_textures_bwd"] = capsule(NMR_HANDLER(NmrSampleTexturesBwd));
     d["nmr_kato_bwd"] = capsule(NMR_HANDLER(NmrKatoBwd));
-    d["nmr_depth_bwd"] = capsule(NMR_HANDLER(NmrDepthBwd));
+    d["nmr_fragments_bwd"] = capsule(NMR_HANDLER(NmrFragmentsBwd));
+    d["nmr_interpolate"] = capsule(NMR_HANDLER(NmrInterpolate));
+    d["nmr_interpolate_bwd"] = capsule(NMR_HANDLER(NmrInterpolateBwd));
+    d["nmr_sample_image"] = capsule(NMR_HANDLER(NmrSampleImage));
+    d["nmr_sample_image_bwd"] = capsule(NMR_HANDLER(NmrSampleImageBwd));
     return d;
   });
 #if defined(NMR_JAX_CUDA_HOST)

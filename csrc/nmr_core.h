@@ -267,19 +267,120 @@ NMR_HD void sample_texture(const float* face, const float* texture, const float*
     for (int ch = 0; ch < 3; ++ch) rgb[ch] += tw[c] * texture[3 * idx[c] + ch];
 }
 
-// Gradient of the depth map at one covered pixel w.r.t. its face's 9 NDC coordinates, the face
-// index held fixed: d zp / d z_k = w_k zp^2 / z_k^2 and d zp / d x_k = -zp^2 w_k tmp_x * (W / 2)
-// with tmp_l = -sum_m M^-1[m][l] / z_m (differentiating w = M^-1 p through M).
-NMR_HD void depth_grad(const Face& f, const float* w, float zp, float g, int height, int width, float* grad) {
-  const float zp2 = zp * zp;
-  float tmp[2] = {0.f, 0.f};
-  for (int m = 0; m < 3; ++m)
-    for (int l = 0; l < 2; ++l) tmp[l] -= inv_entry(f, m, l) / f.z[m];
-  const float half[2] = {0.5f * width, 0.5f * height};
+// Incoming gradients at one covered pixel: of its screen-space weights w, of its perspective-
+// correct barycentrics b_k = w_k zp / z_k, and of its depth zp.
+struct FragmentGrads {
+  float w[3], bary[3], depth;
+};
+
+// Gradient of a covered pixel's fragment (w, b, zp) w.r.t. its face's 9 NDC coordinates, the face
+// index held fixed. b's gradient goes onto w_k, zp and z_k; zp = 1 / sum(w_m / z_m) gives
+// d zp / d w_m = -zp^2 / z_m and d zp / d z_k = w_k zp^2 / z_k^2; w = M^-1 [xp, yp, 1] gives
+// d w_k / d x_j = -M^-1[k][0] w_j and d w_k / d y_j = -M^-1[k][1] w_j in pixels (differentiating
+// through M). Covered pixels have w in [0, 1] with sum 1, where interpolate's clamp does not act.
+NMR_HD void fragment_grad(const Face& f, const float* w, float zp, const FragmentGrads& g, int height,
+                          int width, float* grad) {
+  float gw[3], gz[3];
+  float gzp = g.depth;
   for (int k = 0; k < 3; ++k) {
-    for (int l = 0; l < 2; ++l) grad[3 * k + l] = -g * tmp[l] * w[k] * zp2 * half[l];
-    grad[3 * k + 2] = g * w[k] * zp2 / (f.z[k] * f.z[k]);
+    const float r = zp / f.z[k];
+    gw[k] = g.w[k] + g.bary[k] * r;
+    gzp += g.bary[k] * w[k] / f.z[k];
+    gz[k] = -g.bary[k] * w[k] * r / f.z[k];
   }
+  const float zp2 = zp * zp;
+  for (int m = 0; m < 3; ++m) gw[m] -= gzp * zp2 / f.z[m];
+  float along[2] = {0.f, 0.f};
+  for (int k = 0; k < 3; ++k)
+    for (int l = 0; l < 2; ++l) along[l] += gw[k] * inv_entry(f, k, l);
+  const float half[2] = {0.5f * width, 0.5f * height};  // d pixel / d NDC
+  for (int j = 0; j < 3; ++j) {
+    for (int l = 0; l < 2; ++l) grad[3 * j + l] = -w[j] * along[l] * half[l];
+    grad[3 * j + 2] = gz[j] + gzp * w[j] * zp2 / (f.z[j] * f.z[j]);
+  }
+}
+
+// Per-face-corner attributes [F, 3, C] at a pixel of face `face` with barycentrics b: sum_k b_k a_k.
+NMR_HD void interpolate_corners(const float* attributes, int64_t face, const float* bary, int C, float* out) {
+  const float* a = attributes + face * 3 * C;
+  for (int c = 0; c < C; ++c) out[c] = bary[0] * a[c] + bary[1] * a[C + c] + bary[2] * a[2 * C + c];
+}
+
+// How an image [Ht, Wt, C] is sampled at uv (u to the right, v up, row 0 at v = 1, texel (j, i)
+// centred at ((i + 0.5) / Wt, 1 - (j + 0.5) / Ht)): the nearest texel or the 4 nearest centres,
+// the image repeated (wrap) or its edge texels (clamp) beyond [0, 1].
+struct ImageSampler {
+  int height, width;
+  bool bilinear, wrap;
+};
+
+// The taps of `s` at (u, v): up to 4 flat texel indices and weights, and the weights' derivatives
+// in u and v (0 for nearest). Returns the number of taps, 0 for a non-finite coordinate.
+NMR_HD int image_taps(ImageSampler s, float u, float v, int64_t* idx, float* tw, float* dtw_du,
+                      float* dtw_dv) {
+  if (!(fabsf(u) <= FLT_MAX && fabsf(v) <= FLT_MAX)) return 0;
+  if (s.wrap) {  // One period first: the texel coordinates below then fit an int.
+    if (!(u >= 0.f && u < 1.f)) u -= floorf(u);
+    if (!(v >= 0.f && v < 1.f)) v -= floorf(v);
+  } else {  // Beyond a texel outside the image every tap is an edge texel anyway.
+    u = clampf(u, -1.f, 2.f);
+    v = clampf(v, -1.f, 2.f);
+  }
+  // Continuous texel coordinates: centres on integers, row 0 at v = 1.
+  const float x = u * s.width - 0.5f;
+  const float y = (1.f - v) * s.height - 0.5f;
+  // floor of a value that fits an int (above): truncation, one less below zero. Without SSE4.1,
+  // floorf is a library call, which made sampling several times slower.
+  auto floor_int = [](float a) {
+    const int i = static_cast<int>(a);
+    return i - (a < static_cast<float>(i) ? 1 : 0);
+  };
+  auto texel = [&](int col, int row) -> int64_t {
+    if (s.wrap) {  // Within one period of the image: col in [-1, width], row in [-1, height].
+      col = col < 0 ? col + s.width : (col >= s.width ? col - s.width : col);
+      row = row < 0 ? row + s.height : (row >= s.height ? row - s.height : row);
+    } else {
+      col = col < 0 ? 0 : (col >= s.width ? s.width - 1 : col);
+      row = row < 0 ? 0 : (row >= s.height ? s.height - 1 : row);
+    }
+    return static_cast<int64_t>(row) * s.width + col;
+  };
+  if (!s.bilinear) {
+    idx[0] = texel(floor_int(x + 0.5f), floor_int(y + 0.5f));
+    tw[0] = 1.f;
+    dtw_du[0] = dtw_dv[0] = 0.f;
+    return 1;
+  }
+  const int c0 = floor_int(x), r0 = floor_int(y);
+  const float fx = x - static_cast<float>(c0), fy = y - static_cast<float>(r0);
+  const float dfx = static_cast<float>(s.width), dfy = -static_cast<float>(s.height);  // d fx / du, d fy / dv
+  for (int t = 0; t < 4; ++t) {
+    const int dx = t & 1, dy = t >> 1;
+    idx[t] = texel(c0 + dx, r0 + dy);
+    const float wx = dx ? fx : 1.f - fx, wy = dy ? fy : 1.f - fy;
+    tw[t] = wx * wy;
+    dtw_du[t] = (dx ? dfx : -dfx) * wy;
+    dtw_dv[t] = wx * (dy ? dfy : -dfy);
+  }
+  return 4;
+}
+
+// image [Ht, Wt, C] sampled by `s` at (u, v) -> out [C]; NaN at a non-finite coordinate.
+NMR_HD void sample_image(ImageSampler s, const float* image, int C, float u, float v, float* out) {
+  int64_t idx[4];
+  float tw[4], du[4], dv[4];
+  const int taps = image_taps(s, u, v, idx, tw, du, dv);
+  if (taps == 0) {
+    for (int c = 0; c < C; ++c) out[c] = NAN;
+    return;
+  }
+  const float* t0 = image + idx[0] * C;
+  if (taps == 1) {
+    for (int c = 0; c < C; ++c) out[c] = t0[c];
+    return;
+  }
+  const float *t1 = image + idx[1] * C, *t2 = image + idx[2] * C, *t3 = image + idx[3] * C;
+  for (int c = 0; c < C; ++c) out[c] = tw[0] * t0[c] + tw[1] * t1[c] + tw[2] * t2[c] + tw[3] * t3[c];
 }
 
 // An image of C channels and its incoming gradient seen as scan lines: channel c of pixel d1 of

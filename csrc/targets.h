@@ -1,4 +1,4 @@
-// The seven custom-call targets of nmr_jax, defined once for every platform: each target's
+// The custom-call targets of nmr_jax, defined once for every platform: each target's
 // signature (operands, attributes, results, in order) and the parsing of its shapes. The CPU
 // handlers (cpu_ops.cc) and the CUDA ones (cuda_ops.cu, also compiled for the host) supply only
 // their strategy, as functions GatherFacesImpl, ... that take the platform's contexts first.
@@ -135,21 +135,104 @@ struct KatoShape {
   }
 };
 
-// nmr_depth_bwd: face_vertices, pixel maps, grad_depth [*b, H, W] -> grad_face_vertices.
-struct DepthBwdShape {
-  int fv, pix, grad, out;
+// nmr_fragments_bwd: face_vertices, pixel maps, grad_weights [*b, H, W, 3], grad_bary [*b, H, W, 3],
+// grad_depth [*b, H, W] -> grad_face_vertices.
+struct FragmentsBwdShape {
+  int fv, pix, grad_w, grad_bary, grad_depth, out;
   int64_t F, P;
   int H, W;
-  static ffi::Error parse(Broadcast& bc, DepthBwdShape* s, const F32& face_vertices, const S32& face_index,
+  static ffi::Error parse(Broadcast& bc, FragmentsBwdShape* s, const F32& face_vertices,
+                          const S32& face_index, const F32& grad_weights, const F32& grad_bary,
                           const F32& grad_depth, F32Out& out) {
     s->fv = bc.add(face_vertices.dimensions(), 3);
     s->pix = bc.add(face_index.dimensions(), 2);
-    s->grad = bc.add(grad_depth.dimensions(), 2);
+    s->grad_w = bc.add(grad_weights.dimensions(), 3);
+    s->grad_bary = bc.add(grad_bary.dimensions(), 3);
+    s->grad_depth = bc.add(grad_depth.dimensions(), 2);
     s->out = bc.add(out->dimensions(), 3);
     s->F = dim(face_vertices.dimensions(), 3);
     s->H = static_cast<int>(dim(face_index.dimensions(), 2));
     s->W = static_cast<int>(dim(face_index.dimensions(), 1));
     s->P = static_cast<int64_t>(s->H) * s->W;
+    return bc.finish();
+  }
+};
+
+// nmr_interpolate: attributes [*b, F, 3, C], face_index [*b, H, W], bary [*b, H, W, 3] -> [*b, H, W, C].
+struct InterpolateShape {
+  int attr, pix, bary, out;
+  int64_t F, P;
+  int C;
+  static ffi::Error parse(Broadcast& bc, InterpolateShape* s, const F32& attributes, const S32& face_index,
+                          const F32& bary, F32Out& out) {
+    s->attr = bc.add(attributes.dimensions(), 3);
+    s->pix = bc.add(face_index.dimensions(), 2);
+    s->bary = bc.add(bary.dimensions(), 3);
+    s->out = bc.add(out->dimensions(), 3);
+    s->F = dim(attributes.dimensions(), 3);
+    s->C = static_cast<int>(dim(attributes.dimensions(), 1));
+    s->P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+    return bc.finish();
+  }
+};
+
+// nmr_interpolate_bwd: attributes, face_index, bary, grad_out [*b, H, W, C] -> grad_attributes
+// [*b, F, 3, C], grad_bary [*b, H, W, 3].
+struct InterpolateBwdShape {
+  int attr, pix, bary, grad, out_attr, out_bary;
+  int64_t F, P;
+  int C;
+  static ffi::Error parse(Broadcast& bc, InterpolateBwdShape* s, const F32& attributes, const S32& face_index,
+                          const F32& bary, const F32& grad, F32Out& grad_attributes, F32Out& grad_bary) {
+    s->attr = bc.add(attributes.dimensions(), 3);
+    s->pix = bc.add(face_index.dimensions(), 2);
+    s->bary = bc.add(bary.dimensions(), 3);
+    s->grad = bc.add(grad.dimensions(), 3);
+    s->out_attr = bc.add(grad_attributes->dimensions(), 3);
+    s->out_bary = bc.add(grad_bary->dimensions(), 3);
+    s->F = dim(attributes.dimensions(), 3);
+    s->C = static_cast<int>(dim(attributes.dimensions(), 1));
+    s->P = dim(face_index.dimensions(), 2) * dim(face_index.dimensions(), 1);
+    return bc.finish();
+  }
+};
+
+// nmr_sample_image: image [*b, Ht, Wt, C], uv [*b, H, W, 2] -> [*b, H, W, C].
+struct SampleImageShape {
+  int image, uv, out;
+  int64_t texels, P;
+  int Ht, Wt, C;
+  static ffi::Error parse(Broadcast& bc, SampleImageShape* s, const F32& image, const F32& uv, F32Out& out) {
+    s->image = bc.add(image.dimensions(), 3);
+    s->uv = bc.add(uv.dimensions(), 3);
+    s->out = bc.add(out->dimensions(), 3);
+    s->Ht = static_cast<int>(dim(image.dimensions(), 3));
+    s->Wt = static_cast<int>(dim(image.dimensions(), 2));
+    s->C = static_cast<int>(dim(image.dimensions(), 1));
+    s->texels = static_cast<int64_t>(s->Ht) * s->Wt;
+    s->P = dim(uv.dimensions(), 3) * dim(uv.dimensions(), 2);
+    return bc.finish();
+  }
+};
+
+// nmr_sample_image_bwd: image, uv, grad_out [*b, H, W, C] -> grad_image [*b, Ht, Wt, C], grad_uv
+// [*b, H, W, 2].
+struct SampleImageBwdShape {
+  int image, uv, grad, out_image, out_uv;
+  int64_t texels, P;
+  int Ht, Wt, C;
+  static ffi::Error parse(Broadcast& bc, SampleImageBwdShape* s, const F32& image, const F32& uv,
+                          const F32& grad, F32Out& grad_image, F32Out& grad_uv) {
+    s->image = bc.add(image.dimensions(), 3);
+    s->uv = bc.add(uv.dimensions(), 3);
+    s->grad = bc.add(grad.dimensions(), 3);
+    s->out_image = bc.add(grad_image->dimensions(), 3);
+    s->out_uv = bc.add(grad_uv->dimensions(), 3);
+    s->Ht = static_cast<int>(dim(image.dimensions(), 3));
+    s->Wt = static_cast<int>(dim(image.dimensions(), 2));
+    s->C = static_cast<int>(dim(image.dimensions(), 1));
+    s->texels = static_cast<int64_t>(s->Ht) * s->Wt;
+    s->P = dim(uv.dimensions(), 3) * dim(uv.dimensions(), 2);
     return bc.finish();
   }
 };
@@ -214,12 +297,48 @@ struct DepthBwdShape {
                                     .Attr<float>("eps")                                                    \
                                     .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
   );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrDepthBwd##SUFFIX, DepthBwdImpl,                                         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrFragmentsBwd##SUFFIX, FragmentsBwdImpl,                                 \
                                 ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
                                     .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
                                     .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
                                     .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
                                     .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
+                                    .Arg<::nmr::F32>() /* grad_weights [*b, H, W, 3] */                    \
+                                    .Arg<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                       \
                                     .Arg<::nmr::F32>() /* grad_depth [*b, H, W] */                         \
                                     .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolate##SUFFIX, InterpolateImpl,                                   \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] per face corner */      \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                            \
+                                    .Ret<::nmr::F32>() /* out [*b, H, W, C], 0 on background */            \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolateBwd##SUFFIX, InterpolateBwdImpl,                             \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] */                      \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                            \
+                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                        \
+                                    .Ret<::nmr::F32>() /* grad_attributes [*b, F, 3, C] */                 \
+                                    .Ret<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                       \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImage##SUFFIX, SampleImageImpl,                                   \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()         /* image [*b, Ht, Wt, C] */                 \
+                                    .Arg<::nmr::F32>()         /* uv [*b, H, W, 2] */                      \
+                                    .Attr<int32_t>("bilinear") /* 0: nearest texel */                      \
+                                    .Attr<int32_t>("wrap")     /* 0: clamp to the edge texels */           \
+                                    .Ret<::nmr::F32>()         /* out [*b, H, W, C] */                     \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImageBwd##SUFFIX, SampleImageBwdImpl,                             \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* image [*b, Ht, Wt, C] */                         \
+                                    .Arg<::nmr::F32>() /* uv [*b, H, W, 2] */                              \
+                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                        \
+                                    .Attr<int32_t>("bilinear")                                             \
+                                    .Attr<int32_t>("wrap")                                                 \
+                                    .Ret<::nmr::F32>() /* grad_image [*b, Ht, Wt, C] */                    \
+                                    .Ret<::nmr::F32>() /* grad_uv [*b, H, W, 2] */                         \
   )

@@ -202,15 +202,66 @@ def kato_bwd(
     return call(*args, eps=np.float32(eps)).reshape(face_vertices.shape)
 
 
-def depth_bwd(
+def fragments_bwd(
     face_vertices: jax.Array,
     face_index: jax.Array,
     weights: jax.Array,
     depth: jax.Array,
-    grad_depth: jax.Array,
+    grad_weights: jax.Array | None = None,
+    grad_bary: jax.Array | None = None,
+    grad_depth: jax.Array | None = None,
 ) -> jax.Array:
-    """Gradient of the depth map w.r.t. face vertices (face index held fixed), shaped like them."""
-    args, _ = _pad_batch([face_vertices, face_index, weights, depth, grad_depth], [3, 2, 3, 2, 2])
+    """Gradient of the fragments (weights, perspective-correct barycentrics ``w_k zp / z_k``,
+    depth) w.r.t. the face vertices, the face index held fixed, shaped like them. A gradient
+    given as None is zero."""
+    pixels = face_index.shape[-2:]
+    zeros = jnp.zeros((*pixels, 3), jnp.float32)
+    gw = zeros if grad_weights is None else grad_weights
+    gb = zeros if grad_bary is None else grad_bary
+    gd = jnp.zeros(pixels, jnp.float32) if grad_depth is None else grad_depth
+    args, _ = _pad_batch(
+        [face_vertices, face_index, weights, depth, gw, gb, gd], [3, 2, 3, 2, 3, 3, 2]
+    )
     out = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
-    res = _call("nmr_depth_bwd", out, args[0].ndim - 3)(*args)
+    res = _call("nmr_fragments_bwd", out, args[0].ndim - 3)(*args)
     return res.reshape(face_vertices.shape)
+
+
+def interpolate(attributes: jax.Array, face_index: jax.Array, bary: jax.Array) -> jax.Array:
+    """Face-corner attributes [*b, F, 3, C] at the pixels -> [*b, H, W, C], 0 on background."""
+    args, batch = _pad_batch([attributes, face_index, bary], [3, 2, 3])
+    out = jax.ShapeDtypeStruct((*batch, *face_index.shape[-2:], attributes.shape[-1]), jnp.float32)
+    return _call("nmr_interpolate", out, len(batch))(*args)
+
+
+def interpolate_bwd(
+    attributes: jax.Array, face_index: jax.Array, bary: jax.Array, grad: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Transpose of ``interpolate``: (grad_attributes, grad_bary), summed to their shapes."""
+    args, batch = _pad_batch([attributes, face_index, bary, grad], [3, 2, 3, 3])
+    shapes = [attributes.shape, bary.shape]
+    padded = [(1,) * (len(batch) + 3 - len(sh)) + tuple(sh) for sh in shapes]
+    outs = tuple(jax.ShapeDtypeStruct(sh, jnp.float32) for sh in padded)
+    g_attr, g_bary = _call("nmr_interpolate_bwd", outs, len(batch))(*args)
+    return g_attr.reshape(attributes.shape), g_bary.reshape(bary.shape)
+
+
+def sample_image(image: jax.Array, uv: jax.Array, bilinear: bool, wrap: bool) -> jax.Array:
+    """image [*b, Ht, Wt, C] at uv [*b, H, W, 2] -> [*b, H, W, C] (NaN at a non-finite uv)."""
+    args, batch = _pad_batch([image, uv], [3, 3])
+    out = jax.ShapeDtypeStruct((*batch, *uv.shape[-3:-1], image.shape[-1]), jnp.float32)
+    call = _call("nmr_sample_image", out, len(batch))
+    return call(*args, bilinear=np.int32(bilinear), wrap=np.int32(wrap))
+
+
+def sample_image_bwd(
+    image: jax.Array, uv: jax.Array, grad: jax.Array, bilinear: bool, wrap: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Transpose of ``sample_image``: (grad_image, grad_uv), summed to their shapes."""
+    args, batch = _pad_batch([image, uv, grad], [3, 3, 3])
+    shapes = [image.shape, uv.shape]
+    padded = [(1,) * (len(batch) + 3 - len(sh)) + tuple(sh) for sh in shapes]
+    outs = tuple(jax.ShapeDtypeStruct(sh, jnp.float32) for sh in padded)
+    call = _call("nmr_sample_image_bwd", outs, len(batch))
+    g_image, g_uv = call(*args, bilinear=np.int32(bilinear), wrap=np.int32(wrap))
+    return g_image.reshape(image.shape), g_uv.reshape(uv.shape)

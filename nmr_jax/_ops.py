@@ -75,72 +75,85 @@ def fragments(face_vertices: jax.Array, cfg: RasterConfig) -> Fragments:
     face_index, weights, depth = _ffi.rasterize(
         jax.lax.stop_gradient(face_vertices), cfg.height, cfg.width, cfg.near, cfg.far
     )
-    weights, depth = _vertex_differentiable(face_vertices, face_index, weights, depth)
+    weights, bary, depth = _vertex_differentiable(face_vertices, face_index, weights, depth)
+    return Fragments(face_index, bary, weights, depth, jnp.zeros(face_index.shape, bool))
+
+
+def _perspective_bary(
+    face_vertices: jax.Array, face_index: jax.Array, weights: jax.Array, depth: jax.Array
+) -> jax.Array:
+    """The kernel's perspective-correct texture coordinate w_k zp / z_k, rounded as it does."""
     covered = (face_index >= 0)[..., None]
     # Background pixels read face 0, whose depth may be 0 (padding): 1 keeps them finite.
     z = jnp.where(covered, _pixel_faces(face_vertices, face_index)[..., 2], 1.0)
-    # The kernel's perspective-correct texture coordinate w_k zp / z_k, rounded as it does.
-    bary = weights * (depth[..., None] / z)
-    return Fragments(face_index, bary, weights, depth, jnp.zeros(face_index.shape, bool))
+    return weights * (depth[..., None] / z)
 
 
 @jax.custom_vjp
 def _vertex_differentiable(
     face_vertices: jax.Array, face_index: jax.Array, weights: jax.Array, depth: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """The kernel's weights and depth, passing their gradients on to the face vertices."""
-    return weights, depth
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The kernel's weights, the perspective-correct barycentrics and the depth, passing their
+    gradients on to the face vertices (one kernel, nmr_fragments_bwd)."""
+    return weights, _perspective_bary(face_vertices, face_index, weights, depth), depth
 
 
 def _vertex_differentiable_fwd(face_vertices, face_index, weights, depth):
     fv, fi, w, d = (a.value for a in (face_vertices, face_index, weights, depth))
-    return (w, d), (fv, fi, w, d)
+    return (w, _perspective_bary(fv, fi, w, d), d), (fv, fi, w, d)
 
 
 def _vertex_differentiable_bwd(res: tuple, grads: tuple) -> tuple:
     fv, fi, w, d = res
-    g_w, g_d = grads
-    # Symbolic zeros (a map nobody reads) cost nothing: the cube shader reads neither.
-    g_fv = jnp.zeros_like(fv)
-    if not isinstance(g_w, SymbolicZero):
-        g_fv = g_fv + _weights_vjp(fv, fi, w, g_w)
-    if not isinstance(g_d, SymbolicZero):
-        g_fv = g_fv + _ffi.depth_bwd(fv, fi, w, d, g_d)
-    return g_fv, None, None, None
-
-
-def _weights_vjp(
-    face_vertices: jax.Array, face_index: jax.Array, weights: jax.Array, g_weights: jax.Array
-) -> jax.Array:
-    """The gradient of the weights map w.r.t. the face vertices, the face index held fixed.
-
-    Analytic, where autodiff of ``_weights_at`` costs several times more: w = M^-1 [xp, yp, 1]
-    with M = [[x0 x1 x2], [y0 y1 y2], [1 1 1]] in pixels, so d w_k / d x_j = -M^-1[k][0] w_j and
-    d w_k / d y_j = -M^-1[k][1] w_j (nmr_core.h ``inv_entry``); covered pixels have w in [0, 1]
-    and sum(w) = 1, where the kernel's clamp and renormalisation do not act.
-    """
-    height, width = face_index.shape[-2:]
-    x = 0.5 * (face_vertices[..., 0] * width + width - 1)  # [*b, F, 3] pixels, as to_pixel
-    y = 0.5 * (face_vertices[..., 1] * height + height - 1)
-    k1, k2 = [1, 2, 0], [2, 0, 1]
-    area2 = (y[..., 2] - y[..., 0]) * (x[..., 1] - x[..., 0]) - (y[..., 1] - y[..., 0]) * (
-        x[..., 2] - x[..., 0]
-    )
-    # Drawn faces have area2 > 0; the guard keeps the others (never gathered) finite.
-    safe = jnp.where(area2 != 0, area2, 1.0)[..., None, None]
-    inv = jnp.stack([y[..., k1] - y[..., k2], x[..., k2] - x[..., k1]], -1) / safe  # [*b, F, 3, 2]
-    covered = (face_index >= 0)[..., None, None]
-    inv_px = take_rows(inv, 3, jnp.maximum(face_index, 0), 2)  # [*b, H, W, 3, 2]
-    along = jnp.einsum("...k,...kl->...l", g_weights, jnp.where(covered, inv_px, 0.0))
-    half = jnp.asarray([0.5 * width, 0.5 * height], jnp.float32)  # d pixel / d NDC
-    g_xy = -weights[..., :, None] * along[..., None, :] * half  # [*b, H, W, 3 vertices, 2]
-    g_pixel = jnp.concatenate([g_xy, jnp.zeros_like(g_xy[..., :1])], -1)
-    return jax.vjp(lambda f: _pixel_faces(f, face_index), face_vertices)[1](g_pixel)[0]
+    # Symbolic zeros (maps nobody reads) cost nothing: the cube shader reads none of them.
+    g_w, g_b, g_d = (None if isinstance(g, SymbolicZero) else g for g in grads)
+    if g_w is None and g_b is None and g_d is None:
+        return jnp.zeros_like(fv), None, None, None
+    return _ffi.fragments_bwd(fv, fi, w, d, g_w, g_b, g_d), None, None, None
 
 
 _vertex_differentiable.defvjp(
     _vertex_differentiable_fwd, _vertex_differentiable_bwd, symbolic_zeros=True
 )
+
+
+@jax.custom_vjp
+def interpolate_corners(attributes: jax.Array, face_index: jax.Array, bary: jax.Array) -> jax.Array:
+    """Face-corner attributes [*b, F, 3, C] at the pixels [*b, H, W] with barycentrics
+    [*b, H, W, 3] -> [*b, H, W, C], 0 on background; differentiable in attributes and bary."""
+    return _ffi.interpolate(attributes, face_index, bary)
+
+
+def _interpolate_fwd(attributes, face_index, bary):
+    return _ffi.interpolate(attributes, face_index, bary), (attributes, face_index, bary)
+
+
+def _interpolate_bwd(res: tuple, g: jax.Array) -> tuple:
+    attributes, face_index, bary = res
+    g_attr, g_bary = _ffi.interpolate_bwd(attributes, face_index, bary, g)
+    return g_attr, None, g_bary
+
+
+interpolate_corners.defvjp(_interpolate_fwd, _interpolate_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def sample_image(image: jax.Array, uv: jax.Array, bilinear: bool, wrap: bool) -> jax.Array:
+    """image [*b, Ht, Wt, C] sampled at uv [*b, H, W, 2] -> [*b, H, W, C] (nmr_core.h
+    ``image_taps``); differentiable in image and uv."""
+    return _ffi.sample_image(image, uv, bilinear, wrap)
+
+
+def _sample_image_fwd(image, uv, bilinear, wrap):
+    return _ffi.sample_image(image, uv, bilinear, wrap), (image, uv)
+
+
+def _sample_image_bwd(bilinear: bool, wrap: bool, res: tuple, g: jax.Array) -> tuple:
+    image, uv = res
+    return _ffi.sample_image_bwd(image, uv, g, bilinear, wrap)
+
+
+sample_image.defvjp(_sample_image_fwd, _sample_image_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -164,18 +164,15 @@ def interpolate(attributes: ArrayLike, faces: ArrayLike | None, fragments: Fragm
     fi = fragments.face_index
     pixel_batch = fi.shape[:-2]
     if faces is None:
-        a = check.float_array("attributes", attributes, (None, 3, None))
-        check.batch({"attributes": a.shape[:-3], "fragments": pixel_batch})
-        corners = _ops.take_rows(a, 3, jnp.maximum(fi, 0), 2)  # [..., H, W, 3, C]
+        corners = check.float_array("attributes", attributes, (None, 3, None))
+        check.batch({"attributes": corners.shape[:-3], "fragments": pixel_batch})
     else:
         a = check.float_array("attributes", attributes, (None, None))
         f = jnp.asarray(check.index_array("faces", faces, (None, 3)))
         check.batch({"attributes": a.shape[:-2], "faces": f.shape[:-2], "fragments": pixel_batch})
-        vertex_ids = _ops.take_rows(f, 2, jnp.maximum(fi, 0), 2)  # [..., H, W, 3]
         # A padding row (-1) reads vertex 0.
-        corners = _ops.take_rows(a, 2, jnp.maximum(vertex_ids, 0), 3)
-    out = jnp.einsum("...k,...kc->...c", fragments.bary, corners)
-    return jnp.where((fi >= 0)[..., None], out, 0.0)
+        corners = _ops.take_rows(a, 2, jnp.maximum(f, 0), 2)  # [..., F, 3, C]
+    return _ops.interpolate_corners(corners, fi, fragments.bary)
 
 
 Filter = Literal["nearest", "bilinear", "trilinear"]
@@ -216,57 +213,22 @@ def sample_texture(
     if boundary not in ("wrap", "clamp"):
         raise ValueError(f"boundary must be 'wrap' or 'clamp', got {boundary!r}")
     height, width = img.shape[-3:-1]
+    if height == 0 or width == 0:
+        raise ValueError(f"image must have at least one texel, got shape {img.shape}")
+    wrap = boundary == "wrap"
     if filter != "trilinear":
-        flat = img.reshape(*img.shape[:-3], height * width, img.shape[-1])
-        return _sample_level(flat, 0, height, width, coords, filter, boundary)
+        return _ops.sample_image(img, coords, filter == "bilinear", wrap)
     levels = _mip_levels(img)
-    sizes = np.array([lv.shape[-3:-1] for lv in levels])  # [L, 2]
-    offsets = np.concatenate([[0], np.cumsum(sizes[:, 0] * sizes[:, 1])[:-1]])
-    flat = jnp.concatenate([lv.reshape(*lv.shape[:-3], -1, lv.shape[-1]) for lv in levels], axis=-2)
     lod = jax.lax.stop_gradient(_level_of_detail(coords, height, width, len(levels) - 1))
-    lo = jnp.floor(lod).astype(jnp.int32)
-    hi = jnp.minimum(lo + 1, len(levels) - 1)
-    frac = (lod - lo)[..., None]
-    offsets_j, heights, widths = (jnp.asarray(a, jnp.int32) for a in (offsets, *sizes.T))
-
-    def level(k: jax.Array) -> jax.Array:
-        return _sample_level(
-            flat, offsets_j[k], heights[k], widths[k], coords, "bilinear", boundary
-        )
-
-    return level(lo) * (1 - frac) + level(hi) * frac
-
-
-def _sample_level(
-    flat: jax.Array,
-    offset: jax.Array | int,
-    height: jax.Array | int,
-    width: jax.Array | int,
-    uv: jax.Array,
-    filter: str,
-    boundary: str,
-) -> jax.Array:
-    """Texels of the image stored from ``offset`` in ``flat [..., N, C]`` (row-major, its size
-    per pixel for the mip levels) at ``uv [..., H, W, 2]``."""
-
-    def texel(col: jax.Array, row: jax.Array) -> jax.Array:
-        if boundary == "wrap":
-            col, row = jnp.mod(col, width), jnp.mod(row, height)
-        else:
-            col, row = jnp.clip(col, 0, width - 1), jnp.clip(row, 0, height - 1)
-        return _ops.take_rows(flat, 2, offset + row * width + col, 2)
-
-    # Continuous texel coordinates: texel centres on integers, row 0 at v = 1.
-    x = uv[..., 0] * width - 0.5
-    y = (1.0 - uv[..., 1]) * height - 0.5
-    if filter == "nearest":
-        return texel(jnp.floor(x + 0.5).astype(jnp.int32), jnp.floor(y + 0.5).astype(jnp.int32))
-    x0, y0 = jnp.floor(x), jnp.floor(y)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    c0, r0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
-    top = texel(c0, r0) * (1 - fx) + texel(c0 + 1, r0) * fx
-    bottom = texel(c0, r0 + 1) * (1 - fx) + texel(c0 + 1, r0 + 1) * fx
-    return top * (1 - fy) + bottom * fy
+    lo = jnp.floor(lod)
+    frac = lod - lo
+    # Every level is sampled and weighted: 1 - frac at the level below lod, frac above, 0 at the
+    # others (whose backward then costs nothing: the kernel skips zero gradients).
+    out = jnp.zeros((), jnp.float32)
+    for k, level in enumerate(levels):
+        weight = jnp.where(lo == k, 1 - frac, 0.0) + jnp.where(lo + 1 == k, frac, 0.0)
+        out = out + weight[..., None] * _ops.sample_image(level, coords, True, wrap)
+    return out
 
 
 def _mip_levels(image: jax.Array) -> list[jax.Array]:

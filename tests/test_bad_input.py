@@ -322,7 +322,7 @@ def test_faces_into_zero_vertices_raise():
         jax.block_until_ready(nr.vertices_to_faces(np.zeros((0, 3), np.float32), FACES))
 
 
-@pytest.mark.parametrize("kernel", ["sample_textures", "kato_bwd", "depth_bwd", "textures_bwd"])
+@pytest.mark.parametrize("kernel", ["sample_textures", "kato_bwd", "fragments_bwd", "textures_bwd"])
 def test_corrupt_face_index_map_raises_from_the_kernel(kernel, on_cpu):
     fv = jnp.asarray(FV[None])
     fi, wt, d = _ffi.rasterize(fv, 4, 4, 0.1, 100.0)
@@ -332,7 +332,7 @@ def test_corrupt_face_index_map_raises_from_the_kernel(kernel, on_cpu):
             fv, jnp.asarray(TEX[None]), fi, wt, d, 1e-3
         ),
         "kato_bwd": lambda: _ffi.kato_bwd(fv, fi, wt, wt, 1e-3),
-        "depth_bwd": lambda: _ffi.depth_bwd(fv, fi, wt, d, d),
+        "fragments_bwd": lambda: _ffi.fragments_bwd(fv, fi, wt, d, grad_depth=d),
         "textures_bwd": lambda: _ffi.sample_textures_bwd(
             fv, fi, wt, d, wt, 1e-3, (1, 1, 2, 2, 2, 3)
         ),
@@ -639,7 +639,7 @@ fi, wt, d = _ffi.rasterize(fv, 8, 8, 0.1, 100.0)
 bad = fi.at[0, 3, 3].set(2**31 - 1)
 attempt("sample", lambda: _ffi.sample_textures(fv, jnp.ones((1, 1, 2, 2, 2, 3)), bad, wt, d, 1e-3))
 attempt("kato", lambda: _ffi.kato_bwd(fv, bad, wt, wt, 1e-3))
-attempt("depth", lambda: _ffi.depth_bwd(fv, bad.at[0, 4, 4].set(-2**31), wt, d, d))
+attempt("depth", lambda: _ffi.fragments_bwd(fv, bad.at[0, 4, 4].set(-2**31), wt, d, grad_depth=d))
 attempt("textures_bwd", lambda: _ffi.sample_textures_bwd(fv, bad, wt, d, wt, 1e-3, (1, 1, 2, 2, 2, 3)))
 attempt("image_size", lambda: nr.rasterize_silhouettes(fv, 2**20))
 nan_mesh = jnp.full((1, 3, 3), jnp.nan)

@@ -112,7 +112,7 @@ def test_cuda_modules_register_the_cpu_targets():
         pytest.skip("nmr_jax was built without CUDA and without its host CUDA module")
     for module in modules:
         assert sorted(module.registrations()) == sorted(_nmr_jax_cpu.registrations())
-        assert len(module.registrations()) == 7
+        assert len(module.registrations()) == 11
 
 
 def rasterize(fv, h, w):
@@ -180,7 +180,7 @@ def test_texture_sampling_and_its_gradient_parity_with_broadcast_textures(cuda):
 
 @pytest.mark.parametrize("channels", [1, 4])
 @pytest.mark.parametrize("views", [4, 70])
-def test_kato_and_depth_gradient_parity_with_a_shared_mesh(cuda, channels, views):
+def test_kato_and_fragment_gradient_parity_with_a_shared_mesh(cuda, channels, views):
     rng = np.random.default_rng(channels + views)
     fv = random_faces(rng, 1, 25, 32)
     fv[..., 2] = np.abs(fv[..., 2]) + 1.0  # all in front, so depth gradients reach many faces
@@ -194,12 +194,49 @@ def test_kato_and_depth_gradient_parity_with_a_shared_mesh(cuda, channels, views
         fi = jnp.broadcast_to(fi, (views, 32, 32))
         wt = jnp.broadcast_to(wt, (views, 32, 32, 3))
         d = jnp.broadcast_to(d, (views, 32, 32))
-        return _ffi.kato_bwd(fv, fi, image, g_image, 1e-3), _ffi.depth_bwd(fv, fi, wt, d, g_depth)
+        return _ffi.kato_bwd(fv, fi, image, g_image, 1e-3), _ffi.fragments_bwd(
+            fv, fi, wt, d, grad_depth=g_depth
+        )
 
     (k_c, d_c), (k_g, d_g) = both(cuda, fn, fv, image, g_image, g_depth)
     assert np.abs(k_c).max() > 0 and np.abs(d_c).max() > 0
     assert_grads_close(k_c, k_g)
     assert_grads_close(d_c, d_g)
+
+
+@pytest.mark.parametrize("views", [3, 70])
+def test_shading_targets_parity_with_shared_attributes_and_images(cuda, views):
+    # Fragments' vertex gradient, face-corner interpolation and image sampling, forward and
+    # backward, with the attributes and the image shared by all views (their gradients sum).
+    rng = np.random.default_rng(views)
+    fv = random_faces(rng, views, 30, 32, 24)
+    fv[..., 2] = np.abs(fv[..., 2]) + 1.0
+    attributes = rng.normal(size=(1, 30, 3, 5)).astype(np.float32)
+    image = rng.uniform(size=(1, 7, 9, 3)).astype(np.float32)
+    uv = rng.uniform(-1.5, 2.5, size=(views, 32, 24, 2)).astype(np.float32)
+    uv[0, 0, 0] = np.nan  # a non-finite coordinate reads NaN on both sides
+    grads = [rng.normal(size=(views, 32, 24, c)).astype(np.float32) for c in (3, 3, 5, 3)]
+    g_depth = rng.normal(size=(views, 32, 24)).astype(np.float32)
+
+    def fn(fv, attributes, image, uv, g_w, g_b, g_a, g_s, g_d):
+        fi, wt, d = rasterize(fv, 32, 24)
+        out = [_ffi.fragments_bwd(fv, fi, wt, d, g_w, g_b, g_d)]
+        out.append(_ffi.interpolate(attributes, fi, wt))
+        out.extend(_ffi.interpolate_bwd(attributes, fi, wt, g_a))
+        for bilinear in (False, True):
+            for wrap in (False, True):
+                out.append(_ffi.sample_image(image, uv, bilinear, wrap))
+                out.extend(_ffi.sample_image_bwd(image, uv, g_s, bilinear, wrap))
+        return out
+
+    cpu, gpu = both(cuda, fn, fv, attributes, image, uv, *grads, g_depth)
+    nearest_grad_uv = {6, 9}  # piecewise constant in uv: zero
+    for k, (c, g) in enumerate(zip(cpu, gpu, strict=True)):
+        assert c.shape == g.shape
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(c))
+        finite = ~np.isnan(c)
+        assert (np.abs(c[finite]).max() > 0) != (k in nearest_grad_uv)
+        assert_grads_close(c[finite], g[finite])
 
 
 def _teapot_loss_and_grad(size: int, anti_aliasing: bool = False):
@@ -292,7 +329,12 @@ def test_empty_shapes_parity(cuda, case):
         out = [fi, wt, d, _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)]
         out.append(_ffi.sample_textures_bwd(fv, fi, wt, d, image[..., :3], 1e-3, tex.shape))
         out.append(_ffi.kato_bwd(fv, fi, image, image, 1e-3))
-        out.append(_ffi.depth_bwd(fv, fi, wt, d, d))
+        out.append(_ffi.fragments_bwd(fv, fi, wt, d, wt, wt, d))
+        attributes = jnp.ones((batch, n_faces, 3, 2), jnp.float32)
+        out.append(_ffi.interpolate(attributes, fi, wt))
+        out.extend(_ffi.interpolate_bwd(attributes, fi, wt, image[..., :2]))
+        out.append(_ffi.sample_image(image, wt[..., :2], True, True))
+        out.extend(_ffi.sample_image_bwd(image, wt[..., :2], image, True, True))
         if n_faces == 0 or batch == 0:  # a gather needs vertices for the faces it reads
             v = jnp.zeros((batch, n_vertices, 3), jnp.float32)
             f = jnp.zeros((batch, n_faces, 3), jnp.int32)
@@ -357,8 +399,10 @@ def test_corrupt_indices_make_the_result_nan(cuda):
         return (
             _ffi.sample_textures(fv, tex, bad, wt, d, 1e-3),
             _ffi.sample_textures_bwd(fv, bad, wt, d, image[..., :3], 1e-3, tex.shape),
-            _ffi.depth_bwd(fv, bad, wt, d, jnp.ones_like(d)),
+            _ffi.fragments_bwd(fv, bad, wt, d, wt, wt, jnp.ones_like(d)),
             _ffi.kato_bwd(fv, bad, image, image, 1e-3),
+            _ffi.interpolate(jnp.ones((1, 10, 3, 2)), bad, wt),
+            *_ffi.interpolate_bwd(jnp.ones((1, 10, 3, 2)), bad, wt, image[..., :2]),
             _ffi.scatter_faces(
                 jnp.array([[0, 1, 2], [0, 2**31 - 1, 9]], jnp.int32), jnp.ones((2, 3, 3)), (4, 3)
             ),

@@ -220,7 +220,7 @@ def test_depth_gradient_equals_jax_grad_of_reference(h, w):
     fv = jnp.asarray(fv)
     fi, wt, d = kernel_maps(fv, h, w)
     g = jnp.asarray(rng.normal(size=(2, h, w)), jnp.float32)
-    got = _ffi.depth_bwd(fv, fi, wt, d, g)
+    got = _ffi.fragments_bwd(fv, fi, wt, d, grad_depth=g)
     want = jax.jit(jax.grad(lambda f: jnp.sum(ref.depth_at(f, fi, h, w) * g)))(fv)
     scale = np.abs(want).max()
     assert scale > 0

@@ -57,6 +57,37 @@ def test_fragments_match_the_reference_maps():
     assert not np.asarray(frags.back).any()
 
 
+def test_fragment_gradients_match_jnp_reference():
+    # The vertex gradient of all three differentiable maps at once (one kernel sums them).
+    v, f = projected_mesh(9)
+    rng = np.random.default_rng(10)
+    g_bary, g_screen = (jnp.asarray(rng.normal(size=(SIZE, SIZE, 3)), jnp.float32) for _ in "ab")
+    g_depth = jnp.asarray(rng.normal(size=(SIZE, SIZE)), jnp.float32)
+
+    def loss(v):
+        frags = fragments_of(v, f)
+        covered = frags.face_index >= 0
+        depth = jnp.where(covered, frags.depth, 0.0)
+        return (
+            jnp.sum(frags.bary * g_bary)
+            + jnp.sum(frags.bary_screen * g_screen)
+            + jnp.sum(depth * g_depth)
+        )
+
+    def reference(v):
+        fi, w, d = ref.forward(nr.vertices_to_faces(v, f)[None], SIZE, SIZE, NEAR, FAR)
+        fi, w, d = jnp.flip(fi[0], 0), jnp.flip(w[0], 0), jnp.flip(d[0], 0)
+        _, bary = reference_bary(nr.vertices_to_faces(v, f))
+        depth = jnp.where(fi >= 0, d, 0.0)
+        return jnp.sum(bary * g_bary) + jnp.sum(w * g_screen) + jnp.sum(depth * g_depth)
+
+    got = jax.jit(jax.grad(loss))(v)
+    want = jax.jit(jax.grad(reference))(v)
+    scale = np.abs(np.asarray(want)).max()
+    assert scale > 0
+    np.testing.assert_allclose(got, want, atol=1e-4 * scale)
+
+
 def numpy_interpolate(attributes, faces, face_index, bary):
     """The definition, pixel by pixel: sum_k bary_k attributes[faces[face, k]]."""
     a, fi, b = (np.asarray(x) for x in (attributes, face_index, bary))
@@ -213,6 +244,33 @@ def test_sample_texture_gradients():
         np.testing.assert_allclose(np.asarray(g_uv).reshape(-1)[k], fd, rtol=1e-5, atol=1e-4)
 
 
+def test_sample_texture_of_a_shared_image_sums_its_gradient_over_the_batch():
+    rng = np.random.default_rng(11)
+    image = jnp.asarray(rng.uniform(size=(6, 5, 3)), jnp.float32)
+    uv = jnp.asarray(rng.uniform(-1, 2, size=(4, 3, 7, 2)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(4, 3, 7, 3)), jnp.float32)
+
+    def loss(im, uv, g):
+        return jnp.sum(nr.sample_texture(im, uv) * g)
+
+    batched = jax.grad(loss)(image, uv, g)
+    one_by_one = sum(jax.grad(loss)(image, uv[k], g[k]) for k in range(4))
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_texture_at_non_finite_and_huge_uv():
+    # A NaN or infinite coordinate reads NaN (no texel is defined); a huge finite one wraps into
+    # the image instead of overflowing a texel index.
+    image = jnp.ones((4, 4, 2), jnp.float32)
+    uv = jnp.array([[[np.nan, 0.5], [np.inf, 0.5], [1e30, -1e30], [0.25, 0.75]]], jnp.float32)
+    for filter in ("nearest", "bilinear"):
+        out = np.asarray(nr.sample_texture(image, uv, filter))
+        assert np.isnan(out[0, :2]).all()
+        np.testing.assert_allclose(out[0, 2:], 1.0)
+        clamped = np.asarray(nr.sample_texture(image, uv, filter, "clamp"))
+        np.testing.assert_allclose(clamped[0, 2:], 1.0)
+
+
 def test_trilinear_picks_the_mip_level_of_the_footprint():
     rng = np.random.default_rng(8)
     image = jnp.asarray(rng.uniform(size=(16, 16, 3)), jnp.float32)
@@ -239,6 +297,7 @@ FRAGS = nr.Fragments(*(jnp.zeros((4, 4)),) * 5)
         (lambda: nr.sample_texture(jnp.zeros((4, 4)), jnp.zeros((2, 2, 2))), "image"),
         (lambda: nr.sample_texture(jnp.zeros((4, 4, 3)), jnp.zeros((2, 2, 3))), "uv"),
         (lambda: nr.sample_texture(jnp.zeros((4, 4, 3)), jnp.zeros((2, 2, 2)), "cubic"), "filter"),
+        (lambda: nr.sample_texture(jnp.zeros((0, 4, 3)), jnp.zeros((2, 2, 2))), "image"),
         (
             lambda: nr.sample_texture(jnp.zeros((4, 4, 3)), jnp.zeros((2, 2, 2)), boundary="x"),
             "boundary",

@@ -1,4 +1,4 @@
-"""All 7 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
+"""All 11 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
 raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2).
 Short on purpose: tools/gpu_check.sh runs it under compute-sanitizer's memcheck and racecheck,
@@ -30,15 +30,23 @@ def random_faces(rng: np.random.Generator, batch: int, faces: int, size: int) ->
 
 
 def all_targets(fv, tex, image, faces, vertices, size: int):
-    """Every target once: gather, scatter, rasterize, textures and their gradient, Kato, depth."""
+    """Every target once: gather, scatter, rasterize, textures and their gradient, Kato, the
+    fragments' gradient, interpolation and image sampling and their gradients."""
     fi, wt, d = _ffi.rasterize(fv, size, size, NEAR, FAR)
     rgb = _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)
     g_tex = _ffi.sample_textures_bwd(fv, fi, wt, d, image[..., :3], 1e-3, tex.shape)
     g_kato = _ffi.kato_bwd(fv, fi, image, image, 1e-3)
-    g_depth = _ffi.depth_bwd(fv, fi, wt, d, d)
+    g_frags = _ffi.fragments_bwd(fv, fi, wt, d, wt, wt, d)
     gathered = _ffi.gather_faces(vertices, faces)
     scattered = _ffi.scatter_faces(faces, gathered, vertices.shape)
-    return fi, rgb, g_tex, g_kato, g_depth, gathered, scattered
+    corners = tex[:, :, 0, 0]  # [*b, F, 2, 3]: any per-corner values
+    corners = jnp.concatenate([corners, corners[:, :, :1]], 2)  # [*b, F, 3, 3]
+    interpolated = _ffi.interpolate(corners, fi, wt)
+    g_corners, g_bary = _ffi.interpolate_bwd(corners, fi, wt, rgb)
+    sampled = _ffi.sample_image(image, wt[..., :2] * 3.0 - 1.0, True, True)
+    g_image, g_uv = _ffi.sample_image_bwd(image, wt[..., :2] * 3.0 - 1.0, sampled, True, True)
+    return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
+            sampled, g_image, g_uv)  # fmt: skip
 
 
 def cases(rng: np.random.Generator):
@@ -93,7 +101,9 @@ def main() -> int:
         poisoned = [
             _ffi.sample_textures(fv, jnp.ones((1, 10, 2, 2, 2, 3)), bad, wt, d, 1e-3),
             _ffi.kato_bwd(fv, bad, image, image, 1e-3),
-            _ffi.depth_bwd(fv, bad, wt, d, d),
+            _ffi.fragments_bwd(fv, bad, wt, d, wt, wt, d),
+            _ffi.interpolate(jnp.ones((1, 10, 3, 2)), bad, wt),
+            *_ffi.interpolate_bwd(jnp.ones((1, 10, 3, 2)), bad, wt, image[..., :2]),
             _ffi.sample_textures_bwd(fv, bad, wt, d, image[..., :3], 1e-3, (1, 10, 2, 2, 2, 3)),
         ]
         nan = all(bool(np.isnan(np.asarray(p)).all()) for p in poisoned)
