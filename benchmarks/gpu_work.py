@@ -2,6 +2,8 @@
 host (csrc/cuda_host.h) counts the pixel steps of each thread (pixels tested by the rasterizer's
 pass 1, pixels scanned by Kato's backward) with the same core functions the GPU runs.
 
+The rasterizer's pass 1 is two launches: one thread per face draws the faces within one tile of
+8 x 32 pixels and queues the bigger ones, then each thread of the second draws tiles of those.
 For Kato's backward, "one thread per face" sums the work of a face's 32 threads: what a single
 thread per face (the earlier kernel) did. The slowest thread bounds a launch's time on a GPU when
 there are fewer busy threads than the GPU holds (an H100/H200 runs about 250,000 at once).
@@ -20,7 +22,6 @@ import nmr_jax as nr
 from nmr_jax import _ffi
 
 KATO_LANES = 32  # csrc/cuda_ops.cu kKatoLanes
-RASTER_LANES = 8  # csrc/cuda_ops.cu kLanesPerFace
 
 
 def cube() -> tuple[np.ndarray, np.ndarray]:
@@ -49,9 +50,10 @@ def work(vertices, faces, size: int) -> dict[str, list[int]]:
 
 def row(scene: str, kernel: str, per_thread: np.ndarray) -> str:
     busy = int((per_thread > 0).sum())
+    mean = per_thread.sum() / max(busy, 1)
     return (
         f"{scene:10} {kernel:26} {per_thread.size:>10,} {busy:>10,} {int(per_thread.max()):>10,} "
-        f"{int(per_thread.sum()):>12,}"
+        f"{mean:>10,.0f} {int(per_thread.sum()):>12,}"
     )
 
 
@@ -59,10 +61,15 @@ def main() -> None:
     if _ffi.cuda_host is None:
         raise SystemExit("nmr_jax was built without its host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
     print(f"# pixel steps per thread, measured on the host; jax {jax.__version__}")
-    print(f"{'scene':10} {'kernel':26} {'threads':>10} {'busy':>10} {'max':>10} {'total':>12}")
+    print("# mean: over the busy threads (those with at least one pixel step)")
+    print(
+        f"{'scene':10} {'kernel':26} {'threads':>10} {'busy':>10} {'max':>10} {'mean':>10} "
+        f"{'total':>12}"
+    )
     for scene, (v, f) in {"teapot": nr.data.teapot(), "cube": cube()}.items():
         w = {k: np.asarray(x, np.int64) for k, x in work(v, np.asarray(f), 1024).items()}
-        print(row(scene, "rasterizer pass 1", w["raster_faces_kernel"]))
+        print(row(scene, "pass 1, per face", w["raster_faces_kernel"]))
+        print(row(scene, "pass 1, per tile", w["raster_tiles_kernel"]))
         kato = w["kato_kernel"]
         print(row(scene, "Kato, 32 threads per face", kato))
         per_face = kato[: kato.size // KATO_LANES * KATO_LANES].reshape(-1, KATO_LANES).sum(1)

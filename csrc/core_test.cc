@@ -1,11 +1,15 @@
 // Host unit test of nmr_core.h, built and run by tests/test_core.py (no framework, no XLA).
 //
 // 1. The GPU's two-pass rasterizer (pass 1: per-pixel minimum of fragment_key over every fragment
-//    of every face, in any order; pass 2: resolve_pixel) against draw_face in increasing face
-//    order, the CPU's way, on random meshes with exact depth ties, duplicated faces, off-grid
-//    vertices and non-square images: face ids, weights and depths must be bit for bit equal.
-// 2. fragment_key orders depths as floats do, with -0.0 equal to +0.0.
+//    of every face, tile by tile of each face's box over its row spans, in any order; pass 2:
+//    resolve_pixel) against draw_face (every pixel of the box tested) in increasing face order,
+//    the CPU's way, on random meshes with exact depth ties, duplicated faces, off-grid vertices and
+//    non-square images: face ids, weights and depths must be bit for bit equal.
+// 2. row_span against the edge test of every pixel of a row, on faces with huge coordinates and
+//    nearly horizontal edges (where its estimate of an edge's crossing is far off).
+// 3. fragment_key orders depths as floats do, with -0.0 equal to +0.0.
 // Prints one line per check and exits non-zero on the first mismatch.
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -71,16 +75,21 @@ void check_two_pass_rasterizer(int mesh, std::mt19937& rng, int64_t* covered) {
   for (int f = 0; f < n_faces; ++f)
     nmr::draw_face(nmr::setup_face(&fv[9 * f], height, width), f, r, 0, height - 1, want.maps());
 
-  // Pass 1 in reverse face order and split over 8 lanes, as the GPU's threads may run.
+  // Pass 1 in reverse face and tile order, as the GPU's threads may run: the GPU's tiles, and
+  // smaller ones that split the faces of these small images into many.
+  const nmr::Tiling tilings[] = {{8, 32}, {1, 1}, {2, 3}, {5, 2}};
+  const nmr::Tiling tiling = tilings[mesh % 4];
   std::vector<uint64_t> keys(P, nmr::kNoFragment);
   for (int f = n_faces - 1; f >= 0; --f) {
     const nmr::Face face = nmr::setup_face(&fv[9 * f], height, width);
-    for (int lane = 7; lane >= 0; --lane)
-      nmr::for_each_fragment(face, r, nmr::FragmentRange{0, height - 1, lane, 8},
-                             [&](int64_t p, float zp, const float*) {
-                               const uint64_t key = nmr::fragment_key(zp, f);
-                               if (key < keys[p]) keys[p] = key;
-                             });
+    if (!face.visible) continue;
+    const nmr::PixelRect box = nmr::face_box(face, r);
+    for (int64_t t = nmr::tile_count(box, tiling) - 1; t >= 0; --t)
+      nmr::for_each_fragment_in(face, r, nmr::tile_rect(box, tiling, t),
+                                [&](int64_t p, float zp, const float*) {
+                                  const uint64_t key = nmr::fragment_key(zp, f);
+                                  if (key < keys[p]) keys[p] = key;
+                                });
   }
   Image got(P);
   for (int64_t p = 0; p < P; ++p) nmr::resolve_pixel(keys[p], fv.data(), r, p, got.maps());
@@ -89,6 +98,36 @@ void check_two_pass_rasterizer(int mesh, std::mt19937& rng, int64_t* covered) {
   check(std::memcmp(got.weights.data(), want.weights.data(), 4 * got.weights.size()) == 0, "weights", mesh);
   check(std::memcmp(got.depth.data(), want.depth.data(), 4 * got.depth.size()) == 0, "depth", mesh);
   for (int32_t f : want.face_index) *covered += f >= 0;
+}
+
+// Faces of every size and orientation around a 64-pixel row, up to 2^61 pixels away (2^62 is
+// setup_face's limit), some with an edge within a hair of horizontal.
+void check_row_spans(std::mt19937& rng, int64_t* covered) {
+  const float scales[] = {1.f, 40.f, 1e4f, 1e7f, 0x1p40f, 0x1p61f};
+  std::uniform_real_distribution<float> unit(-1.f, 1.f);
+  const int width = 64;
+  for (int n = 0; n < 3000; ++n) {
+    nmr::Face f;
+    for (int k = 0; k < 3; ++k) {
+      f.x[k] = 32.f + scales[rng() % 6] * unit(rng);
+      f.y[k] = 8.f + scales[rng() % 6] * unit(rng);
+      f.z[k] = 1.f;
+    }
+    if (n % 3 == 0) f.y[1] = std::nextafter(f.y[0], 1e30f);  // Edge 0-1 nearly horizontal.
+    for (int yi = 0; yi < 16; ++yi) {
+      const float yp = static_cast<float>(yi);
+      const int lo0 = static_cast<int>(rng() % 20), hi0 = width - 1 - static_cast<int>(rng() % 20);
+      int lo = lo0, hi = hi0;
+      nmr::row_span(f, yp, &lo, &hi);
+      bool ok = lo >= lo0 && hi <= hi0;
+      for (int xi = lo0; xi <= hi0; ++xi) {
+        const bool in = nmr::covers(f, static_cast<float>(xi), yp);
+        ok = ok && in == (xi >= lo && xi <= hi);
+        *covered += in;
+      }
+      check(ok, "row span", n);
+    }
+  }
 }
 
 void check_fragment_key_order() {
@@ -110,6 +149,10 @@ int main() {
   for (int mesh = 0; mesh < meshes; ++mesh) check_two_pass_rasterizer(mesh, rng, &covered);
   std::printf("two-pass rasterizer vs draw_face: %d meshes, %lld covered pixels\n", meshes,
               static_cast<long long>(covered));
+  int64_t in_spans = 0;
+  check_row_spans(rng, &in_spans);
+  std::printf("row spans vs edge tests: 3000 faces, %lld covered pixels\n", static_cast<long long>(in_spans));
+  check(in_spans > 0, "row spans cover something", -1);
   check_fragment_key_order();
   std::printf("fragment_key order: 64 depth pairs\n");
   if (covered == 0) {

@@ -194,6 +194,12 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
   return old;
 }
 
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+
 inline float atomicAdd(float* p, float v) {
   const float old = *p;
   *p = old + v;

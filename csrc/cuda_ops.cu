@@ -50,9 +50,12 @@ constexpr int kThreads = 256;
 // under the 4 KiB that every architecture accepts.
 constexpr int kChunk = 64;
 constexpr int kMaxOperands = 6;
-// Threads sharing one face in the rasterizer's pass 1: big faces split their rows 8 ways, while
-// the many faces of a fine mesh (a pixel or less each) still keep most threads busy.
-constexpr int kLanesPerFace = 8;
+// Pass 1's unit of work: a tile of 8 rows by 32 columns of a face's box, at most 256 pixel tests
+// (a face within one tile is drawn by its own thread, a bigger one is queued tile by tile).
+constexpr nmr::Tiling kTile{8, 32};
+// Threads per batch element that draw the tiles of the queued faces, each taking every n-th tile:
+// enough for the big faces of a few images to fill a GPU (an H100/H200 holds ~2^18 threads).
+constexpr int64_t kTileThreads = int64_t{1} << 16;
 // Threads sharing one face in Kato's backward, each taking every kKatoLanes-th scan line of each
 // edge and axis: a face crossing n lines costs a thread n / 32 scans to the border, not n.
 constexpr int kKatoLanes = 32;
@@ -90,16 +93,16 @@ ffi::Error cuda_error(cudaError_t err, const char* what) {
   return ffi::Error::Internal(std::string("nmr_jax: CUDA error in ") + what + ": " + cudaGetErrorString(err));
 }
 
-// Calls run(chunk, count), which launches a kernel, for each chunk of up to kChunk broadcast batch
-// elements, each launch followed by its error check. chunk.at[i][id] is the batch element of
-// operand `id` (the target's shape names them) for element i of the chunk.
+// Calls run(chunk, count), which launches a kernel, for each chunk of up to `size` (at most kChunk)
+// broadcast batch elements, each launch followed by its error check. chunk.at[i][id] is the batch
+// element of operand `id` (the target's shape names them) for element i of the chunk.
 template <typename Run>
-ffi::Error for_each_chunk(const nmr::Broadcast& bc, const char* what, Run run) {
+ffi::Error for_each_chunk(const nmr::Broadcast& bc, const char* what, Run run, int size = kChunk) {
   if (bc.operands() > kMaxOperands)
     return ffi::Error::Internal(std::string("nmr_jax: too many operands for a chunk in ") + what);
-  for (int64_t b0 = 0; b0 < bc.size(); b0 += kChunk) {
+  for (int64_t b0 = 0; b0 < bc.size(); b0 += size) {
     Chunk chunk;
-    const int count = static_cast<int>(std::min<int64_t>(kChunk, bc.size() - b0));
+    const int count = static_cast<int>(std::min<int64_t>(size, bc.size() - b0));
     for (int i = 0; i < count; ++i)
       for (int id = 0; id < bc.operands(); ++id) chunk.at[i][id] = bc.at(id, b0 + i);
     run(chunk, count);
@@ -267,6 +270,40 @@ ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32
   return launch_poison(stream, flag, grad_vertices);
 }
 
+// Pass 1's queue of the faces bigger than one tile, per batch element of a chunk (`head[e]`,
+// `first_tile[e * F + slot]`, `face[e * F + slot]`). The head packs the number of faces queued
+// (high bits) above the number of their tiles (low tile_bits), so that one atomic add gives a face
+// both its slot and its first tile number: first tiles increase with slots, a sorted list to search.
+struct TileQueue {
+  unsigned long long* head;
+  int64_t* first_tile;
+  int32_t* face;
+  nmr::Tiling tiling;
+  int tile_bits;
+};
+
+// The tiling of pass 1 and the split of the queue's head: kTile, doubled where the tiles of F faces
+// each covering the image could overflow the head's low bits (billions of faces, or images beyond
+// 10^5 pixels a side), so that they never carry into the count. max_tiles bounds a queue's tiles.
+struct TilePlan {
+  nmr::Tiling tiling;
+  int tile_bits;
+  int64_t max_tiles;
+};
+
+TilePlan plan_tiles(int64_t F, int height, int width) {
+  int count_bits = 1;  // The count, 0 to F, needs the bits of F.
+  while ((F >> count_bits) > 0) ++count_bits;
+  const int tile_bits = 64 - count_bits;
+  nmr::Tiling t = kTile;
+  auto per_image = [&] { return nmr::ceil_div(height, t.rows) * nmr::ceil_div(width, t.cols); };
+  while (per_image() > static_cast<int64_t>(((1ull << tile_bits) - 1) / static_cast<uint64_t>(F))) {
+    t.rows = static_cast<int>(std::min<int64_t>(2 * int64_t{t.rows}, height));
+    t.cols = static_cast<int>(std::min<int64_t>(2 * int64_t{t.cols}, width));
+  }
+  return TilePlan{t, tile_bits, F * per_image()};
+}
+
 // Both passes of the rasterizer: pass 1 fills keys [out batch, H, W] with the minimum
 // nmr::fragment_key of each pixel, pass 2 resolves them into the maps.
 struct RasterKernelParams {
@@ -275,22 +312,63 @@ struct RasterKernelParams {
   nmr::Maps maps;
   nmr::RasterParams r;
   nmr::RasterShape s;
+  TileQueue queue;
 };
 
-// Pass 1: kLanesPerFace threads per face.
-__global__ void raster_faces_kernel(RasterKernelParams g, Chunk chunk) {
-  const nmr::RasterShape& s = g.s;
-  const nmr::RasterParams& r = g.r;
-  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t f = t / kLanesPerFace;
-  if (f >= s.F) return;
-  const int64_t* at = chunk.at[blockIdx.y];
-  const nmr::Face face = nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * f, r.height, r.width);
-  unsigned long long* image_keys = g.keys + at[s.maps] * s.P;
-  const nmr::FragmentRange lanes{0, r.height - 1, static_cast<int>(t % kLanesPerFace), kLanesPerFace};
-  nmr::for_each_fragment(face, r, lanes, [&](int64_t p, float zp, const float*) {
+// Pass 1 on the pixels of `rect`, a part of face f's box.
+__device__ void draw_keys(nmr::RasterParams r, const nmr::Face& face, int64_t f, nmr::PixelRect rect,
+                          unsigned long long* image_keys) {
+  nmr::for_each_fragment_in(face, r, rect, [&](int64_t p, float zp, const float*) {
     atomicMin(image_keys + p, nmr::fragment_key(zp, static_cast<int32_t>(f)));
   });
+}
+
+// Pass 1, per face: a face whose box fits in one tile is drawn at once, a bigger one queued.
+__global__ void raster_faces_kernel(RasterKernelParams g, Chunk chunk) {
+  const nmr::RasterShape& s = g.s;
+  const int64_t f = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (f >= s.F) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const nmr::Face face = nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * f, g.r.height, g.r.width);
+  if (!face.visible) return;
+  const nmr::PixelRect box = nmr::face_box(face, g.r);
+  const TileQueue& q = g.queue;
+  const int64_t tiles = nmr::tile_count(box, q.tiling);
+  if (tiles == 1) draw_keys(g.r, face, f, box, g.keys + at[s.maps] * s.P);
+  if (tiles <= 1) return;
+  const unsigned long long old =
+      atomicAdd(q.head + blockIdx.y, (1ull << q.tile_bits) + static_cast<unsigned long long>(tiles));
+  const int64_t slot = blockIdx.y * s.F + static_cast<int64_t>(old >> q.tile_bits);
+  q.first_tile[slot] = static_cast<int64_t>(old & ((1ull << q.tile_bits) - 1));
+  q.face[slot] = static_cast<int32_t>(f);
+}
+
+// Pass 1, per tile of the queued faces: every gridDim.x * blockDim.x-th tile of the queue.
+__global__ void raster_tiles_kernel(RasterKernelParams g, Chunk chunk) {
+  const nmr::RasterShape& s = g.s;
+  const TileQueue& q = g.queue;
+  const unsigned long long head = q.head[blockIdx.y];
+  const int64_t queued = static_cast<int64_t>(head >> q.tile_bits);
+  const auto tiles = static_cast<int64_t>(head & ((1ull << q.tile_bits) - 1));
+  const int64_t* first = q.first_tile + blockIdx.y * s.F;
+  const int64_t* at = chunk.at[blockIdx.y];
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < tiles;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t lo = 0, hi = queued - 1;  // The last slot whose first tile is at most i.
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (first[mid] <= i) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const int64_t f = q.face[blockIdx.y * s.F + lo];
+    const nmr::Face face =
+        nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * f, g.r.height, g.r.width);
+    const nmr::PixelRect rect = nmr::tile_rect(nmr::face_box(face, g.r), q.tiling, i - first[lo]);
+    draw_keys(g.r, face, f, rect, g.keys + at[s.maps] * s.P);
+  }
 }
 
 // Pass 2, per pixel: the winning face's weights and depth, exactly as the CPU computes them.
@@ -303,6 +381,14 @@ __global__ void raster_pixels_kernel(RasterKernelParams g, Chunk chunk) {
   nmr::resolve_pixel(g.keys[q + p], g.face_vertices + chunk.at[blockIdx.y][s.fv] * s.F * 9, g.r, p, image);
 }
 
+template <typename T>
+ffi::Error allocate(Scratch& scratch, int64_t n, const char* what, T** out) {
+  auto mem = scratch.Allocate(n * sizeof(T), alignof(T));
+  if (!mem.has_value()) return ffi::Error::Internal(std::string("nmr_jax: no scratch memory for ") + what);
+  *out = static_cast<T*>(*mem);
+  return ffi::Error::Success();
+}
+
 ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, int32_t height,
                          int32_t width, float near, float far, S32Out face_index, F32Out weights,
                          F32Out depth) {
@@ -311,19 +397,37 @@ ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices
   if (auto err = nmr::RasterShape::parse(bc, &s, face_vertices, face_index); err.failure()) return err;
   const int64_t pixels = static_cast<int64_t>(face_index->element_count());
   if (pixels == 0) return ffi::Error::Success();
-  auto mem = scratch.Allocate(pixels * sizeof(unsigned long long), sizeof(unsigned long long));
-  if (!mem.has_value())
-    return ffi::Error::Internal("nmr_jax: no scratch memory for the depth buffer (8 bytes a pixel)");
-  auto* keys = static_cast<unsigned long long*>(*mem);
+  unsigned long long* keys;
+  if (auto err = allocate(scratch, pixels, "the depth buffer (8 bytes a pixel)", &keys); err.failure())
+    return err;
   if (auto err = cuda_error(cudaMemsetAsync(keys, 0xff, pixels * sizeof(*keys), stream), "nmr_rasterize");
       err.failure())
     return err;
-  const RasterKernelParams g{face_vertices.typed_data(), keys,
-                             nmr::Maps{face_index->typed_data(), weights->typed_data(), depth->typed_data()},
-                             nmr::RasterParams{height, width, near, far}, s};
+  RasterKernelParams g{face_vertices.typed_data(),
+                       keys,
+                       nmr::Maps{face_index->typed_data(), weights->typed_data(), depth->typed_data()},
+                       nmr::RasterParams{height, width, near, far},
+                       s,
+                       TileQueue{}};
   if (s.F > 0) {
+    const TilePlan plan = plan_tiles(s.F, height, width);
+    const int64_t slots = std::min<int64_t>(bc.size(), kChunk);
+    TileQueue& q = g.queue;
+    q.tiling = plan.tiling;
+    q.tile_bits = plan.tile_bits;
+    if (auto err = allocate(scratch, slots, "the big faces' queue", &q.head); err.failure()) return err;
+    if (auto err = allocate(scratch, slots * s.F, "the big faces' queue (12 bytes a face)", &q.first_tile);
+        err.failure())
+      return err;
+    if (auto err = allocate(scratch, slots * s.F, "the big faces' queue (12 bytes a face)", &q.face);
+        err.failure())
+      return err;
+    const unsigned tile_blocks = blocks(std::min(kTileThreads, plan.max_tiles));
     auto err = for_each_chunk(bc, "nmr_rasterize", [&](const Chunk& chunk, int count) {
-      NMR_LAUNCH(raster_faces_kernel, dim3(blocks(s.F * kLanesPerFace), count), kThreads, stream, g, chunk);
+      // A failed memset is reported by the chunk's error check, as a failed launch is.
+      cudaMemsetAsync(q.head, 0, count * sizeof(*q.head), stream);
+      NMR_LAUNCH(raster_faces_kernel, dim3(blocks(s.F), count), kThreads, stream, g, chunk);
+      NMR_LAUNCH(raster_tiles_kernel, dim3(tile_blocks, count), kThreads, stream, g, chunk);
     });
     if (err.failure()) return err;
   }
@@ -433,18 +537,39 @@ ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_
   return launch_poison(stream, flag, grad_textures);
 }
 
+// Bytes of scratch for the planar copies of Kato's columns: those of 8 RGBA images of 1024^2 at
+// once; a bigger batch takes more launches of fewer elements.
+constexpr int64_t kKatoScratchBytes = int64_t{1} << 28;
+
 struct KatoParams {
   const float* face_vertices;
   const int32_t* face_index;
   const float* image;
   const float* grad_image;
+  float* col_image;  // Planar copies of the columns, [W][C][H] per element of a chunk.
+  float* col_grad;
   float* out;
   float eps;
   nmr::KatoShape s;
 };
 
+// Per float of the planar copies: copies the image and its gradient [H, W, C] into columns
+// [W][C][H], so that a column scan reads consecutive floats (in place they are W * C apart).
+// Threads run in the copy's order: its writes are coalesced, its reads strided.
+__global__ void kato_columns_kernel(KatoParams g, Chunk chunk) {
+  const nmr::KatoShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= s.P * s.C) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t y = i % s.H, xc = i / s.H;
+  const int64_t src = (y * s.W + xc / s.C) * s.C + xc % s.C;
+  const int64_t dst = blockIdx.y * s.P * s.C + i;
+  g.col_image[dst] = g.image[at[s.image] * s.P * s.C + src];
+  g.col_grad[dst] = g.grad_image[at[s.grad] * s.P * s.C + src];
+}
+
 // kKatoLanes threads per face, each running Kato's scans (in and out) of its share of the face's
-// scan lines; the face's 9 sums go out atomically.
+// scan lines; the face's 9 sums go out atomically. Columns are read from the planar copies.
 __global__ void kato_kernel(KatoParams g, Chunk chunk) {
   const nmr::KatoShape& s = g.s;
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -452,15 +577,15 @@ __global__ void kato_kernel(KatoParams g, Chunk chunk) {
   if (f >= s.F) return;
   const int64_t* at = chunk.at[blockIdx.y];
   const nmr::Face face = nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * f, s.H, s.W);
-  const float* im = g.image + at[s.image] * s.P * s.C;
-  const float* gi = g.grad_image + at[s.grad] * s.P * s.C;
-  const nmr::KatoImage image{s.H,
-                             s.W,
-                             s.C,
-                             g.face_index + at[s.pix] * s.P,
-                             nmr::columns_of(im, gi, s.W, s.C),
-                             nmr::rows_of(im, gi, s.W, s.C),
-                             g.eps};
+  const int64_t planar = blockIdx.y * s.P * s.C;
+  const nmr::KatoImage image{
+      s.H,
+      s.W,
+      s.C,
+      g.face_index + at[s.pix] * s.P,
+      nmr::planar_columns(g.col_image + planar, g.col_grad + planar, s.H, s.C),
+      nmr::rows_of(g.image + at[s.image] * s.P * s.C, g.grad_image + at[s.grad] * s.P * s.C, s.W, s.C),
+      g.eps};
   float grad[9] = {};
   nmr::kato_face_grad(face, static_cast<int32_t>(f), image,
                       nmr::LineRange{static_cast<int>(t % kKatoLanes), kKatoLanes}, grad);
@@ -486,17 +611,32 @@ ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, 
                                        static_cast<int64_t>(face_index.element_count()), -1, s.F, flag);
       err.failure())
     return err;
-  if (s.F > 0) {
-    const KatoParams g{face_vertices.typed_data(),
-                       face_index.typed_data(),
-                       image.typed_data(),
-                       grad_image.typed_data(),
-                       grad_face_vertices->typed_data(),
-                       eps,
-                       s};
-    auto err = for_each_chunk(bc, "nmr_kato_bwd", [&](const Chunk& chunk, int count) {
-      NMR_LAUNCH(kato_kernel, dim3(blocks(s.F * kKatoLanes), count), kThreads, stream, g, chunk);
-    });
+  const int64_t floats = s.P * s.C;  // Of one image.
+  if (s.F > 0 && floats > 0 && bc.size() > 0) {
+    const int size = static_cast<int>(
+        std::min<int64_t>({bc.size(), kChunk, std::max<int64_t>(1, kKatoScratchBytes / (2 * 4 * floats))}));
+    KatoParams g{face_vertices.typed_data(),
+                 face_index.typed_data(),
+                 image.typed_data(),
+                 grad_image.typed_data(),
+                 nullptr,
+                 nullptr,
+                 grad_face_vertices->typed_data(),
+                 eps,
+                 s};
+    if (auto err = allocate(scratch, size * floats, "Kato's planar image columns", &g.col_image);
+        err.failure())
+      return err;
+    if (auto err = allocate(scratch, size * floats, "Kato's planar gradient columns", &g.col_grad);
+        err.failure())
+      return err;
+    auto err = for_each_chunk(
+        bc, "nmr_kato_bwd",
+        [&](const Chunk& chunk, int count) {
+          NMR_LAUNCH(kato_columns_kernel, dim3(blocks(floats), count), kThreads, stream, g, chunk);
+          NMR_LAUNCH(kato_kernel, dim3(blocks(s.F * kKatoLanes), count), kThreads, stream, g, chunk);
+        },
+        size);
     if (err.failure()) return err;
   }
   return launch_poison(stream, flag, grad_face_vertices);

@@ -94,13 +94,17 @@ NMR_HD void pixel_span(float a, float b, int n, int* lo, int* hi) {
   }
 }
 
-// Edge test of the original: a pixel centre exactly on an edge is inside.
+// Edge k's test of the original: false when the pixel centre lies strictly outside edge k (one
+// exactly on the edge is inside).
+NMR_HD bool inside_edge(const Face& f, int k, float xp, float yp) {
+  const int k1 = (k + 1) % 3;
+  return !((yp - f.y[k]) * (f.x[k1] - f.x[k]) < (xp - f.x[k]) * (f.y[k1] - f.y[k]));
+}
+
 NMR_HD bool covers(const Face& f, float xp, float yp) {
   NMR_UNROLL
-  for (int k = 0; k < 3; ++k) {
-    const int k1 = (k + 1) % 3;
-    if ((yp - f.y[k]) * (f.x[k1] - f.x[k]) < (xp - f.x[k]) * (f.y[k1] - f.y[k])) return false;
-  }
+  for (int k = 0; k < 3; ++k)
+    if (!inside_edge(f, k, xp, yp)) return false;
   return true;
 }
 
@@ -128,42 +132,34 @@ struct RasterParams {
   float near, far;
 };
 
-// The part of a face's pixels that one caller visits: rows [row_lo, row_hi] (CPU threads split an
-// image into bands of rows), and of each row the columns x_lo + first, x_lo + first + stride, ...
-// of the face's box (`stride` threads share a face on the GPU).
-struct FragmentRange {
-  int row_lo, row_hi, first, stride;
+// An inclusive rectangle of pixels: columns [x_lo, x_hi] of rows [y_lo, y_hi]; empty when a lo
+// exceeds its hi.
+struct PixelRect {
+  int x_lo, x_hi, y_lo, y_hi;
 };
 
-// The fragments of a visible face: calls visit(pixel, zp, w) for each pixel centre of `range`
-// inside the face's box that passes the edge test with its depth in (near, far); pixel is the flat
-// [H, W] index.
-template <typename Visit>
-NMR_HD void for_each_fragment(const Face& f, RasterParams r, FragmentRange range, Visit&& visit) {
-  if (!f.visible) return;
-  int x_lo, x_hi, y_lo, y_hi;
-  pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), r.width, &x_lo,
-             &x_hi);
-  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), r.height, &y_lo,
-             &y_hi);
-  if (y_lo < range.row_lo) y_lo = range.row_lo;
-  if (y_hi > range.row_hi) y_hi = range.row_hi;
-  for (int yi = y_lo; yi <= y_hi; ++yi) {
-    if (x_lo + range.first <= x_hi) NMR_COUNT_WORK((x_hi - x_lo - range.first) / range.stride + 1);
-    for (int xi = x_lo + range.first; xi <= x_hi; xi += range.stride) {
-      const float xp = static_cast<float>(xi);
-      const float yp = static_cast<float>(yi);
-      if (!covers(f, xp, yp)) continue;
-      float w[3];
-      const float zp = interpolate(f, xp, yp, w);
-      // No clipping: pixels outside (near, far) are dropped one by one, as in the original.
-      if (!(zp > r.near && zp < r.far)) continue;
-      visit(static_cast<int64_t>(yi) * r.width + xi, zp, w);
-    }
-  }
+// The pixels of a face's bounding box inside the image.
+NMR_HD PixelRect face_box(const Face& f, RasterParams r) {
+  PixelRect box;
+  pixel_span(fminf(f.x[0], fminf(f.x[1], f.x[2])), fmaxf(f.x[0], fmaxf(f.x[1], f.x[2])), r.width, &box.x_lo,
+             &box.x_hi);
+  pixel_span(fminf(f.y[0], fminf(f.y[1], f.y[2])), fmaxf(f.y[0], fmaxf(f.y[1], f.y[2])), r.height, &box.y_lo,
+             &box.y_hi);
+  return box;
 }
 
-// The three maps of one image: face_index [H, W] (-1 on background), weights [H, W, 3] (0 there)
+// The fragment of a covered pixel: calls visit(pixel, zp, w) if its depth lies in (near, far);
+// pixel is the flat [H, W] index.
+template <typename Visit>
+NMR_HD void visit_fragment(const Face& f, RasterParams r, int xi, int yi, Visit&& visit) {
+  float w[3];
+  const float zp = interpolate(f, static_cast<float>(xi), static_cast<float>(yi), w);
+  // No clipping: pixels outside (near, far) are dropped one by one, as in the original.
+  if (!(zp > r.near && zp < r.far)) return;
+  visit(static_cast<int64_t>(yi) * r.width + xi, zp, w);
+}
+
+// The maps of one image: face_index [H, W] (-1 on background), weights [H, W, 3] (0 there)
 // and depth [H, W] (far there).
 struct Maps {
   int32_t* face_index;
@@ -171,16 +167,92 @@ struct Maps {
   float* depth;
 };
 
-// Rasterizes one face into the maps of its image (initialised to the background).
+// Rasterizes one face into the maps of its image (initialised to the background), testing every
+// pixel of its box: the CPU's rasterizer, and the reference that the GPU's row spans are checked
+// against (csrc/core_test.cc).
 // Faces must be drawn in increasing index order: with the strict z test the lowest index wins ties.
 // Only rows [row_lo, row_hi] are touched, so disjoint row bands can be drawn concurrently.
 NMR_HD void draw_face(const Face& f, int32_t index, RasterParams r, int row_lo, int row_hi, Maps m) {
-  for_each_fragment(f, r, FragmentRange{row_lo, row_hi, 0, 1}, [&](int64_t p, float zp, const float* w) {
-    if (!(zp < m.depth[p])) return;
-    m.depth[p] = zp;
-    m.face_index[p] = index;
-    for (int k = 0; k < 3; ++k) m.weights[3 * p + k] = w[k];
-  });
+  if (!f.visible) return;
+  const PixelRect box = face_box(f, r);
+  for (int yi = box.y_lo > row_lo ? box.y_lo : row_lo; yi <= box.y_hi && yi <= row_hi; ++yi)
+    for (int xi = box.x_lo; xi <= box.x_hi; ++xi) {
+      if (!covers(f, static_cast<float>(xi), static_cast<float>(yi))) continue;
+      visit_fragment(f, r, xi, yi, [&](int64_t p, float zp, const float* w) {
+        if (!(zp < m.depth[p])) return;
+        m.depth[p] = zp;
+        m.face_index[p] = index;
+        for (int k = 0; k < 3; ++k) m.weights[3 * p + k] = w[k];
+      });
+    }
+}
+
+// Narrows [*lo, *hi] to the pixels of row yp that covers accepts (empty: *lo > *hi). Along a row,
+// each edge test compares a constant with round(round(xp - x_k) * (y_k1 - y_k)), which is monotone
+// in xp (rounding is), so the pixels that pass it form a half-line. Its end is found by stepping
+// from an estimate of the edge's crossing with the test itself: the span is exact whatever the
+// estimate's rounding (a step or two for ordinary faces, at most the span's width otherwise).
+NMR_HD void row_span(const Face& f, float yp, int* lo, int* hi) {
+  NMR_UNROLL
+  for (int k = 0; k < 3; ++k) {
+    const int k1 = (k + 1) % 3;
+    const float dy = f.y[k1] - f.y[k];
+    if (*lo > *hi) return;
+    if (dy == 0.f) {  // The test does not depend on xp.
+      if (!inside_edge(f, k, static_cast<float>(*lo), yp)) *hi = *lo - 1;
+      continue;
+    }
+    // NaN or huge for a nearly horizontal edge: clamped, and the steps below correct it.
+    const float cross = f.x[k] + (yp - f.y[k]) * (f.x[k1] - f.x[k]) / dy;
+    if (dy > 0.f) {  // The pixels left of the crossing pass: move hi to the last that does.
+      int c = static_cast<int>(fminf(fmaxf(floorf(cross), *lo - 1.f), static_cast<float>(*hi)));
+      c = c < *lo - 1 ? *lo - 1 : (c > *hi ? *hi : c);  // Exact where float rounds large ints.
+      while (c >= *lo && !inside_edge(f, k, static_cast<float>(c), yp)) --c;
+      while (c < *hi && inside_edge(f, k, static_cast<float>(c + 1), yp)) ++c;
+      *hi = c;
+    } else {  // The pixels right of the crossing pass: move lo to the first that does.
+      int c = static_cast<int>(fminf(fmaxf(ceilf(cross), static_cast<float>(*lo)), *hi + 1.f));
+      c = c < *lo ? *lo : (c > *hi + 1 ? *hi + 1 : c);
+      while (c <= *hi && !inside_edge(f, k, static_cast<float>(c), yp)) ++c;
+      while (c > *lo && inside_edge(f, k, static_cast<float>(c - 1), yp)) --c;
+      *lo = c;
+    }
+  }
+}
+
+// The fragments of a visible face in `rect` (a part of its box), row by row over the span that
+// covers accepts: the same fragments as draw_face finds there, without testing the pixels outside
+// the face.
+template <typename Visit>
+NMR_HD void for_each_fragment_in(const Face& f, RasterParams r, PixelRect rect, Visit&& visit) {
+  for (int yi = rect.y_lo; yi <= rect.y_hi; ++yi) {
+    int lo = rect.x_lo, hi = rect.x_hi;
+    row_span(f, static_cast<float>(yi), &lo, &hi);
+    if (lo <= hi) NMR_COUNT_WORK(hi - lo + 1);
+    for (int xi = lo; xi <= hi; ++xi) visit_fragment(f, r, xi, yi, visit);
+  }
+}
+
+// A face's box cut into tiles of rows x cols pixels (the last row and column of tiles cut by the
+// box), numbered row-major from its first row and column: units of GPU work of bounded size.
+struct Tiling {
+  int rows, cols;
+};
+
+NMR_HD int64_t tile_count(PixelRect box, Tiling t) {
+  if (box.x_lo > box.x_hi || box.y_lo > box.y_hi) return 0;
+  const int64_t across = (static_cast<int64_t>(box.x_hi) - box.x_lo) / t.cols + 1;
+  const int64_t down = (static_cast<int64_t>(box.y_hi) - box.y_lo) / t.rows + 1;
+  return across * down;
+}
+
+// Tile i (in [0, tile_count)) of box.
+NMR_HD PixelRect tile_rect(PixelRect box, Tiling t, int64_t i) {
+  const int64_t across = (static_cast<int64_t>(box.x_hi) - box.x_lo) / t.cols + 1;
+  const int64_t x0 = box.x_lo + (i % across) * t.cols, y0 = box.y_lo + (i / across) * t.rows;
+  const int64_t x1 = x0 + t.cols - 1, y1 = y0 + t.rows - 1;
+  return PixelRect{static_cast<int>(x0), static_cast<int>(x1 < box.x_hi ? x1 : box.x_hi),
+                   static_cast<int>(y0), static_cast<int>(y1 < box.y_hi ? y1 : box.y_hi)};
 }
 
 // The two-pass rasterizer (GPU): pass 1 takes, per pixel, the minimum of fragment_key over all
@@ -632,6 +704,10 @@ NMR_HD ScanLines columns_of(const float* image, const float* grad, int width, in
 }
 NMR_HD ScanLines rows_of(const float* image, const float* grad, int width, int C) {
   return ScanLines{image, grad, static_cast<int64_t>(width) * C, C, 1};
+}
+// Columns of planar copies [W][C][H] of the maps (the GPU's), pixels of a column contiguous.
+NMR_HD ScanLines planar_columns(const float* image, const float* grad, int height, int C) {
+  return ScanLines{image, grad, static_cast<int64_t>(height) * C, 1, height};
 }
 
 }  // namespace nmr

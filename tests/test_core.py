@@ -1,7 +1,8 @@
 """The C++ core (csrc/nmr_core.h) on its own: csrc/core_test.cc compiled with the host compiler
 (with AddressSanitizer and UndefinedBehaviorSanitizer where it has them) and run. It checks the
-GPU's two-pass rasterizer (atomic minimum of 64-bit depth-and-index keys, then per-pixel decode)
-against the CPU's draw_face on 400 random meshes with ties, bit for bit."""
+GPU's two-pass rasterizer (atomic minimum of 64-bit depth-and-index keys, tile by tile over exact
+row spans, then per-pixel decode) against the CPU's draw_face on 400 random meshes with
+ties, bit for bit, and the row spans against the edge test of every pixel."""
 
 from __future__ import annotations
 
@@ -39,5 +40,6 @@ def test_core_two_pass_rasterizer_equals_draw_face(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "two-pass rasterizer vs draw_face: 400 meshes" in run.stdout
+    assert "row spans vs edge tests: 3000 faces" in run.stdout
     assert "core test passed" in run.stdout
     print(run.stdout, "sanitized" if sanitized else "not sanitized")

@@ -239,6 +239,23 @@ def test_shading_targets_parity_with_shared_attributes_and_images(cuda, views):
         assert_grads_close(c[finite], g[finite])
 
 
+def test_kato_parity_beyond_one_planar_scratch(cuda):
+    # 9 RGBA images of 1024^2: the planar copies of their columns fit 8 at a time (256 MiB), so
+    # Kato's kernel runs in two chunks, each reading its own elements' copies.
+    rng = np.random.default_rng(9)
+    fv = random_faces(rng, 9, 6, 1024)
+    image = rng.uniform(size=(9, 1024, 1024, 4)).astype(np.float32)
+    g_image = rng.normal(size=(9, 1024, 1024, 4)).astype(np.float32)
+
+    def fn(fv, image, g_image):
+        fi = rasterize(fv, 1024, 1024)[0]
+        return _ffi.kato_bwd(fv, fi, image, g_image, 1e-3)
+
+    k_c, k_g = both(cuda, fn, fv, image, g_image)
+    assert (np.abs(k_c).reshape(9, -1).max(1) > 0).all()
+    assert_grads_close(k_c, k_g)
+
+
 def _teapot_loss_and_grad(size: int, anti_aliasing: bool = False):
     # The camera is applied once, on the CPU: XLA may fuse multiply-adds differently on the two
     # devices, which would move vertices by an ulp and edge pixels to other faces.
@@ -271,14 +288,50 @@ def test_teapot_render_and_gradient_parity(cuda, size):
     assert_grads_close(gt_c, gt_g)
 
 
-def test_cube_filling_the_image_parity(cuda):
-    # 12 faces that each cover a large part of a 1024^2 image: the long spans of pass 1 and the
-    # long out scans of Kato's backward.
+def _cube() -> tuple[np.ndarray, np.ndarray]:
+    # 12 faces, both sides (12 of the 24 face the eye): each covers a large part of the image.
     corners = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1], indexing="ij")).reshape(3, -1).T
     vertices = corners.astype(np.float32) * 0.9
     quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
     faces = np.array([t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))], np.int32)
-    faces = np.concatenate([faces, faces[:, ::-1]])  # both sides: 12 of the 24 face the eye
+    return vertices, np.concatenate([faces, faces[:, ::-1]])
+
+
+@pytest.mark.parametrize("scene", ["teapot", "cube"])
+def test_maps_parity_at_1024_with_bounded_work_per_thread(cuda, scene):
+    # Face ids at 1024^2 exactly: pass 1 draws each face over its row spans, faces bigger than one
+    # tile of 8 x 32 pixels tile by tile, and no thread tests more than one tile's 256 pixels.
+    if scene == "teapot":
+        vertices, faces = teapot()
+        vertices = np.asarray(nr.look_at(vertices, jnp.array([1.0, 1.5, -2.5], jnp.float32)))
+        eye_angle = 30.0
+    else:
+        vertices, faces = _cube()
+        vertices = np.asarray(nr.look_at(vertices, jnp.array([1.2, 1.0, -2.0], jnp.float32)))
+        eye_angle = 45.0
+    with jax.default_device(CPU):  # the camera on the CPU only (see _teapot_loss_and_grad)
+        fv = np.asarray(nr.vertices_to_faces(nr.perspective(vertices, eye_angle), faces))[None]
+    recording = cuda is _run_cuda_host
+    if recording:
+        _ffi.cuda_host.record_work(True)
+    try:
+        cpu, gpu = both(cuda, lambda fv: rasterize(fv, 1024, 1024), fv)
+        work = _ffi.cuda_host.work() if recording else {}
+    finally:
+        if recording:
+            _ffi.cuda_host.record_work(False)
+    assert_maps_equal(cpu, gpu)
+    assert (cpu[0] >= 0).mean() > (0.05 if scene == "teapot" else 0.15)  # 0.097, 0.225
+    if recording:
+        per_tile = np.asarray(work["raster_tiles_kernel"])
+        assert per_tile.sum() > 0  # big faces went through the queue
+        assert max(per_tile.max(), max(work["raster_faces_kernel"])) <= 256
+
+
+def test_cube_filling_the_image_parity(cuda):
+    # 12 faces that each cover a large part of a 1024^2 image: the tiles of pass 1 and the long
+    # out scans of Kato's backward.
+    vertices, faces = _cube()
     rng = np.random.default_rng(4)
     target = rng.uniform(size=(1024, 1024)).astype(np.float32)
 
