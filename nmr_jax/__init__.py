@@ -24,6 +24,7 @@ from nmr_jax.renderer import Renderer
 from nmr_jax.shading import (
     Fragments,
     Shaded,
+    blinn_phong,
     face_normals,
     interpolate,
     lambert,
@@ -48,6 +49,7 @@ __all__ = [
     "get_points_from_angles",
     "face_normals",
     "interpolate",
+    "blinn_phong",
     "lambert",
     "load_mesh",
     "lighting",

@@ -53,6 +53,7 @@ __all__ = [
     "Fragments",
     "Shaded",
     "face_normals",
+    "blinn_phong",
     "interpolate",
     "lambert",
     "mesh_colors",
@@ -320,6 +321,47 @@ def lambert(
     return ia[..., None] * ca + id_[..., None] * cd * cos
 
 
+def blinn_phong(
+    normals: ArrayLike,
+    view: ArrayLike,
+    direction: VectorLike = (0.0, 1.0, 0.0),
+    shininess: ArrayLike = 32.0,
+    intensity: ArrayLike = 0.5,
+    color: VectorLike = (1.0, 1.0, 1.0),
+) -> jax.Array:
+    """Blinn-Phong specular light ``I C max(0, n . h)^shininess``, ``h`` the unit half vector of
+    the directions towards the light and the eye; 0 where the light is behind the surface
+    (``n . l <= 0``).
+
+    Args:
+      normals: float ``[..., 3]`` world-space normals (renormalised here).
+      view: float ``[..., 3]`` from the surface towards the eye (renormalised here).
+      direction: float ``[..., 3]`` towards the light, as ``lambert``.
+      shininess: scalar or ``[...]``, > 0: larger is a smaller, sharper highlight.
+      intensity: scalar or ``[...]``; color: float ``[..., 3]``.
+
+    Returns:
+      float32 ``[..., 3]``, added to the lit colour (highlights take the light's colour).
+    """
+    n = _normalize(check.float_array("normals", normals, (3,)))
+    v = _normalize(check.float_array("view", view, (3,)))
+    d = _normalize(check.float_array("direction", direction, (3,)))
+    shine = check.float_array("shininess", shininess, ())
+    if not check.is_traced(shine) and not np.all(np.asarray(shine) > 0):
+        raise ValueError(f"shininess must be > 0, got {np.asarray(shine)}")
+    strength = check.float_array("intensity", intensity, ())
+    c = check.float_array("color", color, (3,))
+
+    def dot(a: jax.Array, b: jax.Array) -> jax.Array:  # a matmul, as lambert
+        return jnp.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
+
+    cos_h = dot(n, _normalize(d + v))
+    lit = (dot(n, d) > 0) & (cos_h > 0)
+    # The floor keeps pow's gradient finite where the where() below discards its value.
+    power = jnp.where(lit, jnp.maximum(cos_h, 1e-30) ** shine, 0.0)
+    return (strength * power)[..., None] * c
+
+
 def face_normals(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
     """Unit face normals float32 ``[..., F, 3]`` as the Renderer lights flat faces:
     ``normalize(cross(v0 - v1, v2 - v1))`` (0 for a zero-area face)."""
@@ -362,6 +404,8 @@ def mesh_shader(
     shading: ShadingMode = "flat",
     output: Literal["rgb", "normals"] = "rgb",
     filter: Filter = "bilinear",
+    specular: float = 0.0,
+    shininess: float = 32.0,
 ) -> tuple[Shader, tuple]:
     """``(shader, shader_args)`` rendering a ``load_mesh`` mesh lit as the Renderer lights it.
 
@@ -372,8 +416,14 @@ def mesh_shader(
     normal) or else ``vertex_normals``, interpolated. ``output='normals'`` draws those world
     normals as colours ``0.5 * (n + 1)`` instead, unlit. The back of a face (seen through
     ``fill_back``) is lit by the reversed normal. The shader reads the mesh and the Renderer's
-    lights from ``shader_args``, so gradients reach both.
+    lights from ``shader_args``, so gradients reach both. ``specular > 0`` adds a Blinn-Phong
+    highlight (``blinn_phong``) of that intensity in the directional light's colour, seen from
+    the Renderer's camera position (``eye``, or ``-R^T t`` in 'projection' mode).
     """
+    if not specular >= 0:
+        raise ValueError(f"specular must be >= 0, got {specular!r}")
+    if not shininess > 0:
+        raise ValueError(f"shininess must be > 0, got {shininess!r}")
     if shading not in ("flat", "smooth"):
         raise ValueError(f"shading must be 'flat' or 'smooth', got {shading!r}")
     if output not in ("rgb", "normals"):
@@ -403,9 +453,30 @@ def mesh_shader(
             renderer.light_color_directional,
             renderer.light_direction,
         )
-        return mesh_colors(frags, mesh, filter) * light
+        rgb = mesh_colors(frags, mesh, filter) * light
+        if specular == 0:
+            return rgb
+        position = interpolate(mesh.vertices, mesh.faces, frags)
+        highlight = blinn_phong(
+            normal,
+            _camera_position(renderer)[..., None, None, :] - position,
+            renderer.light_direction,
+            shininess,
+            specular,
+            renderer.light_color_directional,
+        )
+        return rgb + highlight
 
     return shader, (mesh, renderer)
+
+
+def _camera_position(renderer: Renderer) -> jax.Array:
+    """The Renderer's camera centre in world coordinates, float32 [..., 3]."""
+    if renderer.camera_mode == "projection":
+        r = jnp.asarray(renderer.R, jnp.float32)
+        t = jnp.asarray(renderer.t, jnp.float32)
+        return -jnp.einsum("...ji,...j->...i", r, t.reshape(*r.shape[:-2], 3))
+    return jnp.asarray(renderer.eye, jnp.float32)
 
 
 def _render(

@@ -590,3 +590,56 @@ def test_smooth_shading_of_a_flat_mesh_equals_flat_and_normals_mode(tmp_path):
     np.testing.assert_allclose(
         np.asarray(rgb)[inside], np.broadcast_to(0.5 * (seen + 1), (inside.sum(), 3)), atol=1e-6
     )
+
+
+def numpy_blinn_phong(n, v, d, shininess, intensity, color):
+    n, v, d = (x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (n, v, d))
+    h = d + v
+    h = h / np.linalg.norm(h, axis=-1, keepdims=True)
+    cos_h = np.sum(n * h, -1)
+    lit = (np.sum(n * d, -1) > 0) & (cos_h > 0)
+    return (intensity * np.where(lit, np.maximum(cos_h, 0) ** shininess, 0))[..., None] * color
+
+
+def test_blinn_phong_matches_numpy_reference():
+    rng = np.random.default_rng(12)
+    n, v = rng.normal(size=(2, 50, 3))
+    d = np.array([0.3, 1.0, -0.4])
+    color = np.array([1.0, 0.5, 0.25])
+    got = nr.blinn_phong(n, v, d, 8.0, 0.7, color)
+    np.testing.assert_allclose(got, numpy_blinn_phong(n, v, d, 8.0, 0.7, color), atol=1e-5)
+    assert np.asarray(got).max() > 0 and (np.asarray(got) == 0).any()
+    with pytest.raises(ValueError, match="shininess"):
+        nr.blinn_phong(n, v, d, 0.0)
+
+
+def test_specular_highlight_of_a_plane_seen_from_the_camera(tmp_path):
+    # A square facing the eye, lit from the eye's side: every pixel adds the Blinn-Phong term of
+    # its own surface point (found by interpolating the vertices), brightest in the middle.
+    vertices = jnp.array(
+        [[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], jnp.float32
+    )
+    faces = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
+    path = tmp_path / "square.obj"
+    nr.save_obj(path, vertices, faces)
+    mesh = nr.load_mesh(path, normalization=False)
+    eye = np.array([0.0, 0.0, -2.0])
+    r = nr.Renderer(image_size=32, anti_aliasing=False, light_direction=(0, 0, -1.0), eye=eye)
+
+    def render(shader, args):
+        return np.asarray(r.render(mesh.vertices, mesh.faces, shader=shader, shader_args=args)[0])
+
+    plain = render(*nr.mesh_shader(mesh, r))
+    shiny = render(*nr.mesh_shader(mesh, r, specular=0.8, shininess=16.0))
+    where = render(lambda fr, m: nr.interpolate(m.vertices, m.faces, fr), (mesh,))
+    _, _, alpha = r.render(mesh.vertices, mesh.faces, shader=lambda fr: fr.bary)
+    inside = np.asarray(alpha) == 1
+    assert inside.sum() > 50
+    want = numpy_blinn_phong(
+        np.array([0, 0, -1.0]), eye - where[inside], np.array([0, 0, -1.0]), 16.0, 0.8, np.ones(3)
+    )
+    np.testing.assert_allclose(shiny[inside] - plain[inside], want, atol=1e-5)
+    highlight = (shiny - plain)[..., 0]
+    assert highlight[15:17, 15:17].min() > 0.75 and highlight[inside].min() < highlight.max()
+    with pytest.raises(ValueError, match="specular"):
+        nr.mesh_shader(mesh, r, specular=-1.0)

@@ -10,7 +10,7 @@
 #   build        150  nmr_jax for sm_90 only; the run stops here if it fails
 #   nvidia-smi    15  GPU model, driver, memory
 #   test-cuda    120  tests/test_cuda.py alone: parity with the CPU kernels on the GPU
-#   memcheck      90  tools/gpu_smoke.py (all 7 targets at their edges) under compute-sanitizer
+#   memcheck      90  tools/gpu_smoke.py (all 11 targets at their edges) under compute-sanitizer
 #   racecheck     90  the same under racecheck
 #   bench-quick   60  benchmarks/bench_gpu.py --quick
 # then, with what is left of GPU_CHECK_BUDGET (default 570 s): the rest of the suite and the full
