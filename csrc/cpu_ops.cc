@@ -86,9 +86,7 @@ ffi::Error check_face_index(const int32_t* face_index, int64_t n, int64_t num_fa
 // faces [*b, F, 3] int32 (vertex indices), vertices [*b, V, 3] -> face_vertices [*b, F, 3, 3].
 // Indices are checked even when `checked` says the caller did: it costs nothing next to the copy.
 ffi::Error GatherFacesImpl(ffi::ThreadPool, F32 vertices, S32 faces, int32_t, F32Out face_vertices) {
-  nmr::Broadcast bc;
-  nmr::GatherShape s;
-  if (auto err = nmr::GatherShape::parse(bc, &s, vertices, faces, face_vertices); err.failure()) return err;
+  NMR_PARSE(GatherShape, vertices, faces, face_vertices);
   for (int64_t b = 0; b < bc.size(); ++b) {
     const float* v = vertices.typed_data() + bc.at(s.vertices, b) * s.V * 3;
     const int32_t* f = faces.typed_data() + bc.at(s.faces, b) * s.F * 3;
@@ -105,10 +103,7 @@ ffi::Error GatherFacesImpl(ffi::ThreadPool, F32 vertices, S32 faces, int32_t, F3
 // The transpose of GatherFaces: grad_vertices[v] = sum of grad_face_vertices over the corners that
 // read v, summed over broadcast batch dimensions too.
 ffi::Error ScatterFacesImpl(ffi::ThreadPool, S32 faces, F32 grad_face_vertices, F32Out grad_vertices) {
-  nmr::Broadcast bc;
-  nmr::ScatterShape s;
-  if (auto err = nmr::ScatterShape::parse(bc, &s, faces, grad_face_vertices, grad_vertices); err.failure())
-    return err;
+  NMR_PARSE(ScatterShape, faces, grad_face_vertices, grad_vertices);
   std::fill_n(grad_vertices->typed_data(), grad_vertices->element_count(), 0.f);
   for (int64_t b = 0; b < bc.size(); ++b) {
     const int32_t* f = faces.typed_data() + bc.at(s.faces, b) * s.F * 3;
@@ -130,9 +125,7 @@ ffi::Error ScatterFacesImpl(ffi::ThreadPool, S32 faces, F32 grad_face_vertices, 
 // the threads. Cost O(F + covered bounding-box pixels), memory O(F) beyond the outputs.
 ffi::Error RasterizeImpl(ffi::ThreadPool pool, F32 face_vertices, int32_t height, int32_t width, float near,
                          float far, S32Out face_index, F32Out weights, F32Out depth) {
-  nmr::Broadcast bc;
-  nmr::RasterShape s;
-  if (auto err = nmr::RasterShape::parse(bc, &s, face_vertices, face_index); err.failure()) return err;
+  NMR_PARSE(RasterShape, face_vertices, face_index);
   const nmr::RasterParams raster{height, width, near, far};
   const int64_t F = s.F, P = s.P;
   const int64_t bands = ceil_div(height, kBandRows);
@@ -181,10 +174,7 @@ ffi::Error RasterizeImpl(ffi::ThreadPool pool, F32 face_vertices, int32_t height
 // Trilinear texture sampling at covered pixels -> rgb [*b, H, W, 3], 0 on background.
 ffi::Error SampleTexturesImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, S32 face_index,
                               F32 weights, F32 depth, float eps, F32Out rgb) {
-  nmr::Broadcast bc;
-  nmr::SampleShape s;
-  if (auto err = nmr::SampleShape::parse(bc, &s, face_vertices, textures, face_index, rgb); err.failure())
-    return err;
+  NMR_PARSE(SampleShape, face_vertices, textures, face_index, rgb);
   const nmr::Texture texture{s.T, eps};
   const int64_t P = s.P;
   for (int64_t b = 0; b < bc.size(); ++b) {
@@ -213,11 +203,7 @@ ffi::Error SampleTexturesImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textu
 // Transpose of the trilinear sampling: grad_textures [*b, F, T, T, T, 3].
 ffi::Error SampleTexturesBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 weights, F32 depth,
                                  F32 grad_rgb, float eps, F32Out grad_textures) {
-  nmr::Broadcast bc;
-  nmr::SampleBwdShape s;
-  if (auto err = nmr::SampleBwdShape::parse(bc, &s, face_vertices, face_index, grad_rgb, grad_textures);
-      err.failure())
-    return err;
+  NMR_PARSE(SampleBwdShape, face_vertices, face_index, grad_rgb, grad_textures);
   const nmr::Texture texture{s.T, eps};
   const int64_t P = s.P;
   std::fill_n(grad_textures->typed_data(), grad_textures->element_count(), 0.f);
@@ -336,12 +322,7 @@ void kato_apply_out_scans(ffi::ThreadPool& pool, const std::vector<std::vector<K
 // Kato's approximate gradient of face x, y from image [*b, H, W, C] and its gradient.
 ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, F32 image, F32 grad_image,
                        float eps, F32Out grad_face_vertices) {
-  nmr::Broadcast bc;
-  nmr::KatoShape s;
-  if (auto err =
-          nmr::KatoShape::parse(bc, &s, face_vertices, face_index, image, grad_image, grad_face_vertices);
-      err.failure())
-    return err;
+  NMR_PARSE(KatoShape, face_vertices, face_index, image, grad_image, grad_face_vertices);
   const int64_t P = s.P;
   std::fill_n(grad_face_vertices->typed_data(), grad_face_vertices->element_count(), 0.f);
   for (int64_t b = 0; b < bc.size(); ++b) {
@@ -366,12 +347,8 @@ ffi::Error KatoBwdImpl(ffi::ThreadPool pool, F32 face_vertices, S32 face_index, 
 // the face index held fixed. Faces are summed over pixels in pixel order (deterministic).
 ffi::Error FragmentsBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 weights, F32 depth,
                             F32 grad_weights, F32 grad_bary, F32 grad_depth, F32Out grad_face_vertices) {
-  nmr::Broadcast bc;
-  nmr::FragmentsBwdShape s;
-  if (auto err = nmr::FragmentsBwdShape::parse(bc, &s, face_vertices, face_index, grad_weights, grad_bary,
-                                               grad_depth, grad_face_vertices);
-      err.failure())
-    return err;
+  NMR_PARSE(FragmentsBwdShape, face_vertices, face_index, grad_weights, grad_bary, grad_depth,
+            grad_face_vertices);
   const int64_t P = s.P;
   std::fill_n(grad_face_vertices->typed_data(), grad_face_vertices->element_count(), 0.f);
   for (int64_t b = 0; b < bc.size(); ++b) {
@@ -399,10 +376,7 @@ ffi::Error FragmentsBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, 
 
 // Face-corner attributes at the pixels: out [*b, H, W, C], 0 on background.
 ffi::Error InterpolateImpl(ffi::ThreadPool pool, F32 attributes, S32 face_index, F32 bary, F32Out out) {
-  nmr::Broadcast bc;
-  nmr::InterpolateShape s;
-  if (auto err = nmr::InterpolateShape::parse(bc, &s, attributes, face_index, bary, out); err.failure())
-    return err;
+  NMR_PARSE(InterpolateShape, attributes, face_index, bary, out);
   const int64_t P = s.P;
   for (int64_t b = 0; b < bc.size(); ++b) {
     const float* a = attributes.typed_data() + bc.at(s.attr, b) * s.F * 3 * s.C;
@@ -427,12 +401,7 @@ ffi::Error InterpolateImpl(ffi::ThreadPool pool, F32 attributes, S32 face_index,
 // and over broadcast batch dimensions; grad_bary per pixel.
 ffi::Error InterpolateBwdImpl(ffi::ThreadPool, F32 attributes, S32 face_index, F32 bary, F32 grad_out,
                               F32Out grad_attributes, F32Out grad_bary) {
-  nmr::Broadcast bc;
-  nmr::InterpolateBwdShape s;
-  if (auto err = nmr::InterpolateBwdShape::parse(bc, &s, attributes, face_index, bary, grad_out,
-                                                 grad_attributes, grad_bary);
-      err.failure())
-    return err;
+  NMR_PARSE(InterpolateBwdShape, attributes, face_index, bary, grad_out, grad_attributes, grad_bary);
   const int64_t P = s.P;
   const int C = s.C;
   std::fill_n(grad_attributes->typed_data(), grad_attributes->element_count(), 0.f);
@@ -465,9 +434,7 @@ ffi::Error InterpolateBwdImpl(ffi::ThreadPool, F32 attributes, S32 face_index, F
 // An image sampled at uv: out [*b, H, W, C] (NaN at a non-finite uv).
 ffi::Error SampleImageImpl(ffi::ThreadPool pool, F32 image, F32 uv, int32_t bilinear, int32_t wrap,
                            F32Out out) {
-  nmr::Broadcast bc;
-  nmr::SampleImageShape s;
-  if (auto err = nmr::SampleImageShape::parse(bc, &s, image, uv, out); err.failure()) return err;
+  NMR_PARSE(SampleImageShape, image, uv, out);
   const nmr::ImageSampler sampler{s.Ht, s.Wt, bilinear != 0, wrap != 0};
   const int64_t P = s.P;
   const int C = s.C;
@@ -491,11 +458,7 @@ ffi::Error SampleImageImpl(ffi::ThreadPool pool, F32 image, F32 uv, int32_t bili
 // dimensions, grad_uv per pixel (NaN at a non-finite uv, which adds nothing to the image).
 ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, int32_t bilinear,
                               int32_t wrap, F32Out grad_image, F32Out grad_uv) {
-  nmr::Broadcast bc;
-  nmr::SampleImageBwdShape s;
-  if (auto err = nmr::SampleImageBwdShape::parse(bc, &s, image, uv, grad_out, grad_image, grad_uv);
-      err.failure())
-    return err;
+  NMR_PARSE(SampleImageBwdShape, image, uv, grad_out, grad_image, grad_uv);
   const nmr::ImageSampler sampler{s.Ht, s.Wt, bilinear != 0, wrap != 0};
   const int64_t P = s.P;
   const int C = s.C;

@@ -214,9 +214,7 @@ ffi::Error check_vertex_indices(cudaStream_t stream, Scratch& scratch, const S32
 
 ffi::Error GatherFacesImpl(cudaStream_t stream, Scratch scratch, F32 vertices, S32 faces, int32_t checked,
                            F32Out face_vertices) {
-  nmr::Broadcast bc;
-  nmr::GatherShape s;
-  if (auto err = nmr::GatherShape::parse(bc, &s, vertices, faces, face_vertices); err.failure()) return err;
+  NMR_PARSE(GatherShape, vertices, faces, face_vertices);
   if (faces.element_count() == 0 || face_vertices->element_count() == 0) return ffi::Error::Success();
   if (!checked)
     if (auto err = check_vertex_indices(stream, scratch, faces, s); err.failure()) return err;
@@ -253,10 +251,7 @@ __global__ void scatter_kernel(ScatterParams g, Chunk chunk) {
 
 ffi::Error ScatterFacesImpl(cudaStream_t stream, Scratch scratch, S32 faces, F32 grad_face_vertices,
                             F32Out grad_vertices) {
-  nmr::Broadcast bc;
-  nmr::ScatterShape s;
-  if (auto err = nmr::ScatterShape::parse(bc, &s, faces, grad_face_vertices, grad_vertices); err.failure())
-    return err;
+  NMR_PARSE(ScatterShape, faces, grad_face_vertices, grad_vertices);
   if (auto err = zero(stream, grad_vertices, "nmr_scatter_faces"); err.failure()) return err;
   if (faces.element_count() == 0 || grad_vertices->element_count() == 0) return ffi::Error::Success();
   unsigned long long* flag;
@@ -392,9 +387,7 @@ ffi::Error allocate(Scratch& scratch, int64_t n, const char* what, T** out) {
 ffi::Error RasterizeImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, int32_t height,
                          int32_t width, float near, float far, S32Out face_index, F32Out weights,
                          F32Out depth) {
-  nmr::Broadcast bc;
-  nmr::RasterShape s;
-  if (auto err = nmr::RasterShape::parse(bc, &s, face_vertices, face_index); err.failure()) return err;
+  NMR_PARSE(RasterShape, face_vertices, face_index);
   const int64_t pixels = static_cast<int64_t>(face_index->element_count());
   if (pixels == 0) return ffi::Error::Success();
   unsigned long long* keys;
@@ -473,10 +466,7 @@ __global__ void sample_kernel(SampleParams g, nmr::SampleShape s, Chunk chunk) {
 
 ffi::Error SampleTexturesImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, F32 textures,
                               S32 face_index, F32 weights, F32 depth, float eps, F32Out rgb) {
-  nmr::Broadcast bc;
-  nmr::SampleShape s;
-  if (auto err = nmr::SampleShape::parse(bc, &s, face_vertices, textures, face_index, rgb); err.failure())
-    return err;
+  NMR_PARSE(SampleShape, face_vertices, textures, face_index, rgb);
   if (rgb->element_count() == 0) return ffi::Error::Success();
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
@@ -514,11 +504,7 @@ __global__ void sample_bwd_kernel(SampleParams g, nmr::SampleBwdShape s, Chunk c
 
 ffi::Error SampleTexturesBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
                                  F32 weights, F32 depth, F32 grad_rgb, float eps, F32Out grad_textures) {
-  nmr::Broadcast bc;
-  nmr::SampleBwdShape s;
-  if (auto err = nmr::SampleBwdShape::parse(bc, &s, face_vertices, face_index, grad_rgb, grad_textures);
-      err.failure())
-    return err;
+  NMR_PARSE(SampleBwdShape, face_vertices, face_index, grad_rgb, grad_textures);
   if (auto err = zero(stream, grad_textures, "nmr_sample_textures_bwd"); err.failure()) return err;
   if (s.P == 0 || bc.size() == 0) return ffi::Error::Success();
   unsigned long long* flag;
@@ -596,12 +582,7 @@ __global__ void kato_kernel(KatoParams g, Chunk chunk) {
 
 ffi::Error KatoBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index, F32 image,
                        F32 grad_image, float eps, F32Out grad_face_vertices) {
-  nmr::Broadcast bc;
-  nmr::KatoShape s;
-  if (auto err =
-          nmr::KatoShape::parse(bc, &s, face_vertices, face_index, image, grad_image, grad_face_vertices);
-      err.failure())
-    return err;
+  NMR_PARSE(KatoShape, face_vertices, face_index, image, grad_image, grad_face_vertices);
   if (auto err = zero(stream, grad_face_vertices, "nmr_kato_bwd"); err.failure()) return err;
   // The kernel only compares face ids with its own and reads few of them: check them all first,
   // also when there are no faces to blame.
@@ -677,12 +658,8 @@ __global__ void fragments_bwd_kernel(FragmentsBwdParams g, Chunk chunk) {
 ffi::Error FragmentsBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
                             F32 weights, F32 depth, F32 grad_weights, F32 grad_bary, F32 grad_depth,
                             F32Out grad_face_vertices) {
-  nmr::Broadcast bc;
-  nmr::FragmentsBwdShape s;
-  if (auto err = nmr::FragmentsBwdShape::parse(bc, &s, face_vertices, face_index, grad_weights, grad_bary,
-                                               grad_depth, grad_face_vertices);
-      err.failure())
-    return err;
+  NMR_PARSE(FragmentsBwdShape, face_vertices, face_index, grad_weights, grad_bary, grad_depth,
+            grad_face_vertices);
   if (auto err = zero(stream, grad_face_vertices, "nmr_fragments_bwd"); err.failure()) return err;
   if (s.P == 0 || bc.size() == 0) return ffi::Error::Success();
   unsigned long long* flag;
@@ -731,10 +708,7 @@ __global__ void interpolate_kernel(InterpolateParams g, nmr::InterpolateShape s,
 
 ffi::Error InterpolateImpl(cudaStream_t stream, Scratch scratch, F32 attributes, S32 face_index, F32 bary,
                            F32Out out) {
-  nmr::Broadcast bc;
-  nmr::InterpolateShape s;
-  if (auto err = nmr::InterpolateShape::parse(bc, &s, attributes, face_index, bary, out); err.failure())
-    return err;
+  NMR_PARSE(InterpolateShape, attributes, face_index, bary, out);
   if (out->element_count() == 0) return ffi::Error::Success();
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
@@ -779,12 +753,7 @@ __global__ void interpolate_bwd_kernel(InterpolateParams g, nmr::InterpolateBwdS
 
 ffi::Error InterpolateBwdImpl(cudaStream_t stream, Scratch scratch, F32 attributes, S32 face_index, F32 bary,
                               F32 grad_out, F32Out grad_attributes, F32Out grad_bary) {
-  nmr::Broadcast bc;
-  nmr::InterpolateBwdShape s;
-  if (auto err = nmr::InterpolateBwdShape::parse(bc, &s, attributes, face_index, bary, grad_out,
-                                                 grad_attributes, grad_bary);
-      err.failure())
-    return err;
+  NMR_PARSE(InterpolateBwdShape, attributes, face_index, bary, grad_out, grad_attributes, grad_bary);
   if (auto err = zero(stream, grad_attributes, "nmr_interpolate_bwd"); err.failure()) return err;
   if (auto err = zero(stream, grad_bary, "nmr_interpolate_bwd"); err.failure()) return err;
   if (s.P == 0 || bc.size() == 0) return ffi::Error::Success();
@@ -830,9 +799,7 @@ __global__ void sample_image_kernel(SampleImageParams g, nmr::SampleImageShape s
 
 ffi::Error SampleImageImpl(cudaStream_t stream, Scratch, F32 image, F32 uv, int32_t bilinear, int32_t wrap,
                            F32Out out) {
-  nmr::Broadcast bc;
-  nmr::SampleImageShape s;
-  if (auto err = nmr::SampleImageShape::parse(bc, &s, image, uv, out); err.failure()) return err;
+  NMR_PARSE(SampleImageShape, image, uv, out);
   if (out->element_count() == 0) return ffi::Error::Success();
   const SampleImageParams g{
       image.typed_data(), uv.typed_data(), nullptr,
@@ -877,11 +844,7 @@ __global__ void sample_image_bwd_kernel(SampleImageParams g, nmr::SampleImageBwd
 
 ffi::Error SampleImageBwdImpl(cudaStream_t stream, Scratch, F32 image, F32 uv, F32 grad_out, int32_t bilinear,
                               int32_t wrap, F32Out grad_image, F32Out grad_uv) {
-  nmr::Broadcast bc;
-  nmr::SampleImageBwdShape s;
-  if (auto err = nmr::SampleImageBwdShape::parse(bc, &s, image, uv, grad_out, grad_image, grad_uv);
-      err.failure())
-    return err;
+  NMR_PARSE(SampleImageBwdShape, image, uv, grad_out, grad_image, grad_uv);
   if (auto err = zero(stream, grad_image, "nmr_sample_image_bwd"); err.failure()) return err;
   if (auto err = zero(stream, grad_uv, "nmr_sample_image_bwd"); err.failure()) return err;
   if (s.P == 0 || bc.size() == 0) return ffi::Error::Success();

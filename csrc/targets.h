@@ -239,6 +239,14 @@ struct SampleImageBwdShape {
 
 }  // namespace nmr
 
+// The opening of every handler: declares `bc`, the broadcast batch, and `s`, the target's Shape
+// parsed from its buffers (in the binding's order), and returns the error of buffers whose batch
+// dimensions do not broadcast.
+#define NMR_PARSE(Shape, ...) \
+  ::nmr::Broadcast bc;        \
+  ::nmr::Shape s;             \
+  if (auto err = ::nmr::Shape::parse(bc, &s, __VA_ARGS__); err.failure()) return err
+
 // The handler symbols Nmr<Target><suffix> of one platform, e.g. NmrRasterizeCpu, binding the
 // platform's contexts (CONTEXTS, e.g. `.Ctx<ffi::ThreadPool>()`) and then each target's operands,
 // attributes and results; impls <Target>Impl take them in that order.
