@@ -51,7 +51,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _meshes import icosphere, torus  # benchmarks/ is the script's folder
+from _meshes import torus  # benchmarks/ is the script's folder
 
 import nmr_jax as nr
 
@@ -72,9 +72,10 @@ BRUTE_MAX_PAIRS_QUICK = 1e8
 
 def scenes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     v, f = nr.data.teapot()
+    sphere, sphere_faces = nr.data.icosphere(4)
     return {
         "teapot": (np.asarray(v), np.asarray(f)),
-        "icosphere": icosphere(4),
+        "icosphere": (np.asarray(sphere), np.asarray(sphere_faces)),
         "torus100k": torus(224),
     }
 

@@ -193,44 +193,6 @@ def box(center: ArrayLike, half_size: ArrayLike) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(vertices), jnp.asarray(faces, jnp.int32)
 
 
-def icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unit icosphere: ``(vertices float32 [V, 3], faces int32 [F, 3])``, F = 20 * 4^subdivisions.
-
-    Each subdivision splits every triangle into four at its edges' midpoints, pushed out to the
-    sphere; faces are counter-clockwise seen from outside, as the renderer expects.
-    """
-    g = (1 + 5**0.5) / 2
-    verts = [
-        [-1, g, 0], [1, g, 0], [-1, -g, 0], [1, -g, 0], [0, -1, g], [0, 1, g],
-        [0, -1, -g], [0, 1, -g], [g, 0, -1], [g, 0, 1], [-g, 0, -1], [-g, 0, 1],
-    ]  # fmt: skip
-    faces = [
-        [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
-        [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
-        [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
-    ]  # fmt: skip
-    v = [np.asarray(p, np.float64) / np.linalg.norm(p) for p in verts]
-    # Edge -> index of its midpoint. One cache serves all levels: each level's edges join a
-    # vertex new at that level to another vertex, so no edge of one level recurs at the next.
-    midpoints: dict[tuple[int, int], int] = {}
-
-    def midpoint(a: int, b: int) -> int:
-        key = (min(a, b), max(a, b))
-        if key not in midpoints:
-            m = v[a] + v[b]
-            v.append(m / np.linalg.norm(m))
-            midpoints[key] = len(v) - 1
-        return midpoints[key]
-
-    for _ in range(subdivisions):
-        new_faces = []
-        for a, b, c in faces:
-            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
-            new_faces += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-        faces = new_faces
-    return np.asarray(v, np.float32), np.asarray(faces, np.int32)
-
-
 def axes() -> tuple[Any, Any]:
     """A new matplotlib figure and its axes, sized for the docs; matplotlib is imported here, so
     that only the scripts that plot need it."""

@@ -22,7 +22,6 @@ import numpy as np
 import optax
 from _common import (
     CAMERA_DISTANCE,
-    icosphere,
     iou,
     parser,
     render_views,
@@ -63,7 +62,7 @@ GIF_AZIMUTH_STEP, GIF_ELEVATION = 12.0, 20.0
 
 def superquadric(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     """The target mesh: an icosphere's vertices pushed along their directions onto the surface."""
-    vertices, faces = icosphere(subdivisions)
+    vertices, faces = (np.asarray(a) for a in nr.data.icosphere(subdivisions))
     scaled = np.abs(vertices) / np.asarray(HALF_SIZES, np.float32)
     radius = np.sum(scaled**EXPONENT, axis=-1, keepdims=True) ** (-1 / EXPONENT)
     return (vertices * radius).astype(np.float32), faces
@@ -120,7 +119,7 @@ def run(
       ``chamfer_start``/``chamfer_end``: symmetric Chamfer distance to the target surface
       (``CHAMFER_POINTS`` points on each, sampled with ``seed``); ``loss_start``/``loss_end``.
     """
-    sphere, faces = icosphere(SUBDIVISIONS)
+    sphere, faces = (np.asarray(a) for a in nr.data.icosphere(SUBDIVISIONS))
     sphere = sphere * RADIUS
     target_vertices, target_faces = superquadric(TARGET_SUBDIVISIONS)
     edge_list = edges(faces)

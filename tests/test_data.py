@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nmr_jax._obj import load_obj
-from nmr_jax.data import teapot, teapot_path
+from nmr_jax.data import icosphere, teapot, teapot_path
 
 ROOT = Path(__file__).parents[1]
 ORIGINAL_TEAPOT = ROOT / ".." / "shared" / "nmr_reference_data" / "examples" / "data" / "teapot.obj"
@@ -94,3 +94,24 @@ def test_make_teapot_regenerates_the_shipped_file(tmp_path):
     script = ROOT / "tools" / "make_teapot.py"
     subprocess.run([sys.executable, script, "--output", output], check=True, capture_output=True)
     assert output.read_bytes() == teapot_path().read_bytes()
+
+
+@pytest.mark.parametrize("subdivisions", [0, 1, 3])
+def test_icosphere_is_a_closed_unit_sphere_wound_outward(subdivisions):
+    vertices, faces = (np.asarray(a) for a in icosphere(subdivisions))
+    assert faces.shape == (20 * 4**subdivisions, 3) and faces.dtype == np.int32
+    assert vertices.shape == (10 * 4**subdivisions + 2, 3) and vertices.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vertices, axis=1), 1.0, rtol=1e-6)
+    # Closed: every edge is shared by exactly two faces, once in each direction.
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    assert len(np.unique(edges, axis=0)) == len(edges)
+    assert set(map(tuple, edges)) == set(map(tuple, edges[:, ::-1]))
+    # Outward: every face's normal points away from the centre, and the volume is positive.
+    v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
+    assert (np.einsum("ij,ij->i", np.cross(v1 - v0, v2 - v0), v0 + v1 + v2) > 0).all()
+    assert signed_volume(vertices, faces) > 0
+
+
+def test_icosphere_rejects_a_negative_subdivision_count():
+    with pytest.raises(ValueError, match="subdivisions"):
+        icosphere(-1)
