@@ -566,15 +566,20 @@ def test_vertex_normals_match_numpy_area_weighted_normals():
     np.testing.assert_allclose(nr.vertex_normals(v, f), want, atol=1e-5)
 
 
-def test_smooth_shading_of_a_flat_mesh_equals_flat_and_normals_mode(tmp_path):
-    # A square in the z = 0 plane seen from the front: one normal everywhere.
+def square_mesh(tmp_path):
+    """A square in the z = 0 plane, written and read back as an OBJ file: (vertices, faces, mesh)."""
     vertices = jnp.array(
         [[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], jnp.float32
     )
     faces = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
     path = tmp_path / "square.obj"
     nr.save_obj(path, vertices, faces)
-    mesh = nr.load_mesh(path, normalization=False)
+    return vertices, faces, nr.load_mesh(path, normalization=False)
+
+
+def test_smooth_shading_of_a_flat_mesh_equals_flat_and_normals_mode(tmp_path):
+    # A square in the z = 0 plane seen from the front: one normal everywhere.
+    vertices, faces, mesh = square_mesh(tmp_path)
     r = nr.Renderer(image_size=16, light_direction=(0.2, 0.5, -1.0), eye=(0.0, 0.0, -2.0))
     flat, smooth = (
         jax.jit(lambda a, s=s: r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a)[0])(a)
@@ -616,13 +621,7 @@ def test_blinn_phong_matches_numpy_reference():
 def test_specular_highlight_of_a_plane_seen_from_the_camera(tmp_path):
     # A square facing the eye, lit from the eye's side: every pixel adds the Blinn-Phong term of
     # its own surface point (found by interpolating the vertices), brightest in the middle.
-    vertices = jnp.array(
-        [[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], jnp.float32
-    )
-    faces = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
-    path = tmp_path / "square.obj"
-    nr.save_obj(path, vertices, faces)
-    mesh = nr.load_mesh(path, normalization=False)
+    vertices, faces, mesh = square_mesh(tmp_path)
     eye = np.array([0.0, 0.0, -2.0])
     r = nr.Renderer(image_size=32, anti_aliasing=False, light_direction=(0, 0, -1.0), eye=eye)
 
