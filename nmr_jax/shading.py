@@ -203,8 +203,9 @@ def sample_texture(
       boundary: 'wrap' (repeat the image: OBJ's default) or 'clamp' (repeat its edge texels).
 
     Returns:
-      float32 ``[..., H, W, C]``; leading batch dims of image and uv broadcast. Differentiable
-      in image and (except 'nearest', and the mip level choice) in uv.
+      float32 ``[..., H, W, C]``; leading batch dims of image and uv broadcast; NaN where uv
+      is NaN or infinite (no texel is defined there). Differentiable in image and (except
+      'nearest', and the mip level choice) in uv.
     """
     img = check.float_array("image", image, (None, None, None))
     coords = check.float_array("uv", uv, (None, None, 2))

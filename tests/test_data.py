@@ -112,6 +112,7 @@ def test_icosphere_is_a_closed_unit_sphere_wound_outward(subdivisions):
     assert signed_volume(vertices, faces) > 0
 
 
-def test_icosphere_rejects_a_negative_subdivision_count():
+@pytest.mark.parametrize("bad", [-1, 9, 2.0, True])
+def test_icosphere_rejects_a_bad_subdivision_count(bad):
     with pytest.raises(ValueError, match="subdivisions"):
-        icosphere(-1)
+        icosphere(bad)
