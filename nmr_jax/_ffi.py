@@ -115,6 +115,17 @@ def _pad_batch(arrays: list[jax.Array], core_ranks: list[int]) -> tuple[list[jax
     return padded, jnp.broadcast_shapes(*batches)
 
 
+def _summed_to(
+    batch_rank: int, core_rank: int, *shapes: tuple[int, ...]
+) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """float32 results of ``shapes`` with their batch dims left-padded with 1s to ``batch_rank``:
+    the kernel sums over the dims where a result has 1 and the batch does not (its transpose)."""
+    return tuple(
+        jax.ShapeDtypeStruct((1,) * (batch_rank + core_rank - len(sh)) + tuple(sh), jnp.float32)
+        for sh in shapes
+    )
+
+
 def gather_faces(vertices: jax.Array, faces: jax.Array, checked: bool = False) -> jax.Array:
     """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> face vertices [*b, F, 3, 3].
 
@@ -239,9 +250,7 @@ def interpolate_bwd(
 ) -> tuple[jax.Array, jax.Array]:
     """Transpose of ``interpolate``: (grad_attributes, grad_bary), summed to their shapes."""
     args, batch = _pad_batch([attributes, face_index, bary, grad], [3, 2, 3, 3])
-    shapes = [attributes.shape, bary.shape]
-    padded = [(1,) * (len(batch) + 3 - len(sh)) + tuple(sh) for sh in shapes]
-    outs = tuple(jax.ShapeDtypeStruct(sh, jnp.float32) for sh in padded)
+    outs = _summed_to(len(batch), 3, attributes.shape, bary.shape)
     g_attr, g_bary = _call("nmr_interpolate_bwd", outs, len(batch))(*args)
     return g_attr.reshape(attributes.shape), g_bary.reshape(bary.shape)
 
@@ -259,9 +268,7 @@ def sample_image_bwd(
 ) -> tuple[jax.Array, jax.Array]:
     """Transpose of ``sample_image``: (grad_image, grad_uv), summed to their shapes."""
     args, batch = _pad_batch([image, uv, grad], [3, 3, 3])
-    shapes = [image.shape, uv.shape]
-    padded = [(1,) * (len(batch) + 3 - len(sh)) + tuple(sh) for sh in shapes]
-    outs = tuple(jax.ShapeDtypeStruct(sh, jnp.float32) for sh in padded)
+    outs = _summed_to(len(batch), 3, image.shape, uv.shape)
     call = _call("nmr_sample_image_bwd", outs, len(batch))
     g_image, g_uv = call(*args, bilinear=np.int32(bilinear), wrap=np.int32(wrap))
     return g_image.reshape(image.shape), g_uv.reshape(uv.shape)

@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Fragments",
     "Shaded",
-    "face_normals",
     "blinn_phong",
+    "face_normals",
     "interpolate",
     "lambert",
     "mesh_colors",
@@ -562,8 +562,7 @@ def _vertex_color_shader(eps: float) -> Shader:
 
     def shader(frags: Fragments, face_colors: jax.Array) -> jax.Array:
         bary = jnp.clip(jax.lax.stop_gradient(frags.bary), 0.0, 1.0 - eps)
-        corners = _ops.take_rows(face_colors, 3, jnp.maximum(frags.face_index, 0), 2)
-        return jnp.einsum("...k,...kc->...c", bary, corners)
+        return _ops.interpolate_corners(face_colors, frags.face_index, bary)
 
     return shader
 
