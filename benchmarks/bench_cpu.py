@@ -283,11 +283,11 @@ def shader_table(meshes: dict, repeats: int, quick: bool) -> None:
         verts, faces = meshes[scene]
         cube, shaded = shader_pairs(verts, faces, size, texture, aa)
         v = jnp.asarray(verts[None])
-        tc, _, _ = timed(cube, v, repeats)
-        ts, _, _ = timed(shaded, v, repeats)
+        tc, ts, x = timed_pair(cube, shaded, v, 3 * repeats)
         print(f"{scene:10} {2 * len(faces):6d} {size:5d} {'on' if aa else 'off':>3} "
-              f"{texture:5d}^2 {tc * 1e3:9.1f} {ts * 1e3:9.1f} {ts / tc:6.2f}", flush=True)  # fmt: skip
-    print("# x: shader time / texture-cube time (same process, same mesh, camera and loss).")
+              f"{texture:5d}^2 {tc * 1e3:9.1f} {ts * 1e3:9.1f} {x:6.2f}", flush=True)  # fmt: skip
+    print(f"# cubes, shader: medians of {3 * repeats} runs each, the two alternating; x: median of "
+          "the ratios shader / cubes of the back-to-back pairs (same process, mesh, camera, loss).")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,6 +321,22 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
+
+
+def timed_pair(a: Callable, b: Callable, arg, repeats: int) -> tuple[float, float, float]:
+    """(median seconds of a, of b, median of the ratios b / a) over back-to-back pairs of runs:
+    a ratio of two runs a moment apart is steadier than one of medians taken a while apart on a
+    machine whose speed drifts (shared cores)."""
+    for fn in (a, b, a, b):  # the first call of each compiles
+        jax.block_until_ready(fn(arg))
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(arg))
+            times.append(time.perf_counter() - t0)
+    ratios = np.asarray(tb) / np.asarray(ta)
+    return float(np.median(ta)), float(np.median(tb)), float(np.median(ratios))
 
 
 def timed(fn: Callable, arg, repeats: int, warmup: int = 2) -> tuple[float, int, int]:

@@ -356,14 +356,13 @@ ffi::Error FragmentsBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, 
     const int64_t q = bc.at(s.pix, b) * P;
     const int32_t* fi = face_index.typed_data() + q;
     if (auto err = check_face_index(fi, P, s.F); err.failure()) return err;
-    const float* gw = grad_weights.typed_data() + bc.at(s.grad_w, b) * P * 3;
-    const float* gb = grad_bary.typed_data() + bc.at(s.grad_bary, b) * P * 3;
-    const float* gd = grad_depth.typed_data() + bc.at(s.grad_depth, b) * P;
+    const float* gw = s.has_w ? grad_weights.typed_data() + bc.at(s.grad_w, b) * P * 3 : nullptr;
+    const float* gb = s.has_bary ? grad_bary.typed_data() + bc.at(s.grad_bary, b) * P * 3 : nullptr;
+    const float* gd = s.has_depth ? grad_depth.typed_data() + bc.at(s.grad_depth, b) * P : nullptr;
     float* gf = grad_face_vertices->typed_data() + bc.at(s.out, b) * s.F * 9;
     for (int64_t p = 0; p < P; ++p) {
       if (fi[p] < 0) continue;
-      const nmr::FragmentGrads g{
-          {gw[3 * p], gw[3 * p + 1], gw[3 * p + 2]}, {gb[3 * p], gb[3 * p + 1], gb[3 * p + 2]}, gd[p]};
+      const nmr::FragmentGrads g = nmr::fragment_grads_at(gw, gb, gd, p);
       const nmr::Face face = nmr::setup_face(fv + 9 * fi[p], s.H, s.W);
       float grad[9];
       nmr::fragment_grad(face, weights.typed_data() + 3 * (q + p), depth.typed_data()[q + p], g, s.H, s.W,
@@ -472,6 +471,13 @@ ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, 
     float* gi = grad_image->typed_data() + bc.at(s.out_image, b) * s.texels * C;
     float* gt = grad_uv->typed_data() + bc.at(s.out_uv, b) * P * 2;
     for (int64_t p = 0; p < P; ++p) {
+      const float* gp = g + p * C;
+      bool any = false;  // background pixels, where the shader's output is replaced, have none
+      for (int c = 0; c < C; ++c) any = any || gp[c] != 0.f;
+      if (!any) {
+        if (!nmr::finite_uv(t[2 * p], t[2 * p + 1])) gt[2 * p] = gt[2 * p + 1] = NAN;
+        continue;
+      }
       int64_t idx[4];
       float tw[4], du[4], dv[4];
       const int taps = nmr::image_taps(sampler, t[2 * p], t[2 * p + 1], idx, tw, du, dv);
@@ -479,10 +485,6 @@ ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, 
         gt[2 * p] = gt[2 * p + 1] = NAN;
         continue;
       }
-      const float* gp = g + p * C;
-      bool any = false;  // background pixels, where the shader's output is replaced, have none
-      for (int c = 0; c < C; ++c) any = any || gp[c] != 0.f;
-      if (!any) continue;
       float g_u = 0.f, g_v = 0.f;
       for (int i = 0; i < taps; ++i) {
         const float* texel = im + idx[i] * C;

@@ -642,10 +642,10 @@ __global__ void fragments_bwd_kernel(FragmentsBwdParams g, Chunk chunk) {
   const int32_t f = g.pix.face_index[q];
   if (f < -1 || f >= s.F) flag_bad(g.flag, q);
   if (f < 0 || f >= s.F) return;
-  const float* gw = g.grad_w + (at[s.grad_w] * s.P + p) * 3;
-  const float* gb = g.grad_bary + (at[s.grad_bary] * s.P + p) * 3;
-  const nmr::FragmentGrads grads{
-      {gw[0], gw[1], gw[2]}, {gb[0], gb[1], gb[2]}, g.grad_depth[at[s.grad_depth] * s.P + p]};
+  const nmr::FragmentGrads grads =
+      nmr::fragment_grads_at(s.has_w ? g.grad_w + at[s.grad_w] * s.P * 3 : nullptr,
+                             s.has_bary ? g.grad_bary + at[s.grad_bary] * s.P * 3 : nullptr,
+                             s.has_depth ? g.grad_depth + at[s.grad_depth] * s.P : nullptr, p);
   const nmr::Face face =
       nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * static_cast<int64_t>(f), s.H, s.W);
   float grad[9];

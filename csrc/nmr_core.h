@@ -345,6 +345,18 @@ struct FragmentGrads {
   float w[3], bary[3], depth;
 };
 
+// The incoming gradients of pixel p from its maps: w, bary [P, 3] and depth [P], each null when
+// nothing reads that map (0 then, without a map of zeros to read).
+NMR_HD FragmentGrads fragment_grads_at(const float* w, const float* bary, const float* depth, int64_t p) {
+  FragmentGrads g{};
+  for (int k = 0; k < 3; ++k) {
+    g.w[k] = w ? w[3 * p + k] : 0.f;
+    g.bary[k] = bary ? bary[3 * p + k] : 0.f;
+  }
+  g.depth = depth ? depth[p] : 0.f;
+  return g;
+}
+
 // Gradient of a covered pixel's fragment (w, b, zp) w.r.t. its face's 9 NDC coordinates, the face
 // index held fixed. b's gradient goes onto w_k, zp and z_k; zp = 1 / sum(w_m / z_m) gives
 // d zp / d w_m = -zp^2 / z_m and d zp / d z_k = w_k zp^2 / z_k^2; w = M^-1 [xp, yp, 1] gives
@@ -386,11 +398,13 @@ struct ImageSampler {
   bool bilinear, wrap;
 };
 
+NMR_HD bool finite_uv(float u, float v) { return fabsf(u) <= FLT_MAX && fabsf(v) <= FLT_MAX; }
+
 // The taps of `s` at (u, v): up to 4 flat texel indices and weights, and the weights' derivatives
 // in u and v (0 for nearest). Returns the number of taps, 0 for a non-finite coordinate.
 NMR_HD int image_taps(ImageSampler s, float u, float v, int64_t* idx, float* tw, float* dtw_du,
                       float* dtw_dv) {
-  if (!(fabsf(u) <= FLT_MAX && fabsf(v) <= FLT_MAX)) return 0;
+  if (!finite_uv(u, v)) return 0;
   if (s.wrap) {  // One period first: the texel coordinates below then fit an int.
     if (!(u >= 0.f && u < 1.f)) u -= floorf(u);
     if (!(v >= 0.f && v < 1.f)) v -= floorf(v);
@@ -407,18 +421,14 @@ NMR_HD int image_taps(ImageSampler s, float u, float v, int64_t* idx, float* tw,
     const int i = static_cast<int>(a);
     return i - (a < static_cast<float>(i) ? 1 : 0);
   };
-  auto texel = [&](int col, int row) -> int64_t {
-    if (s.wrap) {  // Within one period of the image: col in [-1, width], row in [-1, height].
-      col = col < 0 ? col + s.width : (col >= s.width ? col - s.width : col);
-      row = row < 0 ? row + s.height : (row >= s.height ? row - s.height : row);
-    } else {
-      col = col < 0 ? 0 : (col >= s.width ? s.width - 1 : col);
-      row = row < 0 ? 0 : (row >= s.height ? s.height - 1 : row);
-    }
-    return static_cast<int64_t>(row) * s.width + col;
+  // An index within one period of the image (wrap: in [-1, n]) or beyond it (clamp) to a texel.
+  auto fold = [&](int i, int n) {
+    if (s.wrap) return i < 0 ? i + n : (i >= n ? i - n : i);
+    return i < 0 ? 0 : (i >= n ? n - 1 : i);
   };
   if (!s.bilinear) {
-    idx[0] = texel(floor_int(x + 0.5f), floor_int(y + 0.5f));
+    idx[0] = static_cast<int64_t>(fold(floor_int(y + 0.5f), s.height)) * s.width +
+             fold(floor_int(x + 0.5f), s.width);
     tw[0] = 1.f;
     dtw_du[0] = dtw_dv[0] = 0.f;
     return 1;
@@ -426,9 +436,13 @@ NMR_HD int image_taps(ImageSampler s, float u, float v, int64_t* idx, float* tw,
   const int c0 = floor_int(x), r0 = floor_int(y);
   const float fx = x - static_cast<float>(c0), fy = y - static_cast<float>(r0);
   const float dfx = static_cast<float>(s.width), dfy = -static_cast<float>(s.height);  // d fx / du, d fy / dv
+  // Each axis folded once (not once per tap): sampling is mostly this arithmetic.
+  const int cols[2] = {fold(c0, s.width), fold(c0 + 1, s.width)};
+  const int64_t rows[2] = {static_cast<int64_t>(fold(r0, s.height)) * s.width,
+                           static_cast<int64_t>(fold(r0 + 1, s.height)) * s.width};
   for (int t = 0; t < 4; ++t) {
     const int dx = t & 1, dy = t >> 1;
-    idx[t] = texel(c0 + dx, r0 + dy);
+    idx[t] = rows[dy] + cols[dx];
     const float wx = dx ? fx : 1.f - fx, wy = dy ? fy : 1.f - fy;
     tw[t] = wx * wy;
     dtw_du[t] = (dx ? dfx : -dfx) * wy;

@@ -141,6 +141,7 @@ struct FragmentsBwdShape {
   int fv, pix, grad_w, grad_bary, grad_depth, out;
   int64_t F, P;
   int H, W;
+  bool has_w, has_bary, has_depth;  // an empty gradient operand: no map reads it (zero)
   static ffi::Error parse(Broadcast& bc, FragmentsBwdShape* s, const F32& face_vertices,
                           const S32& face_index, const F32& grad_weights, const F32& grad_bary,
                           const F32& grad_depth, F32Out& out) {
@@ -154,6 +155,9 @@ struct FragmentsBwdShape {
     s->H = static_cast<int>(dim(face_index.dimensions(), 2));
     s->W = static_cast<int>(dim(face_index.dimensions(), 1));
     s->P = static_cast<int64_t>(s->H) * s->W;
+    s->has_w = grad_weights.element_count() != 0;
+    s->has_bary = grad_bary.element_count() != 0;
+    s->has_depth = grad_depth.element_count() != 0;
     return bc.finish();
   }
 };

@@ -224,12 +224,11 @@ def fragments_bwd(
 ) -> jax.Array:
     """Gradient of the fragments (weights, perspective-correct barycentrics ``w_k zp / z_k``,
     depth) w.r.t. the face vertices, the face index held fixed, shaped like them. A gradient
-    given as None is zero."""
-    pixels = face_index.shape[-2:]
-    zeros = jnp.zeros((*pixels, 3), jnp.float32)
-    gw = zeros if grad_weights is None else grad_weights
-    gb = zeros if grad_bary is None else grad_bary
-    gd = jnp.zeros(pixels, jnp.float32) if grad_depth is None else grad_depth
+    given as None is zero: an empty operand, which the kernels read as zeros."""
+    none3, none2 = jnp.zeros((0, 0, 0), jnp.float32), jnp.zeros((0, 0), jnp.float32)
+    gw = none3 if grad_weights is None else grad_weights
+    gb = none3 if grad_bary is None else grad_bary
+    gd = none2 if grad_depth is None else grad_depth
     args, _ = _pad_batch(
         [face_vertices, face_index, weights, depth, gw, gb, gd], [3, 2, 3, 2, 3, 3, 2]
     )
