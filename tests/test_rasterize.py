@@ -227,6 +227,23 @@ def test_depth_gradient_equals_jax_grad_of_reference(h, w):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * scale)
 
 
+def test_fragment_gradients_given_as_none_equal_zero_maps():
+    # None reaches the kernels as an empty operand, read as zeros, not as a map of zeros.
+    rng = np.random.default_rng(4)
+    fv = jnp.asarray(random_faces(rng, 2, 12, 16))
+    fi, wt, d = kernel_maps(fv, 16, 16)
+    g3 = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    z3, z1 = jnp.zeros_like(g3), jnp.zeros_like(d)
+    for g_w, g_b, g_d in [(g3, None, None), (None, g3, None), (None, None, d), (g3, None, d)]:
+        got = _ffi.fragments_bwd(fv, fi, wt, d, g_w, g_b, g_d)
+        want = _ffi.fragments_bwd(
+            fv, fi, wt, d, z3 if g_w is None else g_w, z3 if g_b is None else g_b,
+            z1 if g_d is None else g_d,
+        )  # fmt: skip
+        assert np.abs(want).max() > 0
+        np.testing.assert_array_equal(got, want)
+
+
 # Golden gradients of the original's tests (ALGORITHM.md): silhouette, image 64, no anti-aliasing,
 # perspective off, default eye, fill_back, eps 1e-4; loss at one pixel of the returned image.
 GOLDEN = [
