@@ -28,7 +28,7 @@ Baselines, each run where available and skipped with a note otherwise:
 A second table times the shader path (a UV image texture through ``interpolate`` and
 ``sample_texture``) against the texture-cube path: the teapot at 256^2 with anti-aliasing and a
 512^2 texture, and the 100k-face torus at 1024^2 with a 1024^2 texture, the two paths run
-alternately (3x the repeats each) and their ratio the median of the back-to-back pairs'.
+alternately (3x the repeats each) and their ratio the median of the back-to-back pairs' ratios.
 
 Usage: ``python benchmarks/bench_cpu.py`` (every entry; tens of minutes on 2 cores, most of it in
 the baselines), ``--quick`` (4 entries, a few minutes; no second table) or ``--shader-only``
