@@ -324,6 +324,13 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
+def seconds(fn: Callable, arg) -> float:
+    """Wall-clock seconds of one call fn(arg), until its result is ready."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(arg))
+    return time.perf_counter() - t0
+
+
 def timed_pair(a: Callable, b: Callable, arg, repeats: int) -> tuple[float, float, float]:
     """(median seconds of a, of b, median of the ratios b / a) over back-to-back pairs of runs:
     a ratio of two runs a moment apart is steadier than one of medians taken a while apart on a
@@ -332,10 +339,8 @@ def timed_pair(a: Callable, b: Callable, arg, repeats: int) -> tuple[float, floa
         jax.block_until_ready(fn(arg))
     ta, tb = [], []
     for _ in range(repeats):
-        for fn, times in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(arg))
-            times.append(time.perf_counter() - t0)
+        ta.append(seconds(a, arg))
+        tb.append(seconds(b, arg))
     ratios = np.asarray(tb) / np.asarray(ta)
     return float(np.median(ta)), float(np.median(tb)), float(np.median(ratios))
 
@@ -346,11 +351,7 @@ def timed(fn: Callable, arg, repeats: int, warmup: int = 2) -> tuple[float, int,
     with PeakRSS() as rss:
         for _ in range(warmup):
             jax.block_until_ready(fn(arg))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(arg))
-            times.append(time.perf_counter() - t0)
+        times = [seconds(fn, arg) for _ in range(repeats)]
     return float(np.median(times)), rss.start, rss.peak
 
 
