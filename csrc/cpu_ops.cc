@@ -506,4 +506,109 @@ ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, 
 
 }  // namespace
 
+// Soft silhouettes (soft.h). Forward: the faces set up with their batch element's sigma, binned
+// into bands of rows by the rows they reach, each band adding its faces in increasing index order
+// into per-pixel accumulators (so the result does not depend on the threads), then alpha per
+// pixel. Cost O(F + reached pixels), memory O(F) beyond the maps.
+namespace {
+
+ffi::Error SoftSilhouettesImpl(ffi::ThreadPool pool, F32 face_vertices, F32 sigma, int32_t height,
+                               int32_t width, float near, float far, float threshold, float reach,
+                               int32_t distribution, int32_t aggregation, F32Out alpha, F32Out acc,
+                               S32Out count) {
+  NMR_PARSE(SoftShape, face_vertices, sigma, alpha);
+  const nmr::SoftParams params =
+      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation);
+  const int64_t F = s.F, P = s.P;
+  const int64_t bands = ceil_div(height, kBandRows);
+  std::vector<nmr::SoftFace> faces(F);
+  std::vector<int64_t> band_start;
+  std::vector<int32_t> band_faces;
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const float sig = sigma.typed_data()[bc.at(s.sigma, b)];
+    const int64_t o = bc.at(s.maps, b) * P;
+    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+      for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f)
+        faces[f] = nmr::setup_soft_face(fv + 9 * f, sig, params);
+    });
+    counting_sort<int32_t>(
+        bands,
+        [&](auto&& emit) {
+          for (int64_t f = 0; f < F; ++f) {
+            const nmr::PixelRect& box = faces[f].box;
+            if (!faces[f].f.visible || box.x_lo > box.x_hi || box.y_lo > box.y_hi) continue;
+            for (int64_t k = box.y_lo / kBandRows; k <= box.y_hi / kBandRows; ++k)
+              emit(k, static_cast<int32_t>(f));
+          }
+        },
+        &band_start, &band_faces);
+    float* a = acc->typed_data() + o;
+    int32_t* c = count->typed_data() + o;
+    float* out = alpha->typed_data() + o;
+    parallel_for(pool, bands, [&](int64_t k) {
+      const int row_lo = static_cast<int>(k) * kBandRows;
+      const int row_hi = std::min(row_lo + kBandRows, static_cast<int>(height)) - 1;
+      for (int64_t p = int64_t{row_lo} * width; p < int64_t{row_hi + 1} * width; ++p)
+        nmr::soft_init(params.aggregation, a + p, c + p);
+      for (int64_t i = band_start[k]; i < band_start[k + 1]; ++i) {
+        const int32_t f = band_faces[i];
+        const nmr::SoftFace& face = faces[f];
+        for (int yi = std::max(face.box.y_lo, row_lo); yi <= std::min(face.box.y_hi, row_hi); ++yi)
+          for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+            nmr::SoftSample smp;
+            if (!nmr::soft_sample(face, xi, yi, sig, params, &smp)) continue;
+            const int64_t p = int64_t{yi} * width + xi;
+            nmr::soft_add(params.aggregation, smp.q.F, f, a + p, c + p);
+          }
+      }
+      for (int64_t p = int64_t{row_lo} * width; p < int64_t{row_hi + 1} * width; ++p)
+        out[p] = nmr::soft_alpha(params.aggregation, a[p], c[p]);
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// Backward: each face streams over the pixels it reaches again, with the forward's accumulators
+// telling what the other faces contribute; chunks of faces run in parallel, each face summing its
+// own gradient in pixel order (deterministic).
+ffi::Error SoftSilhouettesBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 sigma, F32 acc, S32 count,
+                                  F32 grad_alpha, int32_t height, int32_t width, float near, float far,
+                                  float threshold, float reach, int32_t distribution, int32_t aggregation,
+                                  F32Out grad) {
+  NMR_PARSE(SoftBwdShape, face_vertices, sigma, acc, count, grad_alpha, grad);
+  const nmr::SoftParams params =
+      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation);
+  const int64_t F = s.F, P = s.P;
+  std::fill_n(grad->typed_data(), grad->element_count(), 0.f);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const float sig = sigma.typed_data()[bc.at(s.sigma, b)];
+    const float* a = acc.typed_data() + bc.at(s.acc, b) * P;
+    const int32_t* c = count.typed_data() + bc.at(s.count, b) * P;
+    const float* g = grad_alpha.typed_data() + bc.at(s.grad, b) * P;
+    float* out = grad->typed_data() + bc.at(s.out, b) * F * 10;
+    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+      for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f) {
+        const nmr::SoftFace face = nmr::setup_soft_face(fv + 9 * f, sig, params);
+        if (!face.f.visible) continue;
+        float* gf = out + 10 * f;
+        for (int yi = face.box.y_lo; yi <= face.box.y_hi; ++yi)
+          for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+            const int64_t p = int64_t{yi} * width + xi;
+            if (g[p] == 0.f) continue;
+            nmr::SoftSample smp;
+            if (!nmr::soft_sample(face, xi, yi, sig, params, &smp)) continue;
+            const float dq =
+                nmr::soft_dalpha_dq(params.aggregation, smp.q.F, static_cast<int32_t>(f), a[p], c[p]);
+            if (dq != 0.f) nmr::soft_sample_grad(smp, g[p] * dq, sig, gf, gf + 9);
+          }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
 NMR_DEFINE_HANDLERS(Cpu, .Ctx<::xla::ffi::ThreadPool>());

@@ -859,6 +859,168 @@ ffi::Error SampleImageBwdImpl(cudaStream_t stream, Scratch, F32 image, F32 uv, F
 }  // namespace
 
 // Handler symbols: NmrRasterizeCuda, or NmrRasterizeCudaHost in the host build.
+// Soft silhouettes (soft.h): kSoftLanes threads share a face, each taking every kSoftLanes-th row
+// of the pixels that the face reaches. Forward: per-pixel accumulators summed with atomics (the
+// probabilistic sum of log q in any order; max by an atomic minimum of a key, q's bits above the
+// face index, so ties go to the lowest index as on the CPU), then alpha per pixel. Backward: the
+// same threads stream the pixels again and add their face's gradient with atomics.
+namespace {
+
+// A face of the icosphere at 256^2 and sigma 1e-4 reaches about 12 rows.
+constexpr int kSoftLanes = 8;
+
+struct SoftKernelParams {
+  const float* face_vertices;
+  const float* sigma;
+  float* alpha;
+  float* acc;
+  int32_t* count;
+  unsigned long long* keys;  // Max: the least (q, face) key of each pixel.
+  nmr::SoftParams params;
+  nmr::SoftShape s;
+};
+
+__device__ __forceinline__ unsigned long long soft_key(float q, int32_t face) {
+  // q >= 0: its bits order as the floats do.
+  return (static_cast<unsigned long long>(__float_as_uint(q)) << 32) | static_cast<uint32_t>(face);
+}
+
+__global__ void soft_init_kernel(SoftKernelParams g, Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= g.s.P) return;
+  const int64_t o = chunk.at[blockIdx.y][g.s.maps] * g.s.P + p;
+  nmr::soft_init(g.params.aggregation, g.acc + o, g.count + o);
+  if (g.keys) g.keys[o] = kNoKey;
+}
+
+__global__ void soft_faces_kernel(SoftKernelParams g, Chunk chunk) {
+  const nmr::SoftShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= s.F * kSoftLanes) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const auto f = static_cast<int32_t>(i / kSoftLanes);
+  const int lane = static_cast<int>(i % kSoftLanes);
+  const float sigma = g.sigma[at[s.sigma]];
+  const nmr::SoftFace face =
+      nmr::setup_soft_face(g.face_vertices + (at[s.fv] * s.F + f) * 9, sigma, g.params);
+  if (!face.f.visible) return;
+  const int64_t o = at[s.maps] * s.P;
+  const int width = g.params.width;
+  for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
+    for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+      nmr::SoftSample smp;
+      if (!nmr::soft_sample(face, xi, yi, sigma, g.params, &smp)) continue;
+      const int64_t p = o + static_cast<int64_t>(yi) * width + xi;
+      if (g.params.aggregation == nmr::Aggregation::kMax)
+        atomicMin(g.keys + p, soft_key(smp.q.F, f));
+      else if (smp.q.F > 0.f)
+        atomicAdd(g.acc + p, logf(smp.q.F));
+      else
+        atomicAdd(g.count + p, 1);
+    }
+}
+
+__global__ void soft_pixels_kernel(SoftKernelParams g, Chunk chunk) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= g.s.P) return;
+  const int64_t o = chunk.at[blockIdx.y][g.s.maps] * g.s.P + p;
+  if (g.keys && g.keys[o] != kNoKey) {
+    g.acc[o] = __int_as_float(static_cast<int>(g.keys[o] >> 32));
+    g.count[o] = static_cast<int32_t>(g.keys[o] & 0xffffffffu);
+  }
+  g.alpha[o] = nmr::soft_alpha(g.params.aggregation, g.acc[o], g.count[o]);
+}
+
+ffi::Error SoftSilhouettesImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, F32 sigma,
+                               int32_t height, int32_t width, float near, float far, float threshold,
+                               float reach, int32_t distribution, int32_t aggregation, F32Out alpha,
+                               F32Out acc, S32Out count) {
+  NMR_PARSE(SoftShape, face_vertices, sigma, alpha);
+  const int64_t pixels = static_cast<int64_t>(alpha->element_count());
+  if (pixels == 0) return ffi::Error::Success();
+  SoftKernelParams g{face_vertices.typed_data(),
+                     sigma.typed_data(),
+                     alpha->typed_data(),
+                     acc->typed_data(),
+                     count->typed_data(),
+                     nullptr,
+                     nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation),
+                     s};
+  if (g.params.aggregation == nmr::Aggregation::kMax) {
+    if (auto err = allocate(scratch, pixels, "the soft silhouette's keys (8 bytes a pixel)", &g.keys);
+        err.failure())
+      return err;
+  }
+  return for_each_chunk(bc, "nmr_soft_silhouettes", [&](const Chunk& chunk, int n) {
+    NMR_LAUNCH(soft_init_kernel, dim3(blocks(s.P), n), kThreads, stream, g, chunk);
+    if (s.F > 0) NMR_LAUNCH(soft_faces_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
+    NMR_LAUNCH(soft_pixels_kernel, dim3(blocks(s.P), n), kThreads, stream, g, chunk);
+  });
+}
+
+struct SoftBwdParams {
+  const float* face_vertices;
+  const float* sigma;
+  const float* acc;
+  const int32_t* count;
+  const float* grad_alpha;
+  float* out;
+  nmr::SoftParams params;
+  nmr::SoftBwdShape s;
+};
+
+__global__ void soft_bwd_kernel(SoftBwdParams g, Chunk chunk) {
+  const nmr::SoftBwdShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= s.F * kSoftLanes) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const auto f = static_cast<int32_t>(i / kSoftLanes);
+  const int lane = static_cast<int>(i % kSoftLanes);
+  const float sigma = g.sigma[at[s.sigma]];
+  const nmr::SoftFace face =
+      nmr::setup_soft_face(g.face_vertices + (at[s.fv] * s.F + f) * 9, sigma, g.params);
+  if (!face.f.visible) return;
+  const float* acc = g.acc + at[s.acc] * s.P;
+  const int32_t* count = g.count + at[s.count] * s.P;
+  const float* grad_alpha = g.grad_alpha + at[s.grad] * s.P;
+  float grad[10] = {};
+  for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
+    for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+      const int64_t p = static_cast<int64_t>(yi) * g.params.width + xi;
+      if (grad_alpha[p] == 0.f) continue;
+      nmr::SoftSample smp;
+      if (!nmr::soft_sample(face, xi, yi, sigma, g.params, &smp)) continue;
+      const float dq = nmr::soft_dalpha_dq(g.params.aggregation, smp.q.F, f, acc[p], count[p]);
+      if (dq != 0.f) nmr::soft_sample_grad(smp, grad_alpha[p] * dq, sigma, grad, grad + 9);
+    }
+  float* out = g.out + (at[s.out] * s.F + f) * 10;
+  for (int k = 0; k < 10; ++k)
+    if (grad[k] != 0.f) atomicAdd(out + k, grad[k]);
+}
+
+ffi::Error SoftSilhouettesBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 sigma, F32 acc,
+                                  S32 count, F32 grad_alpha, int32_t height, int32_t width, float near,
+                                  float far, float threshold, float reach, int32_t distribution,
+                                  int32_t aggregation, F32Out grad) {
+  NMR_PARSE(SoftBwdShape, face_vertices, sigma, acc, count, grad_alpha, grad);
+  if (auto err = zero(stream, grad, "nmr_soft_silhouettes_bwd"); err.failure()) return err;
+  if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
+  const SoftBwdParams g{
+      face_vertices.typed_data(),
+      sigma.typed_data(),
+      acc.typed_data(),
+      count.typed_data(),
+      grad_alpha.typed_data(),
+      grad->typed_data(),
+      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation),
+      s};
+  return for_each_chunk(bc, "nmr_soft_silhouettes_bwd", [&](const Chunk& chunk, int n) {
+    NMR_LAUNCH(soft_bwd_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
+  });
+}
+
+}  // namespace
+
 #if defined(NMR_JAX_CUDA_HOST)
 NMR_DEFINE_HANDLERS(CudaHost, .Ctx<Stream>().Ctx<Scratch>());
 #else

@@ -13,6 +13,7 @@
 
 #include "batch.h"
 #include "nmr_core.h"
+#include "soft.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace nmr {
@@ -241,6 +242,53 @@ struct SampleImageBwdShape {
   }
 };
 
+// nmr_soft_silhouettes: face_vertices [*b, F, 3, 3], sigma [*b] -> alpha, acc, count [*b, H, W].
+struct SoftShape {
+  int fv, sigma, maps;
+  int64_t F, P;
+  static ffi::Error parse(Broadcast& bc, SoftShape* s, const F32& face_vertices, const F32& sigma,
+                          F32Out& alpha) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->sigma = bc.add(sigma.dimensions(), 0);
+    s->maps = bc.add(alpha->dimensions(), 2);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->P = dim(alpha->dimensions(), 2) * dim(alpha->dimensions(), 1);
+    return bc.finish();
+  }
+};
+
+// nmr_soft_silhouettes_bwd: face_vertices, sigma, acc and count, grad_alpha [*b, H, W] -> grad
+// [*b, F, 10]: each face's 9 vertex floats, then its part of sigma's gradient.
+struct SoftBwdShape {
+  int fv, sigma, acc, count, grad, out;
+  int64_t F, P;
+  static ffi::Error parse(Broadcast& bc, SoftBwdShape* s, const F32& face_vertices, const F32& sigma,
+                          const F32& acc, const S32& count, const F32& grad_alpha, F32Out& out) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->sigma = bc.add(sigma.dimensions(), 0);
+    s->acc = bc.add(acc.dimensions(), 2);
+    s->count = bc.add(count.dimensions(), 2);
+    s->grad = bc.add(grad_alpha.dimensions(), 2);
+    s->out = bc.add(out->dimensions(), 2);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->P = dim(acc.dimensions(), 2) * dim(acc.dimensions(), 1);
+    return bc.finish();
+  }
+};
+
+// The attributes of both soft silhouette targets, as the core's parameters.
+inline SoftParams soft_params(int32_t height, int32_t width, float near, float far, float threshold,
+                              float reach, int32_t distribution, int32_t aggregation) {
+  return SoftParams{height,
+                    width,
+                    near,
+                    far,
+                    threshold,
+                    reach,
+                    static_cast<Distribution>(distribution),
+                    static_cast<Aggregation>(aggregation)};
+}
+
 }  // namespace nmr
 
 // The opening of every handler: declares `bc`, the broadcast batch, and `s`, the target's Shape
@@ -255,102 +303,135 @@ struct SampleImageBwdShape {
 // platform's contexts (CONTEXTS, e.g. `.Ctx<ffi::ThreadPool>()`) and then each target's operands,
 // attributes and results; impls <Target>Impl take them in that order.
 #define NMR_DEFINE_HANDLERS(SUFFIX, CONTEXTS) NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)
-#define NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)                                                             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFaces##SUFFIX, GatherFacesImpl,                                   \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>()        /* vertices [*b, V, 3] */                    \
-                                    .Arg<::nmr::S32>()        /* faces [*b, F, 3] */                       \
-                                    .Attr<int32_t>("checked") /* 1: faces known to be in [0, V) */         \
-                                    .Ret<::nmr::F32>()        /* face_vertices [*b, F, 3, 3] */            \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFaces##SUFFIX, ScatterFacesImpl,                                 \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::S32>() /* faces [*b, F, 3] */                              \
-                                    .Arg<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
-                                    .Ret<::nmr::F32>() /* grad_vertices [*b, V, 3] */                      \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterize##SUFFIX, RasterizeImpl,                                       \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3], NDC x, y, view z */ \
-                                    .Attr<int32_t>("height")                                               \
-                                    .Attr<int32_t>("width")                                                \
-                                    .Attr<float>("near")                                                   \
-                                    .Attr<float>("far")                                                    \
-                                    .Ret<::nmr::S32>() /* face_index [*b, H, W] */                         \
-                                    .Ret<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
-                                    .Ret<::nmr::F32>() /* depth [*b, H, W] */                              \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTextures##SUFFIX, SampleTexturesImpl,                             \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
-                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                  \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
-                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
-                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
-                                    .Attr<float>("eps")                                                    \
-                                    .Ret<::nmr::F32>() /* rgb [*b, H, W, 3] */                             \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwd##SUFFIX, SampleTexturesBwdImpl,                       \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
-                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
-                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
-                                    .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                        \
-                                    .Attr<float>("eps")                                                    \
-                                    .Ret<::nmr::F32>() /* grad_textures [*b, F, T, T, T, 3] */             \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwd##SUFFIX, KatoBwdImpl,                                           \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
-                                    .Arg<::nmr::F32>() /* image [*b, H, W, C], rgb and/or alpha */         \
-                                    .Arg<::nmr::F32>() /* grad_image [*b, H, W, C] */                      \
-                                    .Attr<float>("eps")                                                    \
-                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrFragmentsBwd##SUFFIX, FragmentsBwdImpl,                                 \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
-                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
-                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
-                                    .Arg<::nmr::F32>() /* grad_weights [*b, H, W, 3] */                    \
-                                    .Arg<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                       \
-                                    .Arg<::nmr::F32>() /* grad_depth [*b, H, W] */                         \
-                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolate##SUFFIX, InterpolateImpl,                                   \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] per face corner */      \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
-                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                            \
-                                    .Ret<::nmr::F32>() /* out [*b, H, W, C], 0 on background */            \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolateBwd##SUFFIX, InterpolateBwdImpl,                             \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] */                      \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
-                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                            \
-                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                        \
-                                    .Ret<::nmr::F32>() /* grad_attributes [*b, F, 3, C] */                 \
-                                    .Ret<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                       \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImage##SUFFIX, SampleImageImpl,                                   \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>()         /* image [*b, Ht, Wt, C] */                 \
-                                    .Arg<::nmr::F32>()         /* uv [*b, H, W, 2] */                      \
-                                    .Attr<int32_t>("bilinear") /* 0: nearest texel */                      \
-                                    .Attr<int32_t>("wrap")     /* 0: clamp to the edge texels */           \
-                                    .Ret<::nmr::F32>()         /* out [*b, H, W, C] */                     \
-  );                                                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImageBwd##SUFFIX, SampleImageBwdImpl,                             \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
-                                    .Arg<::nmr::F32>() /* image [*b, Ht, Wt, C] */                         \
-                                    .Arg<::nmr::F32>() /* uv [*b, H, W, 2] */                              \
-                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                        \
-                                    .Attr<int32_t>("bilinear")                                             \
-                                    .Attr<int32_t>("wrap")                                                 \
-                                    .Ret<::nmr::F32>() /* grad_image [*b, Ht, Wt, C] */                    \
-                                    .Ret<::nmr::F32>() /* grad_uv [*b, H, W, 2] */                         \
+#define NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)                                                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFaces##SUFFIX, GatherFacesImpl,                                    \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>()        /* vertices [*b, V, 3] */                     \
+                                    .Arg<::nmr::S32>()        /* faces [*b, F, 3] */                        \
+                                    .Attr<int32_t>("checked") /* 1: faces known to be in [0, V) */          \
+                                    .Ret<::nmr::F32>()        /* face_vertices [*b, F, 3, 3] */             \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFaces##SUFFIX, ScatterFacesImpl,                                  \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::S32>() /* faces [*b, F, 3] */                               \
+                                    .Arg<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */               \
+                                    .Ret<::nmr::F32>() /* grad_vertices [*b, V, 3] */                       \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterize##SUFFIX, RasterizeImpl,                                        \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3], NDC x, y, view z */  \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Ret<::nmr::S32>() /* face_index [*b, H, W] */                          \
+                                    .Ret<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
+                                    .Ret<::nmr::F32>() /* depth [*b, H, W] */                               \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTextures##SUFFIX, SampleTexturesImpl,                              \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                               \
+                                    .Attr<float>("eps")                                                     \
+                                    .Ret<::nmr::F32>() /* rgb [*b, H, W, 3] */                              \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwd##SUFFIX, SampleTexturesBwdImpl,                        \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                               \
+                                    .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                         \
+                                    .Attr<float>("eps")                                                     \
+                                    .Ret<::nmr::F32>() /* grad_textures [*b, F, T, T, T, 3] */              \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwd##SUFFIX, KatoBwdImpl,                                            \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
+                                    .Arg<::nmr::F32>() /* image [*b, H, W, C], rgb and/or alpha */          \
+                                    .Arg<::nmr::F32>() /* grad_image [*b, H, W, C] */                       \
+                                    .Attr<float>("eps")                                                     \
+                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */               \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrFragmentsBwd##SUFFIX, FragmentsBwdImpl,                                  \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                               \
+                                    .Arg<::nmr::F32>() /* grad_weights [*b, H, W, 3] */                     \
+                                    .Arg<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                        \
+                                    .Arg<::nmr::F32>() /* grad_depth [*b, H, W] */                          \
+                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */               \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolate##SUFFIX, InterpolateImpl,                                    \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] per face corner */       \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
+                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                             \
+                                    .Ret<::nmr::F32>() /* out [*b, H, W, C], 0 on background */             \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolateBwd##SUFFIX, InterpolateBwdImpl,                              \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] */                       \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
+                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                             \
+                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                         \
+                                    .Ret<::nmr::F32>() /* grad_attributes [*b, F, 3, C] */                  \
+                                    .Ret<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                        \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImage##SUFFIX, SampleImageImpl,                                    \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>()         /* image [*b, Ht, Wt, C] */                  \
+                                    .Arg<::nmr::F32>()         /* uv [*b, H, W, 2] */                       \
+                                    .Attr<int32_t>("bilinear") /* 0: nearest texel */                       \
+                                    .Attr<int32_t>("wrap")     /* 0: clamp to the edge texels */            \
+                                    .Ret<::nmr::F32>()         /* out [*b, H, W, C] */                      \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImageBwd##SUFFIX, SampleImageBwdImpl,                              \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* image [*b, Ht, Wt, C] */                          \
+                                    .Arg<::nmr::F32>() /* uv [*b, H, W, 2] */                               \
+                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                         \
+                                    .Attr<int32_t>("bilinear")                                              \
+                                    .Attr<int32_t>("wrap")                                                  \
+                                    .Ret<::nmr::F32>() /* grad_image [*b, Ht, Wt, C] */                     \
+                                    .Ret<::nmr::F32>() /* grad_uv [*b, H, W, 2] */                          \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettes##SUFFIX, SoftSilhouettesImpl,                            \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* sigma [*b] */                                     \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Attr<float>("threshold")                                               \
+                                    .Attr<float>("reach")          /* -F^-1(threshold) */                   \
+                                    .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
+                                    .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
+                                    .Ret<::nmr::F32>()             /* alpha [*b, H, W] */                   \
+                                    .Ret<::nmr::F32>()             /* acc [*b, H, W], see nmr::soft_init */ \
+                                    .Ret<::nmr::S32>()             /* count [*b, H, W] */                   \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettesBwd##SUFFIX, SoftSilhouettesBwdImpl,                      \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* sigma [*b] */                                     \
+                                    .Arg<::nmr::F32>() /* acc [*b, H, W] */                                 \
+                                    .Arg<::nmr::S32>() /* count [*b, H, W] */                               \
+                                    .Arg<::nmr::F32>() /* grad_alpha [*b, H, W] */                          \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Attr<float>("threshold")                                               \
+                                    .Attr<float>("reach")          /* -F^-1(threshold) */                   \
+                                    .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
+                                    .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
+                                    .Ret<::nmr::F32>()             /* grad [*b, F, 10] */                   \
   )

@@ -36,6 +36,7 @@ from nmr_jax.shading import (
     spherical_uvs,
     vertex_normals,
 )
+from nmr_jax.soft import SoftRule, soft_silhouettes
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "Mesh",
     "Renderer",
     "Shaded",
+    "SoftRule",
     "data",
     "get_points_from_angles",
     "face_normals",
@@ -72,6 +74,7 @@ __all__ = [
     "sample_texture",
     "save_obj",
     "shading",
+    "soft_silhouettes",
     "spherical_uvs",
     "typing",
     "validate_mesh",

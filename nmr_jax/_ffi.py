@@ -271,3 +271,49 @@ def sample_image_bwd(
     call = _call("nmr_sample_image_bwd", outs, len(batch))
     g_image, g_uv = call(*args, bilinear=np.int32(bilinear), wrap=np.int32(wrap))
     return g_image.reshape(image.shape), g_uv.reshape(uv.shape)
+
+
+def soft_silhouettes(
+    face_vertices: jax.Array, sigma: jax.Array, height: int, width: int, attrs: dict[str, Any]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """face vertices [*b, F, 3, 3], sigma [*b] -> alpha, acc [*b, H, W] f32, count [*b, H, W] i32
+    (as rasterized, row 0 at y = -1; acc and count: csrc/soft.h, soft_init). ``attrs``: the
+    soft attributes of both targets (nmr_jax.soft)."""
+    (fv, sg), batch = _pad_batch([face_vertices, sigma], [3, 0])
+    maps = (*batch, height, width)
+    out = (
+        jax.ShapeDtypeStruct(maps, jnp.float32),
+        jax.ShapeDtypeStruct(maps, jnp.float32),
+        jax.ShapeDtypeStruct(maps, jnp.int32),
+    )
+    call = _call("nmr_soft_silhouettes", out, len(batch))
+    alpha, acc, count = call(fv, sg, height=np.int32(height), width=np.int32(width), **attrs)
+    return alpha, acc, count
+
+
+def soft_silhouettes_bwd(
+    face_vertices: jax.Array,
+    sigma: jax.Array,
+    acc: jax.Array,
+    count: jax.Array,
+    grad_alpha: jax.Array,
+    attrs: dict[str, Any],
+) -> tuple[jax.Array, jax.Array]:
+    """Gradient of ``soft_silhouettes``'s alpha w.r.t. the face vertices and sigma, each summed to
+    its shape."""
+    args, batch = _pad_batch([face_vertices, sigma, acc, count, grad_alpha], [3, 0, 2, 2, 2])
+    height, width = acc.shape[-2:]
+    out = jax.ShapeDtypeStruct((*batch, face_vertices.shape[-3], 10), jnp.float32)
+    call = _call("nmr_soft_silhouettes_bwd", out, len(batch))
+    g = call(*args, height=np.int32(height), width=np.int32(width), **attrs)
+    g_fv = g[..., :9].reshape(*batch, -1, 3, 3)
+    g_sigma = jnp.sum(g[..., 9], axis=-1)
+    return _sum_to(g_fv, face_vertices.shape), _sum_to(g_sigma, sigma.shape)
+
+
+def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``x`` summed over the leading dims that broadcasting ``shape`` to it added or widened."""
+    lead = x.ndim - len(shape)
+    x = jnp.sum(x, axis=tuple(range(lead))) if lead else x
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
+    return jnp.sum(x, axis=axes, keepdims=True).reshape(shape) if axes else x.reshape(shape)

@@ -253,3 +253,28 @@ def _all_finite(name: str, values: np.ndarray, core_rank: int) -> None:
             f"{name}[{', '.join(str(int(i)) for i in where)}] is not finite "
             f"({count} NaN or infinite values in {name})"
         )
+
+
+def choice(name: str, value: str, options: Sequence[str]) -> str:
+    """``value`` if it is one of ``options``, else a ValueError listing them."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def positive_scalars(name: str, value: ArrayLike) -> jax.Array:
+    """float32 ``value`` (any shape: batch dims), checked > 0 and finite when known."""
+    x = float_array(name, value, ())
+    if not is_traced(x):
+        v = np.asarray(x)
+        if not (np.all(np.isfinite(v)) and np.all(v > 0)):
+            raise ValueError(f"{name} must be positive and finite, got {v}")
+    return x
+
+
+def threshold(value: float) -> float:
+    """A coverage threshold in (0, 1/2)."""
+    t = float(value)
+    if not 0.0 < t < 0.5:
+        raise ValueError(f"threshold must be in (0, 0.5), got {value!r}")
+    return t

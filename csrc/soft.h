@@ -1,0 +1,207 @@
+// Soft rasterization (SoftRas, Liu et al. 2019; GenDR, Petersen et al. 2022) on the shared core:
+// per face and per pixel, for the CPU handlers and the CUDA kernels alike.
+//
+// A face's coverage of a pixel is D = F(-dist / sigma), with dist the signed squared distance from
+// the pixel centre to the face in NDC units (negative inside) and F the CDF of a smoothing
+// distribution. Here q = 1 - D = F(dist / sigma) is what is computed and aggregated: all the
+// distributions are symmetric, so q is F at the other sign, computed without the cancellation
+// of 1 - D where D is close to 1.
+//
+// Only faces with coverage above `threshold` take part; since D decreases with dist, they lie
+// within dist < reach * sigma of the face, reach = -F^-1(threshold) (given by the Python layer,
+// which has the inverse CDFs), so a face visits only its box enlarged by sqrt(reach * sigma).
+#pragma once
+
+#include "nmr_core.h"
+
+namespace nmr {
+
+enum class Distribution : int32_t { kLogistic = 0, kGaussian = 1, kUniform = 2, kCauchy = 3 };
+enum class Aggregation : int32_t { kProbabilistic = 0, kMax = 1 };
+
+// F(x) and its density f(x) for one distribution, each accurate in the tails (relative error).
+struct Cdf {
+  float F, f;
+};
+
+NMR_HD Cdf cdf(Distribution d, float x) {
+  switch (d) {
+    case Distribution::kLogistic: {
+      // 1 / (1 + e^-x) and F(x) F(-x), from e^-|x| so that nothing overflows.
+      const float e = expf(-fabsf(x));
+      const float lo = e / (1.f + e), hi = 1.f / (1.f + e);
+      return Cdf{x >= 0.f ? hi : lo, lo * hi};
+    }
+    case Distribution::kGaussian: {
+      const float kInvSqrt2 = 0.70710678f, kInvSqrt2Pi = 0.39894228f;
+      return Cdf{0.5f * erfcf(-x * kInvSqrt2), kInvSqrt2Pi * expf(-0.5f * x * x)};
+    }
+    case Distribution::kUniform:  // Uniform on [-1/2, 1/2].
+      return Cdf{clampf(x + 0.5f, 0.f, 1.f), fabsf(x) < 0.5f ? 1.f : 0.f};
+    case Distribution::kCauchy: {
+      const float kInvPi = 0.31830989f;
+      // 1/2 + atan(x) / pi cancels for x << 0; there it equals atan(-1/x) / pi.
+      const float F = x < -1.f ? atanf(-1.f / x) * kInvPi : 0.5f + atanf(x) * kInvPi;
+      return Cdf{F, kInvPi / (1.f + x * x)};
+    }
+  }
+  return Cdf{NAN, NAN};
+}
+
+// The settings of one soft rasterization. `reach` is -F^-1(threshold): coverage exceeds
+// threshold exactly where dist < reach * sigma.
+struct SoftParams {
+  int height, width;
+  float near, far;  // Pixels whose depth on the face is not strictly between them are dropped.
+  float threshold;  // Coverage at or below it does not take part.
+  float reach;
+  Distribution distribution;
+  Aggregation aggregation;
+};
+
+// Signed squared distance in NDC from pixel (xi, yi) to face f (pixel coordinates), negative
+// inside, and the face's nearest point's edge (k, k + 1) and position t along it.
+struct EdgeDistance {
+  float dist;
+  int edge;
+  float t;
+  float rx, ry;  // Pixel centre minus the nearest point, NDC.
+};
+
+NMR_HD EdgeDistance signed_sq_distance(const Face& f, int xi, int yi, int height, int width) {
+  const float sx = 2.f / width, sy = 2.f / height;  // NDC per pixel
+  EdgeDistance best{FLT_MAX, 0, 0.f, 0.f, 0.f};
+  NMR_UNROLL
+  for (int k = 0; k < 3; ++k) {
+    const int k1 = (k + 1) % 3;
+    const float ex = (f.x[k1] - f.x[k]) * sx, ey = (f.y[k1] - f.y[k]) * sy;
+    const float px = (xi - f.x[k]) * sx, py = (yi - f.y[k]) * sy;
+    const float len2 = ex * ex + ey * ey;
+    // A zero-length edge is its first vertex.
+    const float t = len2 > 0.f ? clampf((px * ex + py * ey) / len2, 0.f, 1.f) : 0.f;
+    const float rx = px - t * ex, ry = py - t * ey;
+    const float d = rx * rx + ry * ry;
+    if (d < best.dist) best = EdgeDistance{d, k, t, rx, ry};
+  }
+  if (covers(f, static_cast<float>(xi), static_cast<float>(yi))) best.dist = -best.dist;
+  return best;
+}
+
+// Adds g * d dist / d (face NDC x, y) to grad (the face's 9 floats). With the nearest point
+// c = a + t (b - a) and r = p - c, d |r|^2 = -2 r . dc; dt does not count: r is normal to the edge
+// where t is inside (0, 1), and t is constant where clamped.
+NMR_HD void add_distance_grad(const EdgeDistance& e, float g, float* grad) {
+  const float s = e.dist < 0.f ? 2.f * g : -2.f * g;
+  const int a = e.edge, b = (e.edge + 1) % 3;
+  grad[3 * a + 0] += s * (1.f - e.t) * e.rx;
+  grad[3 * a + 1] += s * (1.f - e.t) * e.ry;
+  grad[3 * b + 0] += s * e.t * e.rx;
+  grad[3 * b + 1] += s * e.t * e.ry;
+}
+
+// A face set up for soft rasterization: its pixel-space form, the pixels it can reach, and
+// whether every point of it lies within (near, far) so that the per-pixel depth test is moot.
+struct SoftFace {
+  Face f;
+  PixelRect box;
+  bool in_depth;
+};
+
+// Only front faces take part, as in the hard rasterizer (Face::visible).
+NMR_HD SoftFace setup_soft_face(const float* fv, float sigma, const SoftParams& s) {
+  SoftFace sf;
+  sf.f = setup_face(fv, s.height, s.width);
+  sf.box = PixelRect{0, -1, 0, -1};
+  sf.in_depth = false;
+  if (!sf.f.visible || !(sigma > 0.f)) {
+    sf.f.visible = false;
+    return sf;
+  }
+  const float* x = sf.f.x;
+  const float* y = sf.f.y;
+  // The reach in pixels, 0.1% and 0.01 pixels wider so that rounding in dist cannot put a pixel
+  // that passes the threshold outside the box.
+  const float r = sqrtf(fmaxf(s.reach * sigma, 0.f));
+  const float rx = r * 0.5f * s.width * 1.001f + 0.01f, ry = r * 0.5f * s.height * 1.001f + 0.01f;
+  pixel_span(fminf(x[0], fminf(x[1], x[2])) - rx, fmaxf(x[0], fmaxf(x[1], x[2])) + rx, s.width, &sf.box.x_lo,
+             &sf.box.x_hi);
+  pixel_span(fminf(y[0], fminf(y[1], y[2])) - ry, fmaxf(y[0], fmaxf(y[1], y[2])) + ry, s.height, &sf.box.y_lo,
+             &sf.box.y_hi);
+  // zp is a weighted harmonic mean of the corner depths: between them when all are positive.
+  sf.in_depth = true;
+  for (int k = 0; k < 3; ++k) sf.in_depth = sf.in_depth && sf.f.z[k] > s.near && sf.f.z[k] < s.far;
+  return sf;
+}
+
+// One face at one pixel: its distance, x = dist / sigma, and q = 1 - coverage with its density.
+struct SoftSample {
+  EdgeDistance e;
+  float x;
+  Cdf q;
+};
+
+// Whether face sf takes part at pixel (xi, yi) (coverage above threshold, depth in range), and
+// its sample there.
+NMR_HD bool soft_sample(const SoftFace& sf, int xi, int yi, float sigma, const SoftParams& s,
+                        SoftSample* out) {
+  out->e = signed_sq_distance(sf.f, xi, yi, s.height, s.width);
+  out->x = out->e.dist / sigma;
+  // Coverage F(-x) > threshold exactly where x < reach; F(-x) itself decides, this cheaper test
+  // (0.1% wide of the cut for rounding) skips the pixels far beyond it.
+  if (!(out->x < s.reach * 1.001f)) return false;
+  const Cdf covered = cdf(s.distribution, -out->x);
+  if (!(covered.F > s.threshold)) return false;
+  if (!sf.in_depth) {
+    float w[3];
+    const float zp = interpolate(sf.f, static_cast<float>(xi), static_cast<float>(yi), w);
+    if (!(zp > s.near && zp < s.far)) return false;
+  }
+  out->q = cdf(s.distribution, out->x);
+  return true;
+}
+
+// Per-pixel accumulators of the silhouette: probabilistic keeps the sum of log q over the faces
+// with q > 0 (`acc`) and the count of those with q == 0 (`count`: coverage 1 in float); max keeps
+// the least q (`acc`) and its face (`count`, the lowest index among equal q; -1 for none).
+NMR_HD void soft_init(Aggregation a, float* acc, int32_t* count) {
+  *acc = a == Aggregation::kProbabilistic ? 0.f : 1.f;
+  *count = a == Aggregation::kProbabilistic ? 0 : -1;
+}
+
+// Adds face `index` with sample q; faces of one pixel must come in increasing index order for max.
+NMR_HD void soft_add(Aggregation a, float q, int32_t index, float* acc, int32_t* count) {
+  if (a == Aggregation::kProbabilistic) {
+    if (q > 0.f)
+      *acc += logf(q);
+    else
+      ++*count;
+  } else if (q < *acc) {
+    *acc = q;
+    *count = index;
+  }
+}
+
+// alpha = 1 - prod q (probabilistic) or 1 - min q (max).
+NMR_HD float soft_alpha(Aggregation a, float acc, int32_t count) {
+  if (a == Aggregation::kProbabilistic) return count > 0 ? 1.f : 1.f - expf(acc);
+  return 1.f - acc;
+}
+
+// d alpha / d q of face `index` with sample q at a pixel with accumulators (acc, count):
+// probabilistic -prod of the other faces' q (0 when another face has q == 0), max -1 for the
+// face that holds the minimum.
+NMR_HD float soft_dalpha_dq(Aggregation a, float q, int32_t index, float acc, int32_t count) {
+  if (a == Aggregation::kMax) return count == index ? -1.f : 0.f;
+  if (q > 0.f) return count == 0 ? -expf(acc - logf(q)) : 0.f;
+  return count == 1 ? -expf(acc) : 0.f;
+}
+
+// Adds the gradient of face sf's coverage at one pixel, given g_q = d loss / d q there, to its
+// 9 vertex floats (x and y; z moves only the depth test) and to sigma: q = F(dist / sigma).
+NMR_HD void soft_sample_grad(const SoftSample& smp, float g_q, float sigma, float* grad, float* grad_sigma) {
+  const float g_x = g_q * smp.q.f;  // d loss / d x
+  add_distance_grad(smp.e, g_x / sigma, grad);
+  *grad_sigma -= g_x * smp.x / sigma;
+}
+
+}  // namespace nmr
