@@ -601,7 +601,7 @@ ffi::Error SoftSilhouettesBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
             if (!nmr::soft_sample(face, xi, yi, sig, params, &smp)) continue;
             const float dq =
                 nmr::soft_dalpha_dq(params.aggregation, smp.q.F, static_cast<int32_t>(f), a[p], c[p]);
-            if (dq != 0.f) nmr::soft_sample_grad(smp, g[p] * dq, sig, gf, gf + 9);
+            if (dq != 0.f) nmr::soft_sample_grad(face, smp, g[p] * dq, sig, params, gf, gf + 9);
           }
       }
     });

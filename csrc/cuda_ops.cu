@@ -991,7 +991,7 @@ __global__ void soft_bwd_kernel(SoftBwdParams g, Chunk chunk) {
       nmr::SoftSample smp;
       if (!nmr::soft_sample(face, xi, yi, sigma, g.params, &smp)) continue;
       const float dq = nmr::soft_dalpha_dq(g.params.aggregation, smp.q.F, f, acc[p], count[p]);
-      if (dq != 0.f) nmr::soft_sample_grad(smp, grad_alpha[p] * dq, sigma, grad, grad + 9);
+      if (dq != 0.f) nmr::soft_sample_grad(face, smp, grad_alpha[p] * dq, sigma, g.params, grad, grad + 9);
     }
   float* out = g.out + (at[s.out] * s.F + f) * 10;
   for (int k = 0; k < 10; ++k)

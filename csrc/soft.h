@@ -59,46 +59,6 @@ struct SoftParams {
   Aggregation aggregation;
 };
 
-// Signed squared distance in NDC from pixel (xi, yi) to face f (pixel coordinates), negative
-// inside, and the face's nearest point's edge (k, k + 1) and position t along it.
-struct EdgeDistance {
-  float dist;
-  int edge;
-  float t;
-  float rx, ry;  // Pixel centre minus the nearest point, NDC.
-};
-
-NMR_HD EdgeDistance signed_sq_distance(const Face& f, int xi, int yi, int height, int width) {
-  const float sx = 2.f / width, sy = 2.f / height;  // NDC per pixel
-  EdgeDistance best{FLT_MAX, 0, 0.f, 0.f, 0.f};
-  NMR_UNROLL
-  for (int k = 0; k < 3; ++k) {
-    const int k1 = (k + 1) % 3;
-    const float ex = (f.x[k1] - f.x[k]) * sx, ey = (f.y[k1] - f.y[k]) * sy;
-    const float px = (xi - f.x[k]) * sx, py = (yi - f.y[k]) * sy;
-    const float len2 = ex * ex + ey * ey;
-    // A zero-length edge is its first vertex.
-    const float t = len2 > 0.f ? clampf((px * ex + py * ey) / len2, 0.f, 1.f) : 0.f;
-    const float rx = px - t * ex, ry = py - t * ey;
-    const float d = rx * rx + ry * ry;
-    if (d < best.dist) best = EdgeDistance{d, k, t, rx, ry};
-  }
-  if (covers(f, static_cast<float>(xi), static_cast<float>(yi))) best.dist = -best.dist;
-  return best;
-}
-
-// Adds g * d dist / d (face NDC x, y) to grad (the face's 9 floats). With the nearest point
-// c = a + t (b - a) and r = p - c, d |r|^2 = -2 r . dc; dt does not count: r is normal to the edge
-// where t is inside (0, 1), and t is constant where clamped.
-NMR_HD void add_distance_grad(const EdgeDistance& e, float g, float* grad) {
-  const float s = e.dist < 0.f ? 2.f * g : -2.f * g;
-  const int a = e.edge, b = (e.edge + 1) % 3;
-  grad[3 * a + 0] += s * (1.f - e.t) * e.rx;
-  grad[3 * a + 1] += s * (1.f - e.t) * e.ry;
-  grad[3 * b + 0] += s * e.t * e.rx;
-  grad[3 * b + 1] += s * e.t * e.ry;
-}
-
 // A face set up for soft rasterization: its pixel-space form, the pixels it can reach, and
 // whether every point of it lies within (near, far) so that the per-pixel depth test is moot.
 struct SoftFace {
@@ -135,7 +95,8 @@ NMR_HD SoftFace setup_soft_face(const float* fv, float sigma, const SoftParams& 
 
 // One face at one pixel: its distance, x = dist / sigma, and q = 1 - coverage with its density.
 struct SoftSample {
-  EdgeDistance e;
+  int xi, yi;
+  NearestEdge edge;
   float x;
   Cdf q;
 };
@@ -144,8 +105,10 @@ struct SoftSample {
 // its sample there.
 NMR_HD bool soft_sample(const SoftFace& sf, int xi, int yi, float sigma, const SoftParams& s,
                         SoftSample* out) {
-  out->e = signed_sq_distance(sf.f, xi, yi, s.height, s.width);
-  out->x = out->e.dist / sigma;
+  out->xi = xi;
+  out->yi = yi;
+  out->x = signed_dist2(sf.f, static_cast<float>(xi), static_cast<float>(yi), s.height, s.width, &out->edge) /
+           sigma;
   // Coverage F(-x) > threshold exactly where x < reach; F(-x) itself decides, this cheaper test
   // (0.1% wide of the cut for rounding) skips the pixels far beyond it.
   if (!(out->x < s.reach * 1.001f)) return false;
@@ -198,9 +161,13 @@ NMR_HD float soft_dalpha_dq(Aggregation a, float q, int32_t index, float acc, in
 
 // Adds the gradient of face sf's coverage at one pixel, given g_q = d loss / d q there, to its
 // 9 vertex floats (x and y; z moves only the depth test) and to sigma: q = F(dist / sigma).
-NMR_HD void soft_sample_grad(const SoftSample& smp, float g_q, float sigma, float* grad, float* grad_sigma) {
+NMR_HD void soft_sample_grad(const SoftFace& sf, const SoftSample& smp, float g_q, float sigma,
+                             const SoftParams& s, float* grad, float* grad_sigma) {
   const float g_x = g_q * smp.q.f;  // d loss / d x
-  add_distance_grad(smp.e, g_x / sigma, grad);
+  // dist = -dist2 inside the face.
+  const float g_dist2 = smp.x < 0.f ? -g_x / sigma : g_x / sigma;
+  nearest_edge_grad(sf.f, static_cast<float>(smp.xi), static_cast<float>(smp.yi), s.height, s.width, smp.edge,
+                    g_dist2, grad);
   *grad_sigma -= g_x * smp.x / sigma;
 }
 

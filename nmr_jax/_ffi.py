@@ -306,7 +306,7 @@ def soft_silhouettes_bwd(
     out = jax.ShapeDtypeStruct((*batch, face_vertices.shape[-3], 10), jnp.float32)
     call = _call("nmr_soft_silhouettes_bwd", out, len(batch))
     g = call(*args, height=np.int32(height), width=np.int32(width), **attrs)
-    g_fv = g[..., :9].reshape(*batch, -1, 3, 3)
+    g_fv = g[..., :9].reshape(*batch, face_vertices.shape[-3], 3, 3)
     g_sigma = jnp.sum(g[..., 9], axis=-1)
     return _sum_to(g_fv, face_vertices.shape), _sum_to(g_sigma, sigma.shape)
 

@@ -112,7 +112,7 @@ def test_cuda_modules_register_the_cpu_targets():
         pytest.skip("nmr_jax was built without CUDA and without its host CUDA module")
     for module in modules:
         assert sorted(module.registrations()) == sorted(_nmr_jax_cpu.registrations())
-        assert len(module.registrations()) == 11
+        assert len(module.registrations()) == 13
 
 
 def rasterize(fv, h, w):
@@ -525,3 +525,59 @@ def test_gather_does_not_synchronise_for_concrete_faces():
     # Faces closed over by a jitted function are constants, so concrete too.
     assert syncs(lambda: jax.jit(lambda v: nr.vertices_to_faces(v, faces))(vertices)) == 0
     assert syncs(lambda: jax.jit(nr.vertices_to_faces)(vertices, faces)) == 1
+
+
+@pytest.mark.parametrize("aggregation", ["probabilistic", "max"])
+@pytest.mark.parametrize("distribution", ["logistic", "gaussian", "uniform", "cauchy"])
+def test_soft_silhouettes_parity(cuda, distribution, aggregation):
+    rng = np.random.default_rng(21)
+    # 70 images (two launch chunks), per-image sigma, one padding row and one face behind the eye.
+    fv = random_faces(rng, 70, 12, 32, 24)
+    fv[:, 5] = 0.0
+    fv[:, 6, :, 2] = -1.0
+    sigma = np.geomspace(1e-4, 1e-2, 70).astype(np.float32)
+    weights = rng.normal(size=(70, 32, 24)).astype(np.float32)
+    attrs = nr.soft._Config(32, 24, NEAR, FAR, 1e-4, distribution, aggregation).attrs()
+
+    def fn(fv, sigma, weights):
+        alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, 32, 24, attrs)
+        return alpha, acc, count, _ffi.soft_silhouettes_bwd(fv, sigma, acc, count, weights, attrs)
+
+    cpu, gpu = both(cuda, fn, fv, sigma, weights)
+    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gpu[1], cpu[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(gpu[2], cpu[2])  # saturated counts, or the max's faces
+    assert_grads_close(cpu[3][0], gpu[3][0])
+    assert_grads_close(cpu[3][1], gpu[3][1])
+
+
+def test_soft_silhouettes_empty_shapes_parity(cuda):
+    attrs = nr.soft._Config(16, 16, NEAR, FAR, 1e-4, "logistic", "probabilistic").attrs()
+
+    def fn(fv, sigma):
+        alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, 16, 16, attrs)
+        return alpha, _ffi.soft_silhouettes_bwd(fv, sigma, acc, count, alpha, attrs)
+
+    for batch, n_faces in [(1, 0), (0, 3)]:
+        fv = np.zeros((batch, n_faces, 3, 3), np.float32)
+        sigma = np.full(batch, 1e-3, np.float32)
+        cpu, gpu = both(cuda, fn, fv, sigma)
+        np.testing.assert_array_equal(gpu[0], cpu[0])
+        for c, g in zip(cpu[1], gpu[1], strict=True):
+            np.testing.assert_array_equal(g, c)
+
+
+def test_soft_teapot_loss_and_gradient_parity(cuda):
+    vertices, faces = teapot()
+    eye = jnp.array([1.0, 1.5, -2.5], jnp.float32)
+
+    def fn(v, f):
+        def loss(v):
+            fv = nr.vertices_to_faces(nr.perspective(nr.look_at(v, eye), 30.0), f)
+            return jnp.sum(nr.soft_silhouettes(fv, 64, 1e-4) * jnp.arange(64.0))
+
+        return jax.value_and_grad(loss)(v)
+
+    (l_c, g_c), (l_g, g_g) = both(cuda, fn, vertices, faces)
+    np.testing.assert_allclose(l_g, l_c, rtol=1e-5)
+    assert_grads_close(g_c, g_g)

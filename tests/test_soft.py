@@ -82,10 +82,8 @@ def reference_alpha(fv, sigma, size, distribution, aggregation, near=NEAR, far=F
 
 
 def _faces(seed, batch, n, size):
-    rng = np.random.default_rng(seed)
-    fv = random_faces(rng, batch, n, size)
-    # Enlarge the faces' spread of depths into (near, far) mostly; some start before near.
-    return fv
+    """Random faces on a 1/8-pixel grid (exact edge tests), some before the near plane."""
+    return random_faces(np.random.default_rng(seed), batch, n, size)
 
 
 @pytest.mark.parametrize(("distribution", "aggregation"), RULES)
@@ -117,3 +115,118 @@ def test_soft_silhouette_gradients_equal_autodiff_of_the_reference(distribution,
     assert scale > 0
     np.testing.assert_allclose(ours[0], ref[0], atol=1e-4 * scale, rtol=1e-4)
     np.testing.assert_allclose(ours[1], ref[1], rtol=1e-4, atol=1e-4 * abs(float(ref[1])))
+
+
+def test_batches_with_per_image_sigma_padding_and_faces_behind_the_camera():
+    fv = _faces(3, 3, 10, 16)
+    fv[:, 7] = 0.0  # padding rows (vertices_to_faces's): a zero-area face at the eye
+    fv[0, 3, :, 2] = [-1.0, -2.0, -0.5]  # behind the camera
+    fv[1, 4, :, 2] = [-1.0, 2.0, 3.0]  # straddling the eye plane
+    sigma = np.array([1e-3, 3e-3, 1e-2], np.float32)
+    got = nr.soft_silhouettes(fv, (16, 8), sigma, "gaussian")
+    want = reference_alpha(fv, sigma, (16, 8), "gaussian", "probabilistic")
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # A face shared by the batch (broadcast, not copied) against per-image sigmas.
+    shared = nr.soft_silhouettes(fv[0], 16, sigma)
+    want = reference_alpha(
+        np.broadcast_to(fv[0], fv.shape), sigma, (16, 16), "logistic", "probabilistic"
+    )
+    np.testing.assert_allclose(shared, want, atol=1e-5, rtol=0)
+
+
+def test_ties_duplicates_count_twice_and_max_passes_the_lowest_index():
+    fv = _faces(4, 1, 6, 16)[0]
+    dup = np.concatenate([fv, fv])  # exact duplicates: equal coverages everywhere
+    for aggregation in soft.AGGREGATIONS:
+        got = nr.soft_silhouettes(dup, 16, 2e-3, aggregation=aggregation)
+        want = reference_alpha(dup, np.float32(2e-3), (16, 16), "logistic", aggregation)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    grad = jax.grad(lambda f: jnp.sum(nr.soft_silhouettes(f, 16, 2e-3, aggregation="max")))(dup)
+    assert np.abs(grad[:6]).max() > 0
+    np.testing.assert_array_equal(grad[6:], 0.0)  # the copies never hold the maximum
+
+
+@pytest.mark.parametrize("aggregation", soft.AGGREGATIONS)
+def test_gradients_match_central_differences(aggregation):
+    rng = np.random.default_rng(5)
+    fv = rng.uniform(-0.8, 0.8, size=(6, 3, 3)).astype(np.float64)
+    fv[..., 2] = rng.uniform(1.0, 4.0, size=(6, 3))  # all within (near, far): no depth cut
+    weights = rng.normal(size=(16, 16))
+    sigma = 5e-3
+
+    def loss(f, s):
+        # A tiny threshold: the cut of coverage at it is a jump, which differences would see.
+        alpha = nr.soft_silhouettes(f, 16, s, aggregation=aggregation, threshold=1e-9)
+        return jnp.sum(alpha * weights)
+
+    g_fv, g_sigma = jax.grad(loss, argnums=(0, 1))(fv.astype(np.float32), np.float32(sigma))
+    h = 1e-3
+    for idx in [(0, 0, 0), (1, 1, 1), (2, 2, 0), (3, 0, 1), (4, 1, 0), (5, 2, 1)]:
+        up, down = fv.copy(), fv.copy()
+        up[idx] += h
+        down[idx] -= h
+        fd = (
+            float(loss(up.astype(np.float32), sigma)) - float(loss(down.astype(np.float32), sigma))
+        ) / (2 * h)
+        assert abs(float(g_fv[idx]) - fd) <= 2e-2 * max(abs(fd), 1.0), (idx, float(g_fv[idx]), fd)
+    hs = 1e-4
+    fd = (
+        float(loss(fv.astype(np.float32), sigma + hs))
+        - float(loss(fv.astype(np.float32), sigma - hs))
+    ) / (2 * hs)
+    assert abs(float(g_sigma) - fd) <= 2e-2 * max(abs(fd), 1.0)
+
+
+def test_a_traced_sigma_in_lax_scan_compiles_once():
+    fv = jnp.asarray(_faces(6, 1, 8, 16)[0])
+    traces = []
+
+    def step(v, sigma):
+        traces.append(None)  # runs once per trace
+        g = jax.grad(lambda v: jnp.sum(nr.soft_silhouettes(v, 16, sigma)))(v)
+        return v - 1e-4 * g, jnp.sum(nr.soft_silhouettes(v, 16, sigma))
+
+    run = jax.jit(lambda v, sigmas: jax.lax.scan(step, v, sigmas))
+    schedule = jnp.logspace(-1, -4, 6).astype(jnp.float32)
+    _, first = run(fv, schedule)
+    _, second = run(fv, schedule * 0.5)
+    assert len(traces) == 1
+    assert run._cache_size() == 1
+    assert float(first[0]) > float(first[-1])  # a smaller sigma shrinks the soft halo
+    assert not np.allclose(first, second)
+
+
+@pytest.mark.versions
+def test_soft_silhouettes_under_jit_vmap_and_grad():
+    fv = jnp.asarray(_faces(7, 3, 6, 16))
+    eager = nr.soft_silhouettes(fv, 16, 2e-3)
+    jitted = jax.jit(lambda f: nr.soft_silhouettes(f, 16, 2e-3))(fv)
+    mapped = jax.vmap(lambda f: nr.soft_silhouettes(f, 16, 2e-3))(fv)
+    np.testing.assert_allclose(jitted, eager, atol=1e-6)
+    np.testing.assert_allclose(mapped, eager, atol=1e-6)
+    per_sigma = jax.vmap(lambda s: nr.soft_silhouettes(fv[0], 16, s))(jnp.array([1e-3, 2e-3]))
+    np.testing.assert_allclose(per_sigma[1], eager[0], atol=1e-6)
+    grad = jax.jit(jax.grad(lambda f: jnp.sum(nr.soft_silhouettes(f, 16, 2e-3) ** 2)))(fv)
+    batched = jax.vmap(jax.grad(lambda f: jnp.sum(nr.soft_silhouettes(f, 16, 2e-3) ** 2)))(fv)
+    np.testing.assert_allclose(batched, grad, rtol=1e-5, atol=1e-6)
+    assert np.abs(grad).max() > 0
+
+
+def test_bad_arguments_raise_naming_them():
+    fv = _faces(8, 1, 2, 16)
+    with pytest.raises(ValueError, match="distribution"):
+        nr.soft_silhouettes(fv, 16, 1e-3, "laplace")
+    with pytest.raises(ValueError, match="aggregation"):
+        nr.soft_silhouettes(fv, 16, 1e-3, aggregation="sum")
+    with pytest.raises(ValueError, match="sigma"):
+        nr.soft_silhouettes(fv, 16, 0.0)
+    with pytest.raises(ValueError, match="threshold"):
+        nr.soft_silhouettes(fv, 16, 1e-3, threshold=0.5)
+    with pytest.raises(ValueError, match="sigma"):
+        nr.soft_silhouettes(np.concatenate([fv, fv]), 16, np.full(3, 1e-3, np.float32))
+
+
+def test_reach_is_where_coverage_meets_the_threshold():
+    for distribution in soft.DISTRIBUTIONS:
+        r = soft.reach(distribution, 1e-4)
+        np.testing.assert_allclose(float(_cdf(distribution, jnp.float32(-r))), 1e-4, rtol=1e-3)

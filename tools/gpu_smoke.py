@@ -1,4 +1,4 @@
-"""All 11 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
+"""All 13 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
 raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2).
 Short on purpose: tools/gpu_check.sh runs it under compute-sanitizer's memcheck and racecheck,
@@ -31,7 +31,8 @@ def random_faces(rng: np.random.Generator, batch: int, faces: int, size: int) ->
 
 def all_targets(fv, tex, image, faces, vertices, size: int):
     """Every target once: gather, scatter, rasterize, textures and their gradient, Kato, the
-    fragments' gradient, interpolation and image sampling and their gradients."""
+    fragments' gradient, interpolation and image sampling and their gradients, soft silhouettes
+    and their gradient."""
     fi, wt, d = _ffi.rasterize(fv, size, size, NEAR, FAR)
     rgb = _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)
     g_tex = _ffi.sample_textures_bwd(fv, fi, wt, d, image[..., :3], 1e-3, tex.shape)
@@ -45,8 +46,15 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
     g_corners, g_bary = _ffi.interpolate_bwd(corners, fi, wt, rgb)
     sampled = _ffi.sample_image(image, wt[..., :2] * 3.0 - 1.0, True, True)
     g_image, g_uv = _ffi.sample_image_bwd(image, wt[..., :2] * 3.0 - 1.0, sampled, True, True)
+    # Soft silhouettes with Cauchy's long tail (every face reaches every pixel) and max's keys.
+    sigma = jnp.full(fv.shape[:-3], 1e-2, jnp.float32)
+    soft = []
+    for aggregation in ("probabilistic", "max"):
+        attrs = nr.soft._Config(size, size, NEAR, FAR, 1e-4, "cauchy", aggregation).attrs()
+        alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, size, size, attrs)
+        soft += [alpha, *_ffi.soft_silhouettes_bwd(fv, sigma, acc, count, image[..., 0], attrs)]
     return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
-            sampled, g_image, g_uv)  # fmt: skip
+            sampled, g_image, g_uv, *soft)  # fmt: skip
 
 
 def cases(rng: np.random.Generator):
@@ -73,7 +81,9 @@ def cube(size: int):
     faces = np.concatenate([faces, faces[:, ::-1]])
     eye = jnp.array([1.2, 1.0, -2.0], jnp.float32)
     fv = nr.vertices_to_faces(nr.perspective(nr.look_at(corners * 0.9, eye), 45.0), faces)
-    return jax.grad(lambda fv: jnp.sum(nr.rasterize_silhouettes(fv, size, anti_aliasing=False)))(fv)
+    hard = jax.grad(lambda fv: jnp.sum(nr.rasterize_silhouettes(fv, size, anti_aliasing=False)))(fv)
+    soft = jax.grad(lambda fv: jnp.sum(nr.soft_silhouettes(fv, size, 1e-4) ** 2))(fv)
+    return hard, soft
 
 
 def main() -> int:
@@ -117,10 +127,9 @@ def main() -> int:
             failed += 1
         except jax.errors.JaxRuntimeError as e:
             print("corrupt vertex index: ok (raised)", str(e).splitlines()[0][:80])
-        g = np.asarray(cube(1024))
-        ok = bool(np.isfinite(g).all() and np.abs(g).max() > 0)
+        ok = all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in map(np.asarray, cube(1024)))
         failed += not ok
-        print(f"cube at 1024^2, gradient: {'ok' if ok else 'FAILED'}")
+        print(f"cube at 1024^2, hard and soft gradients: {'ok' if ok else 'FAILED'}")
     print("gpu_smoke:", "all ok" if not failed else f"{failed} FAILED")
     return 1 if failed else 0
 
