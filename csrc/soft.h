@@ -19,33 +19,45 @@ namespace nmr {
 enum class Distribution : int32_t { kLogistic = 0, kGaussian = 1, kUniform = 2, kCauchy = 3 };
 enum class Aggregation : int32_t { kProbabilistic = 0, kMax = 1 };
 
-// F(x) and its density f(x) for one distribution, each accurate in the tails (relative error).
+// F(x), F(-x) = 1 - F(x) and the density f(x) for one distribution, each accurate in the tails
+// (relative error): the smaller of F(x) and F(-x) is computed directly, the other as 1 minus it.
 struct Cdf {
-  float F, f;
+  float F, F_neg, f;
 };
 
 NMR_HD Cdf cdf(Distribution d, float x) {
+  const float a = fabsf(x);
+  float small, f;  // F(-|x|), f(x)
   switch (d) {
     case Distribution::kLogistic: {
-      // 1 / (1 + e^-x) and F(x) F(-x), from e^-|x| so that nothing overflows.
-      const float e = expf(-fabsf(x));
-      const float lo = e / (1.f + e), hi = 1.f / (1.f + e);
-      return Cdf{x >= 0.f ? hi : lo, lo * hi};
+      // e^-|x| cannot overflow; f = F(x) F(-x).
+      const float e = expf(-a);
+      small = e / (1.f + e);
+      f = small * (1.f / (1.f + e));
+      break;
     }
     case Distribution::kGaussian: {
       const float kInvSqrt2 = 0.70710678f, kInvSqrt2Pi = 0.39894228f;
-      return Cdf{0.5f * erfcf(-x * kInvSqrt2), kInvSqrt2Pi * expf(-0.5f * x * x)};
+      small = 0.5f * erfcf(a * kInvSqrt2);
+      f = kInvSqrt2Pi * expf(-0.5f * x * x);
+      break;
     }
     case Distribution::kUniform:  // Uniform on [-1/2, 1/2].
-      return Cdf{clampf(x + 0.5f, 0.f, 1.f), fabsf(x) < 0.5f ? 1.f : 0.f};
+      small = fmaxf(0.5f - a, 0.f);
+      f = a < 0.5f ? 1.f : 0.f;
+      break;
     case Distribution::kCauchy: {
       const float kInvPi = 0.31830989f;
-      // 1/2 + atan(x) / pi cancels for x << 0; there it equals atan(-1/x) / pi.
-      const float F = x < -1.f ? atanf(-1.f / x) * kInvPi : 0.5f + atanf(x) * kInvPi;
-      return Cdf{F, kInvPi / (1.f + x * x)};
+      // 1/2 - atan(a) / pi cancels for a >> 1; there it equals atan(1 / a) / pi.
+      small = a > 1.f ? atanf(1.f / a) * kInvPi : 0.5f - atanf(a) * kInvPi;
+      f = kInvPi / (1.f + x * x);
+      break;
     }
+    default:
+      small = f = NAN;
   }
-  return Cdf{NAN, NAN};
+  const float big = 1.f - small;
+  return x < 0.f ? Cdf{small, big, f} : Cdf{big, small, f};
 }
 
 // The settings of one soft rasterization. `reach` is -F^-1(threshold): coverage exceeds
@@ -112,14 +124,13 @@ NMR_HD bool soft_sample(const SoftFace& sf, int xi, int yi, float sigma, const S
   // Coverage F(-x) > threshold exactly where x < reach; F(-x) itself decides, this cheaper test
   // (0.1% wide of the cut for rounding) skips the pixels far beyond it.
   if (!(out->x < s.reach * 1.001f)) return false;
-  const Cdf covered = cdf(s.distribution, -out->x);
-  if (!(covered.F > s.threshold)) return false;
+  out->q = cdf(s.distribution, out->x);
+  if (!(out->q.F_neg > s.threshold)) return false;
   if (!sf.in_depth) {
     float w[3];
     const float zp = interpolate(sf.f, static_cast<float>(xi), static_cast<float>(yi), w);
     if (!(zp > s.near && zp < s.far)) return false;
   }
-  out->q = cdf(s.distribution, out->x);
   return true;
 }
 
@@ -155,7 +166,10 @@ NMR_HD float soft_alpha(Aggregation a, float acc, int32_t count) {
 // face that holds the minimum.
 NMR_HD float soft_dalpha_dq(Aggregation a, float q, int32_t index, float acc, int32_t count) {
   if (a == Aggregation::kMax) return count == index ? -1.f : 0.f;
-  if (q > 0.f) return count == 0 ? -expf(acc - logf(q)) : 0.f;
+  // exp(acc) / q is the product of the others' q, unless exp(acc) underflows (then the tiny q
+  // of this face may be what made it so).
+  const float kExpFloor = -80.f;  // e^-80 ~ 1.8e-35: a normal float
+  if (q > 0.f) return count == 0 ? -(acc > kExpFloor ? expf(acc) / q : expf(acc - logf(q))) : 0.f;
   return count == 1 ? -expf(acc) : 0.f;
 }
 
