@@ -25,6 +25,7 @@ from nmr_jax.camera import (
 )
 from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
 from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
+from nmr_jax.soft import SoftRule, _silhouettes
 from nmr_jax.typing import CameraMode, Handedness, ImageSize, VectorLike
 
 __all__ = ["Renderer"]
@@ -101,6 +102,9 @@ class Renderer:
     # rgb rendering; silhouettes and depth use 1e-4 as the original.
     rasterizer_eps: float = _static(1e-3)
     handedness: Handedness = _static("left")  # 'look_at' and 'look' modes; see nmr_jax.typing.
+    # The rasterization rule: None for Kato's (hard images, his approximate gradient) or a
+    # nmr_jax.SoftRule (soft images with exact gradients, nmr_jax.soft; its sigma is a leaf).
+    rule: SoftRule | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -117,6 +121,8 @@ class Renderer:
         check.orig_size(self.orig_size)
         check.colour("background_color", self.background_color)
         check.eps(self.rasterizer_eps)
+        if self.rule is not None and not isinstance(self.rule, SoftRule):
+            raise TypeError(f"rule must be None (Kato's) or a nmr_jax.SoftRule, got {self.rule!r}")
         defaults = {f.name: f.default for f in dataclasses.fields(Renderer)}
         for name in _CAMERA_FIELDS:
             if name not in _USES[self.camera_mode] and not _unchanged(
@@ -150,8 +156,13 @@ class Renderer:
     def render_silhouettes(
         self, vertices: ArrayLike, faces: ArrayLike, **camera: VectorLike | None
     ) -> jax.Array:
-        """alpha float32 ``[..., H, W]`` (1 where the mesh is). ``camera``: eye, K, R, t, dist_coeffs."""
+        """alpha float32 ``[..., H, W]`` (1 where the mesh is). ``camera``: eye, K, R, t, dist_coeffs.
+        With a ``SoftRule``: ``nmr_jax.soft_silhouettes`` of the faces (and their reversed copies
+        with ``fill_back``) at ``image_size``, without anti-aliasing."""
         fv = self._checked_faces(vertices, faces, camera)
+        if self.rule is not None:
+            cfg = self.rule._config(self.image_size, self.near, self.far)
+            return _silhouettes(fv, self.rule.sigma, cfg)
         return _rgbad(fv, None, self._config(1e-4), self.anti_aliasing, False, True, False).alpha  # type: ignore[return-value]
 
     def render_depth(

@@ -156,9 +156,14 @@ def soft_silhouettes(
     """
     fv = check.float_array("faces", faces, (None, 3, 3))
     check.num_faces("faces", fv.shape[-3])
+    cfg = _checked_config(image_size, distribution, aggregation, near, far, threshold)
+    return _silhouettes(fv, sigma, cfg)
+
+
+def _silhouettes(fv: jax.Array, sigma: ArrayLike, cfg: _Config) -> jax.Array:
+    """``soft_silhouettes`` of checked faces and settings."""
     sg = check.positive_scalars("sigma", sigma)
     check.batch({"faces": fv.shape[:-3], "sigma": sg.shape})
-    cfg = _checked_config(image_size, distribution, aggregation, near, far, threshold)
     return jnp.flip(_alpha(fv, sg, cfg), axis=-2)
 
 
@@ -181,3 +186,8 @@ class SoftRule:
         check.choice("distribution", self.distribution, DISTRIBUTIONS)
         check.choice("aggregation", self.aggregation, AGGREGATIONS)
         check.threshold(self.threshold)
+
+    def _config(self, image_size: int | Sequence[int], near: float, far: float) -> _Config:
+        return _checked_config(
+            image_size, self.distribution, self.aggregation, near, far, self.threshold
+        )

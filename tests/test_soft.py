@@ -230,3 +230,21 @@ def test_reach_is_where_coverage_meets_the_threshold():
     for distribution in soft.DISTRIBUTIONS:
         r = soft.reach(distribution, 1e-4)
         np.testing.assert_allclose(float(_cdf(distribution, jnp.float32(-r))), 1e-4, rtol=1e-3)
+
+
+def test_renderer_soft_rule_silhouettes_with_fill_back():
+    vertices, faces = nr.data.teapot()
+    rule = nr.SoftRule(sigma=1e-3, distribution="gaussian", aggregation="max")
+    renderer = nr.Renderer(image_size=32, rule=rule)
+    fv = renderer._checked_faces(vertices, faces, {})  # faces and their reversed copies
+    got = renderer.render_silhouettes(vertices, faces)
+    np.testing.assert_array_equal(got, nr.soft_silhouettes(fv, 32, 1e-3, "gaussian", "max"))
+    one_side = nr.Renderer(image_size=32, rule=rule, fill_back=False).render_silhouettes(
+        vertices, faces
+    )
+    assert float(jnp.sum(got)) > float(jnp.sum(one_side)) > 0  # the mesh's inner side shows too
+    # sigma is a leaf of the Renderer: a gradient and no recompilation for a new value.
+    grad = jax.jit(jax.grad(lambda r: jnp.sum(r.render_silhouettes(vertices, faces))))(renderer)
+    assert float(grad.rule.sigma) > 0  # a wider blur covers more
+    with pytest.raises(TypeError, match="rule"):
+        nr.Renderer(rule="soft")
