@@ -512,6 +512,33 @@ ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, 
 // pixel. Cost O(F + reached pixels), memory O(F) beyond the maps.
 namespace {
 
+// Faces of one batch element set up for soft rasterization and binned into bands of rows.
+struct SoftBands {
+  std::vector<nmr::SoftFace> faces;
+  std::vector<int64_t> start;
+  std::vector<int32_t> items;
+};
+
+void bin_soft_faces(ffi::ThreadPool& pool, const float* fv, int64_t F, float sigma,
+                    const nmr::SoftParams& params, SoftBands* out) {
+  out->faces.resize(F);
+  parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+    for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f)
+      out->faces[f] = nmr::setup_soft_face(fv + 9 * f, sigma, params);
+  });
+  counting_sort<int32_t>(
+      ceil_div(params.height, kBandRows),
+      [&](auto&& emit) {
+        for (int64_t f = 0; f < F; ++f) {
+          const nmr::PixelRect& box = out->faces[f].box;
+          if (!out->faces[f].f.visible || box.x_lo > box.x_hi || box.y_lo > box.y_hi) continue;
+          for (int64_t k = box.y_lo / kBandRows; k <= box.y_hi / kBandRows; ++k)
+            emit(k, static_cast<int32_t>(f));
+        }
+      },
+      &out->start, &out->items);
+}
+
 ffi::Error SoftSilhouettesImpl(ffi::ThreadPool pool, F32 face_vertices, F32 sigma, int32_t height,
                                int32_t width, float near, float far, float threshold, float reach,
                                int32_t distribution, int32_t aggregation, F32Out alpha, F32Out acc,
@@ -520,40 +547,23 @@ ffi::Error SoftSilhouettesImpl(ffi::ThreadPool pool, F32 face_vertices, F32 sigm
   const nmr::SoftParams params =
       nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation);
   const int64_t F = s.F, P = s.P;
-  const int64_t bands = ceil_div(height, kBandRows);
-  std::vector<nmr::SoftFace> faces(F);
-  std::vector<int64_t> band_start;
-  std::vector<int32_t> band_faces;
+  SoftBands bands;
   for (int64_t b = 0; b < bc.size(); ++b) {
     const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
     const float sig = sigma.typed_data()[bc.at(s.sigma, b)];
     const int64_t o = bc.at(s.maps, b) * P;
-    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
-      for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f)
-        faces[f] = nmr::setup_soft_face(fv + 9 * f, sig, params);
-    });
-    counting_sort<int32_t>(
-        bands,
-        [&](auto&& emit) {
-          for (int64_t f = 0; f < F; ++f) {
-            const nmr::PixelRect& box = faces[f].box;
-            if (!faces[f].f.visible || box.x_lo > box.x_hi || box.y_lo > box.y_hi) continue;
-            for (int64_t k = box.y_lo / kBandRows; k <= box.y_hi / kBandRows; ++k)
-              emit(k, static_cast<int32_t>(f));
-          }
-        },
-        &band_start, &band_faces);
+    bin_soft_faces(pool, fv, F, sig, params, &bands);
     float* a = acc->typed_data() + o;
     int32_t* c = count->typed_data() + o;
     float* out = alpha->typed_data() + o;
-    parallel_for(pool, bands, [&](int64_t k) {
+    parallel_for(pool, ceil_div(height, kBandRows), [&](int64_t k) {
       const int row_lo = static_cast<int>(k) * kBandRows;
       const int row_hi = std::min(row_lo + kBandRows, static_cast<int>(height)) - 1;
       for (int64_t p = int64_t{row_lo} * width; p < int64_t{row_hi + 1} * width; ++p)
         nmr::soft_init(params.aggregation, a + p, c + p);
-      for (int64_t i = band_start[k]; i < band_start[k + 1]; ++i) {
-        const int32_t f = band_faces[i];
-        const nmr::SoftFace& face = faces[f];
+      for (int64_t i = bands.start[k]; i < bands.start[k + 1]; ++i) {
+        const int32_t f = bands.items[i];
+        const nmr::SoftFace& face = bands.faces[f];
         for (int yi = std::max(face.box.y_lo, row_lo); yi <= std::min(face.box.y_hi, row_hi); ++yi)
           for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
             nmr::SoftSample smp;
@@ -602,6 +612,99 @@ ffi::Error SoftSilhouettesBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
             const float dq =
                 nmr::soft_dalpha_dq(params.aggregation, smp.q.F, static_cast<int32_t>(f), a[p], c[p]);
             if (dq != 0.f) nmr::soft_sample_grad(face, smp, g[p] * dq, sig, params, gf, gf + 9);
+          }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// Soft colours (soft.h), scheduled as the soft silhouettes: bands of rows over their faces in index
+// order, first the largest logit of each pixel, then the softmax's sums with it.
+namespace {
+
+ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 sigma_gamma, int32_t height,
+                       int32_t width, float near, float far, float threshold, float reach,
+                       int32_t distribution, float eps, float bg_r, float bg_g, float bg_b, F32Out out) {
+  NMR_PARSE(ColorShape, face_vertices, textures, sigma_gamma, out);
+  const nmr::ColorParams c =
+      nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b);
+  const int64_t F = s.F, P = s.P;
+  SoftBands bands;
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const float* tex = textures.typed_data() + bc.at(s.tex, b) * F * s.cube;
+    const float sigma = sigma_gamma.typed_data()[2 * bc.at(s.params, b)];
+    const float gamma = sigma_gamma.typed_data()[2 * bc.at(s.params, b) + 1];
+    float* o = out->typed_data() + bc.at(s.out, b) * P * 5;
+    bin_soft_faces(pool, fv, F, sigma, c.soft, &bands);
+    parallel_for(pool, ceil_div(height, kBandRows), [&](int64_t k) {
+      const int row_lo = static_cast<int>(k) * kBandRows;
+      const int row_hi = std::min(row_lo + kBandRows, static_cast<int>(height)) - 1;
+      const int64_t p0 = int64_t{row_lo} * width, p1 = int64_t{row_hi + 1} * width;
+      // Visits the samples of the band's faces in index order.
+      auto each_sample = [&](auto&& visit) {
+        for (int64_t i = bands.start[k]; i < bands.start[k + 1]; ++i) {
+          const int32_t f = bands.items[i];
+          const nmr::SoftFace& face = bands.faces[f];
+          for (int yi = std::max(face.box.y_lo, row_lo); yi <= std::min(face.box.y_hi, row_hi); ++yi)
+            for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+              nmr::ColorSample cs;
+              if (nmr::color_sample(face, xi, yi, sigma, gamma, c.soft, &cs))
+                visit(f, cs, o + 5 * (int64_t{yi} * width + xi));
+            }
+        }
+      };
+      for (int64_t p = p0; p < p1; ++p) nmr::color_init_max(gamma, o + 5 * p);
+      each_sample([&](int32_t, const nmr::ColorSample& cs, float* px) { px[3] = std::max(px[3], cs.a); });
+      for (int64_t p = p0; p < p1; ++p) nmr::color_init_sum(c, gamma, o + 5 * p);
+      each_sample([&](int32_t f, const nmr::ColorSample& cs, float* px) {
+        const float e = nmr::color_weight(cs, px[3]);
+        float rgb[3];
+        nmr::sample_texture(fv + 9 * int64_t{f}, tex + f * s.cube, cs.w, cs.zp, c.tex, rgb);
+        px[4] += e;
+        for (int ch = 0; ch < 3; ++ch) px[ch] += e * rgb[ch];
+      });
+      for (int64_t p = p0; p < p1; ++p) nmr::color_finish(o + 5 * p);
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// Backward: each face streams over the pixels it reaches again (chunks of faces in parallel, each
+// face summing its gradient in pixel order).
+ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 sigma_gamma, F32 out,
+                          F32 grad_rgb, int32_t height, int32_t width, float near, float far, float threshold,
+                          float reach, int32_t distribution, float eps, float bg_r, float bg_g, float bg_b,
+                          F32Out result) {
+  NMR_PARSE(ColorBwdShape, face_vertices, textures, sigma_gamma, out, grad_rgb, result);
+  const nmr::ColorParams c =
+      nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b);
+  const int64_t F = s.F, P = s.P, stride = 11 + s.cube;
+  std::fill_n(result->typed_data(), result->element_count(), 0.f);
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const float* tex = textures.typed_data() + bc.at(s.tex, b) * F * s.cube;
+    const float sigma = sigma_gamma.typed_data()[2 * bc.at(s.params, b)];
+    const float gamma = sigma_gamma.typed_data()[2 * bc.at(s.params, b) + 1];
+    const float* o = out.typed_data() + bc.at(s.out, b) * P * 5;
+    const float* g = grad_rgb.typed_data() + bc.at(s.grad, b) * P * 3;
+    float* r = result->typed_data() + bc.at(s.result, b) * F * stride;
+    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+      for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f) {
+        const nmr::SoftFace face = nmr::setup_soft_face(fv + 9 * f, sigma, c.soft);
+        if (!face.f.visible) continue;
+        for (int yi = face.box.y_lo; yi <= face.box.y_hi; ++yi)
+          for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+            const int64_t p = int64_t{yi} * width + xi;
+            if (g[3 * p] == 0.f && g[3 * p + 1] == 0.f && g[3 * p + 2] == 0.f) continue;
+            nmr::ColorSample cs;
+            if (!nmr::color_sample(face, xi, yi, sigma, gamma, c.soft, &cs)) continue;
+            float* cube = r + stride * f + 11;
+            nmr::color_grad(face, fv + 9 * f, tex + f * s.cube, cs, o + 5 * p, g + 3 * p, sigma, gamma, c,
+                            r + stride * f, [&](int i, float v) { cube[i] += v; });
           }
       }
     });

@@ -211,3 +211,15 @@ inline int atomicAdd(int* p, int v) {
   *p = old + v;
   return old;
 }
+
+inline int atomicMax(int* p, int v) {
+  const int old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+
+inline int __float_as_int(float v) {
+  int i;
+  std::memcpy(&i, &v, sizeof(i));
+  return i;
+}

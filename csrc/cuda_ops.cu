@@ -1021,6 +1021,156 @@ ffi::Error SoftSilhouettesBwdImpl(cudaStream_t stream, Scratch, F32 face_vertice
 
 }  // namespace
 
+// Soft colours (soft.h), threads as for the soft silhouettes: the largest logit of each pixel by
+// an atomic maximum (logits are positive, and positive floats order as their bits do as ints),
+// then the softmax's sums by atomic additions.
+namespace {
+
+struct ColorKernelParams {
+  const float* face_vertices;
+  const float* textures;
+  const float* sigma_gamma;
+  float* out;
+  nmr::ColorParams c;
+  nmr::ColorShape s;
+};
+
+__device__ __forceinline__ float* color_pixel(const ColorKernelParams& g, const int64_t* at, int64_t p) {
+  return g.out + (at[g.s.out] * g.s.P + p) * 5;
+}
+
+// Per pixel: stage 0 starts the maximum, 1 the sums, 2 divides by the sum.
+__global__ void color_pixels_kernel(ColorKernelParams g, Chunk chunk, int stage) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= g.s.P) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  float* px = color_pixel(g, at, p);
+  const float gamma = g.sigma_gamma[2 * at[g.s.params] + 1];
+  if (stage == 0)
+    nmr::color_init_max(gamma, px);
+  else if (stage == 1)
+    nmr::color_init_sum(g.c, gamma, px);
+  else
+    nmr::color_finish(px);
+}
+
+// Per face and lane: pass 0 takes the maximum of the logits, pass 1 adds the weights and colours.
+__global__ void color_faces_kernel(ColorKernelParams g, Chunk chunk, int pass) {
+  const nmr::ColorShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= s.F * kSoftLanes) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const auto f = static_cast<int32_t>(i / kSoftLanes);
+  const int lane = static_cast<int>(i % kSoftLanes);
+  const float sigma = g.sigma_gamma[2 * at[s.params]], gamma = g.sigma_gamma[2 * at[s.params] + 1];
+  const float* fv = g.face_vertices + (at[s.fv] * s.F + f) * 9;
+  const nmr::SoftFace face = nmr::setup_soft_face(fv, sigma, g.c.soft);
+  if (!face.f.visible) return;
+  const float* tex = g.textures + (at[s.tex] * s.F + f) * s.cube;
+  for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
+    for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+      nmr::ColorSample cs;
+      if (!nmr::color_sample(face, xi, yi, sigma, gamma, g.c.soft, &cs)) continue;
+      float* px = color_pixel(g, at, static_cast<int64_t>(yi) * g.c.soft.width + xi);
+      if (pass == 0) {
+        atomicMax(reinterpret_cast<int*>(px + 3), __float_as_int(cs.a));
+        continue;
+      }
+      const float e = nmr::color_weight(cs, px[3]);
+      float rgb[3];
+      nmr::sample_texture(fv, tex, cs.w, cs.zp, g.c.tex, rgb);
+      atomicAdd(px + 4, e);
+      for (int ch = 0; ch < 3; ++ch) atomicAdd(px + ch, e * rgb[ch]);
+    }
+}
+
+ffi::Error SoftRgbImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 sigma_gamma,
+                       int32_t height, int32_t width, float near, float far, float threshold, float reach,
+                       int32_t distribution, float eps, float bg_r, float bg_g, float bg_b, F32Out out) {
+  NMR_PARSE(ColorShape, face_vertices, textures, sigma_gamma, out);
+  if (s.P == 0) return ffi::Error::Success();
+  const ColorKernelParams g{
+      face_vertices.typed_data(),
+      textures.typed_data(),
+      sigma_gamma.typed_data(),
+      out->typed_data(),
+      nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b),
+      s};
+  return for_each_chunk(bc, "nmr_soft_rgb", [&](const Chunk& chunk, int n) {
+    const dim3 pixels(blocks(s.P), n), faces(blocks(s.F * kSoftLanes), n);
+    NMR_LAUNCH(color_pixels_kernel, pixels, kThreads, stream, g, chunk, 0);
+    if (s.F > 0) NMR_LAUNCH(color_faces_kernel, faces, kThreads, stream, g, chunk, 0);
+    NMR_LAUNCH(color_pixels_kernel, pixels, kThreads, stream, g, chunk, 1);
+    if (s.F > 0) NMR_LAUNCH(color_faces_kernel, faces, kThreads, stream, g, chunk, 1);
+    NMR_LAUNCH(color_pixels_kernel, pixels, kThreads, stream, g, chunk, 2);
+  });
+}
+
+struct ColorBwdParams {
+  const float* face_vertices;
+  const float* textures;
+  const float* sigma_gamma;
+  const float* out;
+  const float* grad_rgb;
+  float* result;
+  nmr::ColorParams c;
+  nmr::ColorBwdShape s;
+};
+
+__global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
+  const nmr::ColorBwdShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= s.F * kSoftLanes) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const auto f = static_cast<int32_t>(i / kSoftLanes);
+  const int lane = static_cast<int>(i % kSoftLanes);
+  const float sigma = g.sigma_gamma[2 * at[s.params]], gamma = g.sigma_gamma[2 * at[s.params] + 1];
+  const float* fv = g.face_vertices + (at[s.fv] * s.F + f) * 9;
+  const nmr::SoftFace face = nmr::setup_soft_face(fv, sigma, g.c.soft);
+  if (!face.f.visible) return;
+  const float* tex = g.textures + (at[s.tex] * s.F + f) * s.cube;
+  const float* out = g.out + at[s.out] * s.P * 5;
+  const float* grad_rgb = g.grad_rgb + at[s.grad] * s.P * 3;
+  float* result = g.result + (at[s.result] * s.F + f) * (11 + s.cube);
+  float grad[11] = {};
+  for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
+    for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+      const int64_t p = static_cast<int64_t>(yi) * g.c.soft.width + xi;
+      const float* G = grad_rgb + 3 * p;
+      if (G[0] == 0.f && G[1] == 0.f && G[2] == 0.f) continue;
+      nmr::ColorSample cs;
+      if (!nmr::color_sample(face, xi, yi, sigma, gamma, g.c.soft, &cs)) continue;
+      // Atomics for the cube: the lanes of a face share it.
+      nmr::color_grad(face, fv, tex, cs, out + 5 * p, G, sigma, gamma, g.c, grad,
+                      [&](int k, float v) { atomicAdd(result + 11 + k, v); });
+    }
+  for (int k = 0; k < 11; ++k)
+    if (grad[k] != 0.f) atomicAdd(result + k, grad[k]);
+}
+
+ffi::Error SoftRgbBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 sigma_gamma,
+                          F32 out, F32 grad_rgb, int32_t height, int32_t width, float near, float far,
+                          float threshold, float reach, int32_t distribution, float eps, float bg_r,
+                          float bg_g, float bg_b, F32Out result) {
+  NMR_PARSE(ColorBwdShape, face_vertices, textures, sigma_gamma, out, grad_rgb, result);
+  if (auto err = zero(stream, result, "nmr_soft_rgb_bwd"); err.failure()) return err;
+  if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
+  const ColorBwdParams g{
+      face_vertices.typed_data(),
+      textures.typed_data(),
+      sigma_gamma.typed_data(),
+      out.typed_data(),
+      grad_rgb.typed_data(),
+      result->typed_data(),
+      nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b),
+      s};
+  return for_each_chunk(bc, "nmr_soft_rgb_bwd", [&](const Chunk& chunk, int n) {
+    NMR_LAUNCH(color_bwd_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
+  });
+}
+
+}  // namespace
+
 #if defined(NMR_JAX_CUDA_HOST)
 NMR_DEFINE_HANDLERS(CudaHost, .Ctx<Stream>().Ctx<Scratch>());
 #else

@@ -39,6 +39,8 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImage));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImageBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettes));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettesBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgb));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgbBwd));
 
 namespace py = pybind11;
 
@@ -66,6 +68,8 @@ PYBIND11_MODULE(NMR_MODULE, m) {
     d["nmr_sample_image_bwd"] = capsule(NMR_HANDLER(NmrSampleImageBwd));
     d["nmr_soft_silhouettes"] = capsule(NMR_HANDLER(NmrSoftSilhouettes));
     d["nmr_soft_silhouettes_bwd"] = capsule(NMR_HANDLER(NmrSoftSilhouettesBwd));
+    d["nmr_soft_rgb"] = capsule(NMR_HANDLER(NmrSoftRgb));
+    d["nmr_soft_rgb_bwd"] = capsule(NMR_HANDLER(NmrSoftRgbBwd));
     return d;
   });
 #if defined(NMR_JAX_CUDA_HOST)

@@ -185,4 +185,142 @@ NMR_HD void soft_sample_grad(const SoftFace& sf, const SoftSample& smp, float g_
   *grad_sigma -= g_x * smp.x / sigma;
 }
 
+// Soft colours (SoftRas): a softmax over the faces in reach and the background, each face f weighted
+// by D_f exp(a_f) with a_f = zn_f / gamma, zn = (far - zp) / (far - near) its normalised inverse
+// depth at the pixel (1 at near, 0 at far), and the background by exp(kBackgroundDepth / gamma).
+// A face's colour at a pixel is its texture cube sampled at the pixel's barycentrics clamped to the
+// face (as the depth zp is), so a face colours the pixels around it with its nearest colours.
+constexpr float kBackgroundDepth = 1e-3f;  // SoftRas's eps: the background just before `far`.
+
+struct ColorParams {
+  SoftParams soft;
+  Texture tex;
+  float bg[3];  // Background colour.
+};
+
+// One face at one pixel for the colours: its coverage sample, its clamped barycentrics w and depth
+// zp there, and its softmax logit a.
+struct ColorSample {
+  SoftSample smp;
+  float w[3];
+  float zp, a;
+};
+
+// Whether face sf takes part at pixel (xi, yi) (as for the silhouettes), and its sample there.
+NMR_HD bool color_sample(const SoftFace& sf, int xi, int yi, float sigma, float gamma, const SoftParams& s,
+                         ColorSample* out) {
+  if (!soft_sample(sf, xi, yi, sigma, s, &out->smp)) return false;
+  out->zp = interpolate(sf.f, static_cast<float>(xi), static_cast<float>(yi), out->w);
+  out->a = (s.far - out->zp) / (s.far - s.near) / gamma;
+  return true;
+}
+
+// Per-pixel state of the colours [5]: rgb (the sum of weighted colours until color_finish), m (the
+// largest logit, background included) and s (the sum of the weights divided by exp(m)).
+NMR_HD void color_init_max(float gamma, float* px) { px[3] = kBackgroundDepth / gamma; }
+
+NMR_HD void color_init_sum(const ColorParams& c, float gamma, float* px) {
+  px[4] = expf(kBackgroundDepth / gamma - px[3]);
+  for (int ch = 0; ch < 3; ++ch) px[ch] = px[4] * c.bg[ch];
+}
+
+// A face's weight divided by exp(m), and its colour.
+NMR_HD float color_weight(const ColorSample& cs, float m) { return cs.smp.q.F_neg * expf(cs.a - m); }
+
+NMR_HD void color_finish(float* px) {
+  for (int ch = 0; ch < 3; ++ch) px[ch] /= px[4];
+}
+
+// Trilinear weights' derivatives in the three texture coordinates at a tap: d tw_c / d t_k.
+NMR_HD void tap_slopes(const float* frac, int c, float* slope) {
+  for (int k = 0; k < 3; ++k) {
+    float v = ((c >> k) & 1) ? 1.f : -1.f;
+    for (int j = 0; j < 3; ++j)
+      if (j != k) v *= ((c >> j) & 1) ? frac[j] : 1.f - frac[j];
+    slope[k] = v;
+  }
+}
+
+// Gradient of one face's contribution at one pixel. With u = D exp(a - m) / s its weight, rgb the
+// pixel's colour and G the incoming gradient: d rgb / d C = u, and the softmax gives
+// k = u G.(C - rgb) as the gradient of the face's log-weight log D + a. `grad` receives the face's
+// 9 vertex floats, then sigma and gamma; add_tex(i, v) adds v to float i of its cube's gradient.
+template <typename AddTex>
+NMR_HD void color_grad(const SoftFace& sf, const float* face, const float* texture, const ColorSample& cs,
+                       const float* px, const float* G, float sigma, float gamma, const ColorParams& c,
+                       float* grad, AddTex&& add_tex) {
+  const SoftParams& s = c.soft;
+  const float D = cs.smp.q.F_neg;
+  const float u = D * expf(cs.a - px[3]) / px[4];
+  int32_t idx[8];
+  float tw[8];
+  texture_taps(face, cs.w, cs.zp, c.tex, idx, tw);
+  float C[3] = {0.f, 0.f, 0.f};
+  for (int t = 0; t < 8; ++t)
+    for (int ch = 0; ch < 3; ++ch) C[ch] += tw[t] * texture[3 * idx[t] + ch];
+  float k = 0.f;
+  for (int ch = 0; ch < 3; ++ch) k += G[ch] * (C[ch] - px[ch]);
+  k *= u;
+  for (int t = 0; t < 8; ++t)
+    for (int ch = 0; ch < 3; ++ch)
+      if (tw[t] != 0.f) add_tex(3 * idx[t] + ch, tw[t] * u * G[ch]);
+  // Through the coverage D (q = 1 - D) and the logit a = (far - zp) / (far - near) / gamma.
+  soft_sample_grad(sf, cs.smp, -k / D, sigma, s, grad, grad + 9);
+  // d a / d gamma = -a / gamma; summed over a pixel's faces and background, whose k sum to 0, the
+  // terms are taken relative to m, which they cancel to: less rounding.
+  grad[10] -= k * (cs.a - px[3]) / gamma;
+  float g_zp = -k / (gamma * (s.far - s.near));
+  // Through the texture coordinates t_k = w_k (T - 1) zp / z_k, clamped to [0, T - 1 - eps]: the
+  // gradient of the perspective-correct barycentrics b_k = w_k zp / z_k.
+  float g_b[3] = {0.f, 0.f, 0.f};
+  const int T = c.tex.T;
+  if (T > 1) {
+    float frac[3];
+    bool live[3];
+    for (int j = 0; j < 3; ++j) {
+      const float t = cs.w[j] * (T - 1) * (cs.zp / face[3 * j + 2]);
+      const float clamped = clampf(t, 0.f, T - 1 - c.tex.eps);
+      live[j] = t == clamped;
+      frac[j] = clamped - static_cast<float>(static_cast<int>(clamped));
+    }
+    for (int t = 0; t < 8; ++t) {
+      float slope[3];
+      tap_slopes(frac, t, slope);
+      float gc = 0.f;
+      for (int ch = 0; ch < 3; ++ch) gc += G[ch] * texture[3 * idx[t] + ch];
+      for (int j = 0; j < 3; ++j)
+        if (live[j]) g_b[j] += u * gc * slope[j] * (T - 1);
+    }
+  }
+  // b_k = w_k zp / z_k and zp = 1 / sum(w_j / z_j), w the clamped, renormalised barycentrics.
+  const float zp = cs.zp, zp2 = zp * zp;
+  const float* z = sf.f.z;
+  for (int j = 0; j < 3; ++j) g_zp += g_b[j] * cs.w[j] / z[j];
+  float g_w[3];
+  for (int j = 0; j < 3; ++j) {
+    g_w[j] = g_b[j] * zp / z[j] - g_zp * zp2 / z[j];
+    grad[3 * j + 2] += -g_b[j] * cs.w[j] * zp / (z[j] * z[j]) + g_zp * zp2 * cs.w[j] / (z[j] * z[j]);
+  }
+  // w = clamp(r) / sum(clamp(r)) of the raw barycentrics r = edge / area (interpolate); the clamp
+  // passes the gradient where 0 < r < 1, and r = M^-1 [xp, yp, 1] gives d r_k / d x_j =
+  // -M^-1[k][0] r_j, d r_k / d y_j = -M^-1[k][1] r_j in pixels.
+  const Face& f = sf.f;
+  const float xp = static_cast<float>(cs.smp.xi), yp = static_cast<float>(cs.smp.yi);
+  float r[3], sum = 0.f, dot = 0.f;
+  for (int k2 = 0; k2 < 3; ++k2) {
+    const int k1 = (k2 + 1) % 3, k3 = (k2 + 2) % 3;
+    r[k2] = ((f.x[k3] - f.x[k1]) * (yp - f.y[k1]) - (f.y[k3] - f.y[k1]) * (xp - f.x[k1])) / f.area2;
+    sum += clampf(r[k2], 0.f, 1.f);
+    dot += g_w[k2] * cs.w[k2];
+  }
+  float along[2] = {0.f, 0.f};
+  for (int j = 0; j < 3; ++j) {
+    const float g_r = r[j] > 0.f && r[j] < 1.f ? (g_w[j] - dot) / sum : 0.f;
+    for (int l = 0; l < 2; ++l) along[l] += g_r * inv_entry(f, j, l);
+  }
+  const float half[2] = {0.5f * s.width, 0.5f * s.height};  // d pixel / d NDC
+  for (int j = 0; j < 3; ++j)
+    for (int l = 0; l < 2; ++l) grad[3 * j + l] -= r[j] * along[l] * half[l];
+}
+
 }  // namespace nmr

@@ -289,6 +289,58 @@ inline SoftParams soft_params(int32_t height, int32_t width, float near, float f
                     static_cast<Aggregation>(aggregation)};
 }
 
+// nmr_soft_rgb: face_vertices [*b, F, 3, 3], textures [*b, F, T, T, T, 3], sigma_gamma [*b, 2] ->
+// out [*b, H, W, 5]: rgb, then the softmax's m and s (soft.h).
+struct ColorShape {
+  int fv, tex, params, out;
+  int64_t F, P, cube;
+  int T;
+  static ffi::Error parse(Broadcast& bc, ColorShape* s, const F32& face_vertices, const F32& textures,
+                          const F32& sigma_gamma, F32Out& out) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->tex = bc.add(textures.dimensions(), 5);
+    s->params = bc.add(sigma_gamma.dimensions(), 1);
+    s->out = bc.add(out->dimensions(), 3);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->T = static_cast<int>(dim(textures.dimensions(), 2));
+    s->cube = static_cast<int64_t>(s->T) * s->T * s->T * 3;
+    s->P = dim(out->dimensions(), 3) * dim(out->dimensions(), 2);
+    return bc.finish();
+  }
+};
+
+// nmr_soft_rgb_bwd: face_vertices, textures, sigma_gamma, out, grad_rgb [*b, H, W, 3] -> grad
+// [*b, F, 11 + T^3 3]: each face's 9 vertex floats, its parts of sigma's and gamma's gradients, and
+// its cube's gradient.
+struct ColorBwdShape {
+  int fv, tex, params, out, grad, result;
+  int64_t F, P, cube;
+  int T;
+  static ffi::Error parse(Broadcast& bc, ColorBwdShape* s, const F32& face_vertices, const F32& textures,
+                          const F32& sigma_gamma, const F32& out, const F32& grad_rgb, F32Out& result) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->tex = bc.add(textures.dimensions(), 5);
+    s->params = bc.add(sigma_gamma.dimensions(), 1);
+    s->out = bc.add(out.dimensions(), 3);
+    s->grad = bc.add(grad_rgb.dimensions(), 3);
+    s->result = bc.add(result->dimensions(), 2);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->T = static_cast<int>(dim(textures.dimensions(), 2));
+    s->cube = static_cast<int64_t>(s->T) * s->T * s->T * 3;
+    s->P = dim(out.dimensions(), 3) * dim(out.dimensions(), 2);
+    return bc.finish();
+  }
+};
+
+// The attributes of both soft colour targets, as the core's parameters.
+inline ColorParams color_params(int32_t height, int32_t width, float near, float far, float threshold,
+                                float reach, int32_t distribution, int T, float eps, float bg_r, float bg_g,
+                                float bg_b) {
+  return ColorParams{soft_params(height, width, near, far, threshold, reach, distribution, 0),
+                     Texture{T, eps},
+                     {bg_r, bg_g, bg_b}};
+}
+
 }  // namespace nmr
 
 // The opening of every handler: declares `bc`, the broadcast batch, and `s`, the target's Shape
@@ -434,4 +486,42 @@ inline SoftParams soft_params(int32_t height, int32_t width, float near, float f
                                     .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
                                     .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
                                     .Ret<::nmr::F32>()             /* grad [*b, F, 10] */                   \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgb##SUFFIX, SoftRgbImpl,                                            \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
+                                    .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Attr<float>("threshold")                                               \
+                                    .Attr<float>("reach")                                                   \
+                                    .Attr<int32_t>("distribution")                                          \
+                                    .Attr<float>("eps")  /* texture clamp margin */                         \
+                                    .Attr<float>("bg_r") /* background colour */                            \
+                                    .Attr<float>("bg_g")                                                    \
+                                    .Attr<float>("bg_b")                                                    \
+                                    .Ret<::nmr::F32>() /* out [*b, H, W, 5]: rgb, m, s */                   \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgbBwd##SUFFIX, SoftRgbBwdImpl,                                      \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
+                                    .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
+                                    .Arg<::nmr::F32>() /* out [*b, H, W, 5] */                              \
+                                    .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                         \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Attr<float>("threshold")                                               \
+                                    .Attr<float>("reach")                                                   \
+                                    .Attr<int32_t>("distribution")                                          \
+                                    .Attr<float>("eps")  /* texture clamp margin */                         \
+                                    .Attr<float>("bg_r") /* background colour */                            \
+                                    .Attr<float>("bg_g")                                                    \
+                                    .Attr<float>("bg_b")                                                    \
+                                    .Ret<::nmr::F32>() /* grad [*b, F, 11 + T^3 3] */                       \
   )

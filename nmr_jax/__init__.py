@@ -36,7 +36,7 @@ from nmr_jax.shading import (
     spherical_uvs,
     vertex_normals,
 )
-from nmr_jax.soft import SoftRule, soft_silhouettes
+from nmr_jax.soft import SoftRule, soft_rgb, soft_silhouettes
 
 __version__ = "0.1.0"
 
@@ -74,6 +74,7 @@ __all__ = [
     "sample_texture",
     "save_obj",
     "shading",
+    "soft_rgb",
     "soft_silhouettes",
     "spherical_uvs",
     "typing",

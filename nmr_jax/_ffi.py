@@ -317,3 +317,44 @@ def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     x = jnp.sum(x, axis=tuple(range(lead))) if lead else x
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
     return jnp.sum(x, axis=axes, keepdims=True).reshape(shape) if axes else x.reshape(shape)
+
+
+def soft_rgb(
+    face_vertices: jax.Array,
+    textures: jax.Array,
+    sigma_gamma: jax.Array,
+    height: int,
+    width: int,
+    attrs: dict[str, Any],
+) -> jax.Array:
+    """Soft colours -> [*b, H, W, 5] as rasterized: rgb, then the softmax's m and s (soft.h)."""
+    args, batch = _pad_batch([face_vertices, textures, sigma_gamma], [3, 5, 1])
+    out = jax.ShapeDtypeStruct((*batch, height, width, 5), jnp.float32)
+    call = _call("nmr_soft_rgb", out, len(batch))
+    return call(*args, height=np.int32(height), width=np.int32(width), **attrs)
+
+
+def soft_rgb_bwd(
+    face_vertices: jax.Array,
+    textures: jax.Array,
+    sigma_gamma: jax.Array,
+    out: jax.Array,
+    grad_rgb: jax.Array,
+    attrs: dict[str, Any],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Gradient of ``soft_rgb``'s rgb w.r.t. the face vertices, textures and (sigma, gamma), each
+    summed to its shape (gamma's without the background's part, which the caller adds)."""
+    args, batch = _pad_batch([face_vertices, textures, sigma_gamma, out, grad_rgb], [3, 5, 1, 3, 3])
+    height, width = out.shape[-3:-1]
+    F, cube = face_vertices.shape[-3], int(np.prod(textures.shape[-4:]))
+    result = jax.ShapeDtypeStruct((*batch, F, 11 + cube), jnp.float32)
+    call = _call("nmr_soft_rgb_bwd", result, len(batch))
+    g = call(*args, height=np.int32(height), width=np.int32(width), **attrs)
+    g_fv = g[..., :9].reshape(*batch, F, 3, 3)
+    g_sg = jnp.sum(g[..., 9:11], axis=-2)
+    g_tex = g[..., 11:].reshape(*batch, F, *textures.shape[-4:])
+    return (
+        _sum_to(g_fv, face_vertices.shape),
+        _sum_to(g_tex, textures.shape),
+        _sum_to(g_sg, sigma_gamma.shape),
+    )

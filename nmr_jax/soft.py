@@ -41,13 +41,15 @@ from nmr_jax import _ffi
 from nmr_jax import _validate as check
 from nmr_jax.rasterize import DEFAULT_FAR, DEFAULT_IMAGE_SIZE, DEFAULT_NEAR
 
-__all__ = ["AGGREGATIONS", "DISTRIBUTIONS", "SoftRule", "reach", "soft_silhouettes"]
+__all__ = ["AGGREGATIONS", "DISTRIBUTIONS", "SoftRule", "reach", "soft_rgb", "soft_silhouettes"]
 
 DISTRIBUTIONS = ("logistic", "gaussian", "uniform", "cauchy")
 AGGREGATIONS = ("probabilistic", "max")
 DEFAULT_SIGMA = 1e-4
 # SoftRas's and PyTorch3D's cut: a face is dropped where it covers a pixel by 1e-4 or less.
 DEFAULT_THRESHOLD = 1e-4
+DEFAULT_GAMMA = 1e-4  # SoftRas's default temperature of the colours' softmax over depth
+BACKGROUND_DEPTH = 1e-3  # SoftRas's eps: the background's normalised inverse depth (soft.h)
 
 
 def reach(distribution: str, threshold: float = DEFAULT_THRESHOLD) -> float:
@@ -191,3 +193,122 @@ class SoftRule:
         return _checked_config(
             image_size, self.distribution, self.aggregation, near, far, self.threshold
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ColorConfig:
+    """Static settings of one soft colour rasterization."""
+
+    soft: _Config
+    eps: float  # Texture-coordinate clamp margin.
+    background: tuple[float, float, float]
+
+    def attrs(self) -> dict[str, Any]:
+        a = self.soft.attrs()
+        del a["aggregation"]
+        bg = {f"bg_{c}": np.float32(v) for c, v in zip("rgb", self.background, strict=True)}
+        return a | {"eps": np.float32(self.eps)} | bg
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _rgb(
+    fv: jax.Array, textures: jax.Array, sigma_gamma: jax.Array, cfg: _ColorConfig
+) -> jax.Array:
+    """rgb [*b, H, W, 3] as rasterized (row 0 at y = -1)."""
+    h, w = cfg.soft.height, cfg.soft.width
+    return _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs())[..., :3]
+
+
+def _rgb_fwd(fv, textures, sigma_gamma, cfg):
+    h, w = cfg.soft.height, cfg.soft.width
+    out = _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs())
+    return out[..., :3], (fv, textures, sigma_gamma, out)
+
+
+def _rgb_bwd(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
+    fv, textures, sigma_gamma, out = res
+    g_fv, g_tex, g_sg = _ffi.soft_rgb_bwd(fv, textures, sigma_gamma, out, g, cfg.attrs())
+    # The background's logit a_b = BACKGROUND_DEPTH / gamma, with weight u_b: the softmax gives
+    # d loss / d gamma = -k_b (a_b - m) / gamma at each pixel, k_b = u_b G.(bg - rgb) (relative
+    # to m as the faces' terms, soft.h).
+    gamma = sigma_gamma[..., 1, None, None]
+    logit = BACKGROUND_DEPTH / gamma
+    u_b = jnp.exp(logit - out[..., 3]) / out[..., 4]
+    bg = jnp.asarray(cfg.background, jnp.float32)
+    k_b = u_b * jnp.sum(g * (bg - out[..., :3]), axis=-1)
+    g_gamma = -jnp.sum(k_b * (logit - out[..., 3]), axis=(-2, -1)) / gamma[..., 0, 0]
+    g_sg = g_sg + _ffi._sum_to(jnp.stack([jnp.zeros_like(g_gamma), g_gamma], -1), sigma_gamma.shape)
+    return g_fv, g_tex, g_sg
+
+
+_rgb.defvjp(_rgb_fwd, _rgb_bwd)
+
+
+def soft_rgb(
+    faces: ArrayLike,
+    textures: ArrayLike,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
+    sigma: ArrayLike = DEFAULT_SIGMA,
+    gamma: ArrayLike = DEFAULT_GAMMA,
+    distribution: str = "logistic",
+    near: float = DEFAULT_NEAR,
+    far: float = DEFAULT_FAR,
+    threshold: float = DEFAULT_THRESHOLD,
+    eps: float = 1e-3,
+    background_color: Sequence[float] = (0.0, 0.0, 0.0),
+) -> jax.Array:
+    """SoftRas's soft colours of textured faces: a softmax over every face in reach and the
+    background.
+
+    At each pixel, face ``f`` (taking part as in ``soft_silhouettes``) weighs
+    ``D_f exp(zn_f / gamma)`` and the background ``exp(1e-3 / gamma)``, ``zn = (far - z) / (far -
+    near)`` the normalised inverse depth of the face at the pixel (barycentrics clamped to the
+    face, as SoftRas); the pixel's colour is the weighted mean of the faces' texture colours there
+    (trilinear in the cube, coordinates clamped to ``[0, T - 1 - eps]`` as ``rasterize``) and the
+    background colour.
+
+    Args:
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices.
+      textures: float32 ``[..., F, T, T, T, 3]`` colour cubes.
+      image_size: ``S`` or ``(H, W)``.
+      sigma, gamma: float32 ``[...]`` (scalars or batch dims), > 0: the coverage's blur and the
+        softmax's temperature; array operands (a new value does not recompile), differentiable.
+      distribution, near, far, threshold: as ``soft_silhouettes``.
+      eps: texture-coordinate clamp margin.
+      background_color: RGB of the background.
+
+    Returns:
+      rgb float32 ``[..., H, W, 3]``, row 0 at the top; exact gradients w.r.t. the face vertices
+      (through coverages, depths and barycentrics), the textures, sigma and gamma.
+    """
+    fv, tex = _checked_faces_and_textures(faces, textures)
+    cfg = _ColorConfig(
+        _checked_config(image_size, distribution, "probabilistic", near, far, threshold),
+        check.eps(eps),
+        check.colour("background_color", background_color),
+    )
+    return _soft_rgb(fv, tex, sigma, gamma, cfg)
+
+
+def _checked_faces_and_textures(
+    faces: ArrayLike, textures: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
+    fv = check.float_array("faces", faces, (None, 3, 3))
+    check.num_faces("faces", fv.shape[-3])
+    tex = check.float_array("textures", textures, (None, None, None, None, 3))
+    check.texture_cube(tex, fv.shape[-3])
+    return fv, tex
+
+
+def _soft_rgb(
+    fv: jax.Array, tex: jax.Array, sigma: ArrayLike, gamma: ArrayLike, cfg: _ColorConfig
+) -> jax.Array:
+    """``soft_rgb`` of checked faces, textures and settings."""
+    sg = check.positive_scalars("sigma", sigma)
+    gm = check.positive_scalars("gamma", gamma)
+    batch = check.batch(
+        {"faces": fv.shape[:-3], "textures": tex.shape[:-5], "sigma": sg.shape, "gamma": gm.shape}
+    )
+    params = jnp.stack(jnp.broadcast_arrays(sg, gm), -1)
+    del batch
+    return jnp.flip(_rgb(fv, tex, params, cfg), axis=-3)

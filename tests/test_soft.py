@@ -28,15 +28,21 @@ def _cdf(distribution: str, x: jax.Array) -> jax.Array:
     return jnp.where(far_left, jnp.arctan(-1.0 / safe) / jnp.pi, 0.5 + jnp.arctan(x) / jnp.pi)
 
 
-def reference_alpha(fv, sigma, size, distribution, aggregation, near=NEAR, far=FAR, t=1e-4):
-    """alpha [..., H, W] (row 0 at the top) by brute force: every face at every pixel."""
+def _clamp01(r):
+    """clip(r, 0, 1) passing the gradient only strictly inside (0, 1), as the kernels do."""
+    return jnp.where((r > 0) & (r < 1), r, jnp.clip(jax.lax.stop_gradient(r), 0.0, 1.0))
+
+
+def reference_samples(fv, sigma, size, distribution, near=NEAR, far=FAR, t=1e-4, dtype=jnp.float32):
+    """Every face at every pixel [..., H, W, F] (rows as rasterized, y = -1 first): q = 1 -
+    coverage, whether the face takes part, its clamped barycentrics [..., H, W, F, 3] and depth."""
     h, w = size
-    fv = jnp.asarray(fv, jnp.float32)
-    sigma = jnp.asarray(sigma, jnp.float32)
+    fv = jnp.asarray(fv, dtype)
+    sigma = jnp.asarray(sigma, dtype)
     px = 0.5 * (fv[..., 0] * w + w - 1)  # [..., F, 3] pixel coordinates
     py = 0.5 * (fv[..., 1] * h + h - 1)
     z = fv[..., 2]
-    yi, xi = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+    yi, xi = jnp.meshgrid(jnp.arange(h, dtype=dtype), jnp.arange(w, dtype=dtype),
                           indexing="ij")  # fmt: skip
     X, Y = xi[..., None], yi[..., None]  # [H, W, 1] against faces last
     c = lambda a: a[..., None, None, :, :]  # noqa: E731  [..., 1, 1, F, 3]
@@ -66,19 +72,63 @@ def reference_alpha(fv, sigma, size, distribution, aggregation, near=NEAR, far=F
         x[..., 2] - x[..., 0]
     )
     # Depth at the pixel with barycentrics clamped and renormalised (the core's interpolate).
-    wts = [jnp.clip(edge[(k + 1) % 3] / area2, 0.0, 1.0) for k in range(3)]
+    wts = [_clamp01(edge[(k + 1) % 3] / area2) for k in range(3)]
     total = wts[0] + wts[1] + wts[2]
-    zp = 1.0 / sum(wk / total / zz[..., k] for k, wk in enumerate(wts))
+    bary = jnp.stack([wk / total for wk in wts], -1)
+    zp = 1.0 / sum(bary[..., k] / zz[..., k] for k in range(3))
     xs = dist / sigma[..., None, None, None]
     coverage = _cdf(distribution, -xs)
-    q = _cdf(distribution, xs)
     takes_part = (area2 > 0) & (zp > near) & (zp < far) & (coverage > t)
+    return _cdf(distribution, xs), takes_part, bary, zp
+
+
+def reference_alpha(fv, sigma, size, distribution, aggregation, near=NEAR, far=FAR, t=1e-4):
+    """alpha [..., H, W] (row 0 at the top) by brute force: every face at every pixel."""
+    q, takes_part, _, _ = reference_samples(fv, sigma, size, distribution, near, far, t)
     q = jnp.where(takes_part, q, 1.0)
     if aggregation == "probabilistic":
         alpha = 1.0 - jnp.prod(q, axis=-1)
     else:
         alpha = 1.0 - jnp.take_along_axis(q, jnp.argmin(q, -1)[..., None], -1)[..., 0]
     return jnp.flip(alpha, -2)
+
+
+def reference_rgb(fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float32, eps=1e-3):
+    """SoftRas's colours [..., H, W, 3] (row 0 at the top) by brute force."""
+    q, takes_part, bary, zp = reference_samples(fv, sigma, size, distribution, dtype=dtype)
+    fv, tex = jnp.asarray(fv, dtype), jnp.asarray(tex, dtype)
+    gamma = jnp.asarray(gamma, dtype)[..., None, None, None]
+    T = tex.shape[-2]
+    z = fv[..., None, None, :, :, 2]  # [..., 1, 1, F, 3]
+    coord = bary * (T - 1) * (zp[..., None] / z)
+    clamped = jnp.clip(coord, 0.0, T - 1 - eps)
+    coord = jnp.where(coord == clamped, coord, jax.lax.stop_gradient(clamped))
+    base = jnp.floor(jax.lax.stop_gradient(coord)).astype(jnp.int32)
+    frac = coord - base
+    cube = tex.reshape(*tex.shape[:-5], 1, 1, tex.shape[-5], T**3, 3)
+    color = 0.0
+    for c in range(8):
+        up = [(c >> k) & 1 for k in range(3)]
+        i = [jnp.minimum(base[..., k] + up[k], T - 1) for k in range(3)]
+        weight = 1.0
+        for k in range(3):
+            weight = weight * (frac[..., k] if up[k] else 1.0 - frac[..., k])
+        texel = jnp.take_along_axis(
+            jnp.broadcast_to(cube, (*i[0].shape, T**3, 3)),
+            ((i[0] * T + i[1]) * T + i[2])[..., None, None],
+            -2,
+        )[..., 0, :]
+        color = color + weight[..., None] * texel
+    logit = (FAR - zp) / (FAR - NEAR) / gamma
+    m = jax.lax.stop_gradient(
+        jnp.maximum(jnp.max(jnp.where(takes_part, logit, 0.0), -1), 1e-3 / gamma[..., 0])
+    )
+    weight = jnp.where(takes_part, (1.0 - q) * jnp.exp(logit - m[..., None]), 0.0)
+    back = jnp.exp(1e-3 / gamma[..., 0] - m)
+    rgb = (jnp.sum(weight[..., None] * color, -2) + back[..., None] * jnp.asarray(bg)) / (
+        jnp.sum(weight, -1) + back
+    )[..., None]
+    return jnp.flip(rgb, -3)
 
 
 def _faces(seed, batch, n, size):
@@ -248,3 +298,31 @@ def test_renderer_soft_rule_silhouettes_with_fill_back():
     assert float(grad.rule.sigma) > 0  # a wider blur covers more
     with pytest.raises(TypeError, match="rule"):
         nr.Renderer(rule="soft")
+
+
+@pytest.mark.parametrize("distribution", soft.DISTRIBUTIONS)
+def test_soft_rgb_and_its_gradients_equal_the_brute_force_reference(distribution):
+    rng = np.random.default_rng(9)
+    fv = _faces(9, 2, 10, 16)
+    tex = rng.uniform(size=(2, 10, 3, 3, 3, 3)).astype(np.float32)
+    sigma, gamma, bg = np.float32(3e-3), np.float32(0.05), (0.2, 0.4, 0.6)
+    weights = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
+
+    def ours(f, x, s, g):
+        return nr.soft_rgb(f, x, 16, s, g, distribution, background_color=bg)
+
+    def ref(f, x, s, g):
+        return reference_rgb(f, x, s, g, (16, 16), distribution, bg, jnp.float64)
+
+    args = (fv, tex, sigma, gamma)
+    got = jax.grad(lambda *a: jnp.sum(ours(*a) * weights), argnums=(0, 1, 2, 3))(*args)
+    # In float64: gamma's gradient sums terms of size a / gamma (a up to 1 / gamma) that cancel
+    # to the result, which float32 autodiff rounds by ~3e-4 (the kernels, ~1e-5: soft.h).
+    with jax.enable_x64(True):
+        args64 = tuple(np.asarray(a, np.float64) for a in args)
+        np.testing.assert_allclose(ours(*args), ref(*args64), atol=1e-5, rtol=0)
+        want = jax.grad(lambda *a: jnp.sum(ref(*a) * weights), argnums=(0, 1, 2, 3))(*args64)
+    for g, r in zip(got, want, strict=True):
+        scale = float(jnp.max(jnp.abs(r)))
+        assert scale > 0
+        np.testing.assert_allclose(g, r, atol=1e-4 * scale, rtol=1e-4)
