@@ -1,4 +1,4 @@
-"""All 13 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
+"""All 15 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
 raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2).
 Short on purpose: tools/gpu_check.sh runs it under compute-sanitizer's memcheck and racecheck,
@@ -32,7 +32,7 @@ def random_faces(rng: np.random.Generator, batch: int, faces: int, size: int) ->
 def all_targets(fv, tex, image, faces, vertices, size: int):
     """Every target once: gather, scatter, rasterize, textures and their gradient, Kato, the
     fragments' gradient, interpolation and image sampling and their gradients, soft silhouettes
-    and their gradient."""
+    and soft colours and their gradients."""
     fi, wt, d = _ffi.rasterize(fv, size, size, NEAR, FAR)
     rgb = _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)
     g_tex = _ffi.sample_textures_bwd(fv, fi, wt, d, image[..., :3], 1e-3, tex.shape)
@@ -53,6 +53,11 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
         attrs = nr.soft._Config(size, size, NEAR, FAR, 1e-4, "cauchy", aggregation).attrs()
         alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, size, size, attrs)
         soft += [alpha, *_ffi.soft_silhouettes_bwd(fv, sigma, acc, count, image[..., 0], attrs)]
+    colors = nr.soft._ColorConfig(nr.soft._Config(size, size, NEAR, FAR, 1e-4, "cauchy",
+                                                  "probabilistic"), 1e-3, (0.0, 0.5, 1.0)).attrs()  # fmt: skip
+    params = jnp.stack([sigma, sigma], -1)
+    out = _ffi.soft_rgb(fv, tex, params, size, size, colors)
+    soft += [out, *_ffi.soft_rgb_bwd(fv, tex, params, out, image[..., :3], colors)]
     return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
             sampled, g_image, g_uv, *soft)  # fmt: skip
 
@@ -83,7 +88,9 @@ def cube(size: int):
     fv = nr.vertices_to_faces(nr.perspective(nr.look_at(corners * 0.9, eye), 45.0), faces)
     hard = jax.grad(lambda fv: jnp.sum(nr.rasterize_silhouettes(fv, size, anti_aliasing=False)))(fv)
     soft = jax.grad(lambda fv: jnp.sum(nr.soft_silhouettes(fv, size, 1e-4) ** 2))(fv)
-    return hard, soft
+    tex = jnp.ones((fv.shape[0], 2, 2, 2, 3), jnp.float32)
+    colors = jax.grad(lambda fv: jnp.sum(nr.soft_rgb(fv, tex, size, 1e-4, 1e-4) ** 2))(fv)
+    return hard, soft, colors
 
 
 def main() -> int:
@@ -129,7 +136,7 @@ def main() -> int:
             print("corrupt vertex index: ok (raised)", str(e).splitlines()[0][:80])
         ok = all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in map(np.asarray, cube(1024)))
         failed += not ok
-        print(f"cube at 1024^2, hard and soft gradients: {'ok' if ok else 'FAILED'}")
+        print(f"cube at 1024^2, hard, soft and soft colour gradients: {'ok' if ok else 'FAILED'}")
     print("gpu_smoke:", "all ok" if not failed else f"{failed} FAILED")
     return 1 if failed else 0
 
