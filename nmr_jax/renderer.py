@@ -25,7 +25,7 @@ from nmr_jax.camera import (
 )
 from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
 from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
-from nmr_jax.soft import SoftRule, _silhouettes
+from nmr_jax.soft import SoftRule, _ColorConfig, _silhouettes, _soft_rgb
 from nmr_jax.typing import CameraMode, Handedness, ImageSize, VectorLike
 
 __all__ = ["Renderer"]
@@ -350,6 +350,8 @@ class Renderer:
         faces = self._both_sides(mesh.faces)
         world = self._world_faces(mesh.vertices, faces)
         fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
+        if self.rule is not None:
+            return self._render_soft(fv, world, mesh, lights, shader)
         if mesh.textures is None:
             return shading._render(self, fv, mesh, world, lights, shader, shader_args)
         textures = mesh.textures
@@ -359,6 +361,38 @@ class Renderer:
         tex = _lighting(world, textures, lights)
         out = _rgbad(fv, tex, self._config(self.rasterizer_eps), self.anti_aliasing)
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
+
+    def _render_soft(
+        self, fv: jax.Array, world: jax.Array, mesh: _Mesh, lights: Lights, shader: Shader | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``render`` with a SoftRule (see it): soft rgb and alpha, the hard depth map."""
+        if shader is not None:
+            raise ValueError("a shader needs Kato's rule (rule=None); a SoftRule colours "
+                             "texture cubes and vertex colours")  # fmt: skip
+        rule = self.rule
+        assert rule is not None
+        if mesh.textures is not None:
+            textures = mesh.textures
+            if self.fill_back:
+                textures = jnp.concatenate([textures, jnp.swapaxes(textures, -4, -2)], axis=-5)
+            tex = _lighting(world, textures, lights)
+        else:
+            # Lit corner colours as a 2^3 cube of the linear function i c0 + j c1 + k c2, which
+            # trilinear sampling at coordinates b_k gives back as sum_k b_k c_k.
+            light = _lighting(world, jnp.ones((*world.shape[:-2], 1, 1, 1, 3), jnp.float32), lights)
+            assert mesh.vertex_colors is not None
+            faces = self._both_sides(mesh.faces)
+            colors = _vertices_to_faces(mesh.vertex_colors, faces) * light[..., 0, 0, 0, None, :]
+            corners = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij"), np.float32)
+            cube = jnp.einsum("kt,...kc->...tc", corners.reshape(3, 8), colors)
+            tex = cube.reshape(*cube.shape[:-2], 2, 2, 2, 3)
+        soft = rule._config(self.image_size, self.near, self.far)
+        cfg = _ColorConfig(soft, self.rasterizer_eps, check.colour("", self.background_color))
+        rgb = _soft_rgb(fv, tex, rule.sigma, rule.gamma, cfg)
+        alpha = _silhouettes(fv, rule.sigma, soft)
+        hard = _config(self.image_size, False, self.near, self.far, 1e-4, self.background_color)
+        depth = _rgbad(fv, None, hard, False, False, False, True).depth
+        return rgb, depth, alpha  # type: ignore[return-value]
 
     def _world_faces(self, vertices: jax.Array, faces: np.ndarray | jax.Array) -> jax.Array:
         """World face vertices for lighting, ordered so that the original's normal

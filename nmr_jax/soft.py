@@ -174,12 +174,16 @@ def _silhouettes(fv: jax.Array, sigma: ArrayLike, cfg: _Config) -> jax.Array:
 class SoftRule:
     """A soft rasterization rule for ``Renderer(rule=...)`` (None there: Kato's rule).
 
-    ``sigma`` is a pytree leaf (a traced value anneals without recompiling); the rest is static.
-    ``render_silhouettes`` returns ``soft_silhouettes`` of the mesh (anti-aliasing does not
-    apply to the soft rule: the image is drawn at ``image_size``).
+    ``sigma`` and ``gamma`` are pytree leaves (a traced value anneals without recompiling); the
+    rest is static. With it, ``Renderer.render_silhouettes`` returns ``soft_silhouettes`` of the
+    mesh, and ``Renderer.render`` the mesh's lit texture cubes or vertex colours by ``soft_rgb``,
+    alpha by ``soft_silhouettes`` and the hard depth map. The soft images are drawn at
+    ``image_size`` (``anti_aliasing`` does not apply: they are smooth already); a shader needs
+    Kato's rule.
     """
 
     sigma: ArrayLike = DEFAULT_SIGMA
+    gamma: ArrayLike = DEFAULT_GAMMA  # The colours' softmax temperature (``soft_rgb``).
     distribution: str = dataclasses.field(default="logistic", metadata={"static": True})
     aggregation: str = dataclasses.field(default="probabilistic", metadata={"static": True})
     threshold: float = dataclasses.field(default=DEFAULT_THRESHOLD, metadata={"static": True})

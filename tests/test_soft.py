@@ -10,6 +10,7 @@ import pytest
 
 import nmr_jax as nr
 from nmr_jax import soft
+from nmr_jax.lighting import _lighting, lights_of
 from tests._helpers import FAR, NEAR, random_faces
 
 RULES = [(d, a) for d in soft.DISTRIBUTIONS for a in soft.AGGREGATIONS]
@@ -326,3 +327,33 @@ def test_soft_rgb_and_its_gradients_equal_the_brute_force_reference(distribution
         scale = float(jnp.max(jnp.abs(r)))
         assert scale > 0
         np.testing.assert_allclose(g, r, atol=1e-4 * scale, rtol=1e-4)
+
+
+def test_renderer_soft_rule_render_textures_and_vertex_colors():
+    vertices, faces = nr.data.teapot()
+    rng = np.random.default_rng(10)
+    textures = rng.uniform(size=(faces.shape[0], 2, 2, 2, 3)).astype(np.float32)
+    rule = nr.SoftRule(sigma=1e-3, gamma=1e-2)
+    renderer = nr.Renderer(image_size=24, rule=rule, background_color=(0.1, 0.2, 0.3))
+    rgb, depth, alpha = renderer.render(vertices, faces, textures)
+    np.testing.assert_array_equal(alpha, renderer.render_silhouettes(vertices, faces))
+    kato = nr.Renderer(image_size=24, anti_aliasing=False, background_color=(0.1, 0.2, 0.3))
+    np.testing.assert_array_equal(depth, kato.render_depth(vertices, faces))
+    # What the Renderer composes: lit cubes of the faces and their reversed copies, soft_rgb.
+    fv = renderer._checked_faces(vertices, faces, {})
+    world = renderer._world_faces(jnp.asarray(vertices), renderer._both_sides(np.asarray(faces)))
+    both = np.concatenate([textures, np.swapaxes(textures, -4, -2)])
+    lights = lights_of(0.5, 0.5, (1, 1, 1), (1, 1, 1), (0, 1, 0))
+    lit = _lighting(world, jnp.asarray(both), lights)
+    want = nr.soft_rgb(fv, lit, 24, 1e-3, 1e-2, background_color=(0.1, 0.2, 0.3), eps=1e-3)
+    np.testing.assert_allclose(rgb, want, atol=1e-6)
+    # Vertex colours: the corners' colours interpolated, gradients reaching colours and vertices.
+    colors = rng.uniform(size=vertices.shape).astype(np.float32)
+
+    def loss(v, c):
+        return jnp.sum(renderer.render(v, faces, vertex_colors=c)[0] ** 2)
+
+    g_v, g_c = jax.grad(loss, argnums=(0, 1))(jnp.asarray(vertices), jnp.asarray(colors))
+    assert np.abs(g_v).max() > 0 and np.abs(g_c).max() > 0
+    with pytest.raises(ValueError, match="shader"):
+        renderer.render(vertices, faces, shader=lambda frags: frags.depth[..., None])
