@@ -36,6 +36,7 @@ examples:
   nmr-jax render scan.obj -o front.png --up z --handedness right
   nmr-jax render asset.obj -o smooth.png --shading smooth
   nmr-jax render asset.obj -o normals.png --mode normals --shading smooth
+  nmr-jax render teapot.obj -o soft.png --rule soft --sigma 3e-5 --gamma 1e-3
 
 The mesh is normalised into [-1, 1]^3 (as the original's load_obj) unless --no-normalization, and
 coloured by the materials of its .mtl files (map_Kd images sampled per pixel through the UVs, Kd
@@ -130,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
         "--normalization", action=argparse.BooleanOptionalAction, default=True,
         help="fit the mesh into [-1, 1]^3 (default: on)",
     )  # fmt: skip
+    soft = p.add_argument_group("rasterization rule")
+    soft.add_argument(
+        "--rule", choices=("kato", "soft"), default="kato",
+        help="kato: hard images, as the original; soft: SoftRas's soft silhouettes and colours "
+        "through texture cubes (--texture-size, 4 by default with it) (default: kato)",
+    )  # fmt: skip
+    soft.add_argument("--sigma", type=float, default=1e-4, help="soft blur (default: 1e-4)")
+    soft.add_argument(
+        "--gamma", type=float, default=1e-4, help="soft colours' depth temperature (default: 1e-4)"
+    )
+    soft.add_argument("--distribution", choices=nr.soft.DISTRIBUTIONS, default="logistic")
+    soft.add_argument("--aggregation", choices=nr.soft.AGGREGATIONS, default="probabilistic")
     out = p.add_argument_group("output")
     out.add_argument("--fps", type=float, default=20.0, help="GIF frame rate (default: 20)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -170,6 +183,12 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
     except ValueError as err:
         parser.error(f"--image-size: {err}")
+    if args.rule == "soft":
+        if not (args.sigma > 0 and args.gamma > 0 and math.isfinite(args.sigma * args.gamma)):
+            parser.error(f"--sigma and --gamma must be positive, got {args.sigma}, {args.gamma}")
+        if args.shading == "smooth" or args.mode == "normals":
+            parser.error("--rule soft colours texture cubes: no --shading smooth or --mode normals")
+        args.texture_size = 4 if args.texture_size is None else args.texture_size
     if args.texture_size is not None and args.texture_size < 1:
         parser.error(f"--texture-size must be at least 1, got {args.texture_size}")
     if args.texture_size is not None and (args.shading == "smooth" or args.mode == "normals"):
@@ -282,6 +301,9 @@ def _render(args: argparse.Namespace) -> None:
         light_intensity_ambient=args.ambient,
         light_intensity_directional=args.directional,
         light_direction=tuple(args.light_direction),
+        rule=None
+        if args.rule == "kato"
+        else nr.SoftRule(args.sigma, args.gamma, args.distribution, args.aggregation),
     )
     azimuths = args.azimuth + 360.0 * np.arange(args.views) / args.views
     eyes = np.asarray(nr.get_points_from_angles(args.distance, args.elevation, azimuths))

@@ -218,3 +218,17 @@ def test_cli_smooth_shading_and_normals_mode(tmp_path: Path) -> None:
     assert np.abs(images["cubes"] - images["flat"]).max() <= 1
     assert np.abs(images["smooth"] - images["flat"]).max() > 10
     assert len(np.unique(images["normals"][covered].reshape(-1, 3), axis=0)) > 20
+
+
+def test_cli_soft_rule_renders_soft_silhouettes_and_colours(tmp_path: Path) -> None:
+    # A wide blur: the soft silhouette covers more than the hard one, and the soft rgb shows it.
+    hard, soft = tmp_path / "hard.png", tmp_path / "soft.png"
+    common = ("--image-size", "32", "--mode", "silhouette", "--no-anti-aliasing")
+    assert render(TEAPOT, "-o", str(hard), *common) == 0
+    assert render(TEAPOT, "-o", str(soft), *common, "--rule", "soft", "--sigma", "1e-3") == 0
+    assert iio.imread(soft).astype(float).sum() > iio.imread(hard).astype(float).sum() > 0
+    rgb = tmp_path / "rgb.png"
+    assert render(TEAPOT, "-o", str(rgb), "--image-size", "32", "--rule", "soft") == 0
+    assert iio.imread(rgb).max() > 0
+    with pytest.raises(SystemExit):
+        render(TEAPOT, "-o", str(rgb), "--rule", "soft", "--sigma", "0")
