@@ -696,6 +696,8 @@ ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures,
       for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f) {
         const nmr::SoftFace face = nmr::setup_soft_face(fv + 9 * f, sigma, c.soft);
         if (!face.f.visible) continue;
+        // Summed in double: sigma's and gamma's terms cancel to far less than their size.
+        double sum[11] = {};
         for (int yi = face.box.y_lo; yi <= face.box.y_hi; ++yi)
           for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
             const int64_t p = int64_t{yi} * width + xi;
@@ -703,9 +705,12 @@ ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures,
             nmr::ColorSample cs;
             if (!nmr::color_sample(face, xi, yi, sigma, gamma, c.soft, &cs)) continue;
             float* cube = r + stride * f + 11;
+            float part[11] = {};
             nmr::color_grad(face, fv + 9 * f, tex + f * s.cube, cs, o + 5 * p, g + 3 * p, sigma, gamma, c,
-                            r + stride * f, [&](int i, float v) { cube[i] += v; });
+                            part, [&](int i, float v) { cube[i] += v; });
+            for (int k = 0; k < 11; ++k) sum[k] += part[k];
           }
+        for (int k = 0; k < 11; ++k) r[stride * f + k] = static_cast<float>(sum[k]);
       }
     });
   }

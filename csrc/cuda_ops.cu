@@ -1160,7 +1160,8 @@ __global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
   const float* out = g.out + at[s.out] * s.P * 5;
   const float* grad_rgb = g.grad_rgb + at[s.grad] * s.P * 3;
   float* result = g.result + (at[s.result] * s.F + f) * (11 + s.cube);
-  float grad[11] = {};
+  // Summed in double: sigma's and gamma's terms cancel to far less than their size.
+  double sum[11] = {};
   for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
     for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
       const int64_t p = static_cast<int64_t>(yi) * g.c.soft.width + xi;
@@ -1168,12 +1169,14 @@ __global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
       if (G[0] == 0.f && G[1] == 0.f && G[2] == 0.f) continue;
       nmr::ColorSample cs;
       if (!nmr::color_sample(face, xi, yi, sigma, gamma, g.c.soft, &cs)) continue;
+      float part[11] = {};
       // Atomics for the cube: the lanes of a face share it.
-      nmr::color_grad(face, fv, tex, cs, out + 5 * p, G, sigma, gamma, g.c, grad,
+      nmr::color_grad(face, fv, tex, cs, out + 5 * p, G, sigma, gamma, g.c, part,
                       [&](int k, float v) { atomicAdd(result + 11 + k, v); });
+      for (int k = 0; k < 11; ++k) sum[k] += part[k];
     }
   for (int k = 0; k < 11; ++k)
-    if (grad[k] != 0.f) atomicAdd(result + k, grad[k]);
+    if (sum[k] != 0.0) atomicAdd(result + k, static_cast<float>(sum[k]));
 }
 
 ffi::Error SoftRgbBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 sigma_gamma,

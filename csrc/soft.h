@@ -266,9 +266,12 @@ NMR_HD void color_grad(const SoftFace& sf, const float* face, const float* textu
       if (tw[t] != 0.f) add_tex(3 * idx[t] + ch, tw[t] * u * G[ch]);
   // Through the coverage D (q = 1 - D) and the logit a = (far - zp) / (far - near) / gamma.
   soft_sample_grad(sf, cs.smp, -k / D, sigma, s, grad, grad + 9);
-  // d a / d gamma = -a / gamma; summed over a pixel's faces and background, whose k sum to 0, the
-  // terms are taken relative to m, which they cancel to: less rounding.
-  grad[10] -= k * (cs.a - px[3]) / gamma;
+  // d a / d gamma = -a / gamma. Summed over a pixel's faces and background, whose k sum to 0, the
+  // terms cancel to far less than their size: they are taken relative to m (which any rounding
+  // of m then cancels from) and a is recomputed in double (in float, far - zp alone rounds it
+  // by ~1e-7 / gamma).
+  const double a = (static_cast<double>(s.far) - cs.zp) / (static_cast<double>(s.far) - s.near) / gamma;
+  grad[10] -= k * static_cast<float>((a - px[3]) / gamma);
   float g_zp = -k / (gamma * (s.far - s.near));
   // Through the texture coordinates t_k = w_k (T - 1) zp / z_k, clamped to [0, T - 1 - eps]: the
   // gradient of the perspective-correct barycentrics b_k = w_k zp / z_k.
