@@ -10,7 +10,7 @@ column is the median of the pairs' ratios); the brute force runs once. The last 
 icosphere's rows, is PyTorch3D's 18.4 s (its soft silhouette, K = 50, the icosphere at 256^2 on
 a 2-core machine) over ours.
 
-Usage: ``python benchmarks/bench_soft.py [--size 256] [--repeats 10] [--no-brute]``.
+Usage: ``python benchmarks/bench_soft.py [--size 256] [--repeats 10] [--no-brute] [--meshes ...]``.
 """
 
 from __future__ import annotations
@@ -85,14 +85,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10, help="timed pairs per entry")
     parser.add_argument("--no-brute", action="store_true", help="skip the brute-force reference")
+    parser.add_argument("--meshes", nargs="+", default=["teapot", "icosphere"],
+                        choices=["teapot", "icosphere"])  # fmt: skip
     args = parser.parse_args()
     print(f"# {platform.machine()}, jax {jax.__version__}, {args.size}^2, median of "
           f"{args.repeats} pairs, ms (forward+backward)", flush=True)  # fmt: skip
     print("| mesh | faces | sigma | Kato | soft | soft / Kato | brute force | brute / soft "
           "| PyTorch3D 18.4 s / soft |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    meshes = {"teapot": nr.data.teapot(), "icosphere": nr.data.icosphere(4)}
-    for name, (vertices, faces) in meshes.items():
+    meshes = {"teapot": nr.data.teapot, "icosphere": lambda: nr.data.icosphere(4)}
+    for name in args.meshes:
+        vertices, faces = meshes[name]()
         v = jnp.asarray(vertices)
         faces = np.asarray(faces)
         for i, sigma in enumerate((1e-4, 1e-5)):

@@ -52,3 +52,21 @@ def test_bench_cpu_shader_table_prints_its_ratio():
     out = run("bench_cpu.py", "--shader-only", "--quick", "--repeats", "1")
     rows = [line.split() for line in out.splitlines() if line.startswith("teapot ")]
     assert len(rows) == 1 and len(rows[0]) == 8 and float(rows[0][-1]) > 0, out
+
+
+def test_bench_soft_prints_its_table_with_the_brute_force():
+    out = run("bench_soft.py", "--size", "32", "--repeats", "1", "--meshes", "teapot")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| teapot")]
+    assert len(rows) == 2 and rows[0][7].strip() != "-", out  # the brute force ran at sigma 1e-4
+
+
+def test_gradient_rules_smoke_run_prints_every_rule_asked():
+    out = run(
+        "gradient_rules.py", "--problems", "3", "--steps", "2", "--rules", "kato", "uniform-max"
+    )
+    rows = [
+        line
+        for line in out.splitlines()
+        if line.startswith("| kato") or line.startswith("| uniform")
+    ]
+    assert len(rows) == 2, out
