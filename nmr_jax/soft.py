@@ -1,4 +1,4 @@
-"""Soft rasterization: SoftRas-family silhouettes over every face within reach of each pixel.
+"""Soft rasterization: SoftRas-family silhouettes and colours over every face within reach.
 
 ``faces`` are projected face vertices as in ``nmr_jax.rasterize``: float32 ``[..., F, 3, 3]``,
 x and y in NDC [-1, 1] (y up), z the view depth. Images have row 0 at the top (y = +1).
@@ -15,12 +15,16 @@ their number. Since ``D`` falls with ``dist``, those faces lie within ``dist < r
 ``sqrt(reach * sigma)`` (NDC), summing into per-pixel accumulators (memory O(pixels)), and the
 backward pass visits the same pixels again. Faces take part where they are front-facing
 (counter-clockwise in the image, as the hard rasterizer draws them) and where their depth at the
-pixel (at the nearest point of the face, barycentrics clamped as SoftRas does) lies strictly
-between ``near`` and ``far``. ``Renderer(fill_back=True)`` adds each face reversed, so both
+pixel (at its barycentrics clamped to the face and renormalised, SoftRas's barycentric clipping)
+lies strictly between ``near`` and ``far``. ``Renderer(fill_back=True)`` adds each face reversed, so both
 windings count, one copy at a time: a face and its reversed copy never take part together.
 
-Gradients are exact (with respect to the face vertices' x and y and to ``sigma``) wherever the
-set of faces taking part at each pixel does not change; z only decides the depth test.
+Colours (``soft_rgb``) are SoftRas's softmax over those faces and the background.
+
+Gradients are exact wherever the set of faces taking part at each pixel does not change: the
+silhouettes' w.r.t. the vertices' x and y (z only decides the depth test) and ``sigma``; the
+colours' also w.r.t. z (through depths and barycentrics), the textures and ``gamma``. See
+docs/soft.md.
 """
 
 from __future__ import annotations
@@ -310,9 +314,8 @@ def _soft_rgb(
     """``soft_rgb`` of checked faces, textures and settings."""
     sg = check.positive_scalars("sigma", sigma)
     gm = check.positive_scalars("gamma", gamma)
-    batch = check.batch(
+    check.batch(
         {"faces": fv.shape[:-3], "textures": tex.shape[:-5], "sigma": sg.shape, "gamma": gm.shape}
     )
-    params = jnp.stack(jnp.broadcast_arrays(sg, gm), -1)
-    del batch
+    params = jnp.stack(jnp.broadcast_arrays(sg, gm), -1)  # [..., 2]: one operand
     return jnp.flip(_rgb(fv, tex, params, cfg), axis=-3)
