@@ -245,7 +245,7 @@ def _rgb_bwd(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
     bg = jnp.asarray(cfg.background, jnp.float32)
     k_b = u_b * jnp.sum(g * (bg - out[..., :3]), axis=-1)
     g_gamma = -jnp.sum(k_b * (logit - out[..., 3]), axis=(-2, -1)) / gamma[..., 0, 0]
-    g_sg = g_sg + _ffi._sum_to(jnp.stack([jnp.zeros_like(g_gamma), g_gamma], -1), sigma_gamma.shape)
+    g_sg = g_sg.at[..., 1].add(_ffi._sum_to(g_gamma, sigma_gamma.shape[:-1]))
     return g_fv, g_tex, g_sg
 
 

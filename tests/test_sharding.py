@@ -31,7 +31,7 @@ def test_sharded_equals_unsharded_without_all_gather():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Each check prints one line; all of them must have run.
-    assert proc.stdout.count("ok ") == 2, proc.stdout
+    assert proc.stdout.count("ok ") == 3, proc.stdout
 
 
 def _rasterize_batches(hlo: str) -> list[int]:
@@ -106,6 +106,13 @@ def _main() -> None:
     # Shared textures and batched meshes: the textures' gradient is a sum over sharded views.
     batched = jnp.broadcast_to(vertices, (VIEWS, *vertices.shape))
     check("batched meshes, auto axes", meshes, auto, batched)
+    # The soft rule's targets (colours, silhouettes) shard the same way.
+    soft = nr.Renderer(image_size=SIZE, rule=nr.SoftRule(sigma=1e-3, gamma=1e-3))
+
+    def soft_views(vertices, textures, eyes):
+        return jax.vmap(lambda e: soft.render(vertices, faces, textures, eye=e))(eyes)
+
+    check("soft rule, vmap over views", soft_views, explicit, vertices)
 
 
 if __name__ == "__main__":
