@@ -53,7 +53,15 @@ def _finite_points(vertices: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _rotate(
     vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array, handedness: Handedness
 ) -> jax.Array:
-    """World points in the frame of a camera at ``eye`` looking along the unit vector ``z``."""
+    """World points in the frame of a camera at ``eye`` looking along the unit vector ``z``
+    (a zero ``z``, an eye at the point it looks at, looks along +z)."""
+    e_x, e_z = jnp.eye(3, dtype=jnp.float32)[0], jnp.eye(3, dtype=jnp.float32)[2]
+    z = jnp.where(jnp.any(z != 0, axis=-1, keepdims=True), z, e_z)
+    # With up along the view (an eye straight above), cross(up, z) has no direction: the camera
+    # takes world +z as up instead (+x when it looks along z as well). 1e-4 rad from parallel
+    # keeps the normalisation's gradient (about 1 / sin) finite and moderate.
+    sin = jnp.linalg.norm(jnp.cross(_normalize(up), z), axis=-1, keepdims=True)
+    up = jnp.where(sin < 1e-4, jnp.where(jnp.abs(z[..., 2:]) < 0.9, e_z, e_x), up)
     x = _normalize(jnp.cross(up, z))
     y = jnp.cross(z, x)
     # A right-handed world seen with x = cross(up, z) comes out mirrored: image right is then
@@ -106,10 +114,17 @@ def look_at(
 
     Returns:
       float32 ``[..., V, 3]``: ``(v - eye) @ [x; y; z]^T`` with ``z = normalize(at - eye)``,
-      ``x = normalize(cross(up, z))`` (negated for ``"right"``), ``y = cross(z, x)``.
+      ``x = normalize(cross(up, z))`` (negated for ``"right"``), ``y = cross(z, x)``. Within
+      1e-4 rad of ``up`` along the view (an eye straight above or below ``at``), world +z
+      (+x if the view is along z too) serves as ``up``, so that the image and the gradients
+      stay defined.
+
+    Raises:
+      ValueError: ``eye`` equals ``at`` (known values; traced ones look along +z).
     """
     handedness = check.handedness(handedness)
     v, (e, a, u) = _vectors(vertices, eye=eye, at=at, up=up)
+    check.view_direction("eye - at", e - a)
     return _rotate(v, e, _normalize(a - e), u, handedness)
 
 
@@ -123,6 +138,7 @@ def look(
     """Like ``look_at``, but the camera looks along ``direction`` (float32 ``[..., 3]``)."""
     handedness = check.handedness(handedness)
     v, (e, d, u) = _vectors(vertices, eye=eye, direction=direction, up=up)
+    check.view_direction("direction", d)
     return _rotate(v, e, _normalize(d), u, handedness)
 
 

@@ -142,10 +142,10 @@ def test_cli_up_z_renders_a_z_up_mesh_upright(tmp_path: Path) -> None:
     assert np.abs(y.astype(int) - z).max() <= 2
 
 
-def test_cli_handedness_right_unmirrors(tmp_path: Path) -> None:
-    assert render(TEAPOT, "-o", str(tmp_path / "l.png"), "--no-anti-aliasing") == 0
-    assert render(TEAPOT, "-o", str(tmp_path / "r.png"), "--no-anti-aliasing",
-                  "--handedness", "right") == 0  # fmt: skip
+def test_cli_handedness_left_mirrors_as_the_original(tmp_path: Path) -> None:
+    assert render(TEAPOT, "-o", str(tmp_path / "l.png"), "--no-anti-aliasing",
+                  "--handedness", "left") == 0  # fmt: skip
+    assert render(TEAPOT, "-o", str(tmp_path / "r.png"), "--no-anti-aliasing") == 0
     left, right = iio.imread(tmp_path / "l.png"), iio.imread(tmp_path / "r.png")
     np.testing.assert_array_equal(left, right[:, ::-1])
 
@@ -203,7 +203,7 @@ def test_cli_missing_mtl_material_or_image_renders_white_with_a_warning(
 def test_cli_smooth_shading_and_normals_mode(tmp_path: Path) -> None:
     images = {}
     for name, extra in [
-        ("flat", []),
+        ("flat", ["--shading", "flat"]),
         ("smooth", ["--shading", "smooth"]),
         ("normals", ["--mode", "normals", "--shading", "smooth"]),
         ("cubes", ["--texture-size", "2"]),
