@@ -23,6 +23,7 @@ from nmr_jax.rasterize import (
 from nmr_jax.renderer import Renderer
 from nmr_jax.shading import (
     Fragments,
+    PointLights,
     Shaded,
     blinn_phong,
     face_normals,
@@ -43,6 +44,7 @@ __all__ = [
     "RGBAD",
     "Fragments",
     "Mesh",
+    "PointLights",
     "Renderer",
     "Shaded",
     "data",
