@@ -4,7 +4,8 @@ Rasterization runs in C++ (and CUDA) kernels registered as XLA custom calls; cam
 perspective are pure ``jax.numpy``. Everything is functional, jit-able and vmap-able.
 """
 
-from nmr_jax import data, shading, typing
+from nmr_jax import data, losses, shading, typing
+from nmr_jax._batch import PaddedMeshes, pad_meshes, unpad_meshes
 from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 from nmr_jax._validate import validate_mesh
 from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
@@ -44,6 +45,7 @@ __all__ = [
     "RGBAD",
     "Fragments",
     "Mesh",
+    "PaddedMeshes",
     "PointLights",
     "Renderer",
     "Shaded",
@@ -58,8 +60,10 @@ __all__ = [
     "load_obj",
     "look",
     "look_at",
+    "losses",
     "mesh_colors",
     "mesh_shader",
+    "pad_meshes",
     "perspective",
     "projection",
     "rasterize",
@@ -76,6 +80,7 @@ __all__ = [
     "shading",
     "spherical_uvs",
     "typing",
+    "unpad_meshes",
     "validate_mesh",
     "vertex_normals",
     "vertices_to_faces",

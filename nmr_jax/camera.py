@@ -55,7 +55,7 @@ def _rotate(
 ) -> jax.Array:
     """World points in the frame of a camera at ``eye`` looking along the unit vector ``z``
     (a zero ``z``, an eye at the point it looks at, looks along +z)."""
-    e_x, e_z = jnp.eye(3, dtype=jnp.float32)[0], jnp.eye(3, dtype=jnp.float32)[2]
+    e_x, e_z = jnp.array([1.0, 0.0, 0.0], jnp.float32), jnp.array([0.0, 0.0, 1.0], jnp.float32)
     z = jnp.where(jnp.any(z != 0, axis=-1, keepdims=True), z, e_z)
     # With up along the view (an eye straight above), cross(up, z) has no direction: the camera
     # takes world +z as up instead (+x when it looks along z as well). 1e-4 rad from parallel
