@@ -8,7 +8,14 @@ from nmr_jax import data, losses, shading, typing
 from nmr_jax._batch import PaddedMeshes, pad_meshes, unpad_meshes
 from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 from nmr_jax._validate import validate_mesh
-from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
+from nmr_jax.camera import (
+    get_points_from_angles,
+    look,
+    look_at,
+    perspective,
+    projection,
+    pytorch3d_camera,
+)
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
     RGBAD,
@@ -66,6 +73,7 @@ __all__ = [
     "pad_meshes",
     "perspective",
     "projection",
+    "pytorch3d_camera",
     "rasterize",
     "rasterize_depth",
     "rasterize_face_index_map",

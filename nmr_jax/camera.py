@@ -20,7 +20,14 @@ from jax.typing import ArrayLike
 from nmr_jax import _validate as check
 from nmr_jax.typing import Handedness, VectorLike
 
-__all__ = ["get_points_from_angles", "look", "look_at", "perspective", "projection"]
+__all__ = [
+    "get_points_from_angles",
+    "look",
+    "look_at",
+    "perspective",
+    "projection",
+    "pytorch3d_camera",
+]
 
 # Length below which a vector is treated as zero when normalising, and depth below which a point
 # is treated as lying on the camera plane: far below any real camera geometry, far above float32's
@@ -291,3 +298,53 @@ def get_points_from_angles(
         ),
         axis=-1,
     )
+
+
+def pytorch3d_camera(
+    R: ArrayLike,
+    T: ArrayLike,
+    fov: ArrayLike = 60.0,
+    image_size: int | Sequence[int] = 256,
+    degrees: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """PyTorch3D's ``FoVPerspectiveCameras(R=R, T=T, fov=fov)`` as ``(K, R, t)`` of the
+    'projection' camera: ``Renderer(camera_mode="projection", K=K, R=R, t=t,
+    orig_size=image_size)`` puts every point on the pixel where PyTorch3D's rasterizer puts it.
+
+    PyTorch3D maps a world point ``X`` (a row) to its view frame by ``X R + T`` (x left, y up,
+    z forward) and to NDC by ``x / (z tan(fov / 2))`` with +x on the image's left; its ``fov``
+    is the full angle, spanning the shorter side of the image. OpenCV's frame (x right, y down)
+    is that view frame turned half a turn about z: ``R' = diag(-1, -1, 1) R^T``,
+    ``t' = diag(-1, -1, 1) T``; ``K`` has the focal length ``min(H, W) / (2 tan(fov / 2))``
+    pixels and the image centre as principal point (``R^T`` and ``T`` unconverted give an
+    image turned by 180 degrees).
+
+    Args:
+      R: float ``[..., 3, 3]`` PyTorch3D rotation (as ``look_at_view_transform`` returns).
+      T: float ``[..., 3]`` PyTorch3D translation.
+      fov: scalar or ``[...]``: the full vertical field of view (PyTorch3D's ``fov``), in
+        degrees unless ``degrees=False``.
+      image_size: ``S`` or ``(H, W)``, the rendered image's (the Renderer's ``image_size``).
+
+    Returns:
+      ``(K [..., 3, 3], R [..., 3, 3], t [..., 3])``, float32.
+    """
+    r = check.float_array("R", R, (3, 3))
+    t = check.float_array("T", T, (3,))
+    f = check.float_array("fov", fov, ())
+    batch = check.batch({"R": r.shape[:-2], "T": t.shape[:-1], "fov": f.shape})
+    height, width = check.image_size(image_size)
+    half = 0.5 * (jnp.deg2rad(f) if degrees else f)
+    focal = min(height, width) / (2.0 * jnp.tan(half))
+    zero, one = jnp.zeros_like(focal), jnp.ones_like(focal)
+    K = jnp.stack(
+        [
+            jnp.stack([focal, zero, width / 2.0 * one], -1),
+            jnp.stack([zero, focal, height / 2.0 * one], -1),
+            jnp.stack([zero, zero, one], -1),
+        ],
+        -2,
+    )
+    flip = jnp.array([-1.0, -1.0, 1.0], jnp.float32)
+    r_cv = flip[:, None] * jnp.swapaxes(r, -1, -2)
+    return jnp.broadcast_to(K, (*batch, 3, 3)), r_cv, flip * t

@@ -108,3 +108,62 @@ def test_eye_at_the_point_looked_at_raises_or_looks_along_z(tmp_path):
     assert float(traced.sum()) > 10
     g = jax.jit(jax.grad(lambda e: r.render_silhouettes(shifted, f, eye=e).sum()))(jnp.zeros(3))
     assert np.all(np.isfinite(g))
+
+
+def pytorch3d_look_at_view_transform(dist, elev, azim):
+    """PyTorch3D's look_at_view_transform (degrees, at the origin, y up), from its formulas."""
+    el, az = np.radians(elev), np.radians(azim)
+    c = dist * np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
+    z = -c / np.linalg.norm(c)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z], 1)  # columns: the view axes in world coordinates
+    return R, -R.T @ c
+
+
+def pytorch3d_pixels(points, R, T, fov, height, width):
+    """Where PyTorch3D's FoVPerspectiveCameras and rasterizer put points: (column, row) in
+    pixels (continuous, 0 at the top-left corner). View frame x left, y up, z forward; NDC
+    x / (z tan(fov / 2)) with +x on the left, the shorter side spanning [-1, 1]."""
+    view = points @ R + T
+    t = np.tan(np.radians(fov) / 2)
+    x, y = view[:, 0] / (view[:, 2] * t), view[:, 1] / (view[:, 2] * t)
+    half = min(height, width) / 2
+    return np.stack([width / 2 - x * half, height / 2 - y * half], -1)
+
+
+def test_pytorch3d_camera_reproduces_its_projection_of_known_points(tmp_path):
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-0.8, 0.8, (20, 3))
+    height, width, fov = 48, 64, 50.0
+    R, T = pytorch3d_look_at_view_transform(3.0, 20.0, 30.0)
+    want = pytorch3d_pixels(points, R, T, fov, height, width)
+    K, R_, t = nr.pytorch3d_camera(R, T, fov, (height, width))
+    camera = nr.Renderer(
+        camera_mode="projection", K=K, R=R_, t=t, orig_size=(height, width),
+        image_size=(height, width),
+    )  # fmt: skip
+    ndc = np.asarray(camera.transform(points))
+    got = np.stack([(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height], -1)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    # The same view as a 'look_at' camera: azimuth 180 - azim, half the fov, right-handed.
+    eye = nr.get_points_from_angles(3.0, 20.0, 180.0 - 30.0)
+    look = nr.Renderer(image_size=(height, width), viewing_angle=fov / 2, handedness="right")
+    ndc = np.asarray(look.transform(points, eye=eye))
+    got = np.stack([(ndc[:, 0] + 1) / 2 * width, (1 - ndc[:, 1]) / 2 * height], -1)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    # R (transposed: PyTorch3D's multiplies rows) and T unconverted turn the image by 180
+    # degrees: the pitfall the converter removes.
+    raw = nr.Renderer(camera_mode="projection", K=K, R=R.T, t=T, orig_size=(height, width))
+    ndc = np.asarray(raw.transform(points))
+    np.testing.assert_allclose(
+        np.stack([(1 - ndc[:, 0]) / 2 * width, (1 + ndc[:, 1]) / 2 * height], -1), want, atol=1e-3
+    )
+    # Rendered, a mesh loaded from an OBJ file covers the same pixels through both cameras.
+    path = tmp_path / "sphere.obj"
+    nr.save_obj(path, *nr.data.icosphere(1))
+    mesh = nr.load_mesh(path, normalization=False)
+    a = np.asarray(camera.render_silhouettes(mesh.vertices, mesh.faces))
+    b = np.asarray(look.render_silhouettes(mesh.vertices, mesh.faces, eye=eye))
+    assert a.sum() > 100 and np.abs(a - b).mean() < 1e-3

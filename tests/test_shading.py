@@ -746,7 +746,8 @@ def test_point_lights_match_numpy_reference():
     direction = np.array([0.2, 1.0, -0.3])
     directional = 0.3 + 0.6 * np.maximum(un @ (direction / 1.0), 0)
     want = directional[:, None] + np.sum(radiance * cos[..., None], axis=1)
-    got = nr.lambert(n, 0.3, 0.6, direction=direction, point_lights=lights, positions=x)
+    lambert = jax.jit(partial(nr.lambert, direction=direction, point_lights=lights, positions=x))
+    got = lambert(n, 0.3, 0.6)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert (cos == 0).any() and (cos > 0).any()
     # Specular: the Blinn-Phong term of each light, none from the directional one.
@@ -754,18 +755,21 @@ def test_point_lights_match_numpy_reference():
         numpy_blinn_phong(n, v, towards[:, k], 8.0, 0.7, np.ones(3)) * radiance[:, k]
         for k in range(3)
     )
-    got = nr.blinn_phong(n, v, None, 8.0, 0.7, point_lights=lights, positions=x)
+    got = jax.jit(partial(nr.blinn_phong, point_lights=lights, positions=x))(n, v, None, 8.0, 0.7)
     np.testing.assert_allclose(got, spec, atol=1e-5)
     # Gradients reach the lights.
-    g = jax.grad(lambda loc: nr.lambert(n, point_lights=nr.PointLights(loc), positions=x).sum())
+    g = jax.jit(
+        jax.grad(lambda loc: nr.lambert(n, point_lights=nr.PointLights(loc), positions=x).sum())
+    )
     assert np.abs(g(jnp.asarray(location))).max() > 0
     with pytest.raises(ValueError, match="positions"):
         nr.lambert(n, point_lights=lights)
 
 
 def test_mesh_shader_point_light_from_obj(tmp_path):
-    # A square facing the eye lit by one point light in front of its centre, ambient and
-    # directional light off: each pixel is colour / attenuation * cos at its surface point.
+    # A square facing the eye lit by one point light in front of it, ambient and directional
+    # light off: each pixel is colour / attenuation * cos at its surface point. vmapped over two
+    # light positions.
     vertices, faces, mesh = square_mesh(tmp_path)
     r = nr.Renderer(
         image_size=16,
@@ -774,34 +778,28 @@ def test_mesh_shader_point_light_from_obj(tmp_path):
         light_intensity_ambient=0.0,
         light_intensity_directional=0.0,
     )
-    light = nr.PointLights([[0.2, 0.1, -0.5]], [[1.0, 0.5, 0.25]], (1.0, 0.5, 0.0))
-    s, a = nr.mesh_shader(mesh, r, point_lights=light)
-    rgb = np.asarray(r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a)[0])
-    where = np.asarray(
-        r.render(
-            mesh.vertices,
-            mesh.faces,
-            shader=lambda fr, m: nr.interpolate(m.vertices, m.faces, fr),
-            shader_args=(mesh,),
-        )[0]
-    )
-    alpha = np.asarray(r.render_silhouettes(mesh.vertices, mesh.faces))
-    inside = alpha == 1
-    towards, radiance = numpy_point_lights(
-        None, where[inside], np.array([[0.2, 0.1, -0.5]]), np.array([[1.0, 0.5, 0.25]]),
-        np.array([1.0, 0.5, 0.0]),
-    )  # fmt: skip
-    cos = np.maximum(-towards[:, 0, 2], 0)  # the lit side's normal is -z (towards the eye)
-    np.testing.assert_allclose(rgb[inside], radiance[:, 0] * cos[:, None], atol=1e-5)
-    assert rgb[inside].max() > 0.5
-    # Batched: a vmap over light positions.
-    batch = jnp.array([[[0.2, 0.1, -0.5]], [[-0.2, 0.0, -0.5]]])
+    color, attenuation = np.array([[1.0, 0.5, 0.25]]), np.array([1.0, 0.5, 0.0])
 
     def one(loc):
-        lights = nr.PointLights(loc, light.color, light.attenuation)
-        s, a = nr.mesh_shader(mesh, r, point_lights=lights)
+        s, a = nr.mesh_shader(mesh, r, point_lights=nr.PointLights(loc, color, attenuation))
         return r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a)[0]
 
-    out = jax.vmap(one)(batch)
-    np.testing.assert_allclose(out[0], rgb, atol=1e-5)
-    assert np.abs(out[1] - out[0]).max() > 0.05
+    locations = np.array([[[0.2, 0.1, -0.5]], [[-0.2, 0.0, -0.5]]])
+    out = np.asarray(jax.jit(jax.vmap(one))(locations))
+    where = r.render(
+        mesh.vertices,
+        mesh.faces,
+        shader=lambda fr, m: jnp.concatenate(
+            [nr.interpolate(m.vertices, m.faces, fr), jnp.ones_like(fr.depth)[..., None]], -1
+        ),
+        shader_args=(mesh,),
+    )[0]
+    inside = np.asarray(where)[..., 3] == 1
+    assert inside.sum() > 20
+    for b in range(2):
+        towards, radiance = numpy_point_lights(
+            None, np.asarray(where)[inside][:, :3], locations[b], color, attenuation
+        )
+        cos = np.maximum(-towards[:, 0, 2], 0)  # the lit side's normal is -z (towards the eye)
+        np.testing.assert_allclose(out[b][inside], radiance[:, 0] * cos[:, None], atol=1e-5)
+    assert out[0][inside].max() > 0.5 and np.abs(out[1] - out[0]).max() > 0.05
