@@ -192,7 +192,8 @@ class Renderer:
             ``lambert`` light); rgb is then its ``[..., H, W, C]`` image over
             ``background_color`` (over 0 for C != 3). The vertices get Kato's gradient through
             image and alpha plus the shader's own; ``shader_args`` get autodiff's. See
-            ``nmr_jax.shading``.
+            ``nmr_jax.shading``. A function is not an array: under ``jax.jit`` pass ``shader``
+            as static (``jax.jit(renderer.render, static_argnames="shader")``) or close over it.
           eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it);
             only those that ``camera_mode`` reads. A Renderer among ``shader_args`` (as
             ``mesh_shader`` passes one) is given them too, so that the shader sees this camera.

@@ -167,3 +167,14 @@ def test_pytorch3d_camera_reproduces_its_projection_of_known_points(tmp_path):
     a = np.asarray(camera.render_silhouettes(mesh.vertices, mesh.faces))
     b = np.asarray(look.render_silhouettes(mesh.vertices, mesh.faces, eye=eye))
     assert a.sum() > 100 and np.abs(a - b).mean() < 1e-3
+
+
+@pytest.mark.versions
+def test_pytorch3d_camera_under_jit_vmap_and_grad():
+    R, T = pytorch3d_look_at_view_transform(3.0, 20.0, 30.0)
+    fovs = jnp.array([40.0, 60.0])
+    K, R_, t = jax.jit(jax.vmap(lambda f: nr.pytorch3d_camera(R, T, f, 32)))(fovs)
+    assert K.shape == (2, 3, 3) and R_.shape == (2, 3, 3) and t.shape == (2, 3)
+    np.testing.assert_allclose(K[1, 0, 0], 16 / np.tan(np.radians(30)), rtol=1e-6)
+    g = jax.grad(lambda f: nr.pytorch3d_camera(R, T, f, 32)[0][0, 0])(60.0)
+    assert np.isfinite(g) and g < 0  # a wider view, a shorter focal length

@@ -112,6 +112,8 @@ SMALL_RUNS = {
     pose_search: ["--iterations", "2", "--starts", "4", "--targets", "1"],
     throw: ["--iterations", "2"],
     shape_from_silhouettes: ["--iterations", "2"],
+    pytorch3d_camera_position: ["--iterations", "2"],
+    pytorch3d_fit_textured_mesh: ["--iterations", "2"],
 }
 
 

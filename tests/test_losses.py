@@ -151,6 +151,7 @@ def test_losses_gradients_match_finite_differences_under_jit_and_vmap(tmp_path):
     np.testing.assert_allclose(per, [np_edge_loss(v, f, 0.0), np_edge_loss(1.5 * v, f, 0.0)], rtol=2e-5)  # fmt: skip
 
 
+@pytest.mark.versions
 def test_chamfer_distance_matches_numpy_with_normals_padding_and_gradients():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(2, 3, 20, 3))

@@ -732,6 +732,7 @@ def numpy_point_lights(n, x, location, color, attenuation):
     return to / d, color / (c0 + c1 * d + c2 * d * d)
 
 
+@pytest.mark.versions
 def test_point_lights_match_numpy_reference():
     rng = np.random.default_rng(5)
     n, x = rng.normal(size=(2, 40, 3))
