@@ -9,6 +9,8 @@ import pytest
 
 import nmr_jax as nr
 
+pytestmark = pytest.mark.versions  # the second leg runs the whole file
+
 
 def test_look_at_default_eye_puts_origin_on_axis():
     v = jnp.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
