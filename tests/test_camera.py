@@ -171,7 +171,6 @@ def test_pytorch3d_camera_reproduces_its_projection_of_known_points(tmp_path):
     assert a.sum() > 100 and np.abs(a - b).mean() < 1e-3
 
 
-@pytest.mark.versions
 def test_pytorch3d_camera_under_jit_vmap_and_grad():
     R, T = pytorch3d_look_at_view_transform(3.0, 20.0, 30.0)
     fovs = jnp.array([40.0, 60.0])
