@@ -277,3 +277,23 @@ def test_cli_default_renders_unmirrored_as_a_pinhole_camera(tmp_path: Path) -> N
         np.testing.assert_allclose(rendered[row, col], texel, atol=0.02, err_msg=str(k))
     # World +x is on the image's left, as in any viewer looking from -z.
     assert pixel(corners[1])[1] < size / 2
+
+
+def test_cli_shades_smooth_by_default_when_the_file_has_normals(tmp_path: Path) -> None:
+    v, f = nr.data.icosphere(1)
+    normals = np.asarray(v)[np.asarray(f)]  # unit sphere: the normal is the position
+    nr.save_obj(tmp_path / "vn.obj", v, f, normals=normals)
+    nr.save_obj(tmp_path / "plain.obj", v, f)
+    images = {}
+    for name, mesh, extra in [
+        ("default", "vn.obj", []),
+        ("smooth", "vn.obj", ["--shading", "smooth"]),
+        ("flat", "vn.obj", ["--shading", "flat"]),
+        ("plain", "plain.obj", []),
+    ]:
+        out = tmp_path / f"{name}.png"
+        assert render(str(tmp_path / mesh), "-o", str(out), *extra) == 0
+        images[name] = iio.imread(out).astype(int)
+    np.testing.assert_array_equal(images["default"], images["smooth"])
+    np.testing.assert_array_equal(images["plain"], images["flat"])  # no vn: flat
+    assert np.abs(images["default"] - images["flat"]).max() > 10
