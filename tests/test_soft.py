@@ -73,10 +73,13 @@ def reference_samples(fv, sigma, size, distribution, near=NEAR, far=FAR, t=1e-4,
         x[..., 2] - x[..., 0]
     )
     # Depth at the pixel with barycentrics clamped and renormalised (the core's interpolate).
-    wts = [_clamp01(edge[(k + 1) % 3] / area2) for k in range(3)]
-    total = wts[0] + wts[1] + wts[2]
+    # Double where: padding rows (area 0, depth 0) take no part and must not make NaN gradients.
+    real = area2 > 0
+    zz = jnp.where(real[..., None], zz, 1.0)
+    wts = [_clamp01(edge[(k + 1) % 3] / jnp.where(real, area2, 1.0)) for k in range(3)]
+    total = jnp.where(real, wts[0] + wts[1] + wts[2], 1.0)
     bary = jnp.stack([wk / total for wk in wts], -1)
-    zp = 1.0 / sum(bary[..., k] / zz[..., k] for k in range(3))
+    zp = 1.0 / jnp.where(real, sum(bary[..., k] / zz[..., k] for k in range(3)), 1.0)
     xs = dist / sigma[..., None, None, None]
     coverage = _cdf(distribution, -xs)
     takes_part = (area2 > 0) & (zp > near) & (zp < far) & (coverage > t)
@@ -100,10 +103,12 @@ def reference_rgb(fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float
     fv, tex = jnp.asarray(fv, dtype), jnp.asarray(tex, dtype)
     gamma = jnp.asarray(gamma, dtype)[..., None, None, None]
     T = tex.shape[-2]
-    z = fv[..., None, None, :, :, 2]  # [..., 1, 1, F, 3]
+    z = jnp.where(fv[..., None, None, :, :, 2] == 0, 1.0, fv[..., None, None, :, :, 2])  # padding
     coord = bary * (T - 1) * (zp[..., None] / z)
     clamped = jnp.clip(coord, 0.0, T - 1 - eps)
     coord = jnp.where(coord == clamped, coord, jax.lax.stop_gradient(clamped))
+    # Faces that take no part may have any coordinate (NaN behind the camera): clipped, then masked.
+    coord = jnp.where(takes_part[..., None], coord, 0.0)
     base = jnp.floor(jax.lax.stop_gradient(coord)).astype(jnp.int32)
     frac = coord - base
     cube = tex.reshape(*tex.shape[:-5], 1, 1, tex.shape[-5], T**3, 3)
@@ -120,7 +125,7 @@ def reference_rgb(fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float
             -2,
         )[..., 0, :]
         color = color + weight[..., None] * texel
-    logit = (FAR - zp) / (FAR - NEAR) / gamma
+    logit = jnp.where(takes_part, (FAR - zp) / (FAR - NEAR) / gamma, 0.0)  # no inf off the faces
     m = jax.lax.stop_gradient(
         jnp.maximum(jnp.max(jnp.where(takes_part, logit, 0.0), -1), 1e-3 / gamma[..., 0])
     )
@@ -305,6 +310,8 @@ def test_renderer_soft_rule_silhouettes_with_fill_back():
 def test_soft_rgb_and_its_gradients_equal_the_brute_force_reference(distribution):
     rng = np.random.default_rng(9)
     fv = _faces(9, 2, 10, 16)
+    fv[0, 3, :, 2] = [-1.0, -2.0, -0.5]  # behind the camera
+    fv[1, 6] = 0.0  # a padding row
     tex = rng.uniform(size=(2, 10, 2, 2, 2, 3)).astype(np.float32)
     sigma, gamma, bg = np.float32(3e-3), np.float32(0.05), (0.2, 0.4, 0.6)
     weights = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
