@@ -8,6 +8,7 @@ from nmr_jax import data, shading, typing
 from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 from nmr_jax._validate import validate_mesh
 from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
+from nmr_jax.layers import Layers, alpha_composite, layer_fragments, rasterize_layers, softmax_blend
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
     RGBAD,
@@ -40,6 +41,11 @@ from nmr_jax.shading import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Layers",
+    "alpha_composite",
+    "layer_fragments",
+    "rasterize_layers",
+    "softmax_blend",
     "RGBAD",
     "Fragments",
     "Mesh",
