@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
@@ -165,7 +166,7 @@ def _background(value: Sequence[float] | None, channels: int) -> jax.Array:
     if value is None:
         return jnp.zeros(channels, jnp.float32)
     bg = tuple(float(v) for v in value)
-    if len(bg) != channels or not all(jnp.isfinite(jnp.asarray(bg))):
+    if len(bg) != channels or not np.all(np.isfinite(bg)):
         raise ValueError(f"background_color must be {channels} finite values, got {value!r}")
     return jnp.asarray(bg, jnp.float32)
 
