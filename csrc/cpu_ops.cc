@@ -508,7 +508,8 @@ ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, 
 // of rows that their reach (box grown by the blur radius) spans, in increasing index order; each
 // band inserts its faces' fragments into its pixels' lists in that order (insert_layer), so the
 // lists do not depend on the threads. Then each slot's values are computed from its face. Cost
-// O(F + reached pixels x list length + P K), memory O(F + P) beyond the outputs.
+// O(F + reached pixels x list length + P K), memory O(F + P) beyond the outputs, which are stored
+// top row first.
 ffi::Error RasterizeLayersImpl(ffi::ThreadPool pool, F32 face_vertices, float near, float far,
                                float blur_radius, S32Out face_index, F32Out bary, F32Out bary_screen,
                                F32Out depth, F32Out dist) {
@@ -545,7 +546,9 @@ ffi::Error RasterizeLayersImpl(ffi::ThreadPool pool, F32 face_vertices, float ne
     parallel_for(pool, bands, [&](int64_t k) {
       const int row_lo = static_cast<int>(k) * kBandRows;
       const int row_hi = std::min(row_lo + kBandRows, s.H) - 1;
-      const int64_t p0 = static_cast<int64_t>(row_lo) * s.W, p1 = static_cast<int64_t>(row_hi + 1) * s.W;
+      // The band's rows, stored top row first: rows H - 1 - row_hi to H - 1 - row_lo.
+      const int64_t p0 = static_cast<int64_t>(s.H - 1 - row_hi) * s.W;
+      const int64_t p1 = static_cast<int64_t>(s.H - row_lo) * s.W;
       std::fill(fi + p0 * K, fi + p1 * K, -1);
       std::fill(z + p0 * K, z + p1 * K, far);
       std::fill(filled.begin() + p0, filled.begin() + p1, 0);
@@ -555,7 +558,8 @@ ffi::Error RasterizeLayersImpl(ffi::ThreadPool pool, F32 face_vertices, float ne
         rect.y_lo = std::max(rect.y_lo, row_lo);
         rect.y_hi = std::min(rect.y_hi, row_hi);
         nmr::for_each_layer_fragment(faces[f], lp, rect, [&](int64_t p, float zp, const float*) {
-          nmr::insert_layer(zp, f, s.K, z + p * K, fi + p * K, &filled[p]);
+          const int64_t q = nmr::top_first(p, s.H, s.W);
+          nmr::insert_layer(zp, f, s.K, z + q * K, fi + q * K, &filled[q]);
         });
       }
     });
@@ -563,8 +567,9 @@ ffi::Error RasterizeLayersImpl(ffi::ThreadPool pool, F32 face_vertices, float ne
     float* wb = bary->typed_data() + 3 * o;
     float* d = dist->typed_data() + o;
     parallel_for(pool, ceil_div(P, kPixelsPerTask), [&](int64_t t) {
-      for (int64_t p = t * kPixelsPerTask; p < std::min(P, (t + 1) * kPixelsPerTask); ++p)
-        for (int64_t j = p * K; j < (p + 1) * K; ++j) {
+      for (int64_t q = t * kPixelsPerTask; q < std::min(P, (t + 1) * kPixelsPerTask); ++q) {
+        const int64_t p = nmr::top_first(q, s.H, s.W);
+        for (int64_t j = q * K; j < (q + 1) * K; ++j) {
           if (fi[j] < 0) {
             std::fill_n(ws + 3 * j, 3, 0.f);
             std::fill_n(wb + 3 * j, 3, 0.f);
@@ -574,6 +579,7 @@ ffi::Error RasterizeLayersImpl(ffi::ThreadPool pool, F32 face_vertices, float ne
           z[j] = nmr::layer_values(faces[fi[j]], lp.r, static_cast<int>(p % s.W), static_cast<int>(p / s.W),
                                    ws + 3 * j, wb + 3 * j, d + j);
         }
+      }
     });
   }
   return ffi::Error::Success();
@@ -595,7 +601,7 @@ ffi::Error LayersBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32
     float* gf = grad_face_vertices->typed_data() + bc.at(s.out, b) * s.F * 9;
     for (int64_t j = 0; j < PK; ++j) {
       if (fi[j] < 0) continue;
-      const int64_t p = j / s.K;
+      const int64_t p = nmr::top_first(j / s.K, s.H, s.W);
       const nmr::Face face = nmr::setup_face(fv + 9 * fi[j], s.H, s.W);
       nmr::layer_grad(face, r, static_cast<int>(p % s.W), static_cast<int>(p / s.W),
                       nmr::layer_grads_at(g + j * nmr::kLayerGrads), gf + 9 * fi[j]);

@@ -859,7 +859,8 @@ ffi::Error SampleImageBwdImpl(cudaStream_t stream, Scratch, F32 image, F32 uv, F
 // The layered rasterizer (csrc/layers.h). Pass 1, kLayerLanes threads per face, each taking every
 // kLayerLanes-th tile of the face's reach: every fragment is inserted into its pixel's list of K
 // fragment_keys in scratch memory with insert_layer_key (atomic, any order). Pass 2, per slot:
-// the key's face and that face's values at the pixel, as the CPU computes them. Keys order by
+// the key's face and that face's values at the pixel, as the CPU computes them, stored top row
+// first. Keys order by
 // depth then index, so the lists are the CPU's, deterministically.
 constexpr int kLayerLanes = 32;
 // Scratch for the keys of one launch's batch elements (8 bytes a slot): a chunk holds as many as
@@ -902,7 +903,8 @@ __global__ void layers_slots_kernel(LayersParams g, Chunk chunk) {
   if (i >= s.P * s.K) return;
   const int64_t* at = chunk.at[blockIdx.y];
   const unsigned long long key = g.keys[blockIdx.y * s.P * s.K + i];
-  const int64_t j = at[s.maps] * s.P * s.K + i;
+  const int64_t p = i / s.K;
+  const int64_t j = (at[s.maps] * s.P + nmr::top_first(p, s.H, s.W)) * s.K + i % s.K;
   if (key == nmr::kNoFragment) {
     g.face_index[j] = -1;
     for (int k = 0; k < 3; ++k) g.bary[3 * j + k] = g.bary_screen[3 * j + k] = 0.f;
@@ -913,7 +915,6 @@ __global__ void layers_slots_kernel(LayersParams g, Chunk chunk) {
   const auto f = static_cast<int32_t>(key & 0xffffffffu);
   const nmr::Face face =
       nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * static_cast<int64_t>(f), s.H, s.W);
-  const int64_t p = i / s.K;
   g.face_index[j] = f;
   g.depth[j] = nmr::layer_values(face, g.lp.r, static_cast<int>(p % s.W), static_cast<int>(p / s.W),
                                  g.bary_screen + 3 * j, g.bary + 3 * j, g.dist + j);
@@ -973,7 +974,7 @@ __global__ void layers_bwd_kernel(LayersBwdParams g, Chunk chunk) {
       nmr::layer_grads_at(g.grads + (at[s.grad] * s.P * s.K + i) * nmr::kLayerGrads);
   const nmr::Face face =
       nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * static_cast<int64_t>(f), s.H, s.W);
-  const int64_t p = i / s.K;
+  const int64_t p = nmr::top_first(i / s.K, s.H, s.W);
   float grad[9] = {};
   nmr::layer_grad(face, nmr::RasterParams{s.H, s.W, 0.f, 0.f}, static_cast<int>(p % s.W),
                   static_cast<int>(p / s.W), grads, grad);

@@ -16,6 +16,12 @@
 
 namespace nmr {
 
+// The layers are stored top row first, as the public maps are (no flipped copy afterwards): the
+// pixel of those maps at flat rasterized pixel p (row 0 at y = -1), and conversely.
+NMR_HD int64_t top_first(int64_t p, int height, int width) {
+  return (height - 1 - p / width) * static_cast<int64_t>(width) + p % width;
+}
+
 // What one layered rasterization draws: the image, depth range and blur radius, and K.
 struct LayerParams {
   RasterParams r;

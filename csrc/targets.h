@@ -360,7 +360,8 @@ struct SampleImageBwdShape {
 namespace nmr {
 
 // nmr_rasterize_layers: face_vertices [*b, F, 3, 3] -> face_index [*b, H, W, K] (-1 in empty slots),
-// bary, bary_screen [*b, H, W, K, 3], depth, dist [*b, H, W, K].
+// bary, bary_screen [*b, H, W, K, 3], depth, dist [*b, H, W, K]; top row first (y = +1), unlike
+// the other targets' maps.
 struct LayersShape {
   int fv, maps;
   int64_t F, P;

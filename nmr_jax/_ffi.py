@@ -283,7 +283,7 @@ def rasterize_layers(
     blur_radius: float,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """face vertices [*b, F, 3, 3] -> face_index [*b, H, W, K], bary, bary_screen
-    [*b, H, W, K, 3], depth, dist [*b, H, W, K] (csrc/layers.h), row 0 at y = -1."""
+    [*b, H, W, K, 3], depth, dist [*b, H, W, K] (csrc/layers.h), row 0 at the top (y = +1)."""
     slots = (*face_vertices.shape[:-3], height, width, num_layers)
     out = (
         jax.ShapeDtypeStruct(slots, jnp.int32),

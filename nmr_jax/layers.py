@@ -84,11 +84,7 @@ def rasterize_layers(
     face_index, bary, bary_screen, depth, dist = _ffi.rasterize_layers(
         jax.lax.stop_gradient(fv), height, width, k, near, far, blur
     )
-    bary, bary_screen, depth, dist = _differentiable(fv, face_index, bary, bary_screen, depth, dist)
-    flip = lambda m, core: jnp.flip(m, axis=m.ndim - core)  # noqa: E731  row 0 at the top
-    return Layers(
-        flip(face_index, 3), flip(bary, 4), flip(bary_screen, 4), flip(depth, 3), flip(dist, 3)
-    )
+    return Layers(face_index, *_differentiable(fv, face_index, bary, bary_screen, depth, dist))
 
 
 @jax.custom_vjp

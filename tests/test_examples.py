@@ -32,6 +32,7 @@ import example5_texture  # noqa: E402
 import pose_search  # noqa: E402
 import shape_from_silhouettes  # noqa: E402
 import throw  # noqa: E402
+import transparent_teapot  # noqa: E402
 
 
 def test_example1_views_differ_and_show_the_mesh() -> None:
@@ -189,3 +190,14 @@ def test_example5_recovers_the_texture(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(sys, "argv", ["example5_texture.py", *args, "--iterations", "2"])
     example5_texture.main()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["example5_texture.gif"]
+
+
+def test_transparent_teapot_shows_the_faces_behind() -> None:
+    out = transparent_teapot.run(image_size=32)
+    image, opaque, layers = out["image"], out["opaque"], out["layers"]
+    assert image.shape == (32, 32, 4) and layers.max() >= 4  # 7: body both sides, handle, spout
+    behind = layers >= 2
+    assert behind.mean() > 0.1  # 0.2 of the image
+    assert np.all(image[..., 3][behind] > 0.6)  # two layers at opacity 0.4: 0.64 or more
+    # Where faces lie behind faces, the see-through image differs from the opaque one.
+    assert np.abs(image - opaque)[behind].max(-1).mean() > 0.05  # 0.17

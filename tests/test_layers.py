@@ -343,28 +343,3 @@ def test_blends_are_differentiable_under_jit_and_vmap():
     assert all(np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0 for g in grads)
     per = jax.vmap(image, in_axes=(0, 0, None))(jnp.asarray(fv), colors, 1e-2)
     np.testing.assert_allclose(per.sum(), image(jnp.asarray(fv), colors, 1e-2), rtol=1e-5)
-
-
-def test_semi_transparent_teapot_shows_the_faces_behind():
-    # The docs' example at 32^2: the teapot's far side shows through its near side.
-    vertices, faces = nr.data.teapot()
-    renderer = nr.Renderer(image_size=32, camera_mode="look_at")
-
-    @jax.jit
-    def draw(vertices):
-        fv = nr.vertices_to_faces(renderer.transform(vertices), faces)
-        fv = jnp.concatenate([fv, fv[..., ::-1, :]], -3)  # both sides, as fill_back draws them
-        layers = nr.rasterize_layers(fv, 32, num_layers=8)
-        normals = nr.face_normals(vertices, faces)
-        colors = jnp.concatenate([normals, -normals])[jnp.maximum(layers.face_index, 0)] * 0.5 + 0.5
-        alphas = jnp.full(layers.face_index.shape, 0.4)
-        image = nr.alpha_composite(colors, alphas, layers, (1, 1, 1))
-        opaque = nr.alpha_composite(colors, jnp.ones_like(alphas), layers, (1, 1, 1))
-        return layers, image, opaque
-
-    layers, image, opaque = draw(vertices)
-    depth_complexity = np.asarray((layers.face_index >= 0).sum(-1))
-    assert depth_complexity.max() >= 4  # spout, body front and back, handle
-    behind = depth_complexity >= 2
-    assert np.all(np.asarray(image[..., 3])[behind] > 0.6)
-    assert float(jnp.abs(image - opaque)[behind].max()) > 0.05
