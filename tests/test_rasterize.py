@@ -228,7 +228,8 @@ def test_depth_gradient_equals_jax_grad_of_reference(h, w):
 
 
 def test_fragment_gradients_given_as_none_equal_zero_maps():
-    # None reaches the kernels as an empty operand, read as zeros, not as a map of zeros.
+    # None reaches the kernels as an empty operand, read as zeros, not as a map of zeros. Equal to
+    # the tolerance of gradients summed with atomics (on a GPU, in a varying order; docs/gpu.md).
     rng = np.random.default_rng(4)
     fv = jnp.asarray(random_faces(rng, 2, 12, 16))
     fi, wt, d = kernel_maps(fv, 16, 16)
@@ -240,8 +241,9 @@ def test_fragment_gradients_given_as_none_equal_zero_maps():
             fv, fi, wt, d, z3 if g_w is None else g_w, z3 if g_b is None else g_b,
             z1 if g_d is None else g_d,
         )  # fmt: skip
-        assert np.abs(want).max() > 0
-        np.testing.assert_array_equal(got, want)
+        scale = float(np.abs(want).max())
+        assert scale > 0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
 
 
 # Golden gradients of the original's tests (ALGORITHM.md): silhouette, image 64, no anti-aliasing,
