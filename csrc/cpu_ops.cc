@@ -587,24 +587,29 @@ ffi::Error RasterizeLayersImpl(ffi::ThreadPool pool, F32 face_vertices, float ne
 
 // Gradient of the layers' values w.r.t. face x, y, z, the face indices held fixed; faces summed
 // over pixels and slots in that order (deterministic).
-ffi::Error LayersBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 grads,
-                         F32Out grad_face_vertices) {
-  NMR_PARSE(LayersBwdShape, face_vertices, face_index, grads, grad_face_vertices);
+ffi::Error LayersBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 grad_bary_screen,
+                         F32 grad_bary, F32 grad_depth, F32 grad_dist, F32Out grad_face_vertices) {
+  NMR_PARSE(LayersBwdShape, face_vertices, face_index, grad_bary_screen, grad_bary, grad_depth, grad_dist,
+            grad_face_vertices);
+  const nmr::LayerGradMaps grads{grad_bary_screen.typed_data(), grad_bary.typed_data(),
+                                 grad_depth.typed_data(), grad_dist.typed_data()};
   const int64_t PK = s.P * s.K;
   const nmr::RasterParams r{s.H, s.W, 0.f, 0.f};  // near and far play no part in the gradient
   std::fill_n(grad_face_vertices->typed_data(), grad_face_vertices->element_count(), 0.f);
+  std::vector<int64_t> at(bc.operands());
   for (int64_t b = 0; b < bc.size(); ++b) {
-    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * s.F * 9;
-    const int32_t* fi = face_index.typed_data() + bc.at(s.pix, b) * PK;
+    for (int id = 0; id < bc.operands(); ++id) at[id] = bc.at(id, b);
+    const float* fv = face_vertices.typed_data() + at[s.fv] * s.F * 9;
+    const int32_t* fi = face_index.typed_data() + at[s.pix] * PK;
     if (auto err = check_face_index(fi, PK, s.F); err.failure()) return err;
-    const float* g = grads.typed_data() + bc.at(s.grad, b) * PK * nmr::kLayerGrads;
-    float* gf = grad_face_vertices->typed_data() + bc.at(s.out, b) * s.F * 9;
+    const nmr::LayerGradMaps g = s.element(grads, at.data());
+    float* gf = grad_face_vertices->typed_data() + at[s.out] * s.F * 9;
     for (int64_t j = 0; j < PK; ++j) {
       if (fi[j] < 0) continue;
       const int64_t p = nmr::top_first(j / s.K, s.H, s.W);
       const nmr::Face face = nmr::setup_face(fv + 9 * fi[j], s.H, s.W);
       nmr::layer_grad(face, r, static_cast<int>(p % s.W), static_cast<int>(p / s.W),
-                      nmr::layer_grads_at(g + j * nmr::kLayerGrads), gf + 9 * fi[j]);
+                      nmr::layer_grads_at(g, j), gf + 9 * fi[j]);
     }
   }
   return ffi::Error::Success();

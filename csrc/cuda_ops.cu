@@ -74,10 +74,10 @@ using Scratch = ffi::ScratchAllocator;
 #endif
 
 constexpr int kThreads = 256;
-// Batch elements per launch and operands per target: 64 x 6 int64 = 3 KiB of kernel parameters,
-// under the 4 KiB that every architecture accepts.
+// Batch elements per launch and operands per target: 64 x 7 int64 = 3.5 KiB of kernel parameters,
+// under the 4 KiB that every architecture accepts (the host build checks each kernel's total).
 constexpr int kChunk = 64;
-constexpr int kMaxOperands = 6;
+constexpr int kMaxOperands = 7;
 // Pass 1's unit of work: a tile of 8 rows by 32 columns of a face's box, at most 256 pixel tests
 // (a face within one tile is drawn by its own thread, a bigger one is queued tile by tile).
 constexpr nmr::Tiling kTile{8, 32};
@@ -983,7 +983,7 @@ ffi::Error RasterizeLayersImpl(cudaStream_t stream, Scratch scratch, F32 face_ve
 struct LayersBwdParams {
   const float* face_vertices;
   const int32_t* face_index;
-  const float* grads;
+  nmr::LayerGradMaps grads;  // the operands' data (null where empty)
   float* out;
   unsigned long long* flag;
   nmr::LayersBwdShape s;
@@ -998,8 +998,7 @@ __global__ void layers_bwd_kernel(LayersBwdParams g, Chunk chunk) {
   const int32_t f = g.face_index[j];
   if (f < -1 || f >= s.F) flag_bad(g.flag, j);
   if (f < 0 || f >= s.F) return;
-  const nmr::LayerGrads grads =
-      nmr::layer_grads_at(g.grads + (at[s.grad] * s.P * s.K + i) * nmr::kLayerGrads);
+  const nmr::LayerGrads grads = nmr::layer_grads_at(s.element(g.grads, at), i);
   const nmr::Face face =
       nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * static_cast<int64_t>(f), s.H, s.W);
   const int64_t p = nmr::top_first(i / s.K, s.H, s.W);
@@ -1011,16 +1010,19 @@ __global__ void layers_bwd_kernel(LayersBwdParams g, Chunk chunk) {
     if (grad[k] != 0.f) atomicAdd(out + k, grad[k]);
 }
 
-ffi::Error LayersBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index, F32 grads,
+ffi::Error LayersBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
+                         F32 grad_bary_screen, F32 grad_bary, F32 grad_depth, F32 grad_dist,
                          F32Out grad_face_vertices) {
-  NMR_PARSE(LayersBwdShape, face_vertices, face_index, grads, grad_face_vertices);
+  NMR_PARSE(LayersBwdShape, face_vertices, face_index, grad_bary_screen, grad_bary, grad_depth, grad_dist,
+            grad_face_vertices);
   if (auto err = zero(stream, grad_face_vertices, "nmr_layers_bwd"); err.failure()) return err;
   if (s.P * s.K == 0 || bc.size() == 0) return ffi::Error::Success();
   unsigned long long* flag;
   if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
   const LayersBwdParams g{face_vertices.typed_data(),
                           face_index.typed_data(),
-                          grads.typed_data(),
+                          {grad_bary_screen.typed_data(), grad_bary.typed_data(), grad_depth.typed_data(),
+                           grad_dist.typed_data()},
                           grad_face_vertices->typed_data(),
                           flag,
                           s};

@@ -119,17 +119,21 @@ struct LayerGrads {
   float w[3], bary[3], depth, dist;
 };
 
-// A slot's incoming gradients packed as 8 floats: bary_screen (3), bary (3), depth, dist.
-constexpr int kLayerGrads = 8;
+// The incoming gradient maps of one batch element: bary_screen and bary [P, K, 3], depth and dist
+// [P, K], each null when nothing reads that map (its gradient is then 0, with no map of zeros).
+struct LayerGradMaps {
+  const float *bary_screen, *bary, *depth, *dist;
+};
 
-NMR_HD LayerGrads layer_grads_at(const float* packed) {
+// The incoming gradients of slot j (pixel * K + slot).
+NMR_HD LayerGrads layer_grads_at(const LayerGradMaps& m, int64_t j) {
   LayerGrads g;
   for (int k = 0; k < 3; ++k) {
-    g.w[k] = packed[k];
-    g.bary[k] = packed[3 + k];
+    g.w[k] = m.bary_screen ? m.bary_screen[3 * j + k] : 0.f;
+    g.bary[k] = m.bary ? m.bary[3 * j + k] : 0.f;
   }
-  g.depth = packed[6];
-  g.dist = packed[7];
+  g.depth = m.depth ? m.depth[j] : 0.f;
+  g.dist = m.dist ? m.dist[j] : 0.f;
   return g;
 }
 

@@ -302,10 +302,25 @@ def rasterize_layers(
     return face_index, bary, bary_screen, depth, dist
 
 
-def layers_bwd(face_vertices: jax.Array, face_index: jax.Array, grads: jax.Array) -> jax.Array:
-    """Gradient of the layers' values w.r.t. the face vertices, the face indices held fixed, shaped
-    like them; ``grads`` [*b, H, W, K, 8] packs those of bary_screen, bary, depth and dist."""
-    args, _ = _pad_batch([face_vertices, face_index, grads], [3, 3, 4])
+def layers_bwd(
+    face_vertices: jax.Array,
+    face_index: jax.Array,
+    grad_bary_screen: jax.Array | None = None,
+    grad_bary: jax.Array | None = None,
+    grad_depth: jax.Array | None = None,
+    grad_dist: jax.Array | None = None,
+) -> jax.Array:
+    """Gradient of the layers' values (bary_screen, bary, depth, dist) w.r.t. the face vertices,
+    the face indices held fixed, shaped like them. A gradient given as None is zero: an empty
+    operand, which the kernels read as zeros."""
+    none4, none3 = jnp.zeros((0, 0, 0, 0), jnp.float32), jnp.zeros((0, 0, 0), jnp.float32)
+    grads = [
+        none4 if grad_bary_screen is None else grad_bary_screen,
+        none4 if grad_bary is None else grad_bary,
+        none3 if grad_depth is None else grad_depth,
+        none3 if grad_dist is None else grad_dist,
+    ]
+    args, _ = _pad_batch([face_vertices, face_index, *grads], [3, 3, 4, 4, 3, 3])
     out = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
     res = _call("nmr_layers_bwd", out, args[0].ndim - 3)(*args)
     return res.reshape(face_vertices.shape)

@@ -107,21 +107,12 @@ def _differentiable_fwd(fv, face_index, bary, bary_screen, depth, dist):
 
 def _differentiable_bwd(res: tuple, grads: tuple) -> tuple:
     fv, face_index = res
-    g_bary, g_screen, g_depth, g_dist = grads
-    if all(isinstance(g, SymbolicZero) for g in grads):
+    # Symbolic zeros (maps nobody reads) reach the kernel as empty operands and cost nothing.
+    g_bary, g_screen, g_depth, g_dist = (None if isinstance(g, SymbolicZero) else g for g in grads)
+    if g_bary is None and g_screen is None and g_depth is None and g_dist is None:
         return jnp.zeros_like(fv), None, None, None, None, None
-    slots = face_index.shape
-
-    def dense(g: jax.Array | SymbolicZero, channels: int) -> jax.Array:
-        if isinstance(g, SymbolicZero):
-            return jnp.zeros((*slots, channels), jnp.float32)
-        return g if channels == 3 else g[..., None]
-
-    # The kernel's packing (csrc/layers.h, layer_grads_at): bary_screen, bary, depth, dist.
-    packed = jnp.concatenate(
-        [dense(g_screen, 3), dense(g_bary, 3), dense(g_depth, 1), dense(g_dist, 1)], -1
-    )
-    return _ffi.layers_bwd(fv, face_index, packed), None, None, None, None, None
+    g_fv = _ffi.layers_bwd(fv, face_index, g_screen, g_bary, g_depth, g_dist)
+    return g_fv, None, None, None, None, None
 
 
 _differentiable.defvjp(_differentiable_fwd, _differentiable_bwd, symbolic_zeros=True)

@@ -569,13 +569,16 @@ def test_handlers_make_the_device_of_the_call_current():
     assert all(value > 0 for value, _ in seen)
 
 
-def _layers_and_gradient(fv, size, k, blur):
-    """The layers of fv and the gradient of a loss reading every one of their float maps."""
+def _layers_and_gradient(fv, size, k, blur, every_map=True):
+    """The layers of fv and the gradient of a loss reading every one of their float maps (or only
+    dist: the other maps' gradients are then absent)."""
     weights = jnp.sin(jnp.arange(size[0] * size[1] * k, dtype=jnp.float32)).reshape(*size, k)
 
     def loss(fv):
         layers = nr.rasterize_layers(fv, size, num_layers=k, blur_radius=blur)
         hit = layers.face_index >= 0
+        if not every_map:
+            return jnp.sum(weights * jnp.where(hit, layers.dist, 0.0)), layers
         maps = jnp.where(hit, layers.depth + layers.dist, 0.0) + layers.bary.sum(-1)
         return jnp.sum(weights * (maps + layers.bary_screen[..., 0])), layers
 
@@ -601,7 +604,9 @@ def test_layers_and_their_gradient_parity(cuda, batch, size, k, blur):
 
 def test_layers_parity_with_ties_and_k_beyond_the_faces(cuda):
     fv = tie_scene()  # exact depth ties and duplicated faces: the insertion order must not matter
-    (l_c, g_c), (l_g, g_g) = both(cuda, lambda f: _layers_and_gradient(f, SCENE, 8, 0.004), fv)
+    (l_c, g_c), (l_g, g_g) = both(
+        cuda, lambda f: _layers_and_gradient(f, SCENE, 8, 0.004, every_map=False), fv
+    )
     np.testing.assert_array_equal(l_g.face_index, l_c.face_index)
     np.testing.assert_array_equal(l_g.depth, l_c.depth)
     assert_grads_close(g_c, g_g)
@@ -617,7 +622,8 @@ def test_layers_edge_cases_parity(cuda, case):
         if not backward:
             return layers
         fi = layers[0].at[0, 2, 2, 0].set(n_faces) if case == "corrupt index" else layers[0]
-        return (*layers, _ffi.layers_bwd(fv, fi, jnp.ones((*fi.shape, 8), jnp.float32)))
+        g = _ffi.layers_bwd(fv, fi, layers[2], layers[1], layers[3], jnp.ones(fi.shape))
+        return (*layers, g, _ffi.layers_bwd(fv, fi, grad_dist=jnp.ones(fi.shape)))
 
     # The CPU raises on a corrupt index; the CUDA code, which cannot, returns NaN.
     cpu = on_cpu_kernels(lambda fv: fn(fv, case != "corrupt index"), fv)
@@ -628,4 +634,4 @@ def test_layers_edge_cases_parity(cuda, case):
     for c, g in zip(cpu, gpu, strict=False):
         np.testing.assert_array_equal(g, c)
     if case == "corrupt index":
-        assert np.isnan(gpu[5]).all()
+        assert np.isnan(gpu[5]).all() and np.isnan(gpu[6]).all()

@@ -47,8 +47,8 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
     sampled = _ffi.sample_image(image, wt[..., :2] * 3.0 - 1.0, True, True)
     g_image, g_uv = _ffi.sample_image_bwd(image, wt[..., :2] * 3.0 - 1.0, sampled, True, True)
     layers = _ffi.rasterize_layers(fv, size, size, 4, NEAR, FAR, 0.01)
-    g_layers = _ffi.layers_bwd(fv, layers[0], jnp.ones((*layers[0].shape, 8), jnp.float32))
     dist = jnp.where(layers[0] >= 0, layers[4], 0.0)  # +inf in empty slots
+    g_layers = _ffi.layers_bwd(fv, layers[0], layers[2], layers[1], layers[3], dist)
     return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
             sampled, g_image, g_uv, *layers[:4], dist, g_layers)  # fmt: skip
 
@@ -115,7 +115,7 @@ def main() -> int:
             _ffi.interpolate(jnp.ones((1, 10, 3, 2)), bad, wt),
             *_ffi.interpolate_bwd(jnp.ones((1, 10, 3, 2)), bad, wt, image[..., :2]),
             _ffi.sample_textures_bwd(fv, bad, wt, d, image[..., :3], 1e-3, (1, 10, 2, 2, 2, 3)),
-            _ffi.layers_bwd(fv, bad[..., None], jnp.ones((1, 16, 16, 1, 8))),
+            _ffi.layers_bwd(fv, bad[..., None], grad_depth=jnp.ones((1, 16, 16, 1))),
         ]
         nan = all(bool(np.isnan(np.asarray(p)).all()) for p in poisoned)
         failed += not nan
