@@ -102,6 +102,7 @@ def assert_maps_equal(cpu, gpu):
     np.testing.assert_allclose(d_g, d_c, rtol=1e-5)
 
 
+@pytest.mark.versions
 def test_cuda_modules_register_the_cpu_targets():
     modules = [_ffi.cuda_host] if _ffi.cuda_host is not None else []
     if _ffi.HAS_CUDA_BUILD:
@@ -283,6 +284,7 @@ def _teapot_loss_and_grad(size: int, anti_aliasing: bool = False):
     return fn, (projected, faces, textures, target)
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("size", [64, 1024])
 def test_teapot_render_and_gradient_parity(cuda, size):
     fn, args = _teapot_loss_and_grad(size)
@@ -532,6 +534,7 @@ def test_gather_does_not_synchronise_for_concrete_faces():
     assert syncs(lambda: jax.jit(nr.vertices_to_faces)(vertices, faces)) == 1
 
 
+@pytest.mark.versions
 def test_handlers_make_the_device_of_the_call_current():
     # On a machine with several GPUs, a handler must launch on the device that XLA runs the call
     # on, not on whichever device is current: each handler sets it from the call's device ordinal.

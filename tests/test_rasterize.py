@@ -212,6 +212,7 @@ def test_texture_gradient_equals_jax_grad_of_reference():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("h, w", [(16, 16), (8, 24)])
 def test_depth_gradient_equals_jax_grad_of_reference(h, w):
     rng = np.random.default_rng(3)
@@ -264,6 +265,7 @@ GOLDEN = [
 ]
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("case", [0, 1])
 def test_golden_silhouette_gradients(case):
     verts, (row, col), target, want = GOLDEN[case]
@@ -323,6 +325,7 @@ def test_texture_cube_image_flipped_once_regression():
     assert hlo.count("stablehlo.reverse") == 1
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("h, w", [(16, 16), (16, 8)])
 def test_weight_map_and_face_index_map_agree_with_kernel(h, w):
     rng = np.random.default_rng(4)
@@ -362,6 +365,7 @@ def test_weight_map_gradient_matches_finite_differences_at_interior_pixels():
     assert (np.asarray(jvp(jnp.zeros_like(fv).at[..., 2].set(1.0))) == 0).all()
 
 
+@pytest.mark.versions
 def test_values_interpolated_with_the_weight_map_pass_gradients_to_vertices():
     # A per-vertex attribute interpolated with the weight map: gradients reach the world vertices
     # through the camera, and agree with central differences at interior pixels.
@@ -426,6 +430,7 @@ def test_weight_map_of_a_mesh_with_fill_back_copies_sees_the_near_side():
     assert far_side.mean() > 0.5  # the trap: without the copies, mostly the far side
 
 
+@pytest.mark.versions
 def test_rgbad_jit_vmap_and_batch_broadcast():
     rng = np.random.default_rng(5)
     fv = jnp.asarray(random_faces(rng, 3, 10, 16))
@@ -455,6 +460,7 @@ def test_gradients_flow_and_are_finite():
     assert np.abs(gf).sum() > 0 and np.abs(gt).sum() > 0
 
 
+@pytest.mark.versions
 def test_vertices_to_faces_gathers_and_scatters():
     v = jnp.arange(12, dtype=jnp.float32).reshape(4, 3)
     f = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
@@ -463,6 +469,7 @@ def test_vertices_to_faces_gathers_and_scatters():
     np.testing.assert_array_equal(g[:, 0], [1, 2, 2, 1])
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("bad", [-1, 4, 1000])
 @pytest.mark.parametrize("jit", [False, True])
 def test_face_index_out_of_range_raises(bad, jit):
@@ -493,6 +500,7 @@ def test_wrong_dtype_and_shape_raise_naming_the_argument():
         nr.vertices_to_faces(jnp.zeros((2, 4, 3)), jnp.zeros((3, 1, 3), jnp.int32))
 
 
+@pytest.mark.versions
 def test_bad_index_under_jit_leaves_the_process_alive():
     code = (
         "import jax, jax.numpy as jnp, nmr_jax as nr\n"
