@@ -50,10 +50,24 @@ NMR_HD PixelRect reach_box(const Face& f, LayerParams lp) {
 template <typename Visit>
 NMR_HD void for_each_layer_fragment(const Face& f, LayerParams lp, PixelRect rect, Visit&& visit) {
   if (!(lp.blur_radius > 0.f)) return for_each_fragment_in(f, lp.r, rect, visit);
+  const float x_min = fminf(f.x[0], fminf(f.x[1], f.x[2])), x_max = fmaxf(f.x[0], fmaxf(f.x[1], f.x[2]));
+  const float y_min = fminf(f.y[0], fminf(f.y[1], f.y[2])), y_max = fmaxf(f.y[0], fmaxf(f.y[1], f.y[2]));
+  const float sx = 2.f / lp.r.width, sy = 2.f / lp.r.height;  // NDC per pixel
   for (int yi = rect.y_lo; yi <= rect.y_hi; ++yi) {
-    if (rect.x_lo <= rect.x_hi) NMR_COUNT_WORK(rect.x_hi - rect.x_lo + 1);
-    for (int xi = rect.x_lo; xi <= rect.x_hi; ++xi) {
-      const auto xp = static_cast<float>(xi), yp = static_cast<float>(yi);
+    const auto yp = static_cast<float>(yi);
+    // A pixel within the blur radius of the face is within it of the face's box: on this row,
+    // within sqrt(blur_radius - dy^2) NDC of the box's columns, dy the row's NDC distance to the
+    // box's rows. A pixel of slack on each (rounding) keeps the span a superset of what the exact
+    // test below accepts; it spares that test the corners of the grown box.
+    const float dy = fmaxf(fmaxf(y_min - yp, yp - y_max) - 1.f, 0.f) * sy;
+    const float mx = sqrtf(fmaxf(lp.blur_radius - dy * dy, 0.f)) / sx + 1.f;
+    int lo, hi;
+    pixel_span(x_min - mx, x_max + mx, lp.r.width, &lo, &hi);
+    lo = lo > rect.x_lo ? lo : rect.x_lo;
+    hi = hi < rect.x_hi ? hi : rect.x_hi;
+    if (lo <= hi) NMR_COUNT_WORK(hi - lo + 1);
+    for (int xi = lo; xi <= hi; ++xi) {
+      const auto xp = static_cast<float>(xi);
       if (covers(f, xp, yp) || nearest_edge(f, xp, yp, lp.r.height, lp.r.width).dist2 < lp.blur_radius)
         visit_fragment(f, lp.r, xi, yi, visit);
     }
