@@ -175,7 +175,8 @@ NMR_HD void layer_grad(const Face& f, RasterParams r, int xi, int yi, const Laye
     const float z = f.z[k], ratio = zp / z;
     gw[k] = g.w[k] + g.bary[k] * ratio;
     gzp += g.bary[k] * w[k] / z;
-    gz[k] = -g.bary[k] * w[k] * ratio / z;
+    // 0 where w_k is 0 (b_k does not move with z_k there), not 0 * inf for a z_k near 0.
+    gz[k] = w[k] > 0.f ? -g.bary[k] * w[k] * ratio / z : 0.f;
   }
   const float zp2 = zp * zp;
   float gw_dot_w = 0.f;
@@ -192,7 +193,7 @@ NMR_HD void layer_grad(const Face& f, RasterParams r, int xi, int yi, const Laye
   for (int j = 0; j < 3; ++j) {
     const float z = f.z[j];
     for (int l = 0; l < 2; ++l) grad[3 * j + l] -= raw[j] * along[l] * half[l];
-    grad[3 * j + 2] += gz[j] + gzp * w[j] * zp2 / (z * z);
+    grad[3 * j + 2] += gz[j] + (w[j] > 0.f ? gzp * w[j] * zp2 / (z * z) : 0.f);  // as gz
   }
   if (g.dist != 0.f) {
     const NearestEdge nearest = nearest_edge(f, xp, yp, r.height, r.width);
