@@ -31,7 +31,7 @@ struct LayerParams {
 
 // The pixels of face f's box grown by the blur radius (sqrt(blur_radius) NDC = that times n / 2
 // pixels on an axis of n), plus one pixel so that rounding of the margin cannot drop a pixel that
-// the exact distance test in reaches() would keep. The box of the face alone without blur.
+// the exact distance test of for_each_layer_fragment would keep. The face's own box without blur.
 NMR_HD PixelRect reach_box(const Face& f, LayerParams lp) {
   const RasterParams r = lp.r;
   if (!(lp.blur_radius > 0.f)) return face_box(f, r);
@@ -105,15 +105,15 @@ NMR_HD void insert_layer_key(Key key, int K, Key* keys, AtomicMin&& min) {
   int j = 0;
   while (j < K && static_cast<volatile Key*>(keys)[j] < key) ++j;
   for (; j < K; ++j) {
-    const uint64_t old = min(keys + j, key);
+    const Key old = min(keys + j, key);
     if (old == kNoFragment) return;  // An empty slot took the key: nothing carried on.
     if (old > key) key = old;
   }
 }
 
-// The values of one slot of pixel (xi, yi) holding face f: screen-space
-// weights w (bary_screen), perspective-correct barycentrics w_k zp / z_k (bary), depth and the
-// signed squared NDC distance (negative where f covers the pixel). Returns the depth.
+// The values of one slot of pixel (xi, yi) holding face f: screen-space weights w (bary_screen),
+// perspective-correct barycentrics w_k zp / z_k (bary), depth and the signed squared NDC distance
+// (negative where f covers the pixel). Returns the depth.
 NMR_HD float layer_values(const Face& f, RasterParams r, int xi, int yi, float* bary_screen, float* bary,
                           float* dist) {
   const auto xp = static_cast<float>(xi), yp = static_cast<float>(yi);
