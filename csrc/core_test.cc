@@ -12,14 +12,20 @@
 //    against a double-precision computation from the NDC vertices and the closest of 300 points
 //    sampled on the boundary, its sign against covers, and its gradient (nearest_edge_grad)
 //    against central differences of the double computation.
+// 5. The layered rasterizer's per-pixel lists (layers.h): insert_layer_key, the GPU's, with the
+//    fragments inserted in random orders and by 4 threads at once (a compare-and-swap minimum),
+//    against insert_layer in increasing face order, the CPU's; with many exact depth ties.
 // Prints one line per check and exits non-zero on the first mismatch.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
+#include "layers.h"
 #include "nmr_core.h"
 
 namespace {
@@ -219,6 +225,59 @@ void check_distances() {
   std::printf("signed distances vs double and sampled boundaries: 2000 pixels, %d inside\n", inside);
 }
 
+// The atomic minimum of the GPU's lists on the host: a compare-and-swap loop; returns the old key.
+uint64_t atomic_min(uint64_t* slot, uint64_t key) {
+  uint64_t old = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
+  while (key < old &&
+         !__atomic_compare_exchange_n(slot, &old, key, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+  }
+  return old;
+}
+
+void check_layer_lists() {
+  std::mt19937 rng(99);
+  int64_t inserted = 0;
+  for (int trial = 0; trial < 3050; ++trial) {
+    // Small lists in any order; then 50 long runs of 4 threads at once, long enough to overlap.
+    const bool threaded = trial >= 3000;
+    const int K = threaded ? 16 : 1 + static_cast<int>(rng() % 6);
+    const int n = threaded ? 2000 : static_cast<int>(rng() % 14);
+    std::vector<float> depth(n);
+    for (float& d : depth) d = 0.25f * static_cast<float>(1 + rng() % (threaded ? 40 : 5));  // ties
+    std::vector<float> want_depth(K, 100.f);
+    std::vector<int32_t> want_face(K, -1);
+    int32_t filled = 0;
+    for (int f = 0; f < n; ++f)
+      nmr::insert_layer(depth[f], f, K, want_depth.data(), want_face.data(), &filled);
+    std::vector<int> order(n);
+    for (int f = 0; f < n; ++f) order[f] = f;
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<uint64_t> keys(K, nmr::kNoFragment);
+    auto insert = [&](int i) {
+      nmr::insert_layer_key(nmr::fragment_key(depth[order[i]], order[i]), K, keys.data(), atomic_min);
+    };
+    if (threaded) {  // thread t inserts fragments t, t + 4, ... of the shuffled order
+      std::vector<std::thread> threads;
+      for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&, t] {
+          for (int i = t; i < n; i += 4) insert(i);
+        });
+      for (std::thread& thread : threads) thread.join();
+    } else {
+      for (int i = 0; i < n; ++i) insert(i);
+    }
+    for (int k = 0; k < K; ++k) {
+      const bool empty = want_face[k] < 0;
+      check(keys[k] == (empty ? nmr::kNoFragment : nmr::fragment_key(want_depth[k], want_face[k])),
+            "layer list", trial);
+    }
+    check(filled == std::min(n, K), "layer list length", trial);
+    inserted += n;
+  }
+  std::printf("layer lists in any order and from 4 threads vs in order: 3050 pixels, %lld fragments\n",
+              static_cast<long long>(inserted));
+}
+
 }  // namespace
 
 int main() {
@@ -235,6 +294,7 @@ int main() {
   check_fragment_key_order();
   std::printf("fragment_key order: 64 depth pairs\n");
   check_distances();
+  check_layer_lists();
   if (covered == 0) {
     std::printf("FAIL: nothing was drawn\n");
     return 1;

@@ -37,6 +37,8 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrInterpolate));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrInterpolateBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImage));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImageBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrRasterizeLayers));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrLayersBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettes));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettesBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgb));
@@ -66,6 +68,8 @@ PYBIND11_MODULE(NMR_MODULE, m) {
     d["nmr_interpolate_bwd"] = capsule(NMR_HANDLER(NmrInterpolateBwd));
     d["nmr_sample_image"] = capsule(NMR_HANDLER(NmrSampleImage));
     d["nmr_sample_image_bwd"] = capsule(NMR_HANDLER(NmrSampleImageBwd));
+    d["nmr_rasterize_layers"] = capsule(NMR_HANDLER(NmrRasterizeLayers));
+    d["nmr_layers_bwd"] = capsule(NMR_HANDLER(NmrLayersBwd));
     d["nmr_soft_silhouettes"] = capsule(NMR_HANDLER(NmrSoftSilhouettes));
     d["nmr_soft_silhouettes_bwd"] = capsule(NMR_HANDLER(NmrSoftSilhouettesBwd));
     d["nmr_soft_rgb"] = capsule(NMR_HANDLER(NmrSoftRgb));

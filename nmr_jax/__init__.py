@@ -16,6 +16,7 @@ from nmr_jax.camera import (
     projection,
     pytorch3d_camera,
 )
+from nmr_jax.layers import Layers, alpha_composite, layer_fragments, rasterize_layers, softmax_blend
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
     RGBAD,
@@ -50,6 +51,11 @@ from nmr_jax.soft import SoftRule, soft_rgb, soft_silhouettes
 __version__ = "0.1.0"
 
 __all__ = [
+    "Layers",
+    "alpha_composite",
+    "layer_fragments",
+    "rasterize_layers",
+    "softmax_blend",
     "RGBAD",
     "Fragments",
     "Mesh",

@@ -289,6 +289,30 @@ def _all_finite(name: str, values: np.ndarray, core_rank: int) -> None:
         )
 
 
+def num_layers(value: int) -> int:
+    """Slots per pixel of ``rasterize_layers``: a positive int."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"num_layers must be a positive int, got {value!r}")
+    return int(value)
+
+
+def blur_radius(value: float) -> float:
+    """A squared NDC distance: finite and >= 0."""
+    value = float(value)
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"blur_radius must be finite and >= 0, got {value}")
+    return value
+
+
+def positive(name: str, value: ArrayLike) -> None:
+    """A scalar that must be > 0 and finite; checked when concrete (a traced one is trusted)."""
+    if is_traced(value):
+        return
+    v = np.asarray(value)
+    if v.shape != () or not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite scalar > 0, got {value!r}")
+
+
 def choice(name: str, value: str, options: Sequence[str]) -> str:
     """``value`` if it is one of ``options``, else a ValueError listing them."""
     if not isinstance(value, str) or value not in options:
