@@ -8,6 +8,7 @@ from nmr_jax import data, shading, typing
 from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 from nmr_jax._validate import validate_mesh
 from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
+from nmr_jax.clip import ClippedFaces, clip_faces, source_fragments
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
     RGBAD,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RGBAD",
+    "ClippedFaces",
     "Fragments",
     "Mesh",
     "Renderer",
@@ -50,6 +52,7 @@ __all__ = [
     "face_normals",
     "interpolate",
     "blinn_phong",
+    "clip_faces",
     "lambert",
     "load_mesh",
     "lighting",
@@ -72,6 +75,7 @@ __all__ = [
     "sample_texture",
     "save_obj",
     "shading",
+    "source_fragments",
     "spherical_uvs",
     "typing",
     "validate_mesh",

@@ -141,10 +141,15 @@ def _rgbad(
     return_rgb: bool = True,
     return_alpha: bool = True,
     return_depth: bool = True,
+    shader: _ops.Shader | None = None,
 ) -> RGBAD:
-    """``rasterize_rgbad`` of checked arguments (``tex`` None: no rgb)."""
+    """``rasterize_rgbad`` of checked arguments (``tex`` None: no rgb); ``shader``: the pixelwise
+    shader of ``tex`` (default: the texture cubes of ``fv``'s faces)."""
     tex = tex if return_rgb else None
-    shader = None if tex is None else _ops.cube_shader(fv, cfg.eps)
+    if tex is not None and shader is None:
+        shader = _ops.cube_shader(fv, cfg.eps)
+    elif tex is None:
+        shader = None
     bg = jnp.asarray(cfg.background, jnp.float32)
     rgb, alpha, depth = _ops.shade(fv, cfg, shader, (tex,), bg, pixelwise=True)
     return RGBAD(

@@ -1,0 +1,273 @@
+"""Near-plane clipping of faces in the camera frame, before any perspective division.
+
+A face with a vertex behind the camera cannot be projected: the division by a negative or tiny
+depth sends it mirrored or to infinity. ``clip_faces`` cuts every face of camera-frame vertices
+(x, y, and z the view depth) against the plane ``z = near``: a face wholly in front is kept as it
+is, one wholly behind is dropped, and one crossing the plane becomes one triangle (one vertex in
+front) or two (two in front), of the same winding. Shapes are fixed for ``jit``: ``F`` faces give
+``2F`` pieces, piece ``i`` and piece ``F + i`` the parts of face ``i``, padded with all-zero pieces
+of source -1. Each piece carries the barycentrics of its corners in its source face's corners, so
+that what is rasterized on a piece reads back as the source face: ``source_fragments``.
+
+The point where an edge meets the plane is computed from the edge's two endpoints taken in order
+of depth, so the two faces that share an edge get bit-identical points: the pieces of a closed
+surface stay watertight. Everything is ``jax.numpy`` with finite gradients (double-where guards):
+a vertex on the plane, a face in it or edge-on to it gives no NaN.
+
+``Renderer`` clips this way in all its camera modes (before the lens distortion of 'projection'
+too); the ``rasterize_*`` functions take projected faces and cannot clip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from nmr_jax import _ops
+from nmr_jax import _validate as check
+from nmr_jax._ops import Fragments, Shader
+from nmr_jax.rasterize import DEFAULT_NEAR
+
+__all__ = ["ClippedFaces", "clip_faces", "source_fragments"]
+
+
+class ClippedFaces(NamedTuple):
+    """The pieces of ``F`` faces after clipping (``clip_faces``)."""
+
+    # float32 [..., 2F, 3, 3]: camera-frame corners of piece p; all 0 where source[p] is -1.
+    faces: jax.Array
+    # int32 [..., 2F]: the face piece p is a part of (p or p - F), -1 for padding.
+    source: jax.Array
+    # float32 [..., 2F, 3, 3]: row k holds the barycentrics of piece p's corner k in its source
+    # face's three corners (the identity for a face kept whole; 0 for padding).
+    bary: jax.Array
+
+
+def clip_faces(faces: ArrayLike, near: float = DEFAULT_NEAR) -> ClippedFaces:
+    """Clips faces of camera-frame vertices against the plane ``z = near``.
+
+    Args:
+      faces: float32 ``[..., F, 3, 3]`` face vertices in the camera frame (``look_at``, ``look``,
+        or ``R v + t``), before ``perspective``: z is the view depth.
+      near: the plane's depth, > 0 (the rasterizer's ``near``: nothing nearer is drawn anyway).
+
+    Returns:
+      ``ClippedFaces(faces [..., 2F, 3, 3], source [..., 2F], bary [..., 2F, 3, 3])``: a corner
+      with ``z >= near`` counts as in front; face ``i`` kept whole is piece ``i`` (bit for bit);
+      a face with a non-finite coordinate is dropped. Project the pieces (``perspective``; padding
+      pieces then draw nothing), rasterize them, and map the fragments back with
+      ``source_fragments``. Differentiable in ``faces``: the corners where edges meet the plane
+      move with their edges (and their barycentrics with them).
+    """
+    fv = check.float_array("faces", faces, (None, 3, 3))
+    check.num_faces("faces", 2 * fv.shape[-3])
+    near = float(near)
+    if not (math.isfinite(near) and near > 0):
+        raise ValueError(f"near must be finite and > 0, got {near}")
+    pieces = _clip(fv, near)
+    count = fv.shape[-3]
+    index = jnp.concatenate([jnp.arange(count), jnp.arange(count)]).astype(jnp.int32)
+    return ClippedFaces(
+        jnp.where(pieces.valid[..., None, None], pieces.corners, 0.0),
+        jnp.where(pieces.valid, index, -1),
+        jnp.where(pieces.valid[..., None, None], pieces.bary, 0.0),
+    )
+
+
+def source_fragments(fragments: Fragments, clipped: ClippedFaces, faces: ArrayLike) -> Fragments:
+    """The fragments of rasterized pieces as fragments of their source faces.
+
+    Args:
+      fragments: ``rasterize_fragments`` of the projected ``clipped.faces``.
+      clipped: the ``clip_faces`` result those pieces come from.
+      faces: float32 ``[..., F, 3, 3]``: the camera-frame faces given to ``clip_faces``.
+
+    Returns:
+      ``Fragments`` whose ``face_index`` is the source face (-1 on background), ``bary`` the
+      perspective-correct barycentrics in the source face's corners and ``bary_screen`` their
+      screen-space counterpart ``b_k z_k / sum_j b_j z_j`` (negative for a corner behind the
+      camera; for a face kept whole, exactly the rasterized weights); ``depth`` and ``back`` as
+      given. Differentiable as ``fragments`` are, and in the corner barycentrics.
+    """
+    fv = check.float_array("faces", faces, (None, 3, 3))
+    depths = _ops.take_rows(fv[..., 2], 2, jnp.maximum(clipped.source, 0), 1)  # [..., 2F, 3]
+    bary = clipped.bary
+    whole = jnp.all(bary == jnp.eye(3, dtype=bary.dtype), axis=(-2, -1))
+    cut = (~whole & (clipped.source >= 0)).astype(jnp.float32)[..., None]
+    batch = jnp.broadcast_shapes(bary.shape[:-3], depths.shape[:-2])
+    table = jnp.concatenate(
+        [
+            jnp.broadcast_to(bary.reshape(*bary.shape[:-2], 9), (*batch, bary.shape[-3], 9)),
+            jnp.broadcast_to(depths, (*batch, *depths.shape[-2:])),
+            jnp.broadcast_to(cut, (*batch, cut.shape[-2], 1)),
+        ],
+        axis=-1,
+    )
+    return _to_source(fragments, clipped.source, table)[0]
+
+
+class _Pieces(NamedTuple):
+    corners: jax.Array  # [..., 2F, 3, 3] camera-frame corners (stand-ins where not valid)
+    bary: jax.Array  # [..., 2F, 3, 3] barycentrics of the corners in the source face's corners
+    # [..., 2F, 3] bool: the corner is where an edge meets the plane, not a source corner.
+    crossing: jax.Array
+    # [..., 2F, 3] int32: the source corner that a corner is, or for a crossing its edge (edge k
+    # runs from corner k to k + 1).
+    which: jax.Array
+    points: jax.Array  # [..., F, 3, 3]: where edge k meets the plane (a stand-in if it does not)
+    depths: jax.Array  # [..., F, 3]: the faces' corner depths (stand-ins for dropped faces)
+    valid: jax.Array  # [..., 2F] bool: the piece exists.
+    cut: jax.Array  # [..., F] bool: the face was cut or dropped, not kept whole.
+
+
+def _roll(x: jax.Array, r: jax.Array) -> jax.Array:
+    """x [..., F, 3, *c] with its corners rolled by r [..., F]: out[k] = x[(r + k) % 3]. Chosen
+    by where, not a product with a one-hot matrix: exact, and a NaN in an unchosen corner stays
+    out."""
+    axis = r.ndim
+    r = r.reshape(r.shape + (1,) * (x.ndim - r.ndim))
+    x1, x2 = jnp.roll(x, -1, axis=axis), jnp.roll(x, -2, axis=axis)
+    return jnp.where(r == 0, x, jnp.where(r == 1, x1, x2))
+
+
+def _clip(faces: jax.Array, near: float) -> _Pieces:
+    """The pieces of camera-frame faces [..., F, 3, 3] in front of z = near."""
+    finite = jnp.all(jnp.isfinite(faces), axis=(-2, -1))
+    # A face with a non-finite corner is dropped; a stand-in in front keeps everything finite.
+    front = jnp.asarray([0.0, 0.0, near], jnp.float32)
+    safe = jnp.where(finite[..., None, None], faces, front)
+    inside = safe[..., 2] >= near  # [..., F, 3]
+    n_in = jnp.sum(inside, axis=-1)
+    # The corner the cut turns around: the one in front (n_in 1) or the one behind (n_in 2).
+    r = jnp.where(
+        n_in == 1, jnp.argmax(inside, -1), jnp.where(n_in == 2, jnp.argmin(inside, -1), 0)
+    )
+
+    # Where each edge k meets the plane, from its endpoints in depth order: the same arithmetic
+    # on the same numbers for every face that shares the edge, so their points are identical.
+    u, v = safe, jnp.roll(safe, -1, axis=-2)
+    crosses = (u[..., 2] >= near) != (v[..., 2] >= near)
+    u_first = (u[..., 2] < v[..., 2])[..., None]
+    lo, hi = jnp.where(u_first, u, v), jnp.where(u_first, v, u)
+    span = jnp.where(crosses, hi[..., 2] - lo[..., 2], 1.0)  # > 0 where the edge crosses
+    t = jnp.where(crosses, (near - lo[..., 2]) / span, 0.0)[..., None]
+    point = (lo + t * (hi - lo)).at[..., 2].set(near)  # exactly on the plane
+    # An edge that does not cross gets the stand-in (never used; it projects finitely).
+    point = jnp.where(crosses[..., None], point, front)
+    # The crossing's barycentrics: s on corner k + 1, 1 - s on corner k.
+    s = jnp.where(u_first, t, 1.0 - t)
+    eye3 = jnp.eye(3, dtype=jnp.float32)
+    edge_bary = (1.0 - s) * eye3 + s * jnp.roll(eye3, 1, axis=-1)  # [..., F, 3, 3]
+    corner_bary = jnp.broadcast_to(eye3, edge_bary.shape)
+    ids = jnp.broadcast_to(jnp.arange(3, dtype=jnp.int32), n_in.shape + (3,))
+
+    def pieces(corner: jax.Array, edge: jax.Array) -> jax.Array:
+        """[..., 2F, 3, *c] from per-corner [..., F, 3, *c] and per-edge values. Rolled so that
+        the turning corner is A (corners A, B, C; edges AB, BC, CA): piece 1 is (A, AB, CA) with
+        one corner in front, (B, C, CA) with two, (A, B, C) with three; piece 2 is (B, CA, AB)."""
+        c, e = _roll(corner, r), _roll(edge, r)
+        a, b, c_, ab, ca = c[..., 0, :], c[..., 1, :], c[..., 2, :], e[..., 0, :], e[..., 2, :]
+        n = n_in.reshape(n_in.shape + (1,) * (a.ndim - n_in.ndim + 1))
+        first = jnp.where(
+            n == 1,
+            jnp.stack([a, ab, ca], axis=-2),
+            jnp.where(n == 2, jnp.stack([b, c_, ca], axis=-2), jnp.stack([a, b, c_], axis=-2)),
+        )
+        return jnp.concatenate([first, jnp.stack([b, ca, ab], axis=-2)], axis=n_in.ndim - 1)
+
+    flags = jnp.broadcast_to(jnp.asarray([False, True]), n_in.shape + (3, 2))
+    return _Pieces(
+        corners=pieces(safe, point),
+        bary=pieces(corner_bary, edge_bary),
+        crossing=pieces(flags[..., :1], flags[..., 1:])[..., 0],
+        which=pieces(ids[..., None], ids[..., None])[..., 0],
+        points=point,
+        depths=safe[..., 2],
+        valid=jnp.concatenate([finite & (n_in >= 1), finite & (n_in == 2)], axis=-1),
+        cut=~finite | (n_in < 3),
+    )
+
+
+class _Clip(NamedTuple):
+    """What the Renderer rasterizes instead of its faces, and how to read it back."""
+
+    faces: jax.Array  # [..., 2F, 3, 3] projected pieces; all 0 for padding (draws nothing).
+    # [..., 2F, 13] per piece: its corners' barycentrics (ClippedFaces.bary, 9), the source
+    # face's corner depths (3), 1 if the source face was cut, else 0 (one gather per pixel).
+    table: jax.Array
+    # [..., F, 3, 3]: the source faces as the texture-cube kernel reads them (see cube_shader).
+    cube_faces: jax.Array
+
+    def source(self) -> jax.Array:
+        count = self.faces.shape[-3] // 2
+        return jnp.concatenate([jnp.arange(count), jnp.arange(count)]).astype(jnp.int32)
+
+    def shader(self, shader: Shader) -> Shader:
+        """``shader`` seeing the fragments of the source faces."""
+        return lambda frags, *args: shader(_to_source(frags, self.source(), self.table)[0], *args)
+
+    def cube_shader(self, eps: float) -> Shader:
+        """The texture-cube shader of the source faces. The kernel reads texture coordinates
+        ``w_k zp / z_k`` with z_k the depths of ``cube_faces``: a face kept whole gets its
+        rasterized weights and depth, as without clipping; a cut face, whose depths there are 1,
+        its perspective-correct barycentrics and ``zp = 1``."""
+
+        def shader(frags: Fragments, textures: jax.Array) -> jax.Array:
+            src, cut = _to_source(frags, self.source(), self.table)
+            w = jnp.where(cut[..., None], src.bary, frags.bary_screen)
+            zp = jnp.where(cut, 1.0, frags.depth)
+            return _ops.sample_cubes(self.cube_faces, textures, src.face_index, w, zp, eps)
+
+        return shader
+
+
+def _clip_projected(
+    view: jax.Array, projected: jax.Array, project: Callable[[jax.Array], jax.Array], near: float
+) -> _Clip:
+    """The Renderer's clipping: ``view`` [..., F, 3, 3] faces in the camera frame, ``projected``
+    the same faces projected (gathered from projected vertices), ``project`` the camera's
+    projection of points [..., N, 3]. The pieces' source corners are taken from ``projected``
+    and only the crossings are projected, so a face kept whole is drawn bit for bit as without
+    clipping and shares its corners exactly with its cut neighbours."""
+    p = _clip(view, near)
+    crossings = project(p.points.reshape(*p.points.shape[:-3], -1, 3)).reshape(p.points.shape)
+    twice = lambda x: jnp.concatenate([x, x], axis=-3)  # noqa: E731  [..., F, 3, c] -> 2F
+    which = p.which[..., None]
+    corners = jnp.where(
+        p.crossing[..., None],
+        jnp.take_along_axis(twice(crossings), which, axis=-2),
+        jnp.take_along_axis(twice(projected), which, axis=-2),
+    )
+    valid = p.valid[..., None, None]
+    cut = jnp.concatenate([p.cut, p.cut], axis=-1).astype(jnp.float32)[..., None]
+    depths = jnp.concatenate([p.depths, p.depths], axis=-2)
+    bary = jnp.where(valid, p.bary, 0.0).reshape(*p.bary.shape[:-2], 9)
+    table = jnp.concatenate([bary, depths, cut], axis=-1)
+    cube = jnp.where(p.cut[..., None, None], 1.0, view)
+    return _Clip(jnp.where(valid, corners, 0.0), table, cube)
+
+
+def _to_source(
+    frags: Fragments, source: jax.Array, table: jax.Array
+) -> tuple[Fragments, jax.Array]:
+    """(fragments of the pieces' source faces, bool [..., H, W]: the pixel's face was cut);
+    ``table`` [..., 2F, 13] as _Clip's."""
+    covered = frags.face_index >= 0
+    piece = jnp.maximum(frags.face_index, 0)
+    face_index = jnp.where(covered, _ops.take_rows(source, 1, piece, 2), -1)
+    at = _ops.take_rows(table, 2, piece, 2)  # [..., H, W, 13]
+    m = at[..., :9].reshape(*at.shape[:-1], 3, 3)
+    z, cut = at[..., 9:12], covered & (at[..., 12] > 0)
+    bary = jnp.einsum("...k,...kj->...j", frags.bary, m)
+    bz = bary * z
+    total = jnp.sum(bz, axis=-1, keepdims=True)
+    # A covered pixel lies in front of the plane: total is its depth, >= near > 0.
+    ok = cut[..., None] & (total > 0)
+    screen = jnp.where(ok, bz / jnp.where(ok, total, 1.0), frags.bary_screen)
+    bary = jnp.where(cut[..., None], bary, frags.bary)
+    return Fragments(face_index, bary, screen, frags.depth, frags.back), cut
