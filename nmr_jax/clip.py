@@ -114,11 +114,10 @@ def source_fragments(fragments: Fragments, clipped: ClippedFaces, faces: ArrayLi
 class _Pieces(NamedTuple):
     corners: jax.Array  # [..., 2F, 3, 3] camera-frame corners (stand-ins where not valid)
     bary: jax.Array  # [..., 2F, 3, 3] barycentrics of the corners in the source face's corners
-    # [..., 2F, 3] bool: the corner is where an edge meets the plane, not a source corner.
-    crossing: jax.Array
-    # [..., 2F, 3] int32: the source corner that a corner is, or for a crossing its edge (edge k
-    # runs from corner k to k + 1).
-    which: jax.Array
+    # select(per_corner [..., F, 3, c], per_edge [..., F, 3, c]) -> [..., 2F, 3, c]: the pieces'
+    # values from values at the source corners and at the edges' crossings (edge k runs from
+    # corner k to k + 1).
+    select: Callable[[jax.Array, jax.Array], jax.Array]
     points: jax.Array  # [..., F, 3, 3]: where edge k meets the plane (a stand-in if it does not)
     depths: jax.Array  # [..., F, 3]: the faces' corner depths (stand-ins for dropped faces)
     valid: jax.Array  # [..., 2F] bool: the piece exists.
@@ -164,7 +163,6 @@ def _clip(faces: jax.Array, near: float) -> _Pieces:
     eye3 = jnp.eye(3, dtype=jnp.float32)
     edge_bary = (1.0 - s) * eye3 + s * jnp.roll(eye3, 1, axis=-1)  # [..., F, 3, 3]
     corner_bary = jnp.broadcast_to(eye3, edge_bary.shape)
-    ids = jnp.broadcast_to(jnp.arange(3, dtype=jnp.int32), n_in.shape + (3,))
 
     def pieces(corner: jax.Array, edge: jax.Array) -> jax.Array:
         """[..., 2F, 3, *c] from per-corner [..., F, 3, *c] and per-edge values. Rolled so that
@@ -180,12 +178,10 @@ def _clip(faces: jax.Array, near: float) -> _Pieces:
         )
         return jnp.concatenate([first, jnp.stack([b, ca, ab], axis=-2)], axis=n_in.ndim - 1)
 
-    flags = jnp.broadcast_to(jnp.asarray([False, True]), n_in.shape + (3, 2))
     return _Pieces(
         corners=pieces(safe, point),
         bary=pieces(corner_bary, edge_bary),
-        crossing=pieces(flags[..., :1], flags[..., 1:])[..., 0],
-        which=pieces(ids[..., None], ids[..., None])[..., 0],
+        select=pieces,
         points=point,
         depths=safe[..., 2],
         valid=jnp.concatenate([finite & (n_in >= 1), finite & (n_in == 2)], axis=-1),
@@ -202,6 +198,9 @@ class _Clip(NamedTuple):
     table: jax.Array
     # [..., F, 3, 3]: the source faces as the texture-cube kernel reads them (see cube_shader).
     cube_faces: jax.Array
+    # bool []: some face was cut or dropped. When none is (a scene wholly in front), the pieces'
+    # fragments are the faces' own and the mapping is skipped (both run under vmap).
+    any_cut: jax.Array
 
     def source(self) -> jax.Array:
         count = self.faces.shape[-3] // 2
@@ -209,19 +208,36 @@ class _Clip(NamedTuple):
 
     def shader(self, shader: Shader) -> Shader:
         """``shader`` seeing the fragments of the source faces."""
-        return lambda frags, *args: shader(_to_source(frags, self.source(), self.table)[0], *args)
+
+        def on_source(frags: Fragments, *args: object) -> jax.Array:
+            src = jax.lax.cond(
+                self.any_cut,
+                lambda f: _to_source(f, self.source(), self.table)[0],
+                lambda f: f,
+                frags,
+            )
+            return shader(src, *args)
+
+        return on_source
 
     def cube_shader(self, eps: float) -> Shader:
         """The texture-cube shader of the source faces. The kernel reads texture coordinates
         ``w_k zp / z_k`` with z_k the depths of ``cube_faces``: a face kept whole gets its
         rasterized weights and depth, as without clipping; a cut face, whose depths there are 1,
-        its perspective-correct barycentrics and ``zp = 1``."""
+        its perspective-correct barycentrics and ``zp = 1``. As without clipping, only the
+        textures get a gradient: the mapping needs none."""
 
-        def shader(frags: Fragments, textures: jax.Array) -> jax.Array:
+        def mapped(frags: Fragments) -> tuple[jax.Array, jax.Array, jax.Array]:
             src, cut = _to_source(frags, self.source(), self.table)
             w = jnp.where(cut[..., None], src.bary, frags.bary_screen)
-            zp = jnp.where(cut, 1.0, frags.depth)
-            return _ops.sample_cubes(self.cube_faces, textures, src.face_index, w, zp, eps)
+            return src.face_index, w, jnp.where(cut, 1.0, frags.depth)
+
+        def shader(frags: Fragments, textures: jax.Array) -> jax.Array:
+            frags = jax.lax.stop_gradient(frags)
+            fi, w, zp = jax.lax.cond(
+                self.any_cut, mapped, lambda f: (f.face_index, f.bary_screen, f.depth), frags
+            )
+            return _ops.sample_cubes(self.cube_faces, textures, fi, w, zp, eps)
 
         return shader
 
@@ -234,22 +250,36 @@ def _clip_projected(
     projection of points [..., N, 3]. The pieces' source corners are taken from ``projected``
     and only the crossings are projected, so a face kept whole is drawn bit for bit as without
     clipping and shares its corners exactly with its cut neighbours."""
-    p = _clip(view, near)
-    crossings = project(p.points.reshape(*p.points.shape[:-3], -1, 3)).reshape(p.points.shape)
-    twice = lambda x: jnp.concatenate([x, x], axis=-3)  # noqa: E731  [..., F, 3, c] -> 2F
-    which = p.which[..., None]
-    corners = jnp.where(
-        p.crossing[..., None],
-        jnp.take_along_axis(twice(crossings), which, axis=-2),
-        jnp.take_along_axis(twice(projected), which, axis=-2),
-    )
-    valid = p.valid[..., None, None]
-    cut = jnp.concatenate([p.cut, p.cut], axis=-1).astype(jnp.float32)[..., None]
-    depths = jnp.concatenate([p.depths, p.depths], axis=-2)
-    bary = jnp.where(valid, p.bary, 0.0).reshape(*p.bary.shape[:-2], 9)
-    table = jnp.concatenate([bary, depths, cut], axis=-1)
-    cube = jnp.where(p.cut[..., None, None], 1.0, view)
-    return _Clip(jnp.where(valid, corners, 0.0), table, cube)
+    finite = jnp.all(jnp.isfinite(view), axis=(-2, -1))
+    any_cut = ~jnp.all(finite & jnp.all(view[..., 2] >= near, axis=-1))
+
+    def cut(view: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        p = _clip(view, near)
+        points = p.points.reshape(*p.points.shape[:-3], -1, 3)
+        crossings = project(points).reshape(p.points.shape)
+        valid = p.valid[..., None, None]
+        twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
+        table = jnp.concatenate(
+            [
+                jnp.where(valid, p.bary, 0.0).reshape(*p.bary.shape[:-2], 9),
+                twice(p.depths),
+                twice(p.cut.astype(jnp.float32)[..., None]),
+            ],
+            axis=-1,
+        )
+        faces = jnp.where(valid, p.select(projected, crossings), 0.0)
+        return faces, table, jnp.where(p.cut[..., None, None], 1.0, view)
+
+    def whole(view: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """What ``cut`` gives when every face is kept whole, without its work; the table is
+        then never read."""
+        faces = jnp.concatenate([projected, jnp.zeros_like(projected)], axis=-3)
+        return faces, jnp.zeros(faces.shape[:-2] + (13,), jnp.float32), view
+
+    # A scene wholly in front (the common case) skips the clipping's work (under vmap, whose
+    # condition is per element, both branches run).
+    faces, table, cube_faces = jax.lax.cond(any_cut, cut, whole, view, projected)
+    return _Clip(faces, table, cube_faces, any_cut)
 
 
 def _to_source(

@@ -103,6 +103,13 @@ def room_renderer(
     return r, look_rays(d, angle, n)
 
 
+@jax.jit
+def room_maps(renderer: nr.Renderer) -> tuple[jax.Array, jax.Array]:
+    """(alpha, depth) of the room; one compilation per camera mode and size (the camera is a
+    leaf of the Renderer)."""
+    return renderer.render_silhouettes(ROOM, ROOM_FACES), renderer.render_depth(ROOM, ROOM_FACES)
+
+
 @pytest.mark.parametrize("mode", ["look", "look_at", "projection"])
 @pytest.mark.parametrize("view", VIEWS, ids=[f"view{i}" for i in range(len(VIEWS))])
 def test_closed_room_is_covered_with_the_analytic_depth(mode: str, view) -> None:
@@ -110,8 +117,7 @@ def test_closed_room_is_covered_with_the_analytic_depth(mode: str, view) -> None
     if mode == "look_at" and np.allclose(eye, 0):
         pytest.skip("'look_at' from the origin looks nowhere")
     renderer, rays = room_renderer(mode, eye, direction, angle, 32, anti_aliasing=False)
-    alpha = np.asarray(renderer.render_silhouettes(ROOM, ROOM_FACES))
-    depth = np.asarray(renderer.render_depth(ROOM, ROOM_FACES))
+    alpha, depth = (np.asarray(m) for m in room_maps(renderer))
     assert alpha.min() == 1.0, f"{(alpha == 0).sum()} uncovered pixels"
     np.testing.assert_allclose(depth, room_depth(eye, rays), rtol=1e-4)
 
@@ -125,7 +131,7 @@ def test_room_without_clipping_has_holes() -> None:
     )
     alpha = nr.rasterize_silhouettes(unclipped, 32, False)
     assert float(alpha.mean()) < 0.9
-    assert float(r.render_silhouettes(ROOM, ROOM_FACES).mean()) == 1.0
+    assert float(room_maps(r)[0].mean()) == 1.0
 
 
 def test_ground_plane_to_the_horizon() -> None:
@@ -141,8 +147,8 @@ def test_ground_plane_to_the_horizon() -> None:
         eye=(0.0, 0.0, 0.0),
         viewing_angle=angle,
     )
-    depth = np.asarray(r.render_depth(ground, faces))
-    alpha = np.asarray(r.render_silhouettes(ground, faces))
+    depth = np.asarray(jax.jit(r.render_depth)(ground, faces))
+    alpha = np.asarray(jax.jit(r.render_silhouettes)(ground, faces))
     _, y = pixel_ndc(n)
     below = np.broadcast_to(-y * np.tan(np.radians(angle)), (n, n))  # -ray_y at unit view depth
     expected = np.where(below > 0, 1.0 / np.maximum(below, 1e-30), np.inf)
@@ -261,13 +267,20 @@ def test_scene_in_front_is_drawn_as_without_clipping() -> None:
         )
         return out.rgb, out.depth, out.alpha
 
-    for a, b in zip(r.render(v, f, tex), direct(v), strict=True):
-        np.testing.assert_array_equal(a, b)
     w = jnp.asarray(np.random.default_rng(2).normal(size=(32, 32, 3)), jnp.float32)
-    loss = lambda out: jnp.sum(out[0] * w) + jnp.sum(out[1]) + jnp.sum(out[2])  # noqa: E731
-    np.testing.assert_array_equal(
-        jax.grad(lambda v: loss(r.render(v, f, tex)))(v), jax.grad(lambda v: loss(direct(v)))(v)
-    )
+
+    def value_and_grad(render):
+        def loss(v):
+            out = render(v)
+            return jnp.sum(out[0] * w) + jnp.sum(out[1]) + jnp.sum(out[2]), out
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(v)
+
+    (_, clipped), g_clipped = value_and_grad(lambda v: r.render(v, f, tex))
+    (_, plain), g_plain = value_and_grad(direct)
+    for a, b in zip(clipped, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(g_clipped, g_plain)
 
 
 def crossing_wall(z_behind: float = -0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -282,8 +295,8 @@ def test_depth_gradient_across_the_clip_matches_finite_differences() -> None:
     r = nr.Renderer(image_size=16, anti_aliasing=False, camera_mode="look", eye=(0.0, 0.0, 0.0))
     assert float(r.render_silhouettes(v, f).min()) == 1.0
     w = jnp.asarray(np.random.default_rng(4).uniform(size=(16, 16)), jnp.float32)
-    loss = lambda v: jnp.sum(r.render_depth(v, f) * w)  # noqa: E731
-    g = np.asarray(jax.grad(loss)(jnp.asarray(v)))
+    loss = jax.jit(lambda v: jnp.sum(r.render_depth(v, f) * w))
+    g = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(v)))
     h = 1e-2
     fd = np.zeros_like(v)
     for i in range(3):
@@ -311,11 +324,12 @@ def test_texture_gradients_across_the_clip_match_finite_differences() -> None:
     )
     w = jnp.asarray(rng.normal(size=(16, 16, 3)), jnp.float32)
 
+    @jax.jit
     def loss(v, image):
         rgb = r.render(v, f, shader=uv_shader, shader_args=(image, uvs))[0]
         return jnp.sum(rgb * w)
 
-    gv, gi = jax.grad(loss, argnums=(0, 1))(jnp.asarray(v), image)
+    gv, gi = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(v), image)
     h = 1e-2
     for i, j in [(0, 0), (0, 2), (1, 1), (2, 0), (2, 2)]:
         d = np.zeros_like(v)
@@ -333,10 +347,11 @@ def test_images_are_continuous_as_a_corner_crosses_the_plane() -> None:
     behind it: the image barely changes (a kept face and a cut one read the same cube)."""
     tex = jnp.asarray(np.random.default_rng(6).uniform(size=(1, 4, 4, 4, 3)), jnp.float32)
     r = nr.Renderer(image_size=16, camera_mode="look", eye=(0.0, 0.0, 0.0), fill_back=False)
+    render = jax.jit(lambda v: r.render(v, np.array([[0, 1, 2]], np.int32), tex)[0])
     images = []
     for z in (NEAR + 1e-4, NEAR - 1e-4):
         v = np.array([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 0.5, z]], np.float32)
-        images.append(np.asarray(r.render(v, np.array([[0, 1, 2]], np.int32), tex)[0]))
+        images.append(np.asarray(render(v)))
     assert images[0].any()
     np.testing.assert_allclose(images[0], images[1], atol=2e-3)
 
@@ -344,13 +359,14 @@ def test_images_are_continuous_as_a_corner_crosses_the_plane() -> None:
 def test_camera_gradient_inside_the_room_is_finite_and_lowers_the_loss() -> None:
     tex = textured_room()
     r = nr.Renderer(image_size=32, camera_mode="look", eye=(0.0, 0.0, 0.0), viewing_angle=45.0)
-    target = r.render(ROOM, ROOM_FACES, tex, eye=jnp.asarray([0.2, 0.1, -0.3]))[0]
+    render = jax.jit(lambda eye: r.render(ROOM, ROOM_FACES, tex, eye=eye)[0])
+    target = render(jnp.asarray([0.2, 0.1, -0.3]))
 
     def loss(eye):
-        return jnp.sum((r.render(ROOM, ROOM_FACES, tex, eye=eye)[0] - target) ** 2)
+        return jnp.sum((render(eye) - target) ** 2)
 
     eye = jnp.asarray([0.35, 0.0, -0.1])
-    value, g = jax.value_and_grad(loss)(eye)
+    value, g = jax.jit(jax.value_and_grad(loss))(eye)
     assert np.isfinite(np.asarray(g)).all() and float(jnp.linalg.norm(g)) > 0
     step = 0.05 / float(jnp.linalg.norm(g))
     assert float(loss(eye - step * g)) < float(value)
@@ -372,42 +388,42 @@ def test_vmap_over_cameras_on_both_sides_of_the_geometry() -> None:
     tex = textured_room()
     r = nr.Renderer(image_size=16, camera_mode="look", eye=(0.0, 0.0, 0.0), viewing_angle=40.0)
     eyes = jnp.asarray([[0.0, 0.0, -6.0], [0.3, 0.1, -0.5], [0.0, 0.0, -1.5]])
-    batched = jax.jit(jax.vmap(lambda e: r.render(ROOM, ROOM_FACES, tex, eye=e)))(eyes)
+    render = jax.jit(lambda e: r.render(ROOM, ROOM_FACES, tex, eye=e))
+    batched = jax.jit(jax.vmap(render))(eyes)
     for i in range(3):
-        single = r.render(ROOM, ROOM_FACES, tex, eye=eyes[i])
+        single = render(eyes[i])
         for a, b in zip(batched, single, strict=True):
             np.testing.assert_allclose(a[i], b, atol=1e-6)
     assert float(batched[2][1].min()) == 1.0  # inside: covered
 
 
-@pytest.mark.parametrize("path", ["textures", "vertex_colors", "shader"])
-def test_cuda_host_kernels_match_the_cpu_kernels_on_a_cut_room(path: str) -> None:
+def test_cuda_host_kernels_match_the_cpu_kernels_on_a_cut_room() -> None:
+    """Texture cubes, vertex colours and a shader on the cut room: images and the camera's
+    gradient of the host-compiled CUDA kernels equal the CPU kernels'."""
     if _ffi.cuda_host is None:
         pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
     r = nr.Renderer(image_size=16, camera_mode="look", eye=(0.0, 0.0, 0.0), viewing_angle=45.0)
     colors = np.random.default_rng(7).uniform(size=(8, 3)).astype(np.float32)
-    args = {
-        "textures": {"textures": textured_room()},
-        "vertex_colors": {"vertex_colors": colors},
-        "shader": {
-            "shader": lambda frags, c: nr.interpolate(c, ROOM_FACES, frags),
-            "shader_args": (colors,),
-        },
-    }[path]
 
-    def value_and_grad(eye):
-        def loss(eye):
-            rgb, depth, alpha = r.render(ROOM, ROOM_FACES, **args, eye=eye)
-            return jnp.sum(rgb * rgb) + jnp.sum(depth) + jnp.sum(alpha), rgb
-
-        return jax.value_and_grad(loss, has_aux=True)(eye)
+    def loss(eye):
+        images = [
+            r.render(ROOM, ROOM_FACES, textured_room(), eye=eye),
+            r.render(ROOM, ROOM_FACES, vertex_colors=colors, eye=eye),
+            r.render(ROOM, ROOM_FACES, shader=color_shader, shader_args=(colors,), eye=eye),
+        ]
+        rgb = jnp.stack([x[0] for x in images])
+        return jnp.sum(rgb * rgb) + sum(jnp.sum(x[1]) + jnp.sum(x[2]) for x in images), rgb
 
     eye = jnp.asarray([0.3, -0.2, 0.4])
-    (_, rgb), g = value_and_grad(eye)
+    (_, rgb), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(eye)
     with _ffi.using_kernels("cuda-host"):
-        (_, rgb_host), g_host = value_and_grad(eye)
+        (_, rgb_host), g_host = jax.jit(jax.value_and_grad(loss, has_aux=True))(eye)
     np.testing.assert_allclose(rgb_host, rgb, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g_host, g, rtol=1e-4, atol=1e-4 * float(np.abs(g).max()))
+
+
+def color_shader(frags, colors):
+    return nr.interpolate(colors, ROOM_FACES, frags)
 
 
 def test_no_nan_for_any_vertex_placement_relative_to_the_plane() -> None:
