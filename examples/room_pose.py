@@ -61,7 +61,11 @@ def tiled_room(half=HALF, tiles: int = TILES, seed: int = 0):
             for j in range(tiles + 1):
                 for i in range(tiles + 1):
                     p = np.zeros(3, np.float32)
-                    p[axis], p[u_axis], p[v_axis] = side * half[axis], grid[u_axis][i], grid[v_axis][j]
+                    p[axis], p[u_axis], p[v_axis] = (
+                        side * half[axis],
+                        grid[u_axis][i],
+                        grid[v_axis][j],
+                    )
                     vertices.append(p)
             for j in range(tiles):
                 for i in range(tiles):
