@@ -7,7 +7,7 @@ is seen from inside by an OpenCV camera ('projection' mode, 40-degree half angle
 target image alone, the camera's position and rotation (a quaternion) are recovered by Adam on the
 images' squared error, starting 0.44 units and 20 degrees away. Every view has faces behind the
 camera, which the Renderer clips at its near plane. Writes ``room_pose.gif`` (the current view,
-the target and their difference), ``room_pose_loss.png`` and ``room_clipping.png`` (the target
+the target and their difference), ``room_pose_loss.png`` and ``room_pose_clipping.png`` (the target
 view with its faces projected whole, as the original draws them, beside the clipped one) into
 ``--output-dir``, and prints the final position and rotation errors.
 """
@@ -106,6 +106,7 @@ def pose_to_extrinsics(eye: jax.Array, quaternion: jax.Array) -> tuple[jax.Array
     return R, -R @ eye
 
 
+@jax.jit
 def unclipped_beside_clipped(renderer: nr.Renderer, pose: tuple[jax.Array, jax.Array]) -> jax.Array:
     """rgb [H, 2W, 3]: the view with the room's faces projected whole and rasterized (what a
     renderer without clipping draws: holes, and faces behind the camera folded into view), and
@@ -141,6 +142,7 @@ def run(
     vertices, faces, textures = tiled_room()
     renderer = camera(image_size)
 
+    @jax.jit
     def render(pose: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         R, t = pose_to_extrinsics(*pose)
         rgb, _, alpha = renderer.render(vertices, faces, textures, R=R, t=t)
@@ -176,7 +178,9 @@ def run(
             pose, state = new_pose, new_state
 
     if output_dir is not None:
-        write_png(output_dir / "room_clipping.png", unclipped_beside_clipped(renderer, true_pose))
+        write_png(
+            output_dir / "room_pose_clipping.png", unclipped_beside_clipped(renderer, true_pose)
+        )
         write_gif(output_dir / "room_pose.gif", frames)
         write_curves(output_dir / "room_pose_loss.png", {"loss": losses})
 

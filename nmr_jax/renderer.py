@@ -72,6 +72,11 @@ class Renderer:
     back faces; ``handedness="right"`` renders it unmirrored with its outward faces in front.
     'projection' is OpenCV's right-handed camera.
 
+    Faces are clipped against the plane z = ``near`` of the camera frame before the projection
+    (``nmr_jax.clip``): scenes around the camera (a room seen from inside, a ground plane) are
+    drawn whole, with the results (face ids, barycentrics, depth, gradients) of the source faces;
+    faces wholly in front are drawn bit for bit as without clipping.
+
     A camera field or per-call argument that ``camera_mode`` does not read (``K`` with 'look_at',
     ``eye`` with 'projection', ...) raises a ValueError naming it.
     """

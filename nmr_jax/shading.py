@@ -86,7 +86,9 @@ def rasterize_fragments(
     anti-aliasing), row 0 at the top.
 
     Args:
-      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z), in
+        front of the camera: not clipped here; for faces around the camera rasterize the
+        pieces of ``nmr_jax.clip_faces`` and read them back with ``nmr_jax.source_fragments``.
       image_size, anti_aliasing, near, far: as ``rasterize_rgbad``.
 
     Returns:
