@@ -41,7 +41,9 @@ def work(vertices, faces, size: int) -> dict[str, list[int]]:
 
     assert _ffi.cuda_host is not None
     _ffi.cuda_host.record_work(True)
-    with _ffi.using_kernels("cuda-host"):
+    # The host-compiled targets are registered on the CPU only: on a GPU machine the default
+    # device would compile the call for the GPU, where they do not exist.
+    with _ffi.using_kernels("cuda-host"), jax.default_device(jax.devices("cpu")[0]):
         jax.block_until_ready(jax.grad(loss)(jnp.asarray(vertices)))
     out = _ffi.cuda_host.work()
     _ffi.cuda_host.record_work(False)

@@ -5,10 +5,11 @@
 
 #include "cuda_ops.cu"
 
-extern "C" void NmrCudaHostCounters(int64_t* launches, int64_t* threads, int64_t* syncs) {
+extern "C" void NmrCudaHostCounters(int64_t* launches, int64_t* threads, int64_t* syncs, int64_t* device) {
   *launches = nmr_cuda_host::counters.launches.load();
   *threads = nmr_cuda_host::counters.threads.load();
   *syncs = nmr_cuda_host::counters.syncs.load();
+  *device = nmr_cuda_host::counters.device.load();
 }
 
 // The per-thread work of each kernel's last launch since record_work was turned on.

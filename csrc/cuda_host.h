@@ -49,11 +49,13 @@ inline thread_local dim3 gridDim, blockDim, blockIdx, threadIdx;
 
 namespace nmr_cuda_host {
 
-// What the host runtime did, for tests: kernel launches, threads run, stream synchronisations.
+// What the host runtime did, for tests: kernel launches, threads run, stream synchronisations,
+// and the device that the last cudaSetDevice made current (-1 before any).
 struct Counters {
   std::atomic<int64_t> launches{0};
   std::atomic<int64_t> threads{0};
   std::atomic<int64_t> syncs{0};
+  std::atomic<int64_t> device{-1};
 };
 inline Counters counters;
 
@@ -120,20 +122,10 @@ class Scratch {
   std::vector<std::unique_ptr<void, decltype(&std::free)>> blocks_;
 };
 
-// The context that stands for the CUDA stream: decodes to a null stream.
-struct Stream {};
-
 }  // namespace nmr_cuda_host
 
-// Decoding of the two host contexts in an XLA FFI binding on the CPU platform.
+// Decoding of the host's scratch memory in an XLA FFI binding on the CPU platform.
 namespace xla::ffi {
-template <>
-struct CtxDecoding<nmr_cuda_host::Stream> {
-  using Type = cudaStream_t;
-  static std::optional<Type> Decode(const XLA_FFI_Api*, XLA_FFI_ExecutionContext*, DiagnosticEngine&) {
-    return nullptr;
-  }
-};
 template <>
 struct CtxDecoding<nmr_cuda_host::Scratch> {
   using Type = nmr_cuda_host::Scratch;
@@ -167,6 +159,11 @@ inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t n, cudaStream_t)
 
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
   std::memcpy(dst, src, n);
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaSetDevice(int device) {
+  nmr_cuda_host::counters.device.store(device);
   return cudaSuccess;
 }
 

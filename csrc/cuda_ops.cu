@@ -18,6 +18,7 @@
 // cannot raise without a sync): never a silent wrong value.
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -31,17 +32,44 @@
 
 namespace ffi = xla::ffi;
 
+namespace nmr_cuda {
+// The context that every handler takes first: XLA's stream for the call, with the device that owns
+// it made current. Launches, memsets and copies go to the current device, which on a machine with
+// several GPUs need not be the one XLA runs this call on.
+struct Stream {};
+}  // namespace nmr_cuda
+
+namespace xla::ffi {
+template <>
+struct CtxDecoding<nmr_cuda::Stream> {
+  using Type = cudaStream_t;
+  static std::optional<Type> Decode(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
+                                    DiagnosticEngine& diagnostic) {
+    const std::optional<int32_t> device = CtxDecoding<DeviceOrdinal>::Decode(api, ctx, diagnostic);
+    if (!device) return std::nullopt;
+    if (const cudaError_t err = cudaSetDevice(*device); err != cudaSuccess) {
+      diagnostic.Emit("nmr_jax: cudaSetDevice(") << *device << ") failed: " << cudaGetErrorString(err);
+      return std::nullopt;
+    }
+#if defined(NMR_JAX_CUDA_HOST)
+    return nullptr;  // the host runtime has no streams
+#else
+    return CtxDecoding<PlatformStream<cudaStream_t> >::Decode(api, ctx, diagnostic);
+#endif
+  }
+};
+}  // namespace xla::ffi
+
 namespace {
 
 using nmr::F32;
 using nmr::F32Out;
 using nmr::S32;
 using nmr::S32Out;
+using Stream = nmr_cuda::Stream;
 #if defined(NMR_JAX_CUDA_HOST)
-using Stream = nmr_cuda_host::Stream;
 using Scratch = nmr_cuda_host::Scratch;
 #else
-using Stream = ffi::PlatformStream<cudaStream_t>;
 using Scratch = ffi::ScratchAllocator;
 #endif
 

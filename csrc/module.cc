@@ -18,7 +18,7 @@
 #elif defined(NMR_JAX_CUDA_HOST)
 #define NMR_MODULE _nmr_jax_cuda_host
 #define NMR_HANDLER(name) name##CudaHost
-extern "C" void NmrCudaHostCounters(int64_t* launches, int64_t* threads, int64_t* syncs);
+extern "C" void NmrCudaHostCounters(int64_t* launches, int64_t* threads, int64_t* syncs, int64_t* device);
 extern "C" void NmrCudaHostRecordWork(bool on);
 std::map<std::string, std::vector<int64_t> > NmrCudaHostWork();
 #else
@@ -68,15 +68,17 @@ PYBIND11_MODULE(NMR_MODULE, m) {
   m.def(
       "counters",
       []() {
-        int64_t launches, threads, syncs;
-        NmrCudaHostCounters(&launches, &threads, &syncs);
+        int64_t launches, threads, syncs, device;
+        NmrCudaHostCounters(&launches, &threads, &syncs, &device);
         py::dict d;
         d["launches"] = launches;
         d["threads"] = threads;
         d["syncs"] = syncs;
+        d["device"] = device;
         return d;
       },
-      "Kernel launches, threads run and stream synchronisations of the host CUDA runtime so far.");
+      "Kernel launches, threads run and stream synchronisations of the host CUDA runtime so far, and "
+      "the device that the last handler made current (-1 before any).");
   m.def("record_work", &NmrCudaHostRecordWork, "Turns the per-thread work record on or off, and clears it.");
   m.def("work", &NmrCudaHostWork, "Kernel name -> pixel steps of each thread of its last launch.");
 #endif

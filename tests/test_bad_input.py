@@ -137,6 +137,7 @@ def test_static_check_names_the_argument(case):
         fn()
 
 
+@pytest.mark.versions
 def test_static_checks_raise_under_jit_at_trace_time():
     with pytest.raises(ValueError, match="textures"):
         jax.jit(lambda f: nr.rasterize(f, jnp.zeros((2, 2, 2, 2, 3)), 8))(FV)
@@ -308,6 +309,7 @@ def test_K_and_R_batches_that_disagree_name_K_and_R():
 # --- data checks: the kernels and validate_mesh ----------------------------------------------
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("bad", [-2, -1, 4, 2**31 - 1])
 @pytest.mark.parametrize("jit", [False, True])
 def test_vertex_index_out_of_range_raises_from_the_kernel(bad, jit):
@@ -367,6 +369,7 @@ VALIDATE_CASES = {
 }
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("case", list(VALIDATE_CASES))
 def test_validate_mesh_names_the_first_bad_entry(case):
     vertices, faces, textures, match = VALIDATE_CASES[case]

@@ -61,6 +61,7 @@ def test_vmap_equals_loop(scene, mapped):
     assert not np.allclose(batched[0][0], batched[0][1])  # the views do differ
 
 
+@pytest.mark.versions
 def test_jit_vmap_over_light_direction_equals_loop(scene):
     # Regression: jaxlib 0.10.2's YNNPACK fusion gave lit textures off by up to 0.5 here while the
     # lighting reduced n . d with a broadcast multiply and sum.
@@ -80,6 +81,7 @@ def test_nested_vmap_equals_loop(scene):
     assert_trees_close(nested, stack([stack([render(e) for e in row]) for row in grid]))
 
 
+@pytest.mark.versions
 def test_vmap_of_grad_and_grad_of_vmap_equal_loop(scene):
     vertices, faces, textures, eyes = scene
     r = nr.Renderer(image_size=SIZE)
@@ -129,6 +131,7 @@ def _subset(vertices, faces, n):
     return jnp.asarray(vertices)[used], jnp.asarray(inverse.reshape(n, 3), jnp.int32)
 
 
+@pytest.mark.versions
 def test_padded_meshes_render_as_if_alone_and_padding_gets_no_gradient(scene):
     vertices, faces, textures, _ = scene
     big_v, big_f = _subset(vertices, faces, 1000)

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Objects compiled from sources that include nmr_core.h.
 CORE_SOURCES = ("cpu_ops.cc", "cuda_host.cc")
 
+pytestmark = pytest.mark.versions  # the second leg runs the whole file
+
 
 def test_build_tree_compiles_the_core_without_contraction():
     ninja_files = sorted((ROOT / "build").glob("*/build.ninja"))

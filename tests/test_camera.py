@@ -5,8 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import nmr_jax as nr
+
+pytestmark = pytest.mark.versions  # the second leg runs the whole file
 
 
 def test_look_at_default_eye_puts_origin_on_axis():

@@ -22,6 +22,7 @@ def render(*args: str) -> int:
     return cli.main(["render", *args, *SIZE, "--quiet"])
 
 
+@pytest.mark.versions
 def test_renders_a_multi_view_gif(tmp_path: Path) -> None:
     out = tmp_path / "turntable.gif"
     assert render(TEAPOT, "-o", str(out), "--views", "4", "--elevation", "20") == 0
@@ -76,6 +77,7 @@ def test_colours_come_from_the_mtl(tmp_path: Path) -> None:
         (["-o", "out.png", "--up", "x"], "invalid choice"),
     ],
 )
+@pytest.mark.versions
 def test_bad_arguments_are_usage_errors(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -104,6 +106,7 @@ def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert "examples:" in text and "nmr-jax render teapot.obj -o turntable.gif" in text
 
 
+@pytest.mark.versions
 def test_console_script_is_registered() -> None:
     scripts = importlib.metadata.entry_points(group="console_scripts", name="nmr-jax")
     assert [s.value for s in scripts] == ["nmr_jax.cli:main"]
@@ -150,6 +153,7 @@ def test_cli_handedness_right_unmirrors(tmp_path: Path) -> None:
     np.testing.assert_array_equal(left, right[:, ::-1])
 
 
+@pytest.mark.versions
 def test_cli_renders_a_uv_textured_obj_with_its_image(tmp_path: Path) -> None:
     # A square facing the camera, its map_Kd red above and blue below (unmirrored by the flip).
     image = np.zeros((8, 8, 3), np.uint8)

@@ -102,6 +102,7 @@ def assert_maps_equal(cpu, gpu):
     np.testing.assert_allclose(d_g, d_c, rtol=1e-5)
 
 
+@pytest.mark.versions
 def test_cuda_modules_register_the_cpu_targets():
     modules = [_ffi.cuda_host] if _ffi.cuda_host is not None else []
     if _ffi.HAS_CUDA_BUILD:
@@ -256,14 +257,18 @@ def test_kato_parity_beyond_one_planar_scratch(cuda):
     assert_grads_close(k_c, k_g)
 
 
-def _teapot_loss_and_grad(size: int, anti_aliasing: bool = False):
-    # The camera is applied once, on the CPU: XLA may fuse multiply-adds differently on the two
-    # devices, which would move vertices by an ulp and edge pixels to other faces.
-    vertices, faces = teapot()
-    eye = jnp.array([1.0, 1.5, -2.5], jnp.float32)
+def _projected_on_cpu(vertices, eye, angle: float) -> np.ndarray:
+    """The vertices in the camera's screen space, computed once, on the CPU, for both kernel sets
+    of a parity test: XLA:GPU may fuse multiply-adds differently from XLA:CPU, moving vertices by
+    an ulp, and Kato's gradient jumps when an edge pixel changes face."""
     with jax.default_device(CPU):
-        projected = nr.perspective(nr.look_at(jax.device_put(vertices, CPU), eye), 30.0)
-        projected = np.asarray(projected)[None]
+        v = jax.device_put(jnp.asarray(vertices), CPU)
+        return np.asarray(nr.perspective(nr.look_at(v, jnp.asarray(eye, jnp.float32)), angle))
+
+
+def _teapot_loss_and_grad(size: int, anti_aliasing: bool = False):
+    vertices, faces = teapot()
+    projected = _projected_on_cpu(vertices, [1.0, 1.5, -2.5], 30.0)[None]
     faces = np.concatenate([faces, faces[:, ::-1]])[None]  # both sides, as fill_back
     rng = np.random.default_rng(0)
     textures = rng.uniform(size=(1, faces.shape[1], 2, 2, 2, 3)).astype(np.float32)
@@ -279,6 +284,7 @@ def _teapot_loss_and_grad(size: int, anti_aliasing: bool = False):
     return fn, (projected, faces, textures, target)
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("size", [64, 1024])
 def test_teapot_render_and_gradient_parity(cuda, size):
     fn, args = _teapot_loss_and_grad(size)
@@ -332,19 +338,18 @@ def test_cube_filling_the_image_parity(cuda):
     # 12 faces that each cover a large part of a 1024^2 image: the tiles of pass 1 and the long
     # out scans of Kato's backward.
     vertices, faces = _cube()
+    projected = _projected_on_cpu(vertices, [1.2, 1.0, -2.0], 45.0)
     rng = np.random.default_rng(4)
     target = rng.uniform(size=(1024, 1024)).astype(np.float32)
 
     def fn(v, target):
         def loss(v):
-            eye = jnp.array([1.2, 1.0, -2.0], jnp.float32)
-            fv = nr.vertices_to_faces(nr.perspective(nr.look_at(v, eye), 45.0), faces)
+            fv = nr.vertices_to_faces(v, faces)
             return jnp.sum((nr.rasterize_silhouettes(fv, 1024, anti_aliasing=False) - target) ** 2)
 
         return jax.value_and_grad(loss)(v)
 
-    with jax.default_device(CPU):
-        (l_c, g_c), (l_g, g_g) = both(cuda, fn, vertices, target)
+    (l_c, g_c), (l_g, g_g) = both(cuda, fn, projected, target)
     np.testing.assert_allclose(l_g, l_c, rtol=1e-5)
     assert np.abs(g_c).max() > 0
     assert_grads_close(g_c, g_g)
@@ -420,19 +425,19 @@ def test_bad_vertex_index_raises(cuda, jit):
 def test_padding_rows_parity(cuda):
     # Meshes of different sizes batched with rows of -1: padding draws nothing, passes no gradient.
     vertices, faces = teapot()
-    eye = jnp.array([1.0, 1.5, -2.5], jnp.float32)
+    projected = _projected_on_cpu(vertices, [1.0, 1.5, -2.5], 30.0)
     padded = np.full((2, faces.shape[0], 3), -1, np.int32)
     padded[0] = faces
     padded[1, :1000] = faces[:1000]
 
     def fn(v, f):
         def loss(v):
-            fv = nr.vertices_to_faces(nr.perspective(nr.look_at(v, eye), 30.0), f)
+            fv = nr.vertices_to_faces(v, f)
             return jnp.sum(nr.rasterize_silhouettes(fv, 64) * jnp.arange(64.0))
 
         return jax.value_and_grad(loss)(v)
 
-    (l_c, g_c), (l_g, g_g) = both(cuda, fn, vertices, padded)
+    (l_c, g_c), (l_g, g_g) = both(cuda, fn, projected, padded)
     np.testing.assert_allclose(l_g, l_c, rtol=1e-5)
     assert_grads_close(g_c, g_g)
 
@@ -491,7 +496,9 @@ def test_package_renders_the_teapot_through_the_host_cuda_handlers():
                           _ffi.cuda_host.counters()]))
         """
     )
-    env = dict(os.environ, NMR_JAX_KERNELS="cuda-host")
+    # The CPU platform only: on a GPU machine XLA would compile for the GPU, where the host
+    # targets are not registered.
+    env = dict(os.environ, NMR_JAX_KERNELS="cuda-host", JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-c", script],
         env=env,
@@ -525,3 +532,41 @@ def test_gather_does_not_synchronise_for_concrete_faces():
     # Faces closed over by a jitted function are constants, so concrete too.
     assert syncs(lambda: jax.jit(lambda v: nr.vertices_to_faces(v, faces))(vertices)) == 0
     assert syncs(lambda: jax.jit(nr.vertices_to_faces)(vertices, faces)) == 1
+
+
+@pytest.mark.versions
+def test_handlers_make_the_device_of_the_call_current():
+    # On a machine with several GPUs, a handler must launch on the device that XLA runs the call
+    # on, not on whichever device is current: each handler sets it from the call's device ordinal.
+    # The host runtime records the device set last; here two CPU devices stand for two GPUs.
+    if _ffi.cuda_host is None:
+        pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
+    script = textwrap.dedent(
+        """
+        import json
+        import jax, jax.numpy as jnp
+        import nmr_jax as nr
+        from nmr_jax import _ffi
+
+        fv = jnp.array([[[-0.5, -0.5, 1.0], [0.5, -0.5, 1.0], [0.0, 0.5, 1.0]]], jnp.float32)
+        seen = []
+        for device in [jax.devices()[1], jax.devices()[0], jax.devices()[1]]:
+            image = jax.jit(nr.rasterize_silhouettes, static_argnums=1)(
+                jax.device_put(fv, device), 8)
+            seen.append([float(image.sum()), _ffi.cuda_host.counters()["device"]])
+        print(json.dumps(seen))
+        """
+    )
+    env = dict(
+        os.environ,
+        NMR_JAX_KERNELS="cuda-host",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [device for _, device in seen] == [1, 0, 1]
+    assert all(value > 0 for value, _ in seen)

@@ -30,6 +30,7 @@ def original_teapot() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(vertices), np.asarray(faces)
 
 
+@pytest.mark.versions
 def test_teapot_mesh():
     vertices, faces = teapot()
     assert vertices.dtype == jnp.float32 and faces.dtype == jnp.int32
@@ -96,6 +97,7 @@ def test_make_teapot_regenerates_the_shipped_file(tmp_path):
     assert output.read_bytes() == teapot_path().read_bytes()
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("subdivisions", [0, 1, 3])
 def test_icosphere_is_a_closed_unit_sphere_wound_outward(subdivisions):
     vertices, faces = (np.asarray(a) for a in icosphere(subdivisions))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -24,6 +25,7 @@ import render_views_sharded  # noqa: E402  (examples/ is on the path)
 VIEWS, SIZE = 8, 16
 
 
+@pytest.mark.versions
 def test_two_processes_render_and_differentiate_as_one(tmp_path: Path) -> None:
     saved = tmp_path / "views.npz"
     env = {

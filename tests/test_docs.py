@@ -25,6 +25,7 @@ def blocks(page: Path, language: str) -> list[str]:
     return [body for lang, body in FENCE.findall(page.read_text()) if lang == language]
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=lambda p: p.name)
 def test_python_snippets_run(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A page's snippets run in order in one module, as a reader would type them (a module in

@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import nmr_jax as nr
 
 
+@pytest.mark.versions
 def test_lighting_formula():
     # Normal of cross(v0 - v1, v2 - v1) for this face is +y, facing the default light.
     face = jnp.array([[[0.0, 0, 0], [1.0, 0, 0], [0.0, 0, 1.0]]])

@@ -31,6 +31,7 @@ def at_line(path: Path, lineno: int) -> str:
     return re.escape(f"{path}:{lineno}:")
 
 
+@pytest.mark.versions
 def test_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     vertices = rng.uniform(-10, 10, (50, 3)).astype(np.float32)
@@ -360,6 +361,7 @@ def test_v_xyz_rgb_vertex_colors_are_read(tmp_path):
     assert load_mesh(write(tmp_path, "p.obj", TRIANGLE + "f 1 2 3\n")).vertex_colors is None
 
 
+@pytest.mark.versions
 def test_uvs_normals_quads_ngons_and_faces_without_vt(tmp_path):
     iio.imwrite(tmp_path / "tex.png", np.full((2, 4, 3), 255, np.uint8))
     write(tmp_path, "m.mtl", "newmtl a\nKd 0.5 0.5 0.5\nmap_Kd tex.png\nnewmtl b\nKd 1 0 0\n")
@@ -446,6 +448,7 @@ def test_missing_mtl_material_or_image_raises_with_the_hint_or_warns_white(tmp_p
     np.testing.assert_array_equal(mesh.kd, [[1, 0, 0]] if what == "image" else [[1, 1, 1]])
 
 
+@pytest.mark.versions
 def test_save_obj_roundtrip_with_uvs_normals_colors_and_texture(tmp_path):
     rng = np.random.default_rng(3)
     vertices = rng.uniform(-1, 1, (6, 3)).astype(np.float32)

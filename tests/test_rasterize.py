@@ -212,6 +212,7 @@ def test_texture_gradient_equals_jax_grad_of_reference():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("h, w", [(16, 16), (8, 24)])
 def test_depth_gradient_equals_jax_grad_of_reference(h, w):
     rng = np.random.default_rng(3)
@@ -228,7 +229,8 @@ def test_depth_gradient_equals_jax_grad_of_reference(h, w):
 
 
 def test_fragment_gradients_given_as_none_equal_zero_maps():
-    # None reaches the kernels as an empty operand, read as zeros, not as a map of zeros.
+    # None reaches the kernels as an empty operand, read as zeros, not as a map of zeros. Equal to
+    # the tolerance of gradients summed with atomics (on a GPU, in a varying order; docs/gpu.md).
     rng = np.random.default_rng(4)
     fv = jnp.asarray(random_faces(rng, 2, 12, 16))
     fi, wt, d = kernel_maps(fv, 16, 16)
@@ -240,8 +242,9 @@ def test_fragment_gradients_given_as_none_equal_zero_maps():
             fv, fi, wt, d, z3 if g_w is None else g_w, z3 if g_b is None else g_b,
             z1 if g_d is None else g_d,
         )  # fmt: skip
-        assert np.abs(want).max() > 0
-        np.testing.assert_array_equal(got, want)
+        scale = float(np.abs(want).max())
+        assert scale > 0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
 
 
 # Golden gradients of the original's tests (ALGORITHM.md): silhouette, image 64, no anti-aliasing,
@@ -262,6 +265,7 @@ GOLDEN = [
 ]
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("case", [0, 1])
 def test_golden_silhouette_gradients(case):
     verts, (row, col), target, want = GOLDEN[case]
@@ -321,6 +325,7 @@ def test_texture_cube_image_flipped_once_regression():
     assert hlo.count("stablehlo.reverse") == 1
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("h, w", [(16, 16), (16, 8)])
 def test_weight_map_and_face_index_map_agree_with_kernel(h, w):
     rng = np.random.default_rng(4)
@@ -360,6 +365,7 @@ def test_weight_map_gradient_matches_finite_differences_at_interior_pixels():
     assert (np.asarray(jvp(jnp.zeros_like(fv).at[..., 2].set(1.0))) == 0).all()
 
 
+@pytest.mark.versions
 def test_values_interpolated_with_the_weight_map_pass_gradients_to_vertices():
     # A per-vertex attribute interpolated with the weight map: gradients reach the world vertices
     # through the camera, and agree with central differences at interior pixels.
@@ -424,6 +430,7 @@ def test_weight_map_of_a_mesh_with_fill_back_copies_sees_the_near_side():
     assert far_side.mean() > 0.5  # the trap: without the copies, mostly the far side
 
 
+@pytest.mark.versions
 def test_rgbad_jit_vmap_and_batch_broadcast():
     rng = np.random.default_rng(5)
     fv = jnp.asarray(random_faces(rng, 3, 10, 16))
@@ -453,6 +460,7 @@ def test_gradients_flow_and_are_finite():
     assert np.abs(gf).sum() > 0 and np.abs(gt).sum() > 0
 
 
+@pytest.mark.versions
 def test_vertices_to_faces_gathers_and_scatters():
     v = jnp.arange(12, dtype=jnp.float32).reshape(4, 3)
     f = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
@@ -461,6 +469,7 @@ def test_vertices_to_faces_gathers_and_scatters():
     np.testing.assert_array_equal(g[:, 0], [1, 2, 2, 1])
 
 
+@pytest.mark.versions
 @pytest.mark.parametrize("bad", [-1, 4, 1000])
 @pytest.mark.parametrize("jit", [False, True])
 def test_face_index_out_of_range_raises(bad, jit):
@@ -491,6 +500,7 @@ def test_wrong_dtype_and_shape_raise_naming_the_argument():
         nr.vertices_to_faces(jnp.zeros((2, 4, 3)), jnp.zeros((3, 1, 3), jnp.int32))
 
 
+@pytest.mark.versions
 def test_bad_index_under_jit_leaves_the_process_alive():
     code = (
         "import jax, jax.numpy as jnp, nmr_jax as nr\n"

@@ -26,6 +26,7 @@ def white(faces, t=4):
     return jnp.ones((faces.shape[0], t, t, t, 3), jnp.float32)
 
 
+@pytest.mark.versions
 def test_silhouette_matches_blender_mask(teapot):
     v, f = teapot
     alpha = nr.Renderer(anti_aliasing=False).render_silhouettes(v, f)
@@ -36,6 +37,7 @@ def test_silhouette_matches_blender_mask(teapot):
     assert iou >= 0.999  # reached: 1.0 (identical masks)
 
 
+@pytest.mark.versions
 def test_depth_matches_original(teapot):
     v, f = teapot
     depth = np.asarray(nr.Renderer(anti_aliasing=False).render_depth(v, f))
@@ -98,6 +100,7 @@ def test_renderer_as_jit_argument_with_default_tuple_fields(camera_mode):
     assert float(jitted.sum()) > 0
 
 
+@pytest.mark.versions
 def test_jit_grad_through_render_for_every_parameter():
     v, f = small_mesh()
     tex = white(f, 2) * 0.7
@@ -117,6 +120,7 @@ def test_jit_grad_through_render_for_every_parameter():
         assert np.isfinite(g).all() and np.abs(g).sum() > 0, name
 
 
+@pytest.mark.versions
 def test_jit_grad_through_projection_camera():
     v, f = small_mesh()
     K = jnp.array([[500.0, 0, 256], [0, 500.0, 256], [0, 0, 1]])
@@ -135,6 +139,7 @@ def test_jit_grad_through_projection_camera():
         assert np.isfinite(g).all() and np.abs(g).sum() > 0
 
 
+@pytest.mark.versions
 def test_vmap_over_eyes_equals_loop():
     v, f = small_mesh()
     r = nr.Renderer(image_size=32)
@@ -192,6 +197,7 @@ def test_vertex_colors_are_lit_like_textures():
     np.testing.assert_allclose(by_vertex, by_texture, atol=1e-5)
 
 
+@pytest.mark.versions
 def test_vertex_colors_gradients_reach_colors_and_vertices():
     v, f, colors = colored_mesh(1)
     size = (16, 24)
@@ -267,6 +273,7 @@ class RendererWithFields(nr.Renderer):
     label: str = dataclasses.field(default="view", metadata={"static": True})
 
 
+@pytest.mark.versions
 def test_renderer_subclass_is_a_pytree_under_jit_grad():
     v, f = small_mesh()
     r = SubclassedRenderer(image_size=16)

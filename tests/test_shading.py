@@ -57,6 +57,7 @@ def test_fragments_match_the_reference_maps():
     assert not np.asarray(frags.back).any()
 
 
+@pytest.mark.versions
 def test_fragment_gradients_match_jnp_reference():
     # The vertex gradient of all three differentiable maps at once (one kernel sums them).
     v, f = projected_mesh(9)
@@ -116,6 +117,7 @@ def test_interpolate_matches_numpy_reference(per):
     np.testing.assert_allclose(both[1], 2 * np.asarray(got), atol=1e-5)
 
 
+@pytest.mark.versions
 def test_interpolate_gradients_match_jnp_reference():
     v, f = projected_mesh(3)
     rng = np.random.default_rng(4)
@@ -214,6 +216,7 @@ def test_sample_texture_at_texel_centres_returns_the_texels(filter):
     np.testing.assert_allclose(nr.sample_texture(image, uv, filter), image, atol=1e-6)
 
 
+@pytest.mark.versions
 def test_sample_texture_gradients():
     rng = np.random.default_rng(7)
     image = jnp.asarray(rng.uniform(size=(5, 6, 2)), jnp.float32)
@@ -332,6 +335,7 @@ def five_channel_shader(faces):
     return lambda frags, features, scale: nr.interpolate(features, faces, frags) * scale
 
 
+@pytest.mark.versions
 def test_five_channel_shader_renders_jits_vmaps_and_differentiates():
     v, f = projected_mesh(9)
     rng = np.random.default_rng(10)
@@ -429,6 +433,7 @@ def cube_side(face):
     return face % 6  # faces 0-5 and 6-11 are the two halves of the six quads
 
 
+@pytest.mark.versions
 def test_renderer_shader_with_five_channels_vmaps_over_eyes_and_differentiates():
     rng = np.random.default_rng(13)
     features = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
@@ -554,6 +559,7 @@ def test_uv_textured_cube_shows_its_six_texture_regions(tmp_path, filter):
     assert seen == set(range(6))  # every side was checked
 
 
+@pytest.mark.versions
 def test_vertex_normals_match_numpy_area_weighted_normals():
     v, f = projected_mesh(15)
     fv = np.asarray(v, np.float64)[np.asarray(f)]
@@ -606,6 +612,7 @@ def numpy_blinn_phong(n, v, d, shininess, intensity, color):
     return (intensity * np.where(lit, np.maximum(cos_h, 0) ** shininess, 0))[..., None] * color
 
 
+@pytest.mark.versions
 def test_blinn_phong_matches_numpy_reference():
     rng = np.random.default_rng(12)
     n, v = rng.normal(size=(2, 50, 3))

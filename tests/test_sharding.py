@@ -14,11 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DEVICES = 4
 VIEWS = 8  # Two per device.
 SIZE = 16  # Output image side; rasterized at 32 with anti-aliasing.
 
 
+@pytest.mark.versions
 def test_sharded_equals_unsharded_without_all_gather():
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
     env["JAX_PLATFORMS"] = "cpu"  # the forced devices are host devices, also on a GPU machine

@@ -1,7 +1,7 @@
 """All 11 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
 raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2).
-Short on purpose: tools/gpu_check.sh runs it under compute-sanitizer's memcheck and racecheck,
+Short on purpose: tools/gpu_check.sh runs it under compute-sanitizer's memcheck and initcheck,
 where each kernel launch is slow. It prints one line per case and exits non-zero on a failure.
 
 Usage: ``python tools/gpu_smoke.py [--device gpu|cpu]``; cpu runs the same CUDA code compiled
