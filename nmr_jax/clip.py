@@ -96,19 +96,20 @@ def source_fragments(fragments: Fragments, clipped: ClippedFaces, faces: ArrayLi
     """
     fv = check.float_array("faces", faces, (None, 3, 3))
     depths = _ops.take_rows(fv[..., 2], 2, jnp.maximum(clipped.source, 0), 1)  # [..., 2F, 3]
-    bary = clipped.bary
-    whole = jnp.all(bary == jnp.eye(3, dtype=bary.dtype), axis=(-2, -1))
-    cut = (~whole & (clipped.source >= 0)).astype(jnp.float32)[..., None]
-    batch = jnp.broadcast_shapes(bary.shape[:-3], depths.shape[:-2])
-    table = jnp.concatenate(
-        [
-            jnp.broadcast_to(bary.reshape(*bary.shape[:-2], 9), (*batch, bary.shape[-3], 9)),
-            jnp.broadcast_to(depths, (*batch, *depths.shape[-2:])),
-            jnp.broadcast_to(cut, (*batch, cut.shape[-2], 1)),
-        ],
-        axis=-1,
-    )
-    return _to_source(fragments, clipped.source, table)[0]
+    whole = jnp.all(clipped.bary == jnp.eye(3, dtype=jnp.float32), axis=(-2, -1))
+    cut = ~whole & (clipped.source >= 0)
+    return _to_source(fragments, clipped.source, _table(clipped.bary, depths, cut))[0]
+
+
+def _table(bary: jax.Array, depths: jax.Array, cut: jax.Array) -> jax.Array:
+    """[..., 2F, 3, 7]: what the mapping interpolates at each piece corner k: its barycentrics
+    in the source face ``bary[k]`` (3), the same times the source corners' depths (3), and 1
+    where the piece's face was cut (1). ``depths`` [..., 2F, 3], ``cut`` bool [..., 2F]."""
+    flag = jnp.broadcast_to(cut[..., None, None], cut.shape + (3, 1)).astype(jnp.float32)
+    bz = bary * depths[..., None, :]
+    batch = jnp.broadcast_shapes(bary.shape[:-3], bz.shape[:-3], flag.shape[:-3])
+    parts = [jnp.broadcast_to(x, batch + x.shape[-3:]) for x in (bary, bz, flag)]
+    return jnp.concatenate(parts, axis=-1)
 
 
 class _Pieces(NamedTuple):
@@ -193,28 +194,20 @@ class _Clip(NamedTuple):
     """What the Renderer rasterizes instead of its faces, and how to read it back."""
 
     faces: jax.Array  # [..., 2F, 3, 3] projected pieces; all 0 for padding (draws nothing).
-    # [..., 2F, 13] per piece: its corners' barycentrics (ClippedFaces.bary, 9), the source
-    # face's corner depths (3), 1 if the source face was cut, else 0 (one gather per pixel).
-    table: jax.Array
+    table: jax.Array  # [..., 2F, 3, 7]: see _table.
     # [..., F, 3, 3]: the source faces as the texture-cube kernel reads them (see cube_shader).
     cube_faces: jax.Array
-    # bool []: some face was cut or dropped. When none is (a scene wholly in front), the pieces'
-    # fragments are the faces' own and the mapping is skipped (both run under vmap).
+    # bool []: some face was cut or dropped. Without, the pieces are the faces (and padding),
+    # and the fragments need no mapping.
     any_cut: jax.Array
-
-    def source(self) -> jax.Array:
-        count = self.faces.shape[-3] // 2
-        return jnp.concatenate([jnp.arange(count), jnp.arange(count)]).astype(jnp.int32)
 
     def shader(self, shader: Shader) -> Shader:
         """``shader`` seeing the fragments of the source faces."""
 
         def on_source(frags: Fragments, *args: object) -> jax.Array:
+            # Skipped without a cut face, as in cube_shader.
             src = jax.lax.cond(
-                self.any_cut,
-                lambda f: _to_source(f, self.source(), self.table)[0],
-                lambda f: f,
-                frags,
+                self.any_cut, lambda f: _to_source(f, None, self.table)[0], lambda f: f, frags
             )
             return shader(src, *args)
 
@@ -226,17 +219,22 @@ class _Clip(NamedTuple):
         rasterized weights and depth, as without clipping; a cut face, whose depths there are 1,
         its perspective-correct barycentrics and ``zp = 1``. As without clipping, only the
         textures get a gradient: the mapping needs none."""
+        # sum_k w_k (zp / z_k) t_k = sum_k b_k t_k: the table over the pieces' corner depths,
+        # interpolated with the screen-space weights, times zp (padding pieces: depth 0).
+        z = self.faces[..., 2:3]
+        scaled = jax.lax.stop_gradient(self.table / jnp.where(z > 0, z, 1.0))
 
-        def mapped(frags: Fragments) -> tuple[jax.Array, jax.Array, jax.Array]:
-            src, cut = _to_source(frags, self.source(), self.table)
-            w = jnp.where(cut[..., None], src.bary, frags.bary_screen)
-            return src.face_index, w, jnp.where(cut, 1.0, frags.depth)
+        def mapped(fi: jax.Array, w: jax.Array, zp: jax.Array) -> tuple[jax.Array, ...]:
+            at = _ops.interpolate_corners(scaled, fi, w) * zp[..., None]
+            cut = at[..., 6] > 0.5
+            w = jnp.where(cut[..., None], at[..., :3], w)
+            return _source_index(fi, self.faces.shape[-3]), w, jnp.where(cut, 1.0, zp)
 
         def shader(frags: Fragments, textures: jax.Array) -> jax.Array:
-            frags = jax.lax.stop_gradient(frags)
-            fi, w, zp = jax.lax.cond(
-                self.any_cut, mapped, lambda f: (f.face_index, f.bary_screen, f.depth), frags
-            )
+            maps = jax.lax.stop_gradient((frags.face_index, frags.bary_screen, frags.depth))
+            # Without a cut face the pieces' maps are the faces' own (the mapping, a pass over
+            # every pixel, is skipped; under vmap, whose condition is per element, it runs).
+            fi, w, zp = jax.lax.cond(self.any_cut, mapped, lambda *m: m, *maps)
             return _ops.sample_cubes(self.cube_faces, textures, fi, w, zp, eps)
 
         return shader
@@ -259,13 +257,8 @@ def _clip_projected(
         crossings = project(points).reshape(p.points.shape)
         valid = p.valid[..., None, None]
         twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
-        table = jnp.concatenate(
-            [
-                jnp.where(valid, p.bary, 0.0).reshape(*p.bary.shape[:-2], 9),
-                twice(p.depths),
-                twice(p.cut.astype(jnp.float32)[..., None]),
-            ],
-            axis=-1,
+        table = _table(
+            jnp.where(valid, p.bary, 0.0), twice(p.depths), twice(p.cut[..., None])[..., 0]
         )
         faces = jnp.where(valid, p.select(projected, crossings), 0.0)
         return faces, table, jnp.where(p.cut[..., None, None], 1.0, view)
@@ -274,7 +267,7 @@ def _clip_projected(
         """What ``cut`` gives when every face is kept whole, without its work; the table is
         then never read."""
         faces = jnp.concatenate([projected, jnp.zeros_like(projected)], axis=-3)
-        return faces, jnp.zeros(faces.shape[:-2] + (13,), jnp.float32), view
+        return faces, jnp.zeros(faces.shape[:-1] + (7,), jnp.float32), view
 
     # A scene wholly in front (the common case) skips the clipping's work (under vmap, whose
     # condition is per element, both branches run).
@@ -282,19 +275,26 @@ def _clip_projected(
     return _Clip(faces, table, cube_faces, any_cut)
 
 
+def _source_index(face_index: jax.Array, pieces: int) -> jax.Array:
+    """The face index map of the Renderer's ``pieces`` pieces -> their faces' (piece F + i is
+    of face i; background stays -1)."""
+    count = pieces // 2
+    return jnp.where(face_index >= count, face_index - count, face_index)
+
+
 def _to_source(
-    frags: Fragments, source: jax.Array, table: jax.Array
+    frags: Fragments, source: jax.Array | None, table: jax.Array
 ) -> tuple[Fragments, jax.Array]:
-    """(fragments of the pieces' source faces, bool [..., H, W]: the pixel's face was cut);
-    ``table`` [..., 2F, 13] as _Clip's."""
-    covered = frags.face_index >= 0
-    piece = jnp.maximum(frags.face_index, 0)
-    face_index = jnp.where(covered, _ops.take_rows(source, 1, piece, 2), -1)
-    at = _ops.take_rows(table, 2, piece, 2)  # [..., H, W, 13]
-    m = at[..., :9].reshape(*at.shape[:-1], 3, 3)
-    z, cut = at[..., 9:12], covered & (at[..., 12] > 0)
-    bary = jnp.einsum("...k,...kj->...j", frags.bary, m)
-    bz = bary * z
+    """(fragments of the pieces' source faces, bool [..., H, W]: the pixel's face was cut).
+    ``source`` [..., 2F]: each piece's face, or None for the Renderer's layout (piece F + i of
+    face i); ``table`` [..., 2F, 3, 7] as _table's, interpolated by one kernel."""
+    fi = frags.face_index
+    if source is None:
+        face_index = _source_index(fi, table.shape[-3])
+    else:
+        face_index = jnp.where(fi >= 0, _ops.take_rows(source, 1, jnp.maximum(fi, 0), 2), -1)
+    at = _ops.interpolate_corners(table, fi, frags.bary)  # 0 on background
+    bary, bz, cut = at[..., :3], at[..., 3:6], at[..., 6] > 0.5
     total = jnp.sum(bz, axis=-1, keepdims=True)
     # A covered pixel lies in front of the plane: total is its depth, >= near > 0.
     ok = cut[..., None] & (total > 0)
