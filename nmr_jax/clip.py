@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -197,21 +197,27 @@ class _Clip(NamedTuple):
     table: jax.Array  # [..., 2F, 3, 7]: see _table.
     # [..., F, 3, 3]: the source faces as the texture-cube kernel reads them (see cube_shader).
     cube_faces: jax.Array
-    # bool []: some face was cut or dropped. Without, the pieces are the faces (and padding),
-    # and the fragments need no mapping.
-    any_cut: jax.Array
+    # bool []: some face was cut or dropped (the pieces need their fragments mapped back), or
+    # None where the mapping always runs (see _may_branch).
+    any_cut: jax.Array | None
 
     def shader(self, shader: Shader) -> Shader:
         """``shader`` seeing the fragments of the source faces."""
 
         def on_source(frags: Fragments, *args: object) -> jax.Array:
-            # Skipped without a cut face, as in cube_shader.
-            src = jax.lax.cond(
-                self.any_cut, lambda f: _to_source(f, None, self.table)[0], lambda f: f, frags
+            return shader(
+                self._when_cut(lambda f: _to_source(f, None, self.table)[0], frags), *args
             )
-            return shader(src, *args)
 
         return on_source
+
+    def _when_cut(self, fn: Callable, *operands: object) -> object:
+        """``fn(*operands)`` where a face was cut, the operands as they are where none was (the
+        mapping, a pass over every pixel, is then skipped)."""
+        if self.any_cut is None:
+            return fn(*operands)
+        identity = lambda *x: x[0] if len(x) == 1 else x  # noqa: E731
+        return jax.lax.cond(self.any_cut, fn, identity, *operands)
 
     def cube_shader(self, eps: float) -> Shader:
         """The texture-cube shader of the source faces. The kernel reads texture coordinates
@@ -219,22 +225,22 @@ class _Clip(NamedTuple):
         rasterized weights and depth, as without clipping; a cut face, whose depths there are 1,
         its perspective-correct barycentrics and ``zp = 1``. As without clipping, only the
         textures get a gradient: the mapping needs none."""
-        # sum_k w_k (zp / z_k) t_k = sum_k b_k t_k: the table over the pieces' corner depths,
-        # interpolated with the screen-space weights, times zp (padding pieces: depth 0).
+        # sum_k w_k (zp / z_k) t_k = sum_k b_k t_k: the table's barycentrics and cut flag over
+        # the pieces' corner depths, interpolated with the screen-space weights, times zp
+        # (padding pieces have depth 0 and are never drawn).
         z = self.faces[..., 2:3]
-        scaled = jax.lax.stop_gradient(self.table / jnp.where(z > 0, z, 1.0))
+        table = self.table[..., jnp.asarray([0, 1, 2, 6])]
+        scaled = jax.lax.stop_gradient(table / jnp.where(z > 0, z, 1.0))
 
         def mapped(fi: jax.Array, w: jax.Array, zp: jax.Array) -> tuple[jax.Array, ...]:
             at = _ops.interpolate_corners(scaled, fi, w) * zp[..., None]
-            cut = at[..., 6] > 0.5
+            cut = at[..., 3] > 0.5
             w = jnp.where(cut[..., None], at[..., :3], w)
             return _source_index(fi, self.faces.shape[-3]), w, jnp.where(cut, 1.0, zp)
 
         def shader(frags: Fragments, textures: jax.Array) -> jax.Array:
             maps = jax.lax.stop_gradient((frags.face_index, frags.bary_screen, frags.depth))
-            # Without a cut face the pieces' maps are the faces' own (the mapping, a pass over
-            # every pixel, is skipped; under vmap, whose condition is per element, it runs).
-            fi, w, zp = jax.lax.cond(self.any_cut, mapped, lambda *m: m, *maps)
+            fi, w, zp = cast(tuple[jax.Array, ...], self._when_cut(mapped, *maps))
             return _ops.sample_cubes(self.cube_faces, textures, fi, w, zp, eps)
 
         return shader
@@ -248,8 +254,6 @@ def _clip_projected(
     projection of points [..., N, 3]. The pieces' source corners are taken from ``projected``
     and only the crossings are projected, so a face kept whole is drawn bit for bit as without
     clipping and shares its corners exactly with its cut neighbours."""
-    finite = jnp.all(jnp.isfinite(view), axis=(-2, -1))
-    any_cut = ~jnp.all(finite & jnp.all(view[..., 2] >= near, axis=-1))
 
     def cut(view: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         p = _clip(view, near)
@@ -257,22 +261,45 @@ def _clip_projected(
         crossings = project(points).reshape(p.points.shape)
         valid = p.valid[..., None, None]
         twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
-        table = _table(
-            jnp.where(valid, p.bary, 0.0), twice(p.depths), twice(p.cut[..., None])[..., 0]
+        return (
+            jnp.where(valid, p.select(projected, crossings), 0.0),
+            _table(jnp.where(valid, p.bary, 0.0), twice(p.depths), twice(p.cut[..., None])[..., 0]),
+            jnp.where(p.cut[..., None, None], 1.0, view),
         )
-        faces = jnp.where(valid, p.select(projected, crossings), 0.0)
-        return faces, table, jnp.where(p.cut[..., None, None], 1.0, view)
 
     def whole(view: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """What ``cut`` gives when every face is kept whole, without its work; the table is
-        then never read."""
+        """What ``cut`` gives when every face is kept whole, without its work (the table is
+        then never read)."""
         faces = jnp.concatenate([projected, jnp.zeros_like(projected)], axis=-3)
         return faces, jnp.zeros(faces.shape[:-1] + (7,), jnp.float32), view
 
-    # A scene wholly in front (the common case) skips the clipping's work (under vmap, whose
-    # condition is per element, both branches run).
+    if not _may_branch(view):
+        return _Clip(*cut(view, projected), None)
+    finite = jnp.all(jnp.isfinite(view), axis=(-2, -1))
+    any_cut = _any(jax.lax.stop_gradient(~(finite & jnp.all(view[..., 2] >= near, axis=-1))))
     faces, table, cube_faces = jax.lax.cond(any_cut, cut, whole, view, projected)
     return _Clip(faces, table, cube_faces, any_cut)
+
+
+def _may_branch(x: jax.Array) -> bool:
+    """Whether ``lax.cond`` may skip work here: not on explicitly sharded arrays, whose
+    conditions under ``vmap`` this jax cannot trace (their mesh is lost in the branches)."""
+    typeof = getattr(jax, "typeof", None)
+    mesh = getattr(getattr(typeof(x), "sharding", None), "mesh", None) if typeof else None
+    return mesh is not None and not mesh.axis_names
+
+
+@jax.custom_batching.custom_vmap
+def _any(x: jax.Array) -> jax.Array:
+    """``jnp.any(x)``, also over the axes that ``vmap`` maps: a condition on it stays a
+    condition under ``vmap`` (every element takes the branch of the whole batch) instead of a
+    select that runs both branches."""
+    return jnp.any(x)
+
+
+@_any.def_vmap
+def _any_vmap(axis_size: int, in_batched: list[bool], x: jax.Array) -> tuple[jax.Array, bool]:
+    return jnp.any(x), False
 
 
 def _source_index(face_index: jax.Array, pieces: int) -> jax.Array:

@@ -122,6 +122,24 @@ def test_closed_room_is_covered_with_the_analytic_depth(mode: str, view) -> None
     np.testing.assert_allclose(depth, room_depth(eye, rays), rtol=1e-4)
 
 
+@pytest.mark.parametrize("view", [VIEWS[1], VIEWS[4]], ids=["off-centre", "on-an-edge"])
+def test_closed_room_non_square_and_right_handed(view) -> None:
+    eye, direction, angle = view
+    h, w = 24, 32
+    r = nr.Renderer(
+        image_size=(h, w), anti_aliasing=False, camera_mode="look", eye=np.asarray(eye, np.float32),
+        camera_direction=np.asarray(direction, np.float32), viewing_angle=angle, handedness="right",
+    )  # fmt: skip
+    alpha, depth = (np.asarray(m) for m in room_maps(r))
+    # Camera x is mirrored and stretched by W / H; y as in a square image of H rows.
+    x = (2 * np.arange(w) + 1 - w) / w * np.tan(np.radians(angle)) * w / h
+    y = ((2 * np.arange(h) + 1 - h) / h * np.tan(np.radians(angle)))[::-1]
+    axes = camera_axes(direction)
+    rays = -x[None, :, None] * axes[0] + y[:, None, None] * axes[1] + axes[2]
+    assert alpha.min() == 1.0
+    np.testing.assert_allclose(depth, room_depth(eye, rays), rtol=1e-4)
+
+
 def test_room_without_clipping_has_holes() -> None:
     """What the clipping fixes: the room's faces projected whole (the rasterize functions'
     input) leave a large part of the view uncovered."""
