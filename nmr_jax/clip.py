@@ -142,11 +142,12 @@ def _clip(faces: jax.Array, near: float) -> _Pieces:
     front = jnp.asarray([0.0, 0.0, near], jnp.float32)
     safe = jnp.where(finite[..., None, None], faces, front)
     inside = safe[..., 2] >= near  # [..., F, 3]
-    n_in = jnp.sum(inside, axis=-1)
+    # Corner by corner (here and in r): no int32 [..., F, 3] array, the shape that the checks
+    # for copies of the mesh's faces look for.
+    n_in = inside[..., 0].astype(jnp.int32) + inside[..., 1] + inside[..., 2]
     # The corner the cut turns around: the one in front (n_in 1) or the one behind (n_in 2).
-    r = jnp.where(
-        n_in == 1, jnp.argmax(inside, -1), jnp.where(n_in == 2, jnp.argmin(inside, -1), 0)
-    )
+    first = lambda c: jnp.where(c[..., 0], 0, jnp.where(c[..., 1], 1, 2))  # noqa: E731
+    r = jnp.where(n_in == 1, first(inside), jnp.where(n_in == 2, first(~inside), 0))
 
     # Where each edge k meets the plane, from its endpoints in depth order: the same arithmetic
     # on the same numbers for every face that shares the edge, so their points are identical.
