@@ -195,20 +195,27 @@ class _Clip(NamedTuple):
     """What the Renderer rasterizes instead of its faces, and how to read it back."""
 
     faces: jax.Array  # [..., 2F, 3, 3] projected pieces; all 0 for padding (draws nothing).
-    table: jax.Array  # [..., 2F, 3, 7]: see _table.
-    # [..., F, 3, 3]: the source faces as the texture-cube kernel reads them (see cube_shader).
+    view: jax.Array  # [..., F, 3, 3] the faces in the camera frame.
+    near: float  # the plane's depth
+    # [..., F, 3, 3]: the faces as the texture-cube kernel reads them (see cube_shader).
     cube_faces: jax.Array
     # bool []: some face was cut or dropped (the pieces need their fragments mapped back), or
     # None where the mapping always runs (see _may_branch).
     any_cut: jax.Array | None
 
+    def table(self) -> jax.Array:
+        """[..., 2F, 3, 7] (see _table), computed only where it is read: where a face is cut."""
+        p = _clip(self.view, self.near)
+        twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
+        bary = jnp.where(p.valid[..., None, None], p.bary, 0.0)
+        return _table(bary, twice(p.depths), twice(p.cut[..., None])[..., 0])
+
     def shader(self, shader: Shader) -> Shader:
         """``shader`` seeing the fragments of the source faces."""
 
         def on_source(frags: Fragments, *args: object) -> jax.Array:
-            return shader(
-                self._when_cut(lambda f: _to_source(f, None, self.table)[0], frags), *args
-            )
+            mapped = lambda f: _to_source(f, None, self.table())[0]  # noqa: E731
+            return shader(self._when_cut(mapped, frags), *args)
 
         return on_source
 
@@ -226,14 +233,14 @@ class _Clip(NamedTuple):
         rasterized weights and depth, as without clipping; a cut face, whose depths there are 1,
         its perspective-correct barycentrics and ``zp = 1``. As without clipping, only the
         textures get a gradient: the mapping needs none."""
-        # sum_k w_k (zp / z_k) t_k = sum_k b_k t_k: the table's barycentrics and cut flag over
-        # the pieces' corner depths, interpolated with the screen-space weights, times zp
-        # (padding pieces have depth 0 and are never drawn).
-        z = self.faces[..., 2:3]
-        table = self.table[..., jnp.asarray([0, 1, 2, 6])]
-        scaled = jax.lax.stop_gradient(table / jnp.where(z > 0, z, 1.0))
 
         def mapped(fi: jax.Array, w: jax.Array, zp: jax.Array) -> tuple[jax.Array, ...]:
+            # sum_k w_k (zp / z_k) t_k = sum_k b_k t_k: the table's barycentrics and cut flag
+            # over the pieces' corner depths, interpolated with the screen-space weights, times
+            # zp (padding pieces have depth 0 and are never drawn).
+            z = self.faces[..., 2:3]
+            table = self.table()[..., jnp.asarray([0, 1, 2, 6])]
+            scaled = jax.lax.stop_gradient(table / jnp.where(z > 0, z, 1.0))
             at = _ops.interpolate_corners(scaled, fi, w) * zp[..., None]
             cut = at[..., 3] > 0.5
             w = jnp.where(cut[..., None], at[..., :3], w)
@@ -256,30 +263,24 @@ def _clip_projected(
     and only the crossings are projected, so a face kept whole is drawn bit for bit as without
     clipping and shares its corners exactly with its cut neighbours."""
 
-    def cut(view: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def cut(view: jax.Array, projected: jax.Array) -> jax.Array:
         p = _clip(view, near)
         points = p.points.reshape(*p.points.shape[:-3], -1, 3)
         crossings = project(points).reshape(p.points.shape)
-        valid = p.valid[..., None, None]
-        twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
-        return (
-            jnp.where(valid, p.select(projected, crossings), 0.0),
-            _table(jnp.where(valid, p.bary, 0.0), twice(p.depths), twice(p.cut[..., None])[..., 0]),
-            jnp.where(p.cut[..., None, None], 1.0, view),
-        )
+        return jnp.where(p.valid[..., None, None], p.select(projected, crossings), 0.0)
 
-    def whole(view: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """What ``cut`` gives when every face is kept whole, without its work (the table is
-        then never read)."""
-        faces = jnp.concatenate([projected, jnp.zeros_like(projected)], axis=-3)
-        return faces, jnp.zeros(faces.shape[:-1] + (7,), jnp.float32), view
+    def whole(view: jax.Array, projected: jax.Array) -> jax.Array:
+        """What ``cut`` gives when every face is kept whole, without its work."""
+        return jnp.concatenate([projected, jnp.zeros_like(projected)], axis=-3)
 
-    if not _may_branch(view):
-        return _Clip(*cut(view, projected), None)
     finite = jnp.all(jnp.isfinite(view), axis=(-2, -1))
-    any_cut = _any(jax.lax.stop_gradient(~(finite & jnp.all(view[..., 2] >= near, axis=-1))))
-    faces, table, cube_faces = jax.lax.cond(any_cut, cut, whole, view, projected)
-    return _Clip(faces, table, cube_faces, any_cut)
+    face_cut = ~(finite & jnp.all(view[..., 2] >= near, axis=-1))  # as _clip's cut
+    cube_faces = jnp.where(face_cut[..., None, None], 1.0, view)
+    if not _may_branch(view):
+        return _Clip(cut(view, projected), view, near, cube_faces, None)
+    any_cut = _any(jax.lax.stop_gradient(face_cut))
+    faces = jax.lax.cond(any_cut, cut, whole, view, projected)
+    return _Clip(faces, view, near, cube_faces, any_cut)
 
 
 def _may_branch(x: jax.Array) -> bool:
