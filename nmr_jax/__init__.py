@@ -4,10 +4,18 @@ Rasterization runs in C++ (and CUDA) kernels registered as XLA custom calls; cam
 perspective are pure ``jax.numpy``. Everything is functional, jit-able and vmap-able.
 """
 
-from nmr_jax import data, shading, typing
+from nmr_jax import data, losses, shading, typing
+from nmr_jax._batch import PaddedMeshes, pad_meshes, unpad_meshes
 from nmr_jax._obj import Mesh, load_mesh, load_obj, save_obj
 from nmr_jax._validate import validate_mesh
-from nmr_jax.camera import get_points_from_angles, look, look_at, perspective, projection
+from nmr_jax.camera import (
+    get_points_from_angles,
+    look,
+    look_at,
+    perspective,
+    projection,
+    pytorch3d_camera,
+)
 from nmr_jax.clip import ClippedFaces, clip_faces, source_fragments
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
@@ -24,6 +32,7 @@ from nmr_jax.rasterize import (
 from nmr_jax.renderer import Renderer
 from nmr_jax.shading import (
     Fragments,
+    PointLights,
     Shaded,
     blinn_phong,
     face_normals,
@@ -45,6 +54,8 @@ __all__ = [
     "ClippedFaces",
     "Fragments",
     "Mesh",
+    "PaddedMeshes",
+    "PointLights",
     "Renderer",
     "Shaded",
     "data",
@@ -59,10 +70,13 @@ __all__ = [
     "load_obj",
     "look",
     "look_at",
+    "losses",
     "mesh_colors",
     "mesh_shader",
+    "pad_meshes",
     "perspective",
     "projection",
+    "pytorch3d_camera",
     "rasterize",
     "rasterize_depth",
     "rasterize_face_index_map",
@@ -78,6 +92,7 @@ __all__ = [
     "source_fragments",
     "spherical_uvs",
     "typing",
+    "unpad_meshes",
     "validate_mesh",
     "vertex_normals",
     "vertices_to_faces",

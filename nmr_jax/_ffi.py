@@ -23,7 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmr_jax import _nmr_jax_cpu, _partition
+from nmr_jax import _partition
+
+if importlib.util.find_spec("nmr_jax._nmr_jax_cpu") is None:
+    # Without this, Python reports a "partially initialized module (circular import)".
+    raise ImportError(
+        "nmr_jax's compiled kernels (nmr_jax._nmr_jax_cpu) are not built: this nmr_jax "
+        f"({os.path.dirname(__file__)}) looks like a source checkout that was not installed. "
+        "Install it with `pip install .` (or `pip install -e .`), which builds them, and import "
+        "it from outside the checkout or through the editable install"
+    )
+from nmr_jax import _nmr_jax_cpu  # noqa: E402
 
 for _name, _capsule in _nmr_jax_cpu.registrations().items():
     jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")

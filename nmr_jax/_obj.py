@@ -98,8 +98,46 @@ def _index(token: str, count: int, what: str, where: str) -> int:
     return resolved
 
 
+# Other mesh formats by file name suffix, named in the error for them.
+_OTHER_FORMATS = {
+    ".ply": "PLY",
+    ".stl": "STL",
+    ".off": "OFF",
+    ".gltf": "glTF",
+    ".glb": "glTF (binary)",
+    ".fbx": "FBX",
+    ".dae": "COLLADA",
+    ".3ds": "3DS",
+    ".blend": "Blender",
+    ".usd": "USD",
+    ".usda": "USD",
+    ".usdc": "USD",
+    ".usdz": "USD",
+    ".x3d": "X3D",
+    ".wrl": "VRML",
+    ".abc": "Alembic",
+}
+# Statements of the OBJ format (those read and those skipped): a file with none is not OBJ.
+_OBJ_KEYWORDS = frozenset(
+    "v vt vn vp f l p g o s mg usemtl mtllib usemap maplib cstype deg bmat step curv curv2 surf "
+    "parm trim hole scrv sp end con lod bevel c_interp d_interp shadow_obj trace_obj ctech stech "
+    "call csh".split()
+)
+_SUPPORTED = "nmr_jax reads Wavefront OBJ files (.obj, with .mtl materials)"
+
+
+def _not_obj(path: Path, what: str) -> ValueError:
+    return ValueError(
+        f"{path}: {what}; {_SUPPORTED}: convert the mesh to OBJ first (e.g. trimesh, Blender)"
+    )
+
+
 def _parse_obj(path: Path, with_materials: bool, with_extras: bool = False) -> _Obj:
     """The statements of an OBJ file; ``with_extras`` also reads normals and vertex colours."""
+    suffix = path.suffix.lower()
+    if suffix in _OTHER_FORMATS:
+        raise _not_obj(path, f"{_OTHER_FORMATS[suffix]} files are not supported")
+    foreign: tuple[int, str] | None = None  # the first statement that is not OBJ
     # Flat typed arrays: 4 bytes a number, where lists of Python floats take about 30.
     vertices = array("f")
     colors = array("f")
@@ -116,6 +154,8 @@ def _parse_obj(path: Path, with_materials: bool, with_extras: bool = False) -> _
     for lineno, fields in _lines(path):
         where = f"{path}:{lineno}"
         keyword = fields[0]
+        if foreign is None and keyword not in _OBJ_KEYWORDS:
+            foreign = (lineno, keyword)
         if keyword == "v":
             numbers = _floats(fields, 3, where)
             vertices.extend(numbers[:3])
@@ -157,8 +197,12 @@ def _parse_obj(path: Path, with_materials: bool, with_extras: bool = False) -> _
             if len(fields) < 2:
                 raise ValueError(f"{where}: 'mtllib' needs a file name")
             mtllibs += [(_resolve(path.parent, name), lineno) for name in _file_names(fields)]
-    # A file with neither vertices nor faces is the empty mesh (save_obj writes one); vertices
-    # without faces are more likely a point cloud than a mesh.
+    # A file with neither vertices nor faces is the empty mesh (save_obj writes one), unless it
+    # holds statements that are not OBJ (another format); vertices without faces are more
+    # likely a point cloud than a mesh.
+    if not vertices and foreign is not None:
+        line, keyword = foreign
+        raise _not_obj(path, f"not an OBJ file (line {line} starts with {keyword[:20]!r})")
     if not faces and vertices:
         raise ValueError(f"{path}: no faces")
     return _Obj(

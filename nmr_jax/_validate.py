@@ -52,6 +52,18 @@ def float_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Arr
     return x
 
 
+def color_array(name: str, x: VectorLike, core: Sequence[int | None]) -> jax.Array:
+    """``float_array`` for colours and images, which are floats in [0, 1]: an integer dtype
+    (an 8-bit image as read from a file) raises rather than be taken as colours up to 255."""
+    dtype = _dtype(x)
+    if np.issubdtype(dtype, np.integer) or dtype.kind == "b":
+        raise TypeError(
+            f"{name} must hold float colours in [0, 1], got dtype {dtype}: convert an 8-bit "
+            "image x with np.asarray(x, np.float32) / 255"
+        )
+    return float_array(name, x, core)
+
+
 def index_array(name: str, x: VectorLike, core: Sequence[int | None]) -> np.ndarray | jax.Array:
     """``x`` as int32 after checking that it holds integers and its trailing dims: a numpy array
     when its values are known (also a constant under ``jit``), else the traced array."""
@@ -87,6 +99,21 @@ def faces_array(name: str, x: VectorLike) -> np.ndarray | jax.Array:
                 f"= {f[row].tolist()}: a row holds three indices in [0, V), or three -1 (padding)"
             )
     return f
+
+
+def face_range(name: str, faces: np.ndarray, num_vertices: int) -> None:
+    """ValueError naming the first row of known ``faces`` (``-1`` rows are padding) holding an
+    index outside ``[0, num_vertices)``."""
+    padding = np.all(faces == -1, axis=-1, keepdims=True)
+    bad = ~padding & ((faces < 0) | (faces >= num_vertices))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        row = first[:-1]
+        raise ValueError(
+            f"{name} holds vertex index {faces[first]} in {name}[{', '.join(map(str, row))}] = "
+            f"{faces[row].tolist()}, outside [0, {num_vertices}) (V = number of vertices; "
+            "[-1, -1, -1] is padding)"
+        )
 
 
 def _check_core(name: str, shape: tuple[int, ...], core: Sequence[int | None]) -> None:
@@ -187,6 +214,20 @@ def handedness(value: str) -> Handedness:
     return value  # type: ignore[return-value]
 
 
+def view_direction(name: str, direction: jax.Array) -> None:
+    """ValueError where a known view direction ``[..., 3]`` is zero: the camera would look
+    nowhere. Traced values are not checked (the camera's documented fallback applies)."""
+    if is_traced(direction):
+        return
+    zero = ~np.any(np.asarray(direction) != 0, axis=-1)
+    if zero.any():
+        where = [int(i) for i in np.argwhere(zero)[0]]
+        raise ValueError(
+            f"{name} is zero{' at ' + str(where) if where else ''}: the camera looks nowhere "
+            "(an eye at the point it looks at); move the eye"
+        )
+
+
 def unused(name: str, mode: str, uses: str) -> ValueError:
     """The error for a camera argument that ``camera_mode`` ignores."""
     return ValueError(
@@ -228,16 +269,9 @@ def validate_mesh(vertices: ArrayLike, faces: ArrayLike, textures: ArrayLike | N
     f_np = np.asarray(index_array("faces", faces, (None, 3)))
     batch({"vertices": v.shape[:-2], "faces": f_np.shape[:-2]})
     _all_finite("vertices", np.asarray(v), 2)
-    padding = (f_np == -1).all(axis=-1, keepdims=True)
-    bad = ~padding & ((f_np < 0) | (f_np >= v.shape[-2]))
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"faces[{', '.join(map(str, where[:-1]))}] = {f_np[where[:-1]].tolist()} holds a vertex "
-            f"index outside [0, {v.shape[-2]}) (V = number of vertices; [-1, -1, -1] is padding)"
-        )
+    face_range("faces", f_np, v.shape[-2])
     if textures is not None:
-        tex = float_array("textures", textures, (None, None, None, None, 3))
+        tex = color_array("textures", textures, (None, None, None, None, 3))
         texture_cube(tex, f_np.shape[-2])
         batch({"faces": f_np.shape[:-2], "textures": tex.shape[:-5]})
         _all_finite("textures", np.asarray(tex), 5)

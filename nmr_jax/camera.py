@@ -20,7 +20,14 @@ from jax.typing import ArrayLike
 from nmr_jax import _validate as check
 from nmr_jax.typing import Handedness, VectorLike
 
-__all__ = ["get_points_from_angles", "look", "look_at", "perspective", "projection"]
+__all__ = [
+    "get_points_from_angles",
+    "look",
+    "look_at",
+    "perspective",
+    "projection",
+    "pytorch3d_camera",
+]
 
 # Length below which a vector is treated as zero when normalising, and depth below which a point
 # is treated as lying on the camera plane: far below any real camera geometry, far above float32's
@@ -53,7 +60,15 @@ def _finite_points(vertices: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _rotate(
     vertices: jax.Array, eye: jax.Array, z: jax.Array, up: jax.Array, handedness: Handedness
 ) -> jax.Array:
-    """World points in the frame of a camera at ``eye`` looking along the unit vector ``z``."""
+    """World points in the frame of a camera at ``eye`` looking along the unit vector ``z``
+    (a zero ``z``, an eye at the point it looks at, looks along +z)."""
+    e_x, e_z = jnp.array([1.0, 0.0, 0.0], jnp.float32), jnp.array([0.0, 0.0, 1.0], jnp.float32)
+    z = jnp.where(jnp.any(z != 0, axis=-1, keepdims=True), z, e_z)
+    # With up along the view (an eye straight above), cross(up, z) has no direction: the camera
+    # takes world +z as up instead (+x when it looks along z as well). 1e-4 rad from parallel
+    # keeps the normalisation's gradient (about 1 / sin) finite and moderate.
+    sin = jnp.linalg.norm(jnp.cross(_normalize(up), z), axis=-1, keepdims=True)
+    up = jnp.where(sin < 1e-4, jnp.where(jnp.abs(z[..., 2:]) < 0.9, e_z, e_x), up)
     x = _normalize(jnp.cross(up, z))
     y = jnp.cross(z, x)
     # A right-handed world seen with x = cross(up, z) comes out mirrored: image right is then
@@ -106,10 +121,17 @@ def look_at(
 
     Returns:
       float32 ``[..., V, 3]``: ``(v - eye) @ [x; y; z]^T`` with ``z = normalize(at - eye)``,
-      ``x = normalize(cross(up, z))`` (negated for ``"right"``), ``y = cross(z, x)``.
+      ``x = normalize(cross(up, z))`` (negated for ``"right"``), ``y = cross(z, x)``. Within
+      1e-4 rad of ``up`` along the view (an eye straight above or below ``at``), world +z
+      (+x if the view is along z too) serves as ``up``, so that the image and the gradients
+      stay defined.
+
+    Raises:
+      ValueError: ``eye`` equals ``at`` (known values; traced ones look along +z).
     """
     handedness = check.handedness(handedness)
     v, (e, a, u) = _vectors(vertices, eye=eye, at=at, up=up)
+    check.view_direction("eye - at", e - a)
     return _rotate(v, e, _normalize(a - e), u, handedness)
 
 
@@ -123,6 +145,7 @@ def look(
     """Like ``look_at``, but the camera looks along ``direction`` (float32 ``[..., 3]``)."""
     handedness = check.handedness(handedness)
     v, (e, d, u) = _vectors(vertices, eye=eye, direction=direction, up=up)
+    check.view_direction("direction", d)
     return _rotate(v, e, _normalize(d), u, handedness)
 
 
@@ -292,3 +315,53 @@ def get_points_from_angles(
         ),
         axis=-1,
     )
+
+
+def pytorch3d_camera(
+    R: ArrayLike,
+    T: ArrayLike,
+    fov: ArrayLike = 60.0,
+    image_size: int | Sequence[int] = 256,
+    degrees: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """PyTorch3D's ``FoVPerspectiveCameras(R=R, T=T, fov=fov)`` as ``(K, R, t)`` of the
+    'projection' camera: ``Renderer(camera_mode="projection", K=K, R=R, t=t,
+    orig_size=image_size)`` puts every point on the pixel where PyTorch3D's rasterizer puts it.
+
+    PyTorch3D maps a world point ``X`` (a row) to its view frame by ``X R + T`` (x left, y up,
+    z forward) and to NDC by ``x / (z tan(fov / 2))`` with +x on the image's left; its ``fov``
+    is the full angle, spanning the shorter side of the image. OpenCV's frame (x right, y down)
+    is that view frame turned half a turn about z: ``R' = diag(-1, -1, 1) R^T``,
+    ``t' = diag(-1, -1, 1) T``; ``K`` has the focal length ``min(H, W) / (2 tan(fov / 2))``
+    pixels and the image centre as principal point (``R^T`` and ``T`` unconverted give an
+    image turned by 180 degrees).
+
+    Args:
+      R: float ``[..., 3, 3]`` PyTorch3D rotation (as ``look_at_view_transform`` returns).
+      T: float ``[..., 3]`` PyTorch3D translation.
+      fov: scalar or ``[...]``: the full vertical field of view (PyTorch3D's ``fov``), in
+        degrees unless ``degrees=False``.
+      image_size: ``S`` or ``(H, W)``, the rendered image's (the Renderer's ``image_size``).
+
+    Returns:
+      ``(K [..., 3, 3], R [..., 3, 3], t [..., 3])``, float32.
+    """
+    r = check.float_array("R", R, (3, 3))
+    t = check.float_array("T", T, (3,))
+    f = check.float_array("fov", fov, ())
+    batch = check.batch({"R": r.shape[:-2], "T": t.shape[:-1], "fov": f.shape})
+    height, width = check.image_size(image_size)
+    half = 0.5 * (jnp.deg2rad(f) if degrees else f)
+    focal = min(height, width) / (2.0 * jnp.tan(half))
+    zero, one = jnp.zeros_like(focal), jnp.ones_like(focal)
+    K = jnp.stack(
+        [
+            jnp.stack([focal, zero, width / 2.0 * one], -1),
+            jnp.stack([zero, focal, height / 2.0 * one], -1),
+            jnp.stack([zero, zero, one], -1),
+        ],
+        -2,
+    )
+    flip = jnp.array([-1.0, -1.0, 1.0], jnp.float32)
+    r_cv = flip[:, None] * jnp.swapaxes(r, -1, -2)
+    return jnp.broadcast_to(K, (*batch, 3, 3)), r_cv, flip * t

@@ -33,7 +33,8 @@ examples:
   nmr-jax render mesh.obj -o mask.gif --mode silhouette --views 8 --no-anti-aliasing
   nmr-jax render mesh.obj -o lit.png --ambient 0.3 --directional 0.8 --light-direction 1 1 -1 \\
       --background 0.2 0.3 0.4
-  nmr-jax render scan.obj -o front.png --up z --handedness right
+  nmr-jax render scan.obj -o front.png --up z
+  nmr-jax render mesh.obj -o original.png --handedness left
   nmr-jax render asset.obj -o smooth.png --shading smooth
   nmr-jax render asset.obj -o normals.png --mode normals --shading smooth
 
@@ -45,9 +46,9 @@ the horizontal plane and --azimuth degrees around the vertical axis, and looks a
 --views N renders N views at azimuths evenly spaced over a full turn (a GIF; a progress bar is
 shown when tqdm is installed). Depth images are grey levels, nearest white, over --background.
 --up z turns a mesh modelled with z up (as Blender exports without its axis conversion) so that
-z is up in the image and its front (-y) faces the camera at azimuth 0. The original renderer's
-camera is left-handed: a right-handed mesh (most OBJ files) comes out mirrored, as in the
-original, unless --handedness right.
+z is up in the image and its front (-y) faces the camera at azimuth 0. Meshes are seen as in
+any viewer (a right-handed camera); --handedness left uses the original renderer's left-handed
+camera, which mirrors them, for its images. Shading is smooth when the file has normals (vn).
 """
 
 _T = TypeVar("_T")
@@ -75,9 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         help="normals: world normals as colours 0.5 (n + 1) (default: rgb)",
     )  # fmt: skip
     p.add_argument(
-        "--shading", choices=("flat", "smooth"), default="flat",
+        "--shading", choices=("flat", "smooth"), default=None,
         help="flat: one normal per face, as the original; smooth: the file's vn or area-weighted "
-        "vertex normals, interpolated (default: flat)",
+        "vertex normals, interpolated (default: smooth if the file has vn, else flat)",
     )  # fmt: skip
     p.add_argument(
         "--image-size", type=int, nargs="+", default=[256], metavar="N",
@@ -102,16 +103,16 @@ def _parser() -> argparse.ArgumentParser:
         "--up", choices=("y", "z"), default="y", help="the mesh's up axis (default: y)"
     )
     camera.add_argument(
-        "--handedness", choices=("left", "right"), default="left",
-        help="left: the original's camera (right-handed meshes appear mirrored); right: "
-        "unmirrored (default: left)",
+        "--handedness", choices=("left", "right"), default="right",
+        help="right: as any viewer shows the mesh; left: the original's camera (right-handed "
+        "meshes appear mirrored) (default: right)",
     )  # fmt: skip
     light = p.add_argument_group("lighting and colours")
     light.add_argument("--ambient", type=float, default=0.5, help="intensity (default: 0.5)")
     light.add_argument("--directional", type=float, default=0.5, help="intensity (default: 0.5)")
     light.add_argument(
         "--light-direction", type=float, nargs=3, default=(0.0, 1.0, 0.0),
-        metavar=("X", "Y", "Z"), help="towards the light (default: 0 1 0)",
+        metavar=("X", "Y", "Z"), help="towards the light, normalised (default: 0 1 0)",
     )  # fmt: skip
     light.add_argument(
         "--background", type=float, nargs=3, default=(0.0, 0.0, 0.0),
@@ -281,7 +282,13 @@ def _render(args: argparse.Namespace) -> None:
         viewing_angle=args.viewing_angle,
         light_intensity_ambient=args.ambient,
         light_intensity_directional=args.directional,
-        light_direction=tuple(args.light_direction),
+        # Normalised: an unnormalised direction scales the directional light, clipping colours.
+        light_direction=tuple(
+            np.asarray(args.light_direction) / np.linalg.norm(args.light_direction)
+        ),
+    )
+    shading = args.shading or (
+        "smooth" if mesh is not None and mesh.normals is not None else "flat"
     )
     azimuths = args.azimuth + 360.0 * np.arange(args.views) / args.views
     eyes = np.asarray(nr.get_points_from_angles(args.distance, args.elevation, azimuths))
@@ -292,7 +299,7 @@ def _render(args: argparse.Namespace) -> None:
             for x in (
                 _render_view(renderer, vertices, faces, textures[0], eye)
                 if mesh is None
-                else _shade_view(renderer, mesh, eye, args.shading, output)
+                else _shade_view(renderer, mesh, eye, shading, output)
             )
         )
         for eye in _progress(list(eyes), args.views > 1 and not args.quiet)
@@ -312,16 +319,16 @@ def _render(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``nmr-jax`` with ``argv`` (default: the command line); returns the exit status.
 
-    Usage errors exit with status 2 (argparse's convention); a mesh that cannot be read
-    returns 1 with the reason on stderr.
+    Usage errors exit with status 2 (argparse's convention); any other error (a mesh that
+    cannot be read, a format that is not OBJ) returns 1 with the reason on stderr.
     """
     parser = _parser()
     args = parser.parse_args(argv)
     _check(parser, args)
     try:
         _render(args)
-    except (OSError, ValueError) as err:
-        print(f"nmr-jax: error: {err}", file=sys.stderr)
+    except Exception as err:  # any failure must reach the shell as a non-zero status
+        print(f"nmr-jax: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -41,7 +41,7 @@ def lighting(
       float32 ``[..., F, T, T, T, 3]``: the lit textures (a new array; nothing is updated in place).
     """
     fv = check.float_array("faces", faces, (None, 3, 3))
-    tex = check.float_array("textures", textures, (None, None, None, None, 3))
+    tex = check.color_array("textures", textures, (None, None, None, None, 3))
     check.texture_cube(tex, fv.shape[-3])
     lights = lights_of(
         intensity_ambient, intensity_directional, color_ambient, color_directional, direction

@@ -85,8 +85,10 @@ def _vertices_to_faces(vertices: jax.Array, faces: np.ndarray | jax.Array) -> ja
     if isinstance(faces, np.ndarray):
         padding = np.all(faces == -1, axis=-1)
         filled = np.where(padding[..., None], 0, faces)
-        # Known faces in range need no check on the device (and no wait for it).
-        checked = bool(np.all(filled < vertices.shape[-2]))
+        # Known faces in range need no check on the device (and no wait for it); known faces
+        # out of range raise here, eagerly or at trace time.
+        check.face_range("faces", np.where(padding[..., None], -1, faces), vertices.shape[-2])
+        checked = True
         if not padding.any():
             return _ops.gather_faces(vertices, faces, checked)
         fv = _ops.gather_faces(vertices, filled, checked)
@@ -120,7 +122,7 @@ def _face_vertices(
     check.num_faces("faces", fv.shape[-3])
     if textures is None:
         return fv, None
-    tex = check.float_array("textures", textures, (None, None, None, None, 3))
+    tex = check.color_array("textures", textures, (None, None, None, None, 3))
     check.texture_cube(tex, fv.shape[-3])
     check.batch({"faces": fv.shape[:-3], "textures": tex.shape[:-5]})
     return fv, tex

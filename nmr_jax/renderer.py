@@ -199,9 +199,11 @@ class Renderer:
             ``lambert`` light); rgb is then its ``[..., H, W, C]`` image over
             ``background_color`` (over 0 for C != 3). The vertices get Kato's gradient through
             image and alpha plus the shader's own; ``shader_args`` get autodiff's. See
-            ``nmr_jax.shading``.
+            ``nmr_jax.shading``. A function is not an array: under ``jax.jit`` pass ``shader``
+            as static (``jax.jit(renderer.render, static_argnames="shader")``) or close over it.
           eye, K, R, t, dist_coeffs: per-call camera overriding the Renderer's (to optimise it);
-            only those that ``camera_mode`` reads.
+            only those that ``camera_mode`` reads. A Renderer among ``shader_args`` (as
+            ``mesh_shader`` passes one) is given them too, so that the shader sees this camera.
 
         Returns:
           ``(rgb [..., H, W, 3], depth [..., H, W], alpha [..., H, W])``, float32.
@@ -222,7 +224,8 @@ class Renderer:
             prefix="light_",
         )
         check.batch(mesh.batches | camera.batches | light_batches(lights, "light_"))
-        return self._render(mesh, camera, lights, shader, tuple(shader_args))
+        given = {"eye": eye, "K": K, "R": R, "t": t, "dist_coeffs": dist_coeffs}
+        return self._render(mesh, camera, lights, shader, _seeing(tuple(shader_args), given))
 
     # --- checks ---------------------------------------------------------------------------
 
@@ -241,11 +244,18 @@ class Renderer:
         batches = {"vertices": v.shape[:-2], "faces": f.shape[:-2]}
         tex = colors = None
         if textures is not None:
-            tex = check.float_array("textures", textures, (None, None, None, None, 3))
+            shape = np.shape(textures)
+            if len(shape) in (2, 3) and shape[-2:] == (v.shape[-2], 3):
+                raise ValueError(
+                    f"textures must have shape [..., F, T, T, T, 3], got {shape}; per-vertex "
+                    "colours [..., V, 3] are passed by name: render(vertices, faces, "
+                    "vertex_colors=colors)"
+                )
+            tex = check.color_array("textures", textures, (None, None, None, None, 3))
             check.texture_cube(tex, f.shape[-2])
             batches["textures"] = tex.shape[:-5]
         if vertex_colors is not None:
-            colors = check.float_array("vertex_colors", vertex_colors, (None, 3))
+            colors = check.color_array("vertex_colors", vertex_colors, (None, 3))
             if colors.shape[-2] != v.shape[-2]:
                 raise ValueError(
                     f"vertex_colors must have shape [..., V, 3] with V = {v.shape[-2]} like "
@@ -320,6 +330,9 @@ class Renderer:
             return _extrinsics(v, c["R"], c["t"])
         # 'look_at' looks at the origin; y is up in both modes.
         direction = -c["eye"] if self.camera_mode == "look_at" else c["camera_direction"]
+        check.view_direction(
+            "eye" if self.camera_mode == "look_at" else "camera_direction", direction
+        )
         up = jnp.array([0.0, 1.0, 0.0], jnp.float32)
         return _rotate(v, c["eye"], _normalize(direction), up, self.handedness)
 
@@ -403,6 +416,21 @@ class _Mesh(NamedTuple):
 class _Camera(NamedTuple):
     arrays: dict[str, jax.Array]  # checked parameters that camera_mode reads
     batches: dict[str, tuple[int, ...]]
+
+
+def _seeing(shader_args: tuple, camera: dict[str, Any]) -> tuple:
+    """``shader_args`` with each Renderer in them given the per-call camera arguments that its
+    mode reads (a shader lighting by the camera position must see the camera that draws)."""
+    if all(v is None for v in camera.values()):
+        return shader_args
+
+    def replace(x: Any) -> Any:
+        if not isinstance(x, Renderer):
+            return x
+        fields = {n: v for n, v in camera.items() if v is not None and n in _USES[x.camera_mode]}
+        return dataclasses.replace(x, **fields)
+
+    return jax.tree_util.tree_map(replace, shader_args, is_leaf=lambda x: isinstance(x, Renderer))
 
 
 def _unchanged(value: Any, default: Any) -> bool:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Fragments",
+    "PointLights",
     "Shaded",
     "blinn_phong",
     "face_normals",
@@ -210,7 +211,7 @@ def sample_texture(
       is NaN or infinite (no texel is defined there). Differentiable in image and (except
       'nearest', and the mip level choice) in uv.
     """
-    img = check.float_array("image", image, (None, None, None))
+    img = check.color_array("image", image, (None, None, None))
     coords = check.float_array("uv", uv, (None, None, 2))
     check.batch({"image": img.shape[:-3], "uv": coords.shape[:-3]})
     if filter not in ("nearest", "bilinear", "trilinear"):
@@ -295,6 +296,51 @@ def _vertex_normals(v: jax.Array, f: jax.Array) -> jax.Array:
     return _normalize(summed)
 
 
+class PointLights(NamedTuple):
+    """Point lights for ``lambert``, ``blinn_phong`` and ``mesh_shader``: ``L`` lights at world
+    positions, each lighting a point at distance ``d`` with ``color / (c0 + c1 d + c2 d^2)``.
+
+    A JAX pytree: gradients reach every field. Leading batch dims broadcast against the
+    normals' (in ``mesh_shader``, against the image's batch).
+
+    Fields:
+      location: float ``[..., L, 3]`` world positions.
+      color: float ``[..., L, 3]`` or ``[3]``: RGB intensity (default white).
+      attenuation: float ``[..., L, 3]`` or ``[3]``: ``(c0, c1, c2)``, default ``(1, 0, 0)`` (no
+        fall-off, as PyTorch3D's ``PointLights``); ``(0, 0, 1)`` is the inverse-square law.
+    """
+
+    location: ArrayLike
+    color: VectorLike = (1.0, 1.0, 1.0)
+    attenuation: VectorLike = (1.0, 0.0, 0.0)
+
+
+def _point_lights(lights: PointLights, positions: ArrayLike | None) -> tuple[jax.Array, jax.Array]:
+    """(unit directions towards each light, float32 [..., L, 3]; the light reaching each
+    position, [..., L, 3]) at ``positions [..., 3]``."""
+    if not isinstance(lights, PointLights):
+        raise TypeError(f"point_lights must be a PointLights, got {lights!r}")
+    if positions is None:
+        raise ValueError("point_lights need positions: the world points the normals are at")
+    x = check.float_array("positions", positions, (3,))
+    loc = check.float_array("point_lights.location", lights.location, (None, 3))
+    color = check.float_array("point_lights.color", lights.color, (3,))
+    att = check.float_array("point_lights.attenuation", lights.attenuation, (3,))
+    to_light = loc - x[..., None, :]
+    d = jnp.sqrt(jnp.sum(to_light * to_light, -1, keepdims=True))
+    falloff = att[..., 0:1] + att[..., 1:2] * d + att[..., 2:3] * d * d
+    # A point at the light itself (d = 0) with pure distance fall-off gets no light, not inf.
+    safe = falloff > 0
+    radiance = jnp.where(safe, color / jnp.where(safe, falloff, 1.0), 0.0)
+    return _normalize(to_light), radiance
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """sum(a * b, -1) as a matmul: an XLA:CPU fusion miscompiles the broadcast multiply-reduce
+    with batched directions (see ``lighting``)."""
+    return jnp.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
+
+
 def lambert(
     normals: ArrayLike,
     intensity_ambient: ArrayLike = 0.5,
@@ -302,8 +348,13 @@ def lambert(
     color_ambient: VectorLike = (1.0, 1.0, 1.0),
     color_directional: VectorLike = (1.0, 1.0, 1.0),
     direction: VectorLike = (0.0, 1.0, 0.0),
+    *,
+    point_lights: PointLights | None = None,
+    positions: ArrayLike | None = None,
 ) -> jax.Array:
-    """The Renderer's light at each normal: ``Ia Ca + Id Cd relu(normalize(n) . direction)``.
+    """The Renderer's light at each normal: ``Ia Ca + Id Cd relu(normalize(n) . direction)``,
+    plus ``sum_l radiance_l relu(normalize(n) . normalize(p_l - x))`` for point lights at
+    ``p_l`` lighting the point ``x``.
 
     Args:
       normals: float ``[..., 3]`` world-space normals (e.g. ``interpolate(vertex_normals(...))``:
@@ -311,10 +362,13 @@ def lambert(
       intensity_ambient, intensity_directional: scalars or ``[...]``.
       color_ambient, color_directional: float ``[..., 3]``.
       direction: float ``[..., 3]`` towards the light (not normalised, as ``lighting``).
+      point_lights: optional ``PointLights`` (``radiance_l`` is its colour over its attenuation
+        at the distance from ``x``).
+      positions: float ``[..., 3]`` world points ``x`` of the normals; needed with point lights.
 
     Returns:
       float32 ``[..., 3]``: the RGB factor to multiply colours by. With the face normal of a flat
-      face this is exactly the light ``lighting`` gives that face.
+      face and no point lights this is exactly the light ``lighting`` gives that face.
     """
     n = _normalize(check.float_array("normals", normals, (3,)))
     ia, id_, ca, cd, d = lights_of(
@@ -322,48 +376,64 @@ def lambert(
     )
     # A matmul, not sum(n * d), as lighting (an XLA:CPU fusion bug with batched directions).
     cos = jax.nn.relu(jnp.matmul(n[..., None, :], d[..., :, None])[..., 0])
-    return ia[..., None] * ca + id_[..., None] * cd * cos
+    light = ia[..., None] * ca + id_[..., None] * cd * cos
+    if point_lights is None:
+        return light
+    towards, radiance = _point_lights(point_lights, positions)
+    cos_l = jax.nn.relu(_dot(n[..., None, :], towards))  # [..., L]
+    return light + jnp.sum(radiance * cos_l[..., None], axis=-2)
 
 
 def blinn_phong(
     normals: ArrayLike,
     view: ArrayLike,
-    direction: VectorLike = (0.0, 1.0, 0.0),
+    direction: VectorLike | None = (0.0, 1.0, 0.0),
     shininess: ArrayLike = 32.0,
     intensity: ArrayLike = 0.5,
     color: VectorLike = (1.0, 1.0, 1.0),
+    *,
+    point_lights: PointLights | None = None,
+    positions: ArrayLike | None = None,
 ) -> jax.Array:
     """Blinn-Phong specular light ``I C max(0, n . h)^shininess``, ``h`` the unit half vector of
     the directions towards the light and the eye; 0 where the light is behind the surface
-    (``n . l <= 0``).
+    (``n . l <= 0``). Point lights add ``I radiance_l max(0, n . h_l)^shininess`` each, with
+    ``l = normalize(p_l - x)`` (``radiance_l`` as in ``lambert``).
 
     Args:
       normals: float ``[..., 3]`` world-space normals (renormalised here).
       view: float ``[..., 3]`` from the surface towards the eye (renormalised here).
-      direction: float ``[..., 3]`` towards the light, as ``lambert``.
+      direction: float ``[..., 3]`` towards the light, as ``lambert``; None: no directional light.
       shininess: scalar or ``[...]``, > 0: larger is a smaller, sharper highlight.
-      intensity: scalar or ``[...]``; color: float ``[..., 3]``.
+      intensity: scalar or ``[...]``; color: float ``[..., 3]`` (the directional light's).
+      point_lights, positions: as ``lambert``.
 
     Returns:
       float32 ``[..., 3]``, added to the lit colour (highlights take the light's colour).
     """
     n = _normalize(check.float_array("normals", normals, (3,)))
     v = _normalize(check.float_array("view", view, (3,)))
-    d = _normalize(check.float_array("direction", direction, (3,)))
     shine = check.float_array("shininess", shininess, ())
     if not check.is_traced(shine) and not np.all(np.asarray(shine) > 0):
         raise ValueError(f"shininess must be > 0, got {np.asarray(shine)}")
     strength = check.float_array("intensity", intensity, ())
     c = check.float_array("color", color, (3,))
 
-    def dot(a: jax.Array, b: jax.Array) -> jax.Array:  # a matmul, as lambert
-        return jnp.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
+    def power(n: jax.Array, towards: jax.Array, v: jax.Array, shine: jax.Array) -> jax.Array:
+        cos_h = _dot(n, _normalize(towards + v))
+        lit = (_dot(n, towards) > 0) & (cos_h > 0)
+        # The floor keeps pow's gradient finite where the where() discards its value.
+        return jnp.where(lit, jnp.maximum(cos_h, 1e-30) ** shine, 0.0)
 
-    cos_h = dot(n, _normalize(d + v))
-    lit = (dot(n, d) > 0) & (cos_h > 0)
-    # The floor keeps pow's gradient finite where the where() below discards its value.
-    power = jnp.where(lit, jnp.maximum(cos_h, 1e-30) ** shine, 0.0)
-    return (strength * power)[..., None] * c
+    out = jnp.zeros((), jnp.float32)
+    if direction is not None:
+        d = _normalize(check.float_array("direction", direction, (3,)))
+        out = (strength * power(n, d, v, shine))[..., None] * c
+    if point_lights is not None:
+        towards, radiance = _point_lights(point_lights, positions)
+        p = power(n[..., None, :], towards, v[..., None, :], shine[..., None])  # [..., L]
+        out = out + strength[..., None] * jnp.sum(radiance * p[..., None], axis=-2)
+    return out
 
 
 def face_normals(vertices: ArrayLike, faces: ArrayLike) -> jax.Array:
@@ -381,18 +451,24 @@ def mesh_colors(fragments: Fragments, mesh: Mesh, filter: Filter = "bilinear") -
     when it has them, else their material's Kd colour, else white. ``fragments`` are those of
     ``mesh.faces`` (a shader's, in the Renderer).
     """
+    images = [
+        None if image is None else check.color_array(f"mesh.images[{m}]", image, (None, None, 3))
+        for m, image in enumerate(mesh.images)
+    ]
     fi = jnp.maximum(fragments.face_index, 0)
     material = _ops.take_rows(mesh.face_materials, 1, fi, 2)
     if mesh.vertex_colors is not None:
-        base = interpolate(mesh.vertex_colors, mesh.faces, fragments)
+        colors = check.color_array("mesh.vertex_colors", mesh.vertex_colors, (None, 3))
+        base = interpolate(colors, mesh.faces, fragments)
     else:
-        kd = jnp.concatenate([mesh.kd, jnp.ones((1, 3), jnp.float32)])  # -1: no material, white
+        kd = check.color_array("mesh.kd", mesh.kd, (None, 3))
+        kd = jnp.concatenate([kd, jnp.ones((1, 3), jnp.float32)])  # -1: no material, white
         base = _ops.take_rows(kd, 2, material, 2)
     if mesh.uvs is None:
         return base
     uv = interpolate(mesh.uvs, None, fragments)
     textured = _ops.take_rows(mesh.has_uv, 1, fi, 2)
-    for m, image in enumerate(mesh.images):
+    for m, image in enumerate(images):
         if image is not None:
             here = (textured & (material == m))[..., None]
             base = jnp.where(here, sample_texture(image, uv, filter), base)
@@ -410,6 +486,7 @@ def mesh_shader(
     filter: Filter = "bilinear",
     specular: float = 0.0,
     shininess: float = 32.0,
+    point_lights: PointLights | None = None,
 ) -> tuple[Shader, tuple]:
     """``(shader, shader_args)`` rendering a ``load_mesh`` mesh lit as the Renderer lights it.
 
@@ -417,12 +494,16 @@ def mesh_shader(
     ``mesh_colors`` times the Renderer's ambient and directional light (``lambert``) at each
     pixel's normal: the face normal for 'flat' shading (the Renderer's own lighting of texture
     cubes), or for 'smooth' the file's normals (``mesh.normals``, turned to the side of the face
-    normal) or else ``vertex_normals``, interpolated. ``output='normals'`` draws those world
-    normals as colours ``0.5 * (n + 1)`` instead, unlit. The back of a face (seen through
-    ``fill_back``) is lit by the reversed normal. The shader reads the mesh and the Renderer's
-    lights from ``shader_args``, so gradients reach both. ``specular > 0`` adds a Blinn-Phong
-    highlight (``blinn_phong``) of that intensity in the directional light's colour, seen from
-    the Renderer's camera position (``eye``, or ``-R^T t`` in 'projection' mode).
+    normal) or else ``vertex_normals`` (turned likewise), interpolated. ``output='normals'``
+    draws those world normals as colours ``0.5 * (n + 1)`` instead, unlit. The back of a face
+    (seen through ``fill_back``) is lit by the reversed normal. ``point_lights`` add their
+    light (``lambert``'s point-light term at each pixel's world position). The shader reads the
+    mesh, the Renderer's lights and the point lights from ``shader_args``, so gradients reach
+    all of them. ``specular > 0`` adds a Blinn-Phong highlight (``blinn_phong``) of that
+    intensity in the directional light's colour (and in each point light's), seen from the
+    camera that draws: the Renderer's ``eye`` (or ``-R^T t`` in 'projection' mode), or the
+    per-call ``eye`` (``R``, ``t``) given to ``render``, which hands it to the Renderer in
+    ``shader_args``.
     """
     if not specular >= 0:
         raise ValueError(f"specular must be >= 0, got {specular!r}")
@@ -432,15 +513,22 @@ def mesh_shader(
         raise ValueError(f"shading must be 'flat' or 'smooth', got {shading!r}")
     if output not in ("rgb", "normals"):
         raise ValueError(f"output must be 'rgb' or 'normals', got {output!r}")
+    if point_lights is not None and not isinstance(point_lights, PointLights):
+        raise TypeError(f"point_lights must be a PointLights, got {point_lights!r}")
 
-    def shader(frags: Fragments, mesh: Mesh, renderer: Renderer) -> jax.Array:
+    def shader(
+        frags: Fragments, mesh: Mesh, renderer: Renderer, points: PointLights | None
+    ) -> jax.Array:
         flat = face_normals(mesh.vertices, mesh.faces)
         if renderer.handedness == "right":  # the Renderer lights the mirrored side
             flat = -flat
         normal = _ops.take_rows(flat, 2, jnp.maximum(frags.face_index, 0), 2)
         if shading == "smooth":
             if mesh.normals is None:
+                # Turned as the flat normals are (vertex_normals sums the original's).
                 corners = vertex_normals(mesh.vertices, mesh.faces)[mesh.faces]
+                if renderer.handedness == "right":
+                    corners = -corners
             else:
                 # The file's normals may point either way round the Renderer's convention.
                 side = jnp.sign(jnp.sum(mesh.normals * flat[:, None, :], -1, keepdims=True))
@@ -449,6 +537,14 @@ def mesh_shader(
         normal = jnp.where(frags.back[..., None], -normal, normal)
         if output == "normals":
             return 0.5 * (_normalize(normal) + 1.0)
+        position = None
+        if points is not None or specular > 0:
+            position = interpolate(mesh.vertices, mesh.faces, frags)
+        if points is not None:
+            # The lights' batch dims are the image's: make room for the pixels' rows, columns.
+            points = PointLights(
+                *(jnp.asarray(x, jnp.float32)[..., None, None, :, :] for x in _as_rows(points))
+            )
         light = lambert(
             normal,
             renderer.light_intensity_ambient,
@@ -456,11 +552,13 @@ def mesh_shader(
             renderer.light_color_ambient,
             renderer.light_color_directional,
             renderer.light_direction,
+            point_lights=points,
+            positions=position,
         )
         rgb = mesh_colors(frags, mesh, filter) * light
         if specular == 0:
             return rgb
-        position = interpolate(mesh.vertices, mesh.faces, frags)
+        assert position is not None
         highlight = blinn_phong(
             normal,
             _camera_position(renderer)[..., None, None, :] - position,
@@ -468,10 +566,24 @@ def mesh_shader(
             shininess,
             specular,
             renderer.light_color_directional,
+            point_lights=points,
+            positions=position,
         )
         return rgb + highlight
 
-    return shader, (mesh, renderer)
+    return shader, (mesh, renderer, point_lights)
+
+
+def _as_rows(lights: PointLights) -> PointLights:
+    """The lights' colour and attenuation as ``[..., L, 3]`` rows, like their location."""
+    loc = check.float_array("point_lights.location", lights.location, (None, 3))
+    color = check.float_array("point_lights.color", lights.color, (3,))
+    att = check.float_array("point_lights.attenuation", lights.attenuation, (3,))
+    if color.ndim == 1:
+        color = jnp.broadcast_to(color, loc.shape[-2:])
+    if att.ndim == 1:
+        att = jnp.broadcast_to(att, loc.shape[-2:])
+    return PointLights(loc, color, att)
 
 
 def _camera_position(renderer: Renderer) -> jax.Array:

@@ -669,3 +669,35 @@ def test_worst_cases_leave_the_interpreter_alive():
     assert lines["image_size"] == "raised ValueError"
     assert lines["nan"] == "returned" and lines["extreme"] == "returned"
     assert out.stdout.rstrip().endswith("alive")
+
+
+def square_obj(tmp_path):
+    """A square written and read back as an OBJ file: (vertices [4, 3], faces [2, 3])."""
+    path = tmp_path / "square.obj"
+    path.write_text("v -1 -1 0\nv 1 -1 0\nv 1 1 0\nv -1 1 0\nf 1 2 3\nf 1 3 4\n")
+    mesh = nr.load_mesh(path, normalization=False)
+    return mesh.vertices, np.array(mesh.faces)
+
+
+def test_out_of_range_vertex_index_in_an_eager_call_raises_value_error(tmp_path):
+    # The docs say ValueError; an eager render raised JaxRuntimeError from the kernel.
+    vertices, faces = square_obj(tmp_path)
+    faces[1, 2] = 4
+    r = nr.Renderer(image_size=8, eye=(0.0, 0.0, -3.0))
+    message = r"faces holds vertex index 4 in faces\[1\] = \[0, 2, 4\], outside \[0, 4\)"
+    with pytest.raises(ValueError, match=message):
+        r.render(vertices, faces, vertex_colors=jnp.ones((4, 3)))
+    with pytest.raises(ValueError, match=message):
+        r.render_silhouettes(vertices, faces)
+    with pytest.raises(ValueError, match=message):
+        r.render(vertices, faces, shader=lambda fr: fr.bary)
+    # Constant faces under jit: at trace time, the same ValueError.
+    with pytest.raises(ValueError, match=message):
+        jax.jit(lambda v: r.render_silhouettes(v, faces))(vertices)
+
+
+def test_vertex_colors_passed_positionally_hint_at_the_keyword(tmp_path):
+    vertices, faces = square_obj(tmp_path)
+    r = nr.Renderer(image_size=8)
+    with pytest.raises(ValueError, match=r"textures must have shape.*vertex_colors=colors"):
+        r.render(vertices, faces, jnp.ones((4, 3)))

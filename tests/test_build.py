@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,19 @@ def test_cpu_module_has_no_fused_multiply_add():
     assert asm.returncode == 0, asm.stderr
     fused = re.findall(r"\t(v?f(?:n?m(?:add|sub)\w*)|fml[as])\b", asm.stdout)
     assert not fused, f"{lib} contains fused multiply-adds: {sorted(set(fused))[:5]}"
+
+
+def test_import_without_the_built_kernels_says_how_to_install(tmp_path: Path) -> None:
+    # `import nmr_jax` in a clone that was not installed failed with a confusing "partially
+    # initialized module (most likely due to a circular import)".
+    shutil.copytree(ROOT / "nmr_jax", tmp_path / "nmr_jax", ignore=shutil.ignore_patterns("*.so"))
+    # -S: no site, so no editable-install finder; jax comes from site-packages, nmr_jax from the
+    # copy (the current directory is first on the path).
+    code = f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r}); import nmr_jax"
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: nmr_jax's compiled kernels") and "pip install" in last
+    assert "circular" not in run.stderr

@@ -145,10 +145,10 @@ def test_cli_up_z_renders_a_z_up_mesh_upright(tmp_path: Path) -> None:
     assert np.abs(y.astype(int) - z).max() <= 2
 
 
-def test_cli_handedness_right_unmirrors(tmp_path: Path) -> None:
-    assert render(TEAPOT, "-o", str(tmp_path / "l.png"), "--no-anti-aliasing") == 0
-    assert render(TEAPOT, "-o", str(tmp_path / "r.png"), "--no-anti-aliasing",
-                  "--handedness", "right") == 0  # fmt: skip
+def test_cli_handedness_left_mirrors_as_the_original(tmp_path: Path) -> None:
+    assert render(TEAPOT, "-o", str(tmp_path / "l.png"), "--no-anti-aliasing",
+                  "--handedness", "left") == 0  # fmt: skip
+    assert render(TEAPOT, "-o", str(tmp_path / "r.png"), "--no-anti-aliasing") == 0
     left, right = iio.imread(tmp_path / "l.png"), iio.imread(tmp_path / "r.png")
     np.testing.assert_array_equal(left, right[:, ::-1])
 
@@ -207,7 +207,7 @@ def test_cli_missing_mtl_material_or_image_renders_white_with_a_warning(
 def test_cli_smooth_shading_and_normals_mode(tmp_path: Path) -> None:
     images = {}
     for name, extra in [
-        ("flat", []),
+        ("flat", ["--shading", "flat"]),
         ("smooth", ["--shading", "smooth"]),
         ("normals", ["--mode", "normals", "--shading", "smooth"]),
         ("cubes", ["--texture-size", "2"]),
@@ -242,3 +242,78 @@ def test_renders_a_room_from_inside_without_holes(tmp_path: Path) -> None:
     image = iio.imread(out)[..., :3].astype(int)
     background = (image[..., 0] == 255) & (image[..., 1] == 0) & (image[..., 2] == 0)
     assert not background.any(), f"{background.sum()} pixels show the background"
+
+
+def test_cli_exits_non_zero_on_a_file_that_is_not_obj(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A PLY file rendered as a black PNG with exit status 0.
+    (tmp_path / "mesh.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nend_header\n")
+    out = tmp_path / "out.png"
+    assert render(str(tmp_path / "mesh.ply"), "-o", str(out)) == 1
+    assert "PLY files are not supported" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_light_direction_is_normalised(tmp_path: Path) -> None:
+    # An unnormalised direction scaled the directional light: 7 % of the pixels clipped white.
+    for name, d in (("unit", ["0.6", "0.8", "0"]), ("long", ["3", "4", "0"])):
+        args = ["--light-direction", *d, "--ambient", "0.3", "--directional", "0.7"]
+        assert render(TEAPOT, "-o", str(tmp_path / f"{name}.png"), *args) == 0
+    unit, long = iio.imread(tmp_path / "unit.png"), iio.imread(tmp_path / "long.png")
+    np.testing.assert_array_equal(unit, long)
+    assert unit.max() < 255
+
+
+def test_cli_default_renders_unmirrored_as_a_pinhole_camera(tmp_path: Path) -> None:
+    # An asymmetric textured square: each quarter of its image a different colour. The default
+    # view is compared with a pinhole camera written here: eye (0, 0, -d) looking at the origin,
+    # y up, the viewer's right = forward x up = world -x, half-angle 30 degrees.
+    colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
+    image = np.zeros((8, 8, 3), np.float32)
+    image[:4, :4], image[:4, 4:], image[4:, :4], image[4:, 4:] = colours  # rows: top first
+    corners = np.array([[-0.8, -0.6, 0], [0.8, -0.6, 0], [0.8, 0.6, 0], [-0.8, 0.6, 0]])
+    uv_corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
+    nr.save_obj(tmp_path / "quad.obj", corners, faces, uvs=uv_corners[faces], texture=image * 255)
+    out = tmp_path / "quad.png"
+    size, d = 64, 2.5
+    args = ["--elevation", "0", "--distance", str(d), "--ambient", "1", "--directional", "0"]
+    assert cli.main(["render", str(tmp_path / "quad.obj"), "-o", str(out), *args,
+                     "--no-normalization", "--image-size", str(size), "-q"]) == 0  # fmt: skip
+    rendered = iio.imread(out).astype(np.float32) / 255
+
+    def pixel(p: np.ndarray) -> tuple[int, int]:
+        eye, forward, up = np.array([0, 0, -d]), np.array([0, 0, 1.0]), np.array([0, 1.0, 0])
+        right = np.cross(forward, up)
+        rel = p - eye
+        t = np.tan(np.radians(30))
+        x, y = rel @ right / (rel @ forward * t), rel @ up / (rel @ forward * t)
+        return int((1 - y) / 2 * size), int((x + 1) / 2 * size)  # row, column
+
+    # Points at three quarters of the way to each corner: inside that corner's colour.
+    for k, uv in enumerate(uv_corners):
+        row, col = pixel(0.75 * corners[k])
+        texel = image[int((1 - (0.25 + 0.5 * uv[1])) * 8), int((0.25 + 0.5 * uv[0]) * 8)]
+        np.testing.assert_allclose(rendered[row, col], texel, atol=0.02, err_msg=str(k))
+    # World +x is on the image's left, as in any viewer looking from -z.
+    assert pixel(corners[1])[1] < size / 2
+
+
+def test_cli_shades_smooth_by_default_when_the_file_has_normals(tmp_path: Path) -> None:
+    v, f = nr.data.icosphere(1)
+    normals = np.asarray(v)[np.asarray(f)]  # unit sphere: the normal is the position
+    nr.save_obj(tmp_path / "vn.obj", v, f, normals=normals)
+    nr.save_obj(tmp_path / "plain.obj", v, f)
+    images = {}
+    for name, mesh, extra in [
+        ("default", "vn.obj", []),
+        ("smooth", "vn.obj", ["--shading", "smooth"]),
+        ("flat", "vn.obj", ["--shading", "flat"]),
+        ("plain", "plain.obj", []),
+    ]:
+        out = tmp_path / f"{name}.png"
+        assert render(str(tmp_path / mesh), "-o", str(out), *extra) == 0
+        images[name] = iio.imread(out).astype(int)
+    np.testing.assert_array_equal(images["default"], images["smooth"])
+    np.testing.assert_array_equal(images["plain"], images["flat"])  # no vn: flat
+    assert np.abs(images["default"] - images["flat"]).max() > 10

@@ -1,8 +1,9 @@
 """Property-based fuzzing of the kernels against tests/_reference.py, and of the full renderer's
 gradients, on random meshes salted with the edge cases of the README ("Edge cases and bad input").
 
-CI runs a small, derandomized budget (the ``ci`` profile, a few seconds per test). A long campaign
-with fresh random seeds:
+CI runs a small, derandomized budget: 15 examples per test, or NMR_FUZZ_CI_EXAMPLES (the
+sanitizer section's short run takes 6: each is several times slower there). A long campaign with
+fresh random seeds:
 
     NMR_FUZZ_EXAMPLES=3000 .venv/bin/python -m pytest -q tests/test_fuzz.py
 
@@ -25,10 +26,11 @@ from tests import _reference as ref
 from tests._helpers import FAR, NEAR
 
 _LONG = int(os.environ.get("NMR_FUZZ_EXAMPLES", "0"))
+_CI = int(os.environ.get("NMR_FUZZ_CI_EXAMPLES", "15"))
 settings.register_profile(
     "nmr_fuzz",
     # CI: deterministic and bounded; the long campaign draws fresh seeds.
-    max_examples=_LONG or 25,
+    max_examples=_LONG or _CI,
     derandomize=not _LONG,
     deadline=None,  # the first example of a shape includes XLA compilation
     database=None,

@@ -472,3 +472,28 @@ def test_save_obj_roundtrip_with_uvs_normals_colors_and_texture(tmp_path):
     save_obj(path, vertices, faces, normals=normals)
     assert "f 1//" in path.read_text()
     np.testing.assert_allclose(load_mesh(path, normalization=False).normals, normals, atol=2e-6)
+
+
+PLY = "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n" \
+    "property float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n" \
+    "0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n"  # fmt: skip
+
+
+@pytest.mark.parametrize("name, message", [
+    ("x.ply", r"x.ply: PLY files are not supported; nmr_jax reads Wavefront OBJ"),
+    ("x.STL", r"x.STL: STL files are not supported"),
+    ("ply_content.obj", r"not an OBJ file \(line 1 starts with 'ply'\).*reads Wavefront OBJ"),
+])  # fmt: skip
+def test_non_obj_file_raises_naming_the_format_instead_of_an_empty_mesh(
+    tmp_path: Path, name: str, message: str
+) -> None:
+    # load_mesh("x.ply") returned a mesh with no vertices and no faces.
+    path = tmp_path / name
+    path.write_text(PLY)
+    with pytest.raises(ValueError, match=message):
+        load_mesh(path)
+    with pytest.raises(ValueError, match=message):
+        load_obj(path)
+    # An OBJ file without statements is still the empty mesh.
+    (tmp_path / "empty.obj").write_text("# nothing\ng group\n")
+    assert load_mesh(tmp_path / "empty.obj").faces.shape == (0, 3)

@@ -3,6 +3,7 @@ references, and the shader path's gradients (Kato's for the vertices, autodiff f
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -649,3 +650,164 @@ def test_specular_highlight_of_a_plane_seen_from_the_camera(tmp_path):
     assert highlight[15:17, 15:17].min() > 0.75 and highlight[inside].min() < highlight.max()
     with pytest.raises(ValueError, match="specular"):
         nr.mesh_shader(mesh, r, specular=-1.0)
+
+
+def sphere_mesh(tmp_path):
+    """The icosphere, written and read back as an OBJ file (no vn lines)."""
+    path = tmp_path / "sphere.obj"
+    nr.save_obj(path, *nr.data.icosphere(2))
+    return nr.load_mesh(path, normalization=False)
+
+
+def test_smooth_shading_right_handed_is_lit_from_outside(tmp_path):
+    # Smooth shading once took vertex normals unturned with handedness="right": a sphere lit from
+    # above came out darker on top than at the bottom.
+    mesh = sphere_mesh(tmp_path)
+    assert mesh.normals is None
+    for handedness in ("left", "right"):
+        r = nr.Renderer(
+            image_size=32,
+            eye=(0.0, 0.0, -3.0),
+            handedness=handedness,
+            light_intensity_ambient=0.0,
+            light_intensity_directional=1.0,
+        )
+        for shading in ("flat", "smooth"):
+            s, a = nr.mesh_shader(mesh, r, shading)
+            rgb = np.asarray(r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a)[0])
+            top, bottom = rgb[9, 16, 0], rgb[23, 16, 0]
+            assert top > 0.3 and bottom < 0.05, (handedness, shading, top, bottom)
+        s, a = nr.mesh_shader(mesh, r, "smooth", output="normals")
+        n = 2 * np.asarray(r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a)[0]) - 1
+        # Outward: up at the top, towards the eye (-z) in the middle.
+        assert n[9, 16, 1] > 0.5 and n[16, 16, 2] < -0.9, (handedness, n[9, 16], n[16, 16])
+
+
+def test_uint8_images_raise_instead_of_colours_up_to_255(tmp_path):
+    image = np.full((4, 4, 3), 200, np.uint8)
+    uv = np.full((2, 2, 2), 0.5, np.float32)
+    with pytest.raises(TypeError, match=r"image must hold float colours.*/ 255"):
+        nr.sample_texture(image, uv)
+    vertices, faces, mesh = square_mesh(tmp_path)
+    r = nr.Renderer(image_size=8, eye=(0.0, 0.0, -2.0))
+    with pytest.raises(TypeError, match="textures must hold float colours"):
+        r.render(vertices, faces, np.full((2, 2, 2, 2, 3), 200, np.uint8))
+    with pytest.raises(TypeError, match="vertex_colors must hold float colours"):
+        r.render(vertices, faces, vertex_colors=np.full((4, 3), 200, np.uint8))
+    with pytest.raises(TypeError, match="textures must hold float colours"):
+        nr.lighting(vertices[faces], np.ones((2, 1, 1, 1, 3), np.uint8))
+    # A loaded mesh's image replaced by an imread array (uint8).
+    nr.save_obj(
+        tmp_path / "textured.obj",
+        vertices,
+        faces,
+        uvs=np.zeros((2, 3, 2), np.float32),
+        texture=image.astype(np.float32),
+    )
+    textured = nr.load_mesh(tmp_path / "textured.obj", normalization=False)
+    assert textured.images[0] is not None and textured.images[0].dtype == jnp.float32
+    raw = dataclasses.replace(textured, images=(image,))
+    s, a = nr.mesh_shader(raw, r)
+    with pytest.raises(TypeError, match=r"mesh.images\[0\] must hold float colours"):
+        r.render(raw.vertices, raw.faces, shader=s, shader_args=a)
+
+
+def test_specular_uses_the_per_call_eye(tmp_path):
+    # The highlight was placed for the Renderer's own eye field, not the eye given to render.
+    mesh = sphere_mesh(tmp_path)
+    eye = np.array([1.5, 0.5, -2.5], np.float32)
+    fixed = nr.Renderer(image_size=32, eye=eye, light_direction=(0.0, 0.0, -1.0))
+    per_call = nr.Renderer(image_size=32, light_direction=(0.0, 0.0, -1.0))
+
+    def render(r, **camera):
+        s, a = nr.mesh_shader(mesh, r, "smooth", specular=0.8)
+        return r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a, **camera)[0]
+
+    want = np.asarray(render(fixed))
+    np.testing.assert_allclose(render(per_call, eye=eye), want, atol=1e-6)
+    jitted = jax.jit(lambda e: render(per_call, eye=e))(eye)
+    np.testing.assert_allclose(jitted, want, atol=1e-5)
+    # The default eye's highlight is elsewhere: the test can tell them apart.
+    assert np.abs(np.asarray(render(per_call)) - want).max() > 0.2
+
+
+def numpy_point_lights(n, x, location, color, attenuation):
+    """Per light l: (unit direction from x to it [..., L, 3], colour / attenuation [..., L, 3])."""
+    to = location[None] - x[:, None]
+    d = np.linalg.norm(to, axis=-1, keepdims=True)
+    c0, c1, c2 = attenuation[..., 0:1], attenuation[..., 1:2], attenuation[..., 2:3]
+    return to / d, color / (c0 + c1 * d + c2 * d * d)
+
+
+@pytest.mark.versions
+def test_point_lights_match_numpy_reference():
+    rng = np.random.default_rng(5)
+    n, x = rng.normal(size=(2, 40, 3))
+    v = rng.normal(size=(40, 3))
+    location = rng.normal(size=(3, 3)) * 3
+    color = rng.uniform(0.2, 1.0, (3, 3))
+    attenuation = np.array([[1.0, 0.0, 0.0], [0.5, 0.3, 0.0], [0.2, 0.0, 0.4]])
+    lights = nr.PointLights(location, color, attenuation)
+    towards, radiance = numpy_point_lights(n, x, location, color, attenuation)
+    un = n / np.linalg.norm(n, axis=-1, keepdims=True)
+    cos = np.maximum(np.sum(un[:, None] * towards, -1), 0)  # [N, L]
+    direction = np.array([0.2, 1.0, -0.3])
+    directional = 0.3 + 0.6 * np.maximum(un @ (direction / 1.0), 0)
+    want = directional[:, None] + np.sum(radiance * cos[..., None], axis=1)
+    lambert = jax.jit(partial(nr.lambert, direction=direction, point_lights=lights, positions=x))
+    got = lambert(n, 0.3, 0.6)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert (cos == 0).any() and (cos > 0).any()
+    # Specular: the Blinn-Phong term of each light, none from the directional one.
+    spec = sum(
+        numpy_blinn_phong(n, v, towards[:, k], 8.0, 0.7, np.ones(3)) * radiance[:, k]
+        for k in range(3)
+    )
+    got = jax.jit(partial(nr.blinn_phong, point_lights=lights, positions=x))(n, v, None, 8.0, 0.7)
+    np.testing.assert_allclose(got, spec, atol=1e-5)
+    # Gradients reach the lights.
+    g = jax.jit(
+        jax.grad(lambda loc: nr.lambert(n, point_lights=nr.PointLights(loc), positions=x).sum())
+    )
+    assert np.abs(g(jnp.asarray(location))).max() > 0
+    with pytest.raises(ValueError, match="positions"):
+        nr.lambert(n, point_lights=lights)
+
+
+def test_mesh_shader_point_light_from_obj(tmp_path):
+    # A square facing the eye lit by one point light in front of it, ambient and directional
+    # light off: each pixel is colour / attenuation * cos at its surface point. vmapped over two
+    # light positions.
+    vertices, faces, mesh = square_mesh(tmp_path)
+    r = nr.Renderer(
+        image_size=16,
+        anti_aliasing=False,
+        eye=(0.0, 0.0, -2.0),
+        light_intensity_ambient=0.0,
+        light_intensity_directional=0.0,
+    )
+    color, attenuation = np.array([[1.0, 0.5, 0.25]]), np.array([1.0, 0.5, 0.0])
+
+    def one(loc):
+        s, a = nr.mesh_shader(mesh, r, point_lights=nr.PointLights(loc, color, attenuation))
+        return r.render(mesh.vertices, mesh.faces, shader=s, shader_args=a)[0]
+
+    locations = np.array([[[0.2, 0.1, -0.5]], [[-0.2, 0.0, -0.5]]])
+    out = np.asarray(jax.jit(jax.vmap(one))(locations))
+    where = r.render(
+        mesh.vertices,
+        mesh.faces,
+        shader=lambda fr, m: jnp.concatenate(
+            [nr.interpolate(m.vertices, m.faces, fr), jnp.ones_like(fr.depth)[..., None]], -1
+        ),
+        shader_args=(mesh,),
+    )[0]
+    inside = np.asarray(where)[..., 3] == 1
+    assert inside.sum() > 20
+    for b in range(2):
+        towards, radiance = numpy_point_lights(
+            None, np.asarray(where)[inside][:, :3], locations[b], color, attenuation
+        )
+        cos = np.maximum(-towards[:, 0, 2], 0)  # the lit side's normal is -z (towards the eye)
+        np.testing.assert_allclose(out[b][inside], radiance[:, 0] * cos[:, None], atol=1e-5)
+    assert out[0][inside].max() > 0.5 and np.abs(out[1] - out[0]).max() > 0.05
