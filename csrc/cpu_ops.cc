@@ -504,6 +504,118 @@ ffi::Error SampleImageBwdImpl(ffi::ThreadPool, F32 image, F32 uv, F32 grad_out, 
   return ffi::Error::Success();
 }
 
+// The K nearest fragments per pixel (csrc/layers.h). Faces are set up once and binned by the bands
+// of rows that their reach (box grown by the blur radius) spans, in increasing index order; each
+// band inserts its faces' fragments into its pixels' lists in that order (insert_layer), so the
+// lists do not depend on the threads. Then each slot's values are computed from its face. Cost
+// O(F + reached pixels x list length + P K), memory O(F + P) beyond the outputs, which are stored
+// top row first.
+ffi::Error RasterizeLayersImpl(ffi::ThreadPool pool, F32 face_vertices, float near, float far,
+                               float blur_radius, S32Out face_index, F32Out bary, F32Out bary_screen,
+                               F32Out depth, F32Out dist) {
+  NMR_PARSE(LayersShape, face_vertices, face_index);
+  const nmr::LayerParams lp{{s.H, s.W, near, far}, blur_radius, s.K};
+  const int64_t F = s.F, P = s.P, K = s.K;
+  if (P * K == 0) return ffi::Error::Success();
+  const int64_t bands = ceil_div(s.H, kBandRows);
+  std::vector<nmr::Face> faces(F);
+  std::vector<int32_t> filled(P);
+  std::vector<int64_t> band_start;
+  std::vector<int32_t> band_faces;
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const int64_t o = bc.at(s.maps, b) * P * K;
+    int32_t* fi = face_index->typed_data() + o;
+    float* z = depth->typed_data() + o;
+    parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
+      for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f)
+        faces[f] = nmr::setup_face(fv + 9 * f, s.H, s.W);
+    });
+    counting_sort<int32_t>(
+        bands,
+        [&](auto&& emit) {
+          for (int64_t f = 0; f < F; ++f) {
+            if (!faces[f].visible) continue;
+            const nmr::PixelRect box = nmr::reach_box(faces[f], lp);
+            if (box.y_lo > box.y_hi || box.x_lo > box.x_hi) continue;
+            for (int64_t k = box.y_lo / kBandRows; k <= box.y_hi / kBandRows; ++k)
+              emit(k, static_cast<int32_t>(f));
+          }
+        },
+        &band_start, &band_faces);
+    parallel_for(pool, bands, [&](int64_t k) {
+      const int row_lo = static_cast<int>(k) * kBandRows;
+      const int row_hi = std::min(row_lo + kBandRows, s.H) - 1;
+      // The band's rows, stored top row first: rows H - 1 - row_hi to H - 1 - row_lo.
+      const int64_t p0 = static_cast<int64_t>(s.H - 1 - row_hi) * s.W;
+      const int64_t p1 = static_cast<int64_t>(s.H - row_lo) * s.W;
+      std::fill(fi + p0 * K, fi + p1 * K, -1);
+      std::fill(z + p0 * K, z + p1 * K, far);
+      std::fill(filled.begin() + p0, filled.begin() + p1, 0);
+      for (int64_t i = band_start[k]; i < band_start[k + 1]; ++i) {
+        const int32_t f = band_faces[i];
+        nmr::PixelRect rect = nmr::reach_box(faces[f], lp);
+        rect.y_lo = std::max(rect.y_lo, row_lo);
+        rect.y_hi = std::min(rect.y_hi, row_hi);
+        nmr::for_each_layer_fragment(faces[f], lp, rect, [&](int64_t p, float zp, const float*) {
+          const int64_t q = nmr::top_first(p, s.H, s.W);
+          nmr::insert_layer(zp, f, s.K, z + q * K, fi + q * K, &filled[q]);
+        });
+      }
+    });
+    float* ws = bary_screen->typed_data() + 3 * o;
+    float* wb = bary->typed_data() + 3 * o;
+    float* d = dist->typed_data() + o;
+    parallel_for(pool, ceil_div(P, kPixelsPerTask), [&](int64_t t) {
+      for (int64_t q = t * kPixelsPerTask; q < std::min(P, (t + 1) * kPixelsPerTask); ++q) {
+        const int64_t p = nmr::top_first(q, s.H, s.W);
+        for (int64_t j = q * K; j < (q + 1) * K; ++j) {
+          if (fi[j] < 0) {
+            std::fill_n(ws + 3 * j, 3, 0.f);
+            std::fill_n(wb + 3 * j, 3, 0.f);
+            d[j] = nmr::kNoDist;
+            continue;
+          }
+          z[j] = nmr::layer_values(faces[fi[j]], lp.r, static_cast<int>(p % s.W), static_cast<int>(p / s.W),
+                                   ws + 3 * j, wb + 3 * j, d + j);
+        }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// Gradient of the layers' values w.r.t. face x, y, z, the face indices held fixed; faces summed
+// over pixels and slots in that order (deterministic).
+ffi::Error LayersBwdImpl(ffi::ThreadPool, F32 face_vertices, S32 face_index, F32 grad_bary_screen,
+                         F32 grad_bary, F32 grad_depth, F32 grad_dist, F32Out grad_face_vertices) {
+  NMR_PARSE(LayersBwdShape, face_vertices, face_index, grad_bary_screen, grad_bary, grad_depth, grad_dist,
+            grad_face_vertices);
+  const nmr::LayerGradMaps grads{grad_bary_screen.typed_data(), grad_bary.typed_data(),
+                                 grad_depth.typed_data(), grad_dist.typed_data()};
+  const int64_t PK = s.P * s.K;
+  const nmr::RasterParams r{s.H, s.W, 0.f, 0.f};  // near and far play no part in the gradient
+  std::fill_n(grad_face_vertices->typed_data(), grad_face_vertices->element_count(), 0.f);
+  std::vector<int64_t> at(bc.operands());
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    for (int id = 0; id < bc.operands(); ++id) at[id] = bc.at(id, b);
+    const float* fv = face_vertices.typed_data() + at[s.fv] * s.F * 9;
+    const int32_t* fi = face_index.typed_data() + at[s.pix] * PK;
+    if (auto err = check_face_index(fi, PK, s.F); err.failure()) return err;
+    const nmr::LayerGradMaps g = s.element(grads, at.data());
+    float* gf = grad_face_vertices->typed_data() + at[s.out] * s.F * 9;
+    for (int64_t j = 0; j < PK; ++j) {
+      if (fi[j] < 0) continue;
+      const int64_t p = nmr::top_first(j / s.K, s.H, s.W);
+      const nmr::Face face = nmr::setup_face(fv + 9 * fi[j], s.H, s.W);
+      nmr::layer_grad(face, r, static_cast<int>(p % s.W), static_cast<int>(p / s.W),
+                      nmr::layer_grads_at(g, j), gf + 9 * fi[j]);
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 NMR_DEFINE_HANDLERS(Cpu, .Ctx<::xla::ffi::ThreadPool>());
+NMR_DEFINE_LAYER_HANDLERS(Cpu, .Ctx<::xla::ffi::ThreadPool>());

@@ -74,10 +74,10 @@ using Scratch = ffi::ScratchAllocator;
 #endif
 
 constexpr int kThreads = 256;
-// Batch elements per launch and operands per target: 64 x 6 int64 = 3 KiB of kernel parameters,
-// under the 4 KiB that every architecture accepts.
+// Batch elements per launch and operands per target: 64 x 7 int64 = 3.5 KiB of kernel parameters,
+// under the 4 KiB that every architecture accepts (the host build checks each kernel's total).
 constexpr int kChunk = 64;
-constexpr int kMaxOperands = 6;
+constexpr int kMaxOperands = 7;
 // Pass 1's unit of work: a tile of 8 rows by 32 columns of a face's box, at most 256 pixel tests
 // (a face within one tile is drawn by its own thread, a bigger one is queued tile by tile).
 constexpr nmr::Tiling kTile{8, 32};
@@ -884,11 +884,162 @@ ffi::Error SampleImageBwdImpl(cudaStream_t stream, Scratch, F32 image, F32 uv, F
   });
 }
 
+// The layered rasterizer (csrc/layers.h). Pass 1, kLayerLanes threads per face, each taking every
+// kLayerLanes-th tile of the face's reach: every fragment is inserted into its pixel's list of K
+// fragment_keys in scratch memory with insert_layer_key (atomic, any order). Pass 2, per slot:
+// the key's face and that face's values at the pixel, as the CPU computes them, stored top row
+// first. Keys order by
+// depth then index, so the lists are the CPU's, deterministically.
+constexpr int kLayerLanes = 32;
+// Scratch for the keys of one launch's batch elements (8 bytes a slot): a chunk holds as many as
+// fit in 1 GiB, and at least one.
+constexpr int64_t kLayerKeyBytes = int64_t{1} << 30;
+
+struct LayersParams {
+  const float* face_vertices;
+  unsigned long long* keys;  // [chunk element, P, K]
+  int32_t* face_index;
+  float *bary, *bary_screen, *depth, *dist;
+  nmr::LayerParams lp;
+  nmr::LayersShape s;
+};
+
+__global__ void layers_faces_kernel(LayersParams g, Chunk chunk) {
+  const nmr::LayersShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t f = i / kLayerLanes;
+  if (f >= s.F) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const nmr::Face face = nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * f, s.H, s.W);
+  if (!face.visible) return;
+  const nmr::PixelRect box = nmr::reach_box(face, g.lp);
+  unsigned long long* keys = g.keys + blockIdx.y * s.P * s.K;
+  const int64_t tiles = nmr::tile_count(box, kTile);
+  for (int64_t t = i % kLayerLanes; t < tiles; t += kLayerLanes)
+    nmr::for_each_layer_fragment(
+        face, g.lp, nmr::tile_rect(box, kTile, t), [&](int64_t p, float zp, const float*) {
+          const unsigned long long key = nmr::fragment_key(zp, static_cast<int32_t>(f));
+          nmr::insert_layer_key(key, s.K, keys + p * s.K, [](unsigned long long* slot, unsigned long long v) {
+            return atomicMin(slot, v);
+          });
+        });
+}
+
+__global__ void layers_slots_kernel(LayersParams g, Chunk chunk) {
+  const nmr::LayersShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // pixel * K + slot
+  if (i >= s.P * s.K) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const unsigned long long key = g.keys[blockIdx.y * s.P * s.K + i];
+  const int64_t p = i / s.K;
+  const int64_t j = (at[s.maps] * s.P + nmr::top_first(p, s.H, s.W)) * s.K + i % s.K;
+  if (key == nmr::kNoFragment) {
+    g.face_index[j] = -1;
+    for (int k = 0; k < 3; ++k) g.bary[3 * j + k] = g.bary_screen[3 * j + k] = 0.f;
+    g.depth[j] = g.lp.r.far;
+    g.dist[j] = nmr::kNoDist;
+    return;
+  }
+  const auto f = static_cast<int32_t>(key & 0xffffffffu);
+  const nmr::Face face =
+      nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * static_cast<int64_t>(f), s.H, s.W);
+  g.face_index[j] = f;
+  g.depth[j] = nmr::layer_values(face, g.lp.r, static_cast<int>(p % s.W), static_cast<int>(p / s.W),
+                                 g.bary_screen + 3 * j, g.bary + 3 * j, g.dist + j);
+}
+
+ffi::Error RasterizeLayersImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, float near, float far,
+                               float blur_radius, S32Out face_index, F32Out bary, F32Out bary_screen,
+                               F32Out depth, F32Out dist) {
+  NMR_PARSE(LayersShape, face_vertices, face_index);
+  const int64_t slots = s.P * s.K;
+  if (slots == 0 || bc.size() == 0) return ffi::Error::Success();
+  const int per_launch = static_cast<int>(std::clamp<int64_t>(kLayerKeyBytes / (8 * slots), 1, kChunk));
+  LayersParams g{face_vertices.typed_data(),
+                 nullptr,
+                 face_index->typed_data(),
+                 bary->typed_data(),
+                 bary_screen->typed_data(),
+                 depth->typed_data(),
+                 dist->typed_data(),
+                 nmr::LayerParams{nmr::RasterParams{s.H, s.W, near, far}, blur_radius, s.K},
+                 s};
+  if (auto err = allocate(scratch, per_launch * slots, "the layers' keys (8 bytes a slot)", &g.keys);
+      err.failure())
+    return err;
+  return for_each_chunk(
+      bc, "nmr_rasterize_layers",
+      [&](const Chunk& chunk, int count) {
+        // A failed memset is reported by the chunk's error check, as a failed launch is.
+        cudaMemsetAsync(g.keys, 0xff, count * slots * sizeof(*g.keys), stream);
+        if (s.F > 0)
+          NMR_LAUNCH(layers_faces_kernel, dim3(blocks(s.F * kLayerLanes), count), kThreads, stream, g, chunk);
+        NMR_LAUNCH(layers_slots_kernel, dim3(blocks(slots), count), kThreads, stream, g, chunk);
+      },
+      per_launch);
+}
+
+// Per slot: its face's 9 gradient floats, added atomically.
+struct LayersBwdParams {
+  const float* face_vertices;
+  const int32_t* face_index;
+  nmr::LayerGradMaps grads;  // the operands' data (null where empty)
+  float* out;
+  unsigned long long* flag;
+  nmr::LayersBwdShape s;
+};
+
+__global__ void layers_bwd_kernel(LayersBwdParams g, Chunk chunk) {
+  const nmr::LayersBwdShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;  // pixel * K + slot
+  if (i >= s.P * s.K) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const int64_t j = at[s.pix] * s.P * s.K + i;
+  const int32_t f = g.face_index[j];
+  if (f < -1 || f >= s.F) flag_bad(g.flag, j);
+  if (f < 0 || f >= s.F) return;
+  const nmr::LayerGrads grads = nmr::layer_grads_at(s.element(g.grads, at), i);
+  const nmr::Face face =
+      nmr::setup_face(g.face_vertices + at[s.fv] * s.F * 9 + 9 * static_cast<int64_t>(f), s.H, s.W);
+  const int64_t p = nmr::top_first(i / s.K, s.H, s.W);
+  float grad[9] = {};
+  nmr::layer_grad(face, nmr::RasterParams{s.H, s.W, 0.f, 0.f}, static_cast<int>(p % s.W),
+                  static_cast<int>(p / s.W), grads, grad);
+  float* out = g.out + (at[s.out] * s.F + f) * 9;
+  for (int k = 0; k < 9; ++k)
+    if (grad[k] != 0.f) atomicAdd(out + k, grad[k]);
+}
+
+ffi::Error LayersBwdImpl(cudaStream_t stream, Scratch scratch, F32 face_vertices, S32 face_index,
+                         F32 grad_bary_screen, F32 grad_bary, F32 grad_depth, F32 grad_dist,
+                         F32Out grad_face_vertices) {
+  NMR_PARSE(LayersBwdShape, face_vertices, face_index, grad_bary_screen, grad_bary, grad_depth, grad_dist,
+            grad_face_vertices);
+  if (auto err = zero(stream, grad_face_vertices, "nmr_layers_bwd"); err.failure()) return err;
+  if (s.P * s.K == 0 || bc.size() == 0) return ffi::Error::Success();
+  unsigned long long* flag;
+  if (auto err = new_flag(stream, scratch, &flag); err.failure()) return err;
+  const LayersBwdParams g{face_vertices.typed_data(),
+                          face_index.typed_data(),
+                          {grad_bary_screen.typed_data(), grad_bary.typed_data(), grad_depth.typed_data(),
+                           grad_dist.typed_data()},
+                          grad_face_vertices->typed_data(),
+                          flag,
+                          s};
+  auto err = for_each_chunk(bc, "nmr_layers_bwd", [&](const Chunk& chunk, int count) {
+    NMR_LAUNCH(layers_bwd_kernel, dim3(blocks(s.P * s.K), count), kThreads, stream, g, chunk);
+  });
+  if (err.failure()) return err;
+  return launch_poison(stream, flag, grad_face_vertices);
+}
+
 }  // namespace
 
 // Handler symbols: NmrRasterizeCuda, or NmrRasterizeCudaHost in the host build.
 #if defined(NMR_JAX_CUDA_HOST)
 NMR_DEFINE_HANDLERS(CudaHost, .Ctx<Stream>().Ctx<Scratch>());
+NMR_DEFINE_LAYER_HANDLERS(CudaHost, .Ctx<Stream>().Ctx<Scratch>());
 #else
 NMR_DEFINE_HANDLERS(Cuda, .Ctx<Stream>().Ctx<Scratch>());
+NMR_DEFINE_LAYER_HANDLERS(Cuda, .Ctx<Stream>().Ctx<Scratch>());
 #endif

@@ -37,6 +37,8 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrInterpolate));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrInterpolateBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImage));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSampleImageBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrRasterizeLayers));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrLayersBwd));
 
 namespace py = pybind11;
 
@@ -62,6 +64,8 @@ PYBIND11_MODULE(NMR_MODULE, m) {
     d["nmr_interpolate_bwd"] = capsule(NMR_HANDLER(NmrInterpolateBwd));
     d["nmr_sample_image"] = capsule(NMR_HANDLER(NmrSampleImage));
     d["nmr_sample_image_bwd"] = capsule(NMR_HANDLER(NmrSampleImageBwd));
+    d["nmr_rasterize_layers"] = capsule(NMR_HANDLER(NmrRasterizeLayers));
+    d["nmr_layers_bwd"] = capsule(NMR_HANDLER(NmrLayersBwd));
     return d;
   });
 #if defined(NMR_JAX_CUDA_HOST)

@@ -291,6 +291,61 @@ NMR_HD void resolve_pixel(uint64_t key, const float* face_vertices, RasterParams
       interpolate(face, static_cast<float>(p % r.width), static_cast<float>(p / r.width), m.weights + 3 * p);
 }
 
+// The part of a face's boundary nearest a point: edge `edge` (vertex edge to vertex edge + 1) at
+// parameter t in [0, 1] from its first vertex, and the squared distance dist2 to it.
+struct NearestEdge {
+  float dist2, t;
+  int edge;
+};
+
+// Squared distance in NDC from the centre of pixel (xp, yp) of an image of height x width pixels to
+// the boundary of face f (pixel coordinates, as setup_face makes them): the minimum over the edges
+// of the squared distance to the segment; the first edge wins ties. NDC units because soft rules
+// compare it with a blur radius or sigma given in NDC (PyTorch3D's convention); on non-square
+// images x and y scale differently, so the nearest point is found in NDC, not in pixels.
+NMR_HD NearestEdge nearest_edge(const Face& f, float xp, float yp, int height, int width) {
+  const float sx = 2.f / width, sy = 2.f / height;  // NDC per pixel
+  NearestEdge best{INFINITY, 0.f, 0};
+  NMR_UNROLL
+  for (int e = 0; e < 3; ++e) {
+    const int e1 = (e + 1) % 3;
+    // The edge and the point relative to its first vertex, in NDC.
+    const float ex = (f.x[e1] - f.x[e]) * sx, ey = (f.y[e1] - f.y[e]) * sy;
+    const float px = (xp - f.x[e]) * sx, py = (yp - f.y[e]) * sy;
+    const float len2 = ex * ex + ey * ey;
+    // A zero-length edge is a point: t = 0 (0 / 0 would be NaN).
+    const float t = len2 > 0.f ? clampf((px * ex + py * ey) / len2, 0.f, 1.f) : 0.f;
+    const float dx = px - t * ex, dy = py - t * ey;
+    const float d2 = dx * dx + dy * dy;
+    if (d2 < best.dist2) best = NearestEdge{d2, t, e};
+  }
+  return best;
+}
+
+// The signed squared distance of PyTorch3D's rasterizer: nearest_edge's, negative where the face
+// covers the pixel (covers, the hard rasterizer's test, so that the sign agrees with its coverage).
+NMR_HD float signed_dist2(const Face& f, float xp, float yp, int height, int width, NearestEdge* nearest) {
+  *nearest = nearest_edge(f, xp, yp, height, width);
+  return covers(f, xp, yp) ? -nearest->dist2 : nearest->dist2;
+}
+
+// Adds g * d dist2 / d (x, y) of the face's vertices in NDC to grad (the face's 9 floats; z
+// untouched), for the nearest edge found at (xp, yp). With q = a + t (b - a) the nearest point,
+// d dist2 / d a = -2 (p - q) (1 - t) and d dist2 / d b = -2 (p - q) t: t's own derivative drops out
+// where t is interior (it minimises) and t is constant where clamped to an end. The signed
+// distance's gradient is this with g negated inside.
+NMR_HD void nearest_edge_grad(const Face& f, float xp, float yp, int height, int width, NearestEdge n,
+                              float g, float* grad) {
+  const float sx = 2.f / width, sy = 2.f / height;
+  const int a = n.edge, b = (n.edge + 1) % 3;
+  const float ex = (f.x[b] - f.x[a]) * sx, ey = (f.y[b] - f.y[a]) * sy;
+  const float dx = (xp - f.x[a]) * sx - n.t * ex, dy = (yp - f.y[a]) * sy - n.t * ey;
+  grad[3 * a + 0] -= 2.f * g * dx * (1.f - n.t);
+  grad[3 * a + 1] -= 2.f * g * dy * (1.f - n.t);
+  grad[3 * b + 0] -= 2.f * g * dx * n.t;
+  grad[3 * b + 1] -= 2.f * g * dy * n.t;
+}
+
 // Texture cubes of T^3 texels per face, and the clamp margin of their coordinates.
 struct Texture {
   int T;

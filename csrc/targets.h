@@ -12,6 +12,7 @@
 #include <string>
 
 #include "batch.h"
+#include "layers.h"
 #include "nmr_core.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -353,4 +354,94 @@ struct SampleImageBwdShape {
                                     .Attr<int32_t>("wrap")                                                 \
                                     .Ret<::nmr::F32>() /* grad_image [*b, Ht, Wt, C] */                    \
                                     .Ret<::nmr::F32>() /* grad_uv [*b, H, W, 2] */                         \
+  )
+
+// The targets of the layered rasterizer (nr.rasterize_layers), defined as above.
+namespace nmr {
+
+// nmr_rasterize_layers: face_vertices [*b, F, 3, 3] -> face_index [*b, H, W, K] (-1 in empty slots),
+// bary, bary_screen [*b, H, W, K, 3], depth, dist [*b, H, W, K]; top row first (y = +1), unlike
+// the other targets' maps.
+struct LayersShape {
+  int fv, maps;
+  int64_t F, P;
+  int H, W, K;
+  static ffi::Error parse(Broadcast& bc, LayersShape* s, const F32& face_vertices, S32Out& face_index) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->maps = bc.add(face_index->dimensions(), 3);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->H = static_cast<int>(dim(face_index->dimensions(), 3));
+    s->W = static_cast<int>(dim(face_index->dimensions(), 2));
+    s->K = static_cast<int>(dim(face_index->dimensions(), 1));
+    s->P = static_cast<int64_t>(s->H) * s->W;
+    return bc.finish();
+  }
+};
+
+// nmr_layers_bwd: face_vertices, face_index [*b, H, W, K], the gradients of bary_screen and bary
+// [*b, H, W, K, 3], depth and dist [*b, H, W, K] (each empty when zero) -> grad_face_vertices.
+struct LayersBwdShape {
+  int fv, pix, g_ws, g_bary, g_depth, g_dist, out;
+  int64_t F, P;
+  int H, W, K;
+  bool has_ws, has_bary, has_depth, has_dist;
+  static ffi::Error parse(Broadcast& bc, LayersBwdShape* s, const F32& face_vertices, const S32& face_index,
+                          const F32& grad_bary_screen, const F32& grad_bary, const F32& grad_depth,
+                          const F32& grad_dist, F32Out& out) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->pix = bc.add(face_index.dimensions(), 3);
+    s->g_ws = bc.add(grad_bary_screen.dimensions(), 4);
+    s->g_bary = bc.add(grad_bary.dimensions(), 4);
+    s->g_depth = bc.add(grad_depth.dimensions(), 3);
+    s->g_dist = bc.add(grad_dist.dimensions(), 3);
+    s->out = bc.add(out->dimensions(), 3);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->H = static_cast<int>(dim(face_index.dimensions(), 3));
+    s->W = static_cast<int>(dim(face_index.dimensions(), 2));
+    s->K = static_cast<int>(dim(face_index.dimensions(), 1));
+    s->P = static_cast<int64_t>(s->H) * s->W;
+    s->has_ws = grad_bary_screen.element_count() != 0;
+    s->has_bary = grad_bary.element_count() != 0;
+    s->has_depth = grad_depth.element_count() != 0;
+    s->has_dist = grad_dist.element_count() != 0;
+    return bc.finish();
+  }
+  // The gradient maps of one batch element (`at`: each operand's batch element, by id) from the
+  // operands' data `base`; null where an operand is empty.
+  NMR_HD LayerGradMaps element(const LayerGradMaps& base, const int64_t* at) const {
+    const int64_t PK = P * K;
+    return LayerGradMaps{has_ws ? base.bary_screen + at[g_ws] * PK * 3 : nullptr,
+                         has_bary ? base.bary + at[g_bary] * PK * 3 : nullptr,
+                         has_depth ? base.depth + at[g_depth] * PK : nullptr,
+                         has_dist ? base.dist + at[g_dist] * PK : nullptr};
+  }
+};
+
+}  // namespace nmr
+
+// The layered rasterizer's handler symbols (NmrRasterizeLayers<suffix>, NmrLayersBwd<suffix>), as
+// NMR_DEFINE_HANDLERS defines the others.
+#define NMR_DEFINE_LAYER_HANDLERS(SUFFIX, CONTEXTS) NMR_DEFINE_LAYER_HANDLERS_(SUFFIX, CONTEXTS)
+#define NMR_DEFINE_LAYER_HANDLERS_(SUFFIX, CONTEXTS)                                               \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterizeLayers##SUFFIX, RasterizeLayersImpl,                   \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                   \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */           \
+                                    .Attr<float>("near")                                           \
+                                    .Attr<float>("far")                                            \
+                                    .Attr<float>("blur_radius") /* squared NDC distance */         \
+                                    .Ret<::nmr::S32>()          /* face_index [*b, H, W, K] */     \
+                                    .Ret<::nmr::F32>()          /* bary [*b, H, W, K, 3] */        \
+                                    .Ret<::nmr::F32>()          /* bary_screen [*b, H, W, K, 3] */ \
+                                    .Ret<::nmr::F32>()          /* depth [*b, H, W, K] */          \
+                                    .Ret<::nmr::F32>()          /* dist [*b, H, W, K] */           \
+  );                                                                                               \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrLayersBwd##SUFFIX, LayersBwdImpl,                               \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                   \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */           \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W, K] */              \
+                                    .Arg<::nmr::F32>() /* grad_bary_screen [*b, H, W, K, 3] */     \
+                                    .Arg<::nmr::F32>() /* grad_bary [*b, H, W, K, 3] */            \
+                                    .Arg<::nmr::F32>() /* grad_depth [*b, H, W, K] */              \
+                                    .Arg<::nmr::F32>() /* grad_dist [*b, H, W, K] */               \
+                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */      \
   )

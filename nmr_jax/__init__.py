@@ -17,6 +17,7 @@ from nmr_jax.camera import (
     pytorch3d_camera,
 )
 from nmr_jax.clip import ClippedFaces, clip_faces, source_fragments
+from nmr_jax.layers import Layers, alpha_composite, layer_fragments, rasterize_layers, softmax_blend
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
     RGBAD,
@@ -50,6 +51,11 @@ from nmr_jax.shading import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Layers",
+    "alpha_composite",
+    "layer_fragments",
+    "rasterize_layers",
+    "softmax_blend",
     "RGBAD",
     "ClippedFaces",
     "Fragments",

@@ -281,3 +281,56 @@ def sample_image_bwd(
     call = _call("nmr_sample_image_bwd", outs, len(batch))
     g_image, g_uv = call(*args, bilinear=np.int32(bilinear), wrap=np.int32(wrap))
     return g_image.reshape(image.shape), g_uv.reshape(uv.shape)
+
+
+def rasterize_layers(
+    face_vertices: jax.Array,
+    height: int,
+    width: int,
+    num_layers: int,
+    near: float,
+    far: float,
+    blur_radius: float,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """face vertices [*b, F, 3, 3] -> face_index [*b, H, W, K], bary, bary_screen
+    [*b, H, W, K, 3], depth, dist [*b, H, W, K] (csrc/layers.h), row 0 at the top (y = +1)."""
+    slots = (*face_vertices.shape[:-3], height, width, num_layers)
+    out = (
+        jax.ShapeDtypeStruct(slots, jnp.int32),
+        jax.ShapeDtypeStruct((*slots, 3), jnp.float32),
+        jax.ShapeDtypeStruct((*slots, 3), jnp.float32),
+        jax.ShapeDtypeStruct(slots, jnp.float32),
+        jax.ShapeDtypeStruct(slots, jnp.float32),
+    )
+    call = _call("nmr_rasterize_layers", out, face_vertices.ndim - 3)
+    face_index, bary, bary_screen, depth, dist = call(
+        face_vertices,
+        near=np.float32(near),
+        far=np.float32(far),
+        blur_radius=np.float32(blur_radius),
+    )
+    return face_index, bary, bary_screen, depth, dist
+
+
+def layers_bwd(
+    face_vertices: jax.Array,
+    face_index: jax.Array,
+    grad_bary_screen: jax.Array | None = None,
+    grad_bary: jax.Array | None = None,
+    grad_depth: jax.Array | None = None,
+    grad_dist: jax.Array | None = None,
+) -> jax.Array:
+    """Gradient of the layers' values (bary_screen, bary, depth, dist) w.r.t. the face vertices,
+    the face indices held fixed, shaped like them. A gradient given as None is zero: an empty
+    operand, which the kernels read as zeros."""
+    none4, none3 = jnp.zeros((0, 0, 0, 0), jnp.float32), jnp.zeros((0, 0, 0), jnp.float32)
+    grads = [
+        none4 if grad_bary_screen is None else grad_bary_screen,
+        none4 if grad_bary is None else grad_bary,
+        none3 if grad_depth is None else grad_depth,
+        none3 if grad_dist is None else grad_dist,
+    ]
+    args, _ = _pad_batch([face_vertices, face_index, *grads], [3, 3, 4, 4, 3, 3])
+    out = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
+    res = _call("nmr_layers_bwd", out, args[0].ndim - 3)(*args)
+    return res.reshape(face_vertices.shape)

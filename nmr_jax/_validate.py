@@ -287,3 +287,27 @@ def _all_finite(name: str, values: np.ndarray, core_rank: int) -> None:
             f"{name}[{', '.join(str(int(i)) for i in where)}] is not finite "
             f"({count} NaN or infinite values in {name})"
         )
+
+
+def num_layers(value: int) -> int:
+    """Slots per pixel of ``rasterize_layers``: a positive int."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"num_layers must be a positive int, got {value!r}")
+    return int(value)
+
+
+def blur_radius(value: float) -> float:
+    """A squared NDC distance: finite and >= 0."""
+    value = float(value)
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"blur_radius must be finite and >= 0, got {value}")
+    return value
+
+
+def positive(name: str, value: ArrayLike) -> None:
+    """A scalar that must be > 0 and finite; checked when concrete (a traced one is trusted)."""
+    if is_traced(value):
+        return
+    v = np.asarray(value)
+    if v.shape != () or not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite scalar > 0, got {value!r}")

@@ -58,3 +58,13 @@ def test_bench_cpu_clip_table_prints_its_ratio():
     out = run("bench_cpu.py", "--clip-only", "--quick", "--repeats", "1")
     rows = [line.split() for line in out.splitlines() if line.startswith("teapot ")]
     assert len(rows) == 1 and len(rows[0]) == 9 and float(rows[0][-1]) > 0, out
+
+
+def test_bench_layers_prints_the_baseline_and_each_layer_count():
+    out = run(
+        "bench_layers.py", "--sizes", "16", "--batch", "2", "--ks", "3", "--blurs", "0.01",
+        "--scenes", "teapot", "--repeats", "1",
+    )  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| teapot |")]
+    assert len(rows) == 2 and rows[0][3].strip() == "fragments", out
+    assert float(rows[1][6]) > 0 and float(rows[1][8]) > 0, out  # both ratios

@@ -2,7 +2,10 @@
 (with AddressSanitizer and UndefinedBehaviorSanitizer where it has them) and run. It checks the
 GPU's two-pass rasterizer (atomic minimum of 64-bit depth-and-index keys, tile by tile over exact
 row spans, then per-pixel decode) against the CPU's draw_face on 400 random meshes with
-ties, bit for bit, and the row spans against the edge test of every pixel."""
+ties, bit for bit, the row spans against the edge test of every pixel, and the signed squared
+pixel-to-face distance in NDC and its gradient against a double-precision computation, and the
+layered rasterizer's per-pixel lists filled in any order and by 4 threads at once against the
+CPU's in-order insertion."""
 
 from __future__ import annotations
 

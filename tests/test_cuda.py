@@ -113,7 +113,7 @@ def test_cuda_modules_register_the_cpu_targets():
         pytest.skip("nmr_jax was built without CUDA and without its host CUDA module")
     for module in modules:
         assert sorted(module.registrations()) == sorted(_nmr_jax_cpu.registrations())
-        assert len(module.registrations()) == 11
+        assert len(module.registrations()) == 13
 
 
 def rasterize(fv, h, w):
@@ -570,3 +570,71 @@ def test_handlers_make_the_device_of_the_call_current():
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert [device for _, device in seen] == [1, 0, 1]
     assert all(value > 0 for value, _ in seen)
+
+
+def _layers_and_gradient(fv, size, k, blur, every_map=True):
+    """The layers of fv and the gradient of a loss reading every one of their float maps (or only
+    dist: the other maps' gradients are then absent)."""
+    weights = jnp.sin(jnp.arange(size[0] * size[1] * k, dtype=jnp.float32)).reshape(*size, k)
+
+    def loss(fv):
+        layers = nr.rasterize_layers(fv, size, num_layers=k, blur_radius=blur)
+        hit = layers.face_index >= 0
+        if not every_map:
+            return jnp.sum(weights * jnp.where(hit, layers.dist, 0.0)), layers
+        maps = jnp.where(hit, layers.depth + layers.dist, 0.0) + layers.bary.sum(-1)
+        return jnp.sum(weights * (maps + layers.bary_screen[..., 0])), layers
+
+    (_, layers), grad = jax.value_and_grad(loss, has_aux=True)(fv)
+    return layers, grad
+
+
+@pytest.mark.parametrize(
+    ("batch", "size", "k", "blur"),
+    [(2, (16, 32), 1, 0.0), (3, (32, 16), 6, 0.02), (70, (16, 16), 3, 0.05)],
+)
+def test_layers_and_their_gradient_parity(cuda, batch, size, k, blur):
+    # Batch 70: two launches of the forward's chunks and of the backward's.
+    fv = random_faces(np.random.default_rng(batch), batch, 25, *size)
+    fv[:, ::7] = 0.0  # padding rows
+    (l_c, g_c), (l_g, g_g) = both(cuda, lambda f: _layers_and_gradient(f, size, k, blur), fv)
+    np.testing.assert_array_equal(l_g.face_index, l_c.face_index)
+    for c, g in zip(l_c[1:], l_g[1:], strict=True):
+        np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
+    assert_grads_close(g_c, g_g)
+    assert (l_c.face_index[..., -1] >= 0).any()
+
+
+def test_layers_parity_with_ties_and_k_beyond_the_faces(cuda):
+    fv = tie_scene()  # exact depth ties and duplicated faces: the insertion order must not matter
+    (l_c, g_c), (l_g, g_g) = both(
+        cuda, lambda f: _layers_and_gradient(f, SCENE, 8, 0.004, every_map=False), fv
+    )
+    np.testing.assert_array_equal(l_g.face_index, l_c.face_index)
+    np.testing.assert_array_equal(l_g.depth, l_c.depth)
+    assert_grads_close(g_c, g_g)
+
+
+@pytest.mark.parametrize("case", ["no faces", "batch 0", "corrupt index"])
+def test_layers_edge_cases_parity(cuda, case):
+    batch, n_faces = {"no faces": (1, 0), "batch 0": (0, 5), "corrupt index": (1, 5)}[case]
+    fv = random_faces(np.random.default_rng(1), batch, n_faces, 16)
+
+    def fn(fv, backward=True):
+        layers = _ffi.rasterize_layers(fv, 16, 16, 3, NEAR, FAR, 0.01)
+        if not backward:
+            return layers
+        fi = layers[0].at[0, 2, 2, 0].set(n_faces) if case == "corrupt index" else layers[0]
+        g = _ffi.layers_bwd(fv, fi, layers[2], layers[1], layers[3], jnp.ones(fi.shape))
+        return (*layers, g, _ffi.layers_bwd(fv, fi, grad_dist=jnp.ones(fi.shape)))
+
+    # The CPU raises on a corrupt index; the CUDA code, which cannot, returns NaN.
+    cpu = on_cpu_kernels(lambda fv: fn(fv, case != "corrupt index"), fv)
+    gpu = cuda(fn, fv)
+    if case == "corrupt index":
+        with pytest.raises(jax.errors.JaxRuntimeError, match="face_index holds 5"):
+            on_cpu_kernels(fn, fv)
+    for c, g in zip(cpu, gpu, strict=False):
+        np.testing.assert_array_equal(g, c)
+    if case == "corrupt index":
+        assert np.isnan(gpu[5]).all() and np.isnan(gpu[6]).all()

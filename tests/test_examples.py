@@ -35,6 +35,7 @@ import pytorch3d_fit_textured_mesh  # noqa: E402
 import room_pose  # noqa: E402
 import shape_from_silhouettes  # noqa: E402
 import throw  # noqa: E402
+import transparent_teapot  # noqa: E402
 
 
 def test_example1_views_differ_and_show_the_mesh() -> None:
@@ -225,3 +226,14 @@ def test_pytorch3d_fit_textured_mesh_tutorial_fits_shape_and_colours(tmp_path: P
     assert written == ["pytorch3d_fit_textured_mesh.png", "pytorch3d_fit_textured_mesh_loss.png"]
     assert m["iou_start"] < 0.4 and m["iou_end"] > 0.8  # 0.292 -> 0.848
     assert m["psnr_end"] > m["psnr_start"] + 8  # 16.64 -> 28.19 dB
+
+
+def test_transparent_teapot_shows_the_faces_behind() -> None:
+    out = transparent_teapot.run(image_size=32)
+    image, opaque, layers = out["image"], out["opaque"], out["layers"]
+    assert image.shape == (32, 32, 4) and layers.max() >= 4  # 7: body both sides, handle, spout
+    behind = layers >= 2
+    assert behind.mean() > 0.1  # 0.2 of the image
+    assert np.all(image[..., 3][behind] > 0.6)  # two layers at opacity 0.4: 0.64 or more
+    # Where faces lie behind faces, the see-through image differs from the opaque one.
+    assert np.abs(image - opaque)[behind].max(-1).mean() > 0.05  # 0.17

@@ -219,6 +219,50 @@ def test_kernels_match_reference_and_stay_finite(mesh, texture_size):
     assert (np.asarray(g_fv)[nonfinite] == 0).all()
 
 
+@jax.jit
+def _layer_grads(fv, weights):
+    """Gradients of a random linear loss of every map of blurred layers."""
+
+    def loss(fv):
+        layers = nr.rasterize_layers(fv, weights.shape[1:3], num_layers=3, blur_radius=0.05)
+        hit = layers.face_index >= 0
+        bary = layers.bary + layers.bary_screen
+        return jnp.sum(jnp.where(hit, layers.depth + layers.dist, 0.0) * weights) + jnp.sum(
+            bary * weights[..., None]
+        )
+
+    return jax.grad(loss)(fv)
+
+
+@FUZZ
+@given(meshes())
+def test_layers_agree_with_the_hard_rasterizer_and_stay_finite(mesh):
+    fv, _, (h, w) = mesh
+    # Slot 0 without blur is the hard rasterizer's face, whatever the edge case.
+    fi = np.flip(np.asarray(_ffi.rasterize(jnp.asarray(fv), h, w, NEAR, FAR)[0]), -2)
+    hard = nr.rasterize_layers(fv, (h, w), num_layers=FACES)
+    np.testing.assert_array_equal(np.asarray(hard.face_index[..., 0]), fi)
+    for layers in (hard, nr.rasterize_layers(fv, (h, w), num_layers=3, blur_radius=0.05)):
+        fi, depth, dist = (np.asarray(m) for m in (layers.face_index, layers.depth, layers.dist))
+        hit = fi >= 0
+        # Occupied slots first, nearest first, each face once per pixel; empty ones are (-1, far,
+        # +inf, 0); occupied ones finite with depth in (near, far).
+        assert not (hit[..., 1:] & ~hit[..., :-1]).any()
+        assert (np.diff(depth, axis=-1) >= 0).all()
+        same = (fi[..., :, None] == fi[..., None, :]) & hit[..., :, None]
+        assert (same.sum(-1) == hit).all()
+        assert (depth[~hit] == FAR).all() and np.isinf(dist[~hit]).all()
+        assert (np.asarray(layers.bary)[~hit] == 0).all()
+        assert ((depth[hit] > NEAR) & (depth[hit] < FAR)).all() and np.isfinite(dist[hit]).all()
+        assert np.isfinite(np.asarray(layers.bary)[hit]).all()
+    # Without blur every occupied slot covers its pixel: dist <= 0 there (the sign is coverage).
+    assert (np.asarray(hard.dist)[np.asarray(hard.face_index) >= 0] <= 0).all()
+    weights = jnp.asarray(
+        np.random.default_rng(int(fi.sum()) % 2**32).normal(size=fi.shape), jnp.float32
+    )
+    assert np.isfinite(np.asarray(_layer_grads(jnp.asarray(fv), weights))).all()
+
+
 # World coordinates up to 1e6: the eye's gradient through a vertex at 1e30 is ~1e63, beyond
 # float32 (README); the kernels' own fuzzing above covers 1e30 and FLT_MAX in NDC.
 VERTEX_VALUES = st.one_of(

@@ -31,12 +31,12 @@ def test_sharded_equals_unsharded_without_all_gather():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Each check prints one line; all of them must have run.
-    assert proc.stdout.count("ok ") == 2, proc.stdout
+    assert proc.stdout.count("ok ") == 3, proc.stdout
 
 
-def _rasterize_batches(hlo: str) -> list[int]:
+def _rasterize_batches(hlo: str, target: str = "nmr_rasterize") -> list[int]:
     """Leading (batch) dim of the face index map returned by each rasterization custom call."""
-    lines = [line for line in hlo.splitlines() if 'custom_call_target="nmr_rasterize"' in line]
+    lines = [line for line in hlo.splitlines() if f'custom_call_target="{target}"' in line]
     return [int(re.search(r"s32\[(\d+),", line).group(1)) for line in lines]  # type: ignore[union-attr]
 
 
@@ -106,6 +106,29 @@ def _main() -> None:
     # Shared textures and batched meshes: the textures' gradient is a sum over sharded views.
     batched = jnp.broadcast_to(vertices, (VIEWS, *vertices.shape))
     check("batched meshes, auto axes", meshes, auto, batched)
+
+    # Layers of the views (K = 3, blurred), their vertex gradient through depth and dist.
+    def layered(vertices, eyes, w):
+        fv = jax.vmap(lambda e: nr.vertices_to_faces(renderer.transform(vertices, eye=e), faces))
+        layers = nr.rasterize_layers(fv(eyes), SIZE, num_layers=3, blur_radius=0.01)
+        maps = jnp.where(layers.face_index >= 0, layers.depth + layers.dist, 0.0)
+        return jnp.sum(maps * w[..., None]), layers
+
+    w = weights[1]
+    specs = (P(), P("views"), P("views"))
+    sharded = [
+        jax.device_put(a, NamedSharding(explicit, s))
+        for a, s in zip((vertices, eyes, w), specs, strict=True)
+    ]
+    one = [jax.device_put(a, jax.devices()[0]) for a in (vertices, eyes, w)]
+    f = jax.jit(jax.value_and_grad(layered, has_aux=True))
+    for want, got in zip(jax.tree.leaves(f(*one)), jax.tree.leaves(f(*sharded)), strict=True):
+        scale = float(np.abs(np.asarray(want)).max()) or 1.0
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4 * scale, rtol=0)
+    hlo = f.lower(*sharded).compile().as_text()
+    assert "all-gather" not in hlo, hlo
+    assert set(_rasterize_batches(hlo, "nmr_rasterize_layers")) == {VIEWS // DEVICES}
+    print("ok layers of views, explicit axes")
 
 
 if __name__ == "__main__":

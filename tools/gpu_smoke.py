@@ -1,6 +1,7 @@
-"""All 11 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
+"""All 13 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
-raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2).
+raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2, hard
+and in blurred layers).
 Short on purpose: tools/gpu_check.sh runs it under compute-sanitizer's memcheck and initcheck,
 where each kernel launch is slow. It prints one line per case and exits non-zero on a failure.
 
@@ -45,8 +46,11 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
     g_corners, g_bary = _ffi.interpolate_bwd(corners, fi, wt, rgb)
     sampled = _ffi.sample_image(image, wt[..., :2] * 3.0 - 1.0, True, True)
     g_image, g_uv = _ffi.sample_image_bwd(image, wt[..., :2] * 3.0 - 1.0, sampled, True, True)
+    layers = _ffi.rasterize_layers(fv, size, size, 4, NEAR, FAR, 0.01)
+    dist = jnp.where(layers[0] >= 0, layers[4], 0.0)  # +inf in empty slots
+    g_layers = _ffi.layers_bwd(fv, layers[0], layers[2], layers[1], layers[3], dist)
     return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
-            sampled, g_image, g_uv)  # fmt: skip
+            sampled, g_image, g_uv, *layers[:4], dist, g_layers)  # fmt: skip
 
 
 def cases(rng: np.random.Generator):
@@ -73,7 +77,13 @@ def cube(size: int):
     faces = np.concatenate([faces, faces[:, ::-1]])
     eye = jnp.array([1.2, 1.0, -2.0], jnp.float32)
     fv = nr.vertices_to_faces(nr.perspective(nr.look_at(corners * 0.9, eye), 45.0), faces)
-    return jax.grad(lambda fv: jnp.sum(nr.rasterize_silhouettes(fv, size, anti_aliasing=False)))(fv)
+
+    def loss(fv):
+        layers = nr.rasterize_layers(fv, size, num_layers=2, blur_radius=1e-3)
+        hard = nr.rasterize_silhouettes(fv, size, anti_aliasing=False)
+        return jnp.sum(hard) + jnp.sum(jnp.where(layers.face_index >= 0, layers.dist, 0.0))
+
+    return jax.grad(loss)(fv)
 
 
 def main() -> int:
@@ -105,6 +115,7 @@ def main() -> int:
             _ffi.interpolate(jnp.ones((1, 10, 3, 2)), bad, wt),
             *_ffi.interpolate_bwd(jnp.ones((1, 10, 3, 2)), bad, wt, image[..., :2]),
             _ffi.sample_textures_bwd(fv, bad, wt, d, image[..., :3], 1e-3, (1, 10, 2, 2, 2, 3)),
+            _ffi.layers_bwd(fv, bad[..., None], grad_depth=jnp.ones((1, 16, 16, 1))),
         ]
         nan = all(bool(np.isnan(np.asarray(p)).all()) for p in poisoned)
         failed += not nan
@@ -120,7 +131,7 @@ def main() -> int:
         g = np.asarray(cube(1024))
         ok = bool(np.isfinite(g).all() and np.abs(g).max() > 0)
         failed += not ok
-        print(f"cube at 1024^2, gradient: {'ok' if ok else 'FAILED'}")
+        print(f"cube at 1024^2, gradients (hard and layers): {'ok' if ok else 'FAILED'}")
     print("gpu_smoke:", "all ok" if not failed else f"{failed} FAILED")
     return 1 if failed else 0
 
