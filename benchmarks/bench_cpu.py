@@ -30,9 +30,16 @@ A second table times the shader path (a UV image texture through ``interpolate``
 512^2 texture, and the 100k-face torus at 1024^2 with a 1024^2 texture, the two paths run
 alternately (3x the repeats each) and their ratio the median of the back-to-back pairs' ratios.
 
+A third table times the cost of the Renderer's near-plane clipping for scenes wholly in front of
+the camera: ``Renderer.render`` (texture cubes, lighting, ``fill_back``; and
+``render_silhouettes``) against the same pipeline without clipping (the vertices projected, the
+faces rasterized: what the Renderer draws for such scenes, bit for bit), alternately in pairs as
+the second table.
+
 Usage: ``python benchmarks/bench_cpu.py`` (every entry; tens of minutes on 2 cores, most of it in
-the baselines), ``--quick`` (4 entries, a few minutes; no second table) or ``--shader-only``
-(the second table; with ``--quick``, the teapot at 64^2 only).
+the baselines), ``--quick`` (4 entries, a few minutes; no second or third table),
+``--shader-only`` (the second table; with ``--quick``, the teapot at 64^2 only) or
+``--clip-only`` (the third; with ``--quick``, the teapot at 64^2 only).
 """
 
 from __future__ import annotations
@@ -291,6 +298,53 @@ def shader_table(meshes: dict, repeats: int, quick: bool) -> None:
           "the ratios shader / cubes of the back-to-back pairs (same process, mesh, camera, loss).")  # fmt: skip
 
 
+def clip_pairs(vertices: np.ndarray, faces: np.ndarray, size: int, aa: bool, silhouettes: bool):
+    """(unclipped, clipped) forward+backward callables of the vertices [V, 3]: the Renderer's
+    pipeline without clipping (project, gather, rasterize) and the Renderer, which clips.
+    rgb and alpha of 2^3 texture cubes, lit, both sides; or the silhouettes only."""
+    renderer = nr.Renderer(image_size=size, anti_aliasing=aa, eye=EYE, viewing_angle=ANGLE)
+    both = jnp.asarray(np.concatenate([faces, faces[:, ::-1]]))
+    f = jnp.asarray(faces)
+    rng = np.random.default_rng(2)
+    cubes = jnp.asarray(rng.uniform(0.2, 1.0, (len(faces), 2, 2, 2, 3)), jnp.float32)
+
+    def unclipped_loss(v):
+        fv = nr.vertices_to_faces(renderer.transform(v), both)
+        if silhouettes:
+            return jnp.sum((nr.rasterize_silhouettes(fv, size, aa, NEAR, FAR) - 0.5) ** 2)
+        both_cubes = jnp.concatenate([cubes, jnp.swapaxes(cubes, -4, -2)])
+        lit = nr.lighting(nr.vertices_to_faces(v, both), both_cubes)
+        out = nr.rasterize_rgbad(fv, lit, size, aa, NEAR, FAR, eps=1e-3, return_depth=False)
+        return l2_loss(out.rgb, out.alpha)
+
+    def clipped_loss(v):
+        if silhouettes:
+            return jnp.sum((renderer.render_silhouettes(v, f) - 0.5) ** 2)
+        rgb, _, alpha = renderer.render(v, f, cubes)
+        return l2_loss(rgb, alpha)
+
+    return jax.jit(jax.value_and_grad(unclipped_loss)), jax.jit(jax.value_and_grad(clipped_loss))
+
+
+def clip_table(meshes: dict, repeats: int, quick: bool) -> None:
+    """The Renderer (clipping) against its pipeline without clipping, in this process."""
+    print("# clipping: Renderer (clips at the near plane) vs the same pipeline unclipped, scene "
+          "wholly in front, fwd+bwd w.r.t. vertices, ms", flush=True)  # fmt: skip
+    print(f"{'scene':10} {'faces':>6} {'size':>5} {'aa':>3} {'images':>11} "
+          f"{'unclipped':>9} {'clipped':>9} {'x':>6}", flush=True)  # fmt: skip
+    entries = [("teapot", 256, True, False), ("teapot", 256, True, True),
+               ("torus100k", 1024, False, False)]  # fmt: skip
+    for scene, size, aa, sil in [("teapot", 64, True, False)] if quick else entries:
+        verts, faces = meshes[scene]
+        plain, clipped = clip_pairs(verts, faces, size, aa, sil)
+        tu, tc, x = timed_pair(plain, clipped, jnp.asarray(verts), 3 * repeats)
+        print(f"{scene:10} {2 * len(faces):6d} {size:5d} {'on' if aa else 'off':>3} "
+              f"{'silhouettes' if sil else 'rgb, alpha':>11} {tu * 1e3:9.1f} {tc * 1e3:9.1f} "
+              f"{x:6.3f}", flush=True)  # fmt: skip
+    print(f"# unclipped, clipped: medians of {3 * repeats} runs each, the two alternating; x: "
+          "median of the ratios clipped / unclipped of the back-to-back pairs.")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------
 # Measurement
 
@@ -375,6 +429,7 @@ def main() -> None:
     parser.add_argument("--no-brute", action="store_true", help="skip the brute-force baseline")
     parser.add_argument("--no-mitsuba", action="store_true", help="skip Mitsuba 3")
     parser.add_argument("--shader-only", action="store_true", help="only the shader path's table")
+    parser.add_argument("--clip-only", action="store_true", help="only the clipping cost's table")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
 
@@ -403,6 +458,9 @@ def main() -> None:
     meshes = scenes()
     if args.shader_only:
         shader_table(meshes, repeats, args.quick)
+        return
+    if args.clip_only:
+        clip_table(meshes, repeats, args.quick)
         return
     print(header, flush=True)
     rng = np.random.default_rng(0)
@@ -464,6 +522,7 @@ def main() -> None:
         print(f"# {note}")
     if not args.quick:
         shader_table(meshes, repeats, args.quick)
+        clip_table(meshes, repeats, args.quick)
 
 
 if __name__ == "__main__":

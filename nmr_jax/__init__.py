@@ -16,6 +16,7 @@ from nmr_jax.camera import (
     projection,
     pytorch3d_camera,
 )
+from nmr_jax.clip import ClippedFaces, clip_faces, source_fragments
 from nmr_jax.layers import Layers, alpha_composite, layer_fragments, rasterize_layers, softmax_blend
 from nmr_jax.lighting import lighting
 from nmr_jax.rasterize import (
@@ -57,6 +58,7 @@ __all__ = [
     "rasterize_layers",
     "softmax_blend",
     "RGBAD",
+    "ClippedFaces",
     "Fragments",
     "Mesh",
     "PaddedMeshes",
@@ -69,6 +71,7 @@ __all__ = [
     "face_normals",
     "interpolate",
     "blinn_phong",
+    "clip_faces",
     "lambert",
     "load_mesh",
     "lighting",
@@ -96,6 +99,7 @@ __all__ = [
     "shading",
     "soft_rgb",
     "soft_silhouettes",
+    "source_fragments",
     "spherical_uvs",
     "typing",
     "unpad_meshes",

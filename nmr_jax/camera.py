@@ -243,8 +243,25 @@ def _projection(
     orig_size: tuple[float, float],
     eps: float,
 ) -> jax.Array:
+    return _pinhole(_extrinsics(vertices, R, t), K, dist_coeffs, orig_size, eps)
+
+
+def _extrinsics(vertices: jax.Array, R: jax.Array, t: jax.Array) -> jax.Array:
+    """World points in OpenCV's camera frame, ``R v + t`` (NaN for a non-finite point)."""
     finite, safe = _finite_points(vertices)
     v = jnp.einsum("...vi,...ji->...vj", safe, R) + t[..., None, :]
+    return jnp.where(finite, v, jnp.nan)
+
+
+def _pinhole(
+    vertices: jax.Array,
+    K: jax.Array,
+    dist_coeffs: jax.Array,
+    orig_size: tuple[float, float],
+    eps: float,
+) -> jax.Array:
+    """Camera-frame points -> NDC x, y (with lens distortion) and their depth z."""
+    finite, v = _finite_points(vertices)
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
     ok = finite[..., 0] & (jnp.abs(z + eps) > _TINY)
     x_, y_ = _divide_by_depth(x, y, z + eps, ok)

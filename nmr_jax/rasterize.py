@@ -7,6 +7,11 @@ inputs broadcast. A face is drawn only where its vertices run counter-clockwise 
 y up); clockwise (back) faces are culled. To draw both sides of a mesh, pass each face and its
 reversed copy, as ``Renderer`` does with ``fill_back``. Gradients are Kato's approximation for x and y (through rgb and alpha), and exact
 for the depth map and the textures, with the face index held fixed.
+
+These functions take faces already projected, so they cannot clip: a face with a corner behind
+the camera arrives mirrored or at infinity, and only the per-pixel depth test hides part of it.
+For scenes around the camera, clip the camera-frame faces first with ``nmr_jax.clip_faces`` (the
+``Renderer`` does).
 """
 
 from __future__ import annotations
@@ -143,10 +148,15 @@ def _rgbad(
     return_rgb: bool = True,
     return_alpha: bool = True,
     return_depth: bool = True,
+    shader: _ops.Shader | None = None,
 ) -> RGBAD:
-    """``rasterize_rgbad`` of checked arguments (``tex`` None: no rgb)."""
+    """``rasterize_rgbad`` of checked arguments (``tex`` None: no rgb); ``shader``: the pixelwise
+    shader of ``tex`` (default: the texture cubes of ``fv``'s faces)."""
     tex = tex if return_rgb else None
-    shader = None if tex is None else _ops.cube_shader(fv, cfg.eps)
+    if tex is not None and shader is None:
+        shader = _ops.cube_shader(fv, cfg.eps)
+    elif tex is None:
+        shader = None
     bg = jnp.asarray(cfg.background, jnp.float32)
     rgb, alpha, depth = _ops.shade(fv, cfg, shader, (tex,), bg, pixelwise=True)
     return RGBAD(
@@ -172,7 +182,8 @@ def rasterize_rgbad(
     """Renders rgb, alpha and depth of projected faces.
 
     Args:
-      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z), in
+        front of the camera (not clipped here: see ``nmr_jax.clip_faces``).
       textures: float32 ``[..., F, T, T, T, 3]`` colour cubes; required for rgb.
       image_size: ``S`` or ``(H, W)`` of the returned images.
       anti_aliasing: rasterize at twice the size and average 2x2 blocks (depth then mixes in

@@ -17,12 +17,14 @@ from nmr_jax import shading
 from nmr_jax._ops import Shader
 from nmr_jax.camera import (
     PROJECTION_EPS,
+    _extrinsics,
     _normalize,
     _perspective,
-    _projection,
+    _pinhole,
     _projection_params,
     _rotate,
 )
+from nmr_jax.clip import _Clip, _clip_projected
 from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
 from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
 from nmr_jax.soft import SoftRule, _ColorConfig, _silhouettes, _soft_rgb
@@ -70,6 +72,11 @@ class Renderer:
     right-handed mesh (OBJ files, the built-in teapot) appears mirrored and its outward faces are
     back faces; ``handedness="right"`` renders it unmirrored with its outward faces in front.
     'projection' is OpenCV's right-handed camera.
+
+    Faces are clipped against the plane z = ``near`` of the camera frame before the projection
+    (``nmr_jax.clip``): scenes around the camera (a room seen from inside, a ground plane) are
+    drawn whole, with the results (face ids, barycentrics, depth, gradients) of the source faces;
+    faces wholly in front are drawn bit for bit as without clipping.
 
     A camera field or per-call argument that ``camera_mode`` does not read (``K`` with 'look_at',
     ``eye`` with 'projection', ...) raises a ValueError naming it.
@@ -243,7 +250,8 @@ class Renderer:
         """Checked mesh, with the batch shapes of its arguments."""
         v = check.float_array("vertices", vertices, (None, 3))
         f = check.faces_array("faces", faces)
-        check.num_faces("faces", 2 * f.shape[-2] if self.fill_back else f.shape[-2])
+        # Clipping makes two pieces of each face (and fill_back two faces of each).
+        check.num_faces("faces", (4 if self.fill_back else 2) * f.shape[-2])
         batches = {"vertices": v.shape[:-2], "faces": f.shape[:-2]}
         tex = colors = None
         if textures is not None:
@@ -314,7 +322,7 @@ class Renderer:
         mesh = self._mesh(vertices, faces)
         cam = self._camera(**camera)
         check.batch(mesh.batches | cam.batches)
-        return _vertices_to_faces(self._project(mesh.vertices, cam), self._both_sides(mesh.faces))
+        return self._clipped(mesh.vertices, self._both_sides(mesh.faces), cam).faces
 
     # --- the pipeline (arguments checked) ---------------------------------------------------
 
@@ -324,17 +332,27 @@ class Renderer:
         )
 
     def _project(self, v: jax.Array, camera: _Camera) -> jax.Array:
+        return self._ndc(self._view(v, camera), camera)
+
+    def _view(self, v: jax.Array, camera: _Camera) -> jax.Array:
+        """World points in the camera frame (z the view depth)."""
         c = camera.arrays
         if self.camera_mode == "projection":
-            orig = check.orig_size(self.orig_size)
-            return _projection(v, c["K"], c["R"], c["t"], c["dist_coeffs"], orig, PROJECTION_EPS)
+            return _extrinsics(v, c["R"], c["t"])
         # 'look_at' looks at the origin; y is up in both modes.
         direction = -c["eye"] if self.camera_mode == "look_at" else c["camera_direction"]
         check.view_direction(
             "eye" if self.camera_mode == "look_at" else "camera_direction", direction
         )
         up = jnp.array([0.0, 1.0, 0.0], jnp.float32)
-        v = _rotate(v, c["eye"], _normalize(direction), up, self.handedness)
+        return _rotate(v, c["eye"], _normalize(direction), up, self.handedness)
+
+    def _ndc(self, v: jax.Array, camera: _Camera) -> jax.Array:
+        """Camera-frame points -> projected (NDC x, y; view depth z)."""
+        c = camera.arrays
+        if self.camera_mode == "projection":
+            orig = check.orig_size(self.orig_size)
+            return _pinhole(v, c["K"], c["dist_coeffs"], orig, PROJECTION_EPS)
         if self.perspective:
             v = _perspective(v, c["viewing_angle"])
         height, width = check.image_size(self.image_size)
@@ -343,6 +361,18 @@ class Renderer:
             # stay square (viewing_angle is then the vertical half-angle, as OpenGL's fovy).
             v = v * jnp.array([height / width, 1.0, 1.0], jnp.float32)
         return v
+
+    def _clipped(
+        self, vertices: jax.Array, faces: np.ndarray | jax.Array, camera: _Camera
+    ) -> _Clip:
+        """The faces' pieces in front of the plane z = near, projected (``nmr_jax.clip``)."""
+        view = self._view(vertices, camera)
+        return _clip_projected(
+            _vertices_to_faces(view, faces),
+            _vertices_to_faces(self._ndc(view, camera), faces),
+            lambda points: self._ndc(points, camera),
+            self.near,
+        )
 
     def _both_sides(self, faces: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
         """Faces followed by their reversed copies when ``fill_back`` (known faces in numpy:
@@ -362,17 +392,19 @@ class Renderer:
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         faces = self._both_sides(mesh.faces)
         world = self._world_faces(mesh.vertices, faces)
-        fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
         if self.rule is not None:
+            fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
             return self._render_soft(fv, world, mesh, lights, shader)
+        clip = self._clipped(mesh.vertices, faces, camera)
         if mesh.textures is None:
-            return shading._render(self, fv, mesh, world, lights, shader, shader_args)
+            return shading._render(self, clip, mesh, world, lights, shader, shader_args)
         textures = mesh.textures
         if self.fill_back:
             # The reversed face (v2, v1, v0) sees texel (i, j, k) as (k, j, i).
             textures = jnp.concatenate([textures, jnp.swapaxes(textures, -4, -2)], axis=-5)
         tex = _lighting(world, textures, lights)
-        out = _rgbad(fv, tex, self._config(self.rasterizer_eps), self.anti_aliasing)
+        cfg = self._config(self.rasterizer_eps)
+        out = _rgbad(clip.faces, tex, cfg, self.anti_aliasing, shader=clip.cube_shader(cfg.eps))
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
 
     def _render_soft(

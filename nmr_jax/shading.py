@@ -47,6 +47,7 @@ from nmr_jax.rasterize import (
 )
 
 if TYPE_CHECKING:
+    from nmr_jax.clip import _Clip
     from nmr_jax.renderer import Renderer
 
 __all__ = [
@@ -86,7 +87,9 @@ def rasterize_fragments(
     anti-aliasing), row 0 at the top.
 
     Args:
-      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z), in
+        front of the camera: not clipped here; for faces around the camera rasterize the
+        pieces of ``nmr_jax.clip_faces`` and read them back with ``nmr_jax.source_fragments``.
       image_size, anti_aliasing, near, far: as ``rasterize_rgbad``.
 
     Returns:
@@ -594,7 +597,7 @@ def _camera_position(renderer: Renderer) -> jax.Array:
 
 def _render(
     renderer: Renderer,
-    fv: jax.Array,
+    clip: _Clip,
     mesh: Any,
     world: jax.Array,
     lights: Lights,
@@ -602,8 +605,9 @@ def _render(
     shader_args: tuple,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``Renderer.render`` of a checked mesh with a shader or vertex colours: (rgb, depth,
-    alpha). ``fv`` and ``world`` are the projected and world vertices of the Renderer's face
-    list (the reversed copies follow with ``fill_back``)."""
+    alpha). ``clip``: the projected pieces of the Renderer's face list (the reversed copies
+    follow with ``fill_back``) in front of the near plane; ``world``: that list's world
+    vertices."""
     cfg = _config(
         renderer.image_size,
         renderer.anti_aliasing,
@@ -621,7 +625,12 @@ def _render(
         shade, args = _user_shader(shader, mesh.faces.shape[-2], renderer.fill_back), shader_args
     background = jnp.asarray(renderer.background_color, jnp.float32)
     image, alpha, depth = _ops.shade(
-        fv, cfg, _with_background(shade, background), args, None, pixelwise=shader is None
+        clip.faces,
+        cfg,
+        _with_background(clip.shader(shade), background),
+        args,
+        None,
+        pixelwise=shader is None,
     )
     assert image is not None
     aa = renderer.anti_aliasing

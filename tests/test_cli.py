@@ -224,6 +224,26 @@ def test_cli_smooth_shading_and_normals_mode(tmp_path: Path) -> None:
     assert len(np.unique(images["normals"][covered].reshape(-1, 3), axis=0)) > 20
 
 
+def test_renders_a_room_from_inside_without_holes(tmp_path: Path) -> None:
+    # A closed box seen from inside: its faces behind the camera are clipped at the near plane,
+    # so every pixel shows a wall (none the red background).
+    corners = [(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
+    quads = [(1, 2, 4, 3), (5, 7, 8, 6), (1, 5, 6, 2), (3, 4, 8, 7), (1, 3, 7, 5), (2, 6, 8, 4)]
+    lines = [f"v {x} {y} {z}" for x, y, z in corners] + [
+        f"f {a} {b} {c} {d}" for a, b, c, d in quads
+    ]
+    (tmp_path / "room.obj").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "inside.png"
+    view = ["--distance", "0.4", "--elevation", "10", "--azimuth", "30", "--viewing-angle", "45"]
+    assert (
+        render(str(tmp_path / "room.obj"), "-o", str(out), *view, "--background", "1", "0", "0")
+        == 0
+    )
+    image = iio.imread(out)[..., :3].astype(int)
+    background = (image[..., 0] == 255) & (image[..., 1] == 0) & (image[..., 2] == 0)
+    assert not background.any(), f"{background.sum()} pixels show the background"
+
+
 def test_cli_exits_non_zero_on_a_file_that_is_not_obj(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

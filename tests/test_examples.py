@@ -32,6 +32,7 @@ import example5_texture  # noqa: E402
 import pose_search  # noqa: E402
 import pytorch3d_camera_position  # noqa: E402
 import pytorch3d_fit_textured_mesh  # noqa: E402
+import room_pose  # noqa: E402
 import shape_from_silhouettes  # noqa: E402
 import throw  # noqa: E402
 import transparent_teapot  # noqa: E402
@@ -104,6 +105,15 @@ def test_shape_from_silhouettes_fits_the_held_out_views() -> None:
     assert metrics["chamfer_end"] < metrics["chamfer_start"] / 3  # 0.191 -> 0.044
 
 
+def test_room_pose_recovers_the_camera_inside_the_room() -> None:
+    metrics = room_pose.run(iterations=60, image_size=32, progress=False)
+    assert metrics["coverage"] == 1.0  # every view of the closed room covers every pixel
+    assert metrics["position_error_start"] > 0.4 and metrics["rotation_error_start"] > 15
+    assert metrics["position_error"] < 0.2  # 0.093
+    assert metrics["rotation_error"] < 4.0  # 1.85 degrees
+    assert metrics["loss_end"] < metrics["loss_start"] / 10  # fell 45-fold
+
+
 # Tiny runs of each command line (16 pixels, 2 steps): every picture is written.
 SMALL_RUNS = {
     example1: [],
@@ -113,6 +123,7 @@ SMALL_RUNS = {
     pose_search: ["--iterations", "2", "--starts", "4", "--targets", "1"],
     throw: ["--iterations", "2"],
     shape_from_silhouettes: ["--iterations", "2"],
+    room_pose: ["--iterations", "2"],
     pytorch3d_camera_position: ["--iterations", "2"],
 }
 
