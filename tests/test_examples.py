@@ -80,6 +80,7 @@ def test_example4_eye_reaches_the_reference_view(original_teapot: bool) -> None:
     assert metrics["eye_error"] < 0.25
 
 
+@pytest.mark.slow  # a long optimisation (README: the command that runs every test)
 def test_pose_search_best_of_many_starts_beats_a_single_start() -> None:
     # Two targets, 16 starts each: a start rarely ends at the true pose on its own, but for the
     # second target the start with the lowest loss does.
@@ -91,6 +92,7 @@ def test_pose_search_best_of_many_starts_beats_a_single_start() -> None:
     assert metrics["best_success"] > metrics["single_success"]
 
 
+@pytest.mark.slow  # a long optimisation (README: the command that runs every test)
 def test_throw_recovers_the_velocity_and_spin() -> None:
     metrics = throw.run(iterations=150, image_size=32, progress=False)
     assert metrics["velocity_error_start"] > 3 and metrics["spin_error_start"] > 2  # 3.63, 2.69
@@ -180,6 +182,7 @@ def _best_start_errors(stdout: str) -> tuple[float, float]:
     return float(match[1]), float(match[2])
 
 
+@pytest.mark.slow  # a long optimisation (README: the command that runs every test)
 def test_pose_search_sharded_over_two_devices_finds_what_one_device_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -347,7 +347,8 @@ def test_renderer_soft_rule_render_textures_and_vertex_colors():
     kato = nr.Renderer(image_size=24, anti_aliasing=False, background_color=(0.1, 0.2, 0.3))
     np.testing.assert_array_equal(depth, kato.render_depth(vertices, faces))
     # What the Renderer composes: lit cubes of the faces and their reversed copies, soft_rgb.
-    fv = renderer._checked_faces(vertices, faces, {})
+    # The soft colours draw the projected faces unclipped (no face of the sphere is cut).
+    fv = nr.vertices_to_faces(renderer.transform(vertices), renderer._both_sides(np.asarray(faces)))
     world = renderer._world_faces(jnp.asarray(vertices), renderer._both_sides(np.asarray(faces)))
     both = np.concatenate([textures, np.swapaxes(textures, -4, -2)])
     lights = lights_of(0.5, 0.5, (1, 1, 1), (1, 1, 1), (0, 1, 0))
