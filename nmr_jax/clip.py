@@ -145,9 +145,14 @@ def _clip(faces: jax.Array, near: float) -> _Pieces:
     # Corner by corner (here and in r): no int32 [..., F, 3] array, the shape that the checks
     # for copies of the mesh's faces look for.
     n_in = inside[..., 0].astype(jnp.int32) + inside[..., 1] + inside[..., 2]
+
     # The corner the cut turns around: the one in front (n_in 1) or the one behind (n_in 2).
-    first = lambda c: jnp.where(c[..., 0], 0, jnp.where(c[..., 1], 1, 2))  # noqa: E731
-    r = jnp.where(n_in == 1, first(inside), jnp.where(n_in == 2, first(~inside), 0))
+    # In integer arithmetic, not jnp.where between constants: that builds the constants with the
+    # condition's sharding, which newer jax cannot do under vmap of explicitly sharded arrays.
+    def first(c: jax.Array) -> jax.Array:  # 0 if c[0], else 1 if c[1], else 2
+        return (~c[..., 0]).astype(jnp.int32) * (2 - c[..., 1].astype(jnp.int32))
+
+    r = (n_in == 1) * first(inside) + (n_in == 2) * first(~inside)
 
     # Where each edge k meets the plane, from its endpoints in depth order: the same arithmetic
     # on the same numbers for every face that shares the edge, so their points are identical.
@@ -157,7 +162,8 @@ def _clip(faces: jax.Array, near: float) -> _Pieces:
     lo, hi = jnp.where(u_first, u, v), jnp.where(u_first, v, u)
     span = jnp.where(crosses, hi[..., 2] - lo[..., 2], 1.0)  # > 0 where the edge crosses
     t = jnp.where(crosses, (near - lo[..., 2]) / span, 0.0)[..., None]
-    point = (lo + t * (hi - lo)).at[..., 2].set(near)  # exactly on the plane
+    z = jnp.array([False, False, True])  # (not .at[].set: a scatter, ambiguous when sharded)
+    point = jnp.where(z, near, lo + t * (hi - lo))  # exactly on the plane
     # An edge that does not cross gets the stand-in (never used; it projects finitely).
     point = jnp.where(crosses[..., None], point, front)
     # The crossing's barycentrics: s on corner k + 1, 1 - s on corner k.
