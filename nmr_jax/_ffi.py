@@ -389,9 +389,12 @@ def soft_rgb(
     height: int,
     width: int,
     attrs: dict[str, Any],
+    bary_map: jax.Array | None = None,
 ) -> jax.Array:
-    """Soft colours -> [*b, H, W, 5] as rasterized: rgb, then the softmax's m and s (soft.h)."""
-    args, batch = _pad_batch([face_vertices, textures, sigma_gamma], [3, 5, 1])
+    """Soft colours -> [*b, H, W, 5] as rasterized: rgb, then the softmax's m and s (soft.h).
+    ``bary_map`` [*b, F, 3, 3]: face f's textures read at its barycentrics times ``bary_map[f]``
+    (a clipped piece's corners in its source face's); None: at its own."""
+    args, batch = _pad_batch([face_vertices, textures, _map(bary_map), sigma_gamma], [3, 5, 3, 1])
     out = jax.ShapeDtypeStruct((*batch, height, width, 5), jnp.float32)
     call = _call("nmr_soft_rgb", out, len(batch))
     return call(*args, height=np.int32(height), width=np.int32(width), **attrs)
@@ -404,20 +407,31 @@ def soft_rgb_bwd(
     out: jax.Array,
     grad_rgb: jax.Array,
     attrs: dict[str, Any],
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    bary_map: jax.Array | None = None,
+) -> tuple[jax.Array, ...]:
     """Gradient of ``soft_rgb``'s rgb w.r.t. the face vertices, textures and (sigma, gamma), each
-    summed to its shape (gamma's without the background's part, which the caller adds)."""
-    args, batch = _pad_batch([face_vertices, textures, sigma_gamma, out, grad_rgb], [3, 5, 1, 3, 3])
+    summed to its shape (gamma's without the background's part, which the caller adds), and with
+    a ``bary_map`` w.r.t. it too."""
+    operands = [face_vertices, textures, _map(bary_map), sigma_gamma, out, grad_rgb]
+    args, batch = _pad_batch(operands, [3, 5, 3, 1, 3, 3])
     height, width = out.shape[-3:-1]
     F, cube = face_vertices.shape[-3], int(np.prod(textures.shape[-4:]))
-    result = jax.ShapeDtypeStruct((*batch, F, 11 + cube), jnp.float32)
+    result = jax.ShapeDtypeStruct((*batch, F, 20 + cube), jnp.float32)
     call = _call("nmr_soft_rgb_bwd", result, len(batch))
     g = call(*args, height=np.int32(height), width=np.int32(width), **attrs)
     g_fv = g[..., :9].reshape(*batch, F, 3, 3)
     g_sg = jnp.sum(g[..., 9:11], axis=-2)
-    g_tex = g[..., 11:].reshape(*batch, F, *textures.shape[-4:])
-    return (
+    g_tex = g[..., 20:].reshape(*batch, F, *textures.shape[-4:])
+    grads = (
         _sum_to(g_fv, face_vertices.shape),
         _sum_to(g_tex, textures.shape),
         _sum_to(g_sg, sigma_gamma.shape),
     )
+    if bary_map is None:
+        return grads
+    return (*grads, _sum_to(g[..., 11:20].reshape(*batch, F, 3, 3), bary_map.shape))
+
+
+def _map(bary_map: jax.Array | None) -> jax.Array:
+    """The soft colours' map operand: 0 rows for none."""
+    return jnp.zeros((0, 3, 3), jnp.float32) if bary_map is None else bary_map

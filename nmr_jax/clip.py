@@ -75,7 +75,7 @@ def clip_faces(faces: ArrayLike, near: float = DEFAULT_NEAR) -> ClippedFaces:
     return ClippedFaces(
         jnp.where(pieces.valid[..., None, None], pieces.corners, 0.0),
         jnp.where(pieces.valid, index, -1),
-        jnp.where(pieces.valid[..., None, None], pieces.bary, 0.0),
+        _bary(pieces),
     )
 
 
@@ -123,6 +123,11 @@ class _Pieces(NamedTuple):
     depths: jax.Array  # [..., F, 3]: the faces' corner depths (stand-ins for dropped faces)
     valid: jax.Array  # [..., 2F] bool: the piece exists.
     cut: jax.Array  # [..., F] bool: the face was cut or dropped, not kept whole.
+
+
+def _bary(p: _Pieces) -> jax.Array:
+    """The pieces' corner barycentrics in their source faces, 0 for padding."""
+    return jnp.where(p.valid[..., None, None], p.bary, 0.0)
 
 
 def _roll(x: jax.Array, r: jax.Array) -> jax.Array:
@@ -213,8 +218,12 @@ class _Clip(NamedTuple):
         """[..., 2F, 3, 7] (see _table), computed only where it is read: where a face is cut."""
         p = _clip(self.view, self.near)
         twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
-        bary = jnp.where(p.valid[..., None, None], p.bary, 0.0)
-        return _table(bary, twice(p.depths), twice(p.cut[..., None])[..., 0])
+        return _table(_bary(p), twice(p.depths), twice(p.cut[..., None])[..., 0])
+
+    def bary(self) -> jax.Array:
+        """[..., 2F, 3, 3]: ``ClippedFaces.bary`` of the pieces (the identity for a face kept
+        whole, 0 for padding)."""
+        return _bary(_clip(self.view, self.near))
 
     def shader(self, shader: Shader) -> Shader:
         """``shader`` seeing the fragments of the source faces."""

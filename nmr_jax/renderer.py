@@ -392,10 +392,9 @@ class Renderer:
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         faces = self._both_sides(mesh.faces)
         world = self._world_faces(mesh.vertices, faces)
-        if self.rule is not None:
-            fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
-            return self._render_soft(fv, world, mesh, lights, shader)
         clip = self._clipped(mesh.vertices, faces, camera)
+        if self.rule is not None:
+            return self._render_soft(clip, world, mesh, lights, shader)
         if mesh.textures is None:
             return shading._render(self, clip, mesh, world, lights, shader, shader_args)
         textures = mesh.textures
@@ -408,9 +407,11 @@ class Renderer:
         return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
 
     def _render_soft(
-        self, fv: jax.Array, world: jax.Array, mesh: _Mesh, lights: Lights, shader: Shader | None
+        self, clip: _Clip, world: jax.Array, mesh: _Mesh, lights: Lights, shader: Shader | None
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``render`` with a SoftRule (see it): soft rgb and alpha, the hard depth map."""
+        """``render`` with a SoftRule (see it): soft rgb and alpha, the hard depth map, of the
+        clipped pieces; each piece reads its face's colours at the barycentrics mapped back to
+        the face (``clip.bary``)."""
         if shader is not None:
             raise ValueError("a shader needs Kato's rule (rule=None); a SoftRule colours "
                              "texture cubes and vertex colours")  # fmt: skip
@@ -433,10 +434,12 @@ class Renderer:
             tex = cube.reshape(*cube.shape[:-2], 2, 2, 2, 3)
         soft = rule._config(self.image_size, self.near, self.far)
         cfg = _ColorConfig(soft, self.rasterizer_eps, check.colour("", self.background_color))
-        rgb = _soft_rgb(fv, tex, rule.sigma, rule.gamma, cfg)
-        alpha = _silhouettes(fv, rule.sigma, soft)
+        # Piece p is a part of face p mod F (nmr_jax.clip): its colours are its face's.
+        tex = jnp.concatenate([tex, tex], axis=-5)
+        rgb = _soft_rgb(clip.faces, tex, rule.sigma, rule.gamma, cfg, clip.bary())
+        alpha = _silhouettes(clip.faces, rule.sigma, soft)
         hard = _config(self.image_size, False, self.near, self.far, 1e-4, self.background_color)
-        depth = _rgbad(fv, None, hard, False, False, False, True).depth
+        depth = _rgbad(clip.faces, None, hard, False, False, False, True).depth
         return rgb, depth, alpha  # type: ignore[return-value]
 
     def _world_faces(self, vertices: jax.Array, faces: np.ndarray | jax.Array) -> jax.Array:

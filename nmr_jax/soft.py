@@ -220,22 +220,28 @@ class _ColorConfig:
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _rgb(
-    fv: jax.Array, textures: jax.Array, sigma_gamma: jax.Array, cfg: _ColorConfig
+    fv: jax.Array,
+    textures: jax.Array,
+    sigma_gamma: jax.Array,
+    cfg: _ColorConfig,
+    bary_map: jax.Array | None = None,
 ) -> jax.Array:
-    """rgb [*b, H, W, 3] as rasterized (row 0 at y = -1)."""
+    """rgb [*b, H, W, 3] as rasterized (row 0 at y = -1). ``bary_map`` as ``_ffi.soft_rgb``'s."""
     h, w = cfg.soft.height, cfg.soft.width
-    return _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs())[..., :3]
+    return _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs(), bary_map)[..., :3]
 
 
-def _rgb_fwd(fv, textures, sigma_gamma, cfg):
+def _rgb_fwd(fv, textures, sigma_gamma, cfg, bary_map=None):
     h, w = cfg.soft.height, cfg.soft.width
-    out = _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs())
-    return out[..., :3], (fv, textures, sigma_gamma, out)
+    out = _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs(), bary_map)
+    return out[..., :3], (fv, textures, sigma_gamma, out, bary_map)
 
 
 def _rgb_bwd(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
-    fv, textures, sigma_gamma, out = res
-    g_fv, g_tex, g_sg = _ffi.soft_rgb_bwd(fv, textures, sigma_gamma, out, g, cfg.attrs())
+    fv, textures, sigma_gamma, out, bary_map = res
+    g_fv, g_tex, g_sg, *g_map = _ffi.soft_rgb_bwd(
+        fv, textures, sigma_gamma, out, g, cfg.attrs(), bary_map
+    )
     # The background's logit a_b = BACKGROUND_DEPTH / gamma, with weight u_b: the softmax gives
     # d loss / d gamma = -k_b (a_b - m) / gamma at each pixel, k_b = u_b G.(bg - rgb) (relative
     # to m as the faces' terms, soft.h).
@@ -246,7 +252,7 @@ def _rgb_bwd(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
     k_b = u_b * jnp.sum(g * (bg - out[..., :3]), axis=-1)
     g_gamma = -jnp.sum(k_b * (logit - out[..., 3]), axis=(-2, -1)) / gamma[..., 0, 0]
     g_sg = g_sg.at[..., 1].add(_ffi._sum_to(g_gamma, sigma_gamma.shape[:-1]))
-    return g_fv, g_tex, g_sg
+    return g_fv, g_tex, g_sg, (g_map[0] if g_map else None)
 
 
 _rgb.defvjp(_rgb_fwd, _rgb_bwd)
@@ -309,13 +315,19 @@ def _checked_faces_and_textures(
 
 
 def _soft_rgb(
-    fv: jax.Array, tex: jax.Array, sigma: ArrayLike, gamma: ArrayLike, cfg: _ColorConfig
+    fv: jax.Array,
+    tex: jax.Array,
+    sigma: ArrayLike,
+    gamma: ArrayLike,
+    cfg: _ColorConfig,
+    bary_map: jax.Array | None = None,
 ) -> jax.Array:
-    """``soft_rgb`` of checked faces, textures and settings."""
+    """``soft_rgb`` of checked faces, textures and settings; with a ``bary_map`` [..., F, 3, 3],
+    face f's textures are read at its barycentrics times ``bary_map[f]`` (``_ffi.soft_rgb``)."""
     sg = check.positive_scalars("sigma", sigma)
     gm = check.positive_scalars("gamma", gamma)
     check.batch(
         {"faces": fv.shape[:-3], "textures": tex.shape[:-5], "sigma": sg.shape, "gamma": gm.shape}
     )
     params = jnp.stack(jnp.broadcast_arrays(sg, gm), -1)  # [..., 2]: one operand
-    return jnp.flip(_rgb(fv, tex, params, cfg), axis=-3)
+    return jnp.flip(_rgb(fv, tex, params, cfg, bary_map), axis=-3)

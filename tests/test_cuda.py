@@ -707,12 +707,22 @@ def test_soft_rgb_parity(cuda):
     grad = rng.normal(size=(70, 32, 24, 3)).astype(np.float32)
     soft = nr.soft._Config(32, 24, NEAR, FAR, 1e-4, "logistic", "probabilistic")
     attrs = nr.soft._ColorConfig(soft, 1e-3, (0.1, 0.2, 0.3)).attrs()
+    # Barycentric maps (a clipped piece's corners in its source face), per image and face.
+    bary_map = rng.dirichlet(np.ones(3), size=(70, 12, 3)).astype(np.float32)
 
-    def fn(fv, tex, params, grad):
+    def fn(fv, tex, params, grad, bary_map):
         out = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs)
-        return out, _ffi.soft_rgb_bwd(fv, tex, params, out, grad, attrs)
+        mapped = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs, bary_map)
+        return (
+            (out, mapped),
+            (
+                *_ffi.soft_rgb_bwd(fv, tex, params, out, grad, attrs),
+                *_ffi.soft_rgb_bwd(fv, tex, params, mapped, grad, attrs, bary_map),
+            ),
+        )
 
-    cpu, gpu = both(cuda, fn, fv, tex, params, grad)
-    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-5, atol=1e-6)
+    cpu, gpu = both(cuda, fn, fv, tex, params, grad, bary_map)
+    for c, g in zip(cpu[0], gpu[0], strict=True):
+        np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
     for c, g in zip(cpu[1], gpu[1], strict=True):
         assert_grads_close(c, g)

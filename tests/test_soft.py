@@ -97,14 +97,20 @@ def reference_alpha(fv, sigma, size, distribution, aggregation, near=NEAR, far=F
     return jnp.flip(alpha, -2)
 
 
-def reference_rgb(fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float32, eps=1e-3):
-    """SoftRas's colours [..., H, W, 3] (row 0 at the top) by brute force."""
+def reference_rgb(
+    fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float32, eps=1e-3, bary_map=None
+):
+    """SoftRas's colours [..., H, W, 3] (row 0 at the top) by brute force; with a ``bary_map``
+    [..., F, 3, 3], face f reads its cube at its barycentrics b mapped to ``b @ bary_map[f]``."""
     q, takes_part, bary, zp = reference_samples(fv, sigma, size, distribution, dtype=dtype)
     fv, tex = jnp.asarray(fv, dtype), jnp.asarray(tex, dtype)
     gamma = jnp.asarray(gamma, dtype)[..., None, None, None]
     T = tex.shape[-2]
     z = jnp.where(fv[..., None, None, :, :, 2] == 0, 1.0, fv[..., None, None, :, :, 2])  # padding
     coord = bary * (T - 1) * (zp[..., None] / z)
+    if bary_map is not None:
+        mapped = jnp.asarray(bary_map, dtype)[..., None, None, :, :, :]  # [..., 1, 1, F, 3, 3]
+        coord = jnp.sum(coord[..., :, None] * mapped, axis=-2)
     clamped = jnp.clip(coord, 0.0, T - 1 - eps)
     coord = jnp.where(coord == clamped, coord, jax.lax.stop_gradient(clamped))
     # Faces that take no part may have any coordinate (NaN behind the camera): clipped, then masked.
@@ -336,6 +342,25 @@ def test_soft_rgb_and_its_gradients_equal_the_brute_force_reference(distribution
         np.testing.assert_allclose(g, r, atol=1e-4 * scale, rtol=1e-4)
 
 
+def test_soft_rgb_with_barycentric_maps_equals_the_brute_force_reference():
+    """Each face reading its cube at its barycentrics mapped by a 3x3 matrix (as a clipped
+    piece reads its source face's; its gradients: tests/test_clip.py)."""
+    rng = np.random.default_rng(12)
+    fv = _faces(12, 1, 6, 16)
+    tex = rng.uniform(size=(1, 6, 3, 3, 3, 3)).astype(np.float32)
+    bary_map = rng.dirichlet(np.ones(3), size=(1, 6, 3)).astype(np.float32)  # rows sum to 1
+    sigma, gamma, bg = np.float32(3e-3), np.float32(0.05), (0.2, 0.4, 0.6)
+    cfg = soft._ColorConfig(soft._Config(16, 16, NEAR, FAR, 1e-4, "logistic", "probabilistic"),
+                            1e-3, bg)  # fmt: skip
+    ours = jax.jit(lambda m: soft._soft_rgb(fv, tex, sigma, gamma, cfg, m))
+    ref = jax.jit(lambda m: reference_rgb(fv, tex, sigma, gamma, (16, 16), "logistic", bg,
+                                          bary_map=m))  # fmt: skip
+    np.testing.assert_allclose(ours(bary_map), ref(bary_map), atol=1e-5)
+    # The identity map reads as no map, bit for bit.
+    eye = np.broadcast_to(np.eye(3, dtype=np.float32), bary_map.shape)
+    np.testing.assert_array_equal(ours(eye), soft._soft_rgb(fv, tex, sigma, gamma, cfg))
+
+
 def test_renderer_soft_rule_render_textures_and_vertex_colors():
     vertices, faces = nr.data.icosphere(2)
     rng = np.random.default_rng(10)
@@ -346,15 +371,15 @@ def test_renderer_soft_rule_render_textures_and_vertex_colors():
     np.testing.assert_array_equal(alpha, renderer.render_silhouettes(vertices, faces))
     kato = nr.Renderer(image_size=24, anti_aliasing=False, background_color=(0.1, 0.2, 0.3))
     np.testing.assert_array_equal(depth, kato.render_depth(vertices, faces))
-    # What the Renderer composes: lit cubes of the faces and their reversed copies, soft_rgb.
-    # The soft colours draw the projected faces unclipped (no face of the sphere is cut).
+    # What the Renderer composes: lit cubes of the faces and their reversed copies, soft_rgb (no
+    # face of the sphere is cut: its pieces are its faces, bit for bit).
     fv = nr.vertices_to_faces(renderer.transform(vertices), renderer._both_sides(np.asarray(faces)))
     world = renderer._world_faces(jnp.asarray(vertices), renderer._both_sides(np.asarray(faces)))
     both = np.concatenate([textures, np.swapaxes(textures, -4, -2)])
     lights = lights_of(0.5, 0.5, (1, 1, 1), (1, 1, 1), (0, 1, 0))
     lit = _lighting(world, jnp.asarray(both), lights)
     want = nr.soft_rgb(fv, lit, 24, 1e-3, 1e-2, background_color=(0.1, 0.2, 0.3), eps=1e-3)
-    np.testing.assert_allclose(rgb, want, atol=1e-6)
+    np.testing.assert_array_equal(rgb, want)
     # Vertex colours: the corners' colours interpolated, gradients reaching colours and vertices.
     colors = rng.uniform(size=vertices.shape).astype(np.float32)
 

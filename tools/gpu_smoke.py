@@ -62,6 +62,9 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
     params = jnp.stack([sigma, sigma], -1)
     out = _ffi.soft_rgb(fv, tex, params, size, size, colors)
     soft += [out, *_ffi.soft_rgb_bwd(fv, tex, params, out, image[..., :3], colors)]
+    bary_map = jnp.broadcast_to(jnp.eye(3, dtype=jnp.float32)[::-1], (*fv.shape[:-2], 3, 3))
+    out = _ffi.soft_rgb(fv, tex, params, size, size, colors, bary_map)
+    soft += [out, *_ffi.soft_rgb_bwd(fv, tex, params, out, image[..., :3], colors, bary_map)]
     return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
             sampled, g_image, g_uv, *layers[:4], dist, g_layers, *soft)  # fmt: skip
 
