@@ -298,7 +298,8 @@ def test_renderer_soft_rule_silhouettes_with_fill_back():
     vertices, faces = nr.data.icosphere(2)
     rule = nr.SoftRule(sigma=1e-3, distribution="gaussian", aggregation="max")
     renderer = nr.Renderer(image_size=32, rule=rule)
-    fv = renderer._checked_faces(vertices, faces, {})  # faces and their reversed copies
+    # The faces and their reversed copies (no face of the sphere is cut).
+    fv = nr.vertices_to_faces(renderer.transform(vertices), renderer._both_sides(np.asarray(faces)))
     got = renderer.render_silhouettes(vertices, faces)
     np.testing.assert_array_equal(got, nr.soft_silhouettes(fv, 32, 1e-3, "gaussian", "max"))
     one_side = nr.Renderer(image_size=32, rule=rule, fill_back=False).render_silhouettes(
