@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -305,11 +305,7 @@ def _drawn(
     cut = ~jnp.all(projected[..., 2] >= near, axis=-1)
     if padding is not None:
         cut = cut & ~padding
-    return jax.lax.cond(
-        _any(jax.lax.stop_gradient(cut)),
-        clipped,
-        lambda: draw(_Whole(projected)),
-    )
+    return _cond(_any(jax.lax.stop_gradient(cut)), clipped, lambda: draw(_Whole(projected)))
 
 
 def _clip_projected(
@@ -334,6 +330,14 @@ def _clip_projected(
 
     faces, cube_faces = pieces(view, projected)
     return _Clip(faces, cube_faces, view, near)
+
+
+def _cond(pred: jax.Array, on_true: Callable, on_false: Callable, *operands: Any) -> Any:
+    """``lax.cond``, decided here where ``pred`` is known (an eager call): one branch runs
+    op by op instead of both being compiled."""
+    if check.is_traced(pred):
+        return jax.lax.cond(pred, on_true, on_false, *operands)
+    return (on_true if bool(pred) else on_false)(*operands)
 
 
 def _may_branch(x: jax.Array) -> bool:
