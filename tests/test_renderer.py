@@ -319,7 +319,7 @@ def test_large_constant_faces_under_jit_reach_the_kernel_unfolded():
         readers = {
             str(e.primitive) for e in jaxpr.jaxpr.eqns if any(id(x) in faces for x in e.invars)
         }
-        assert readers == {"custom_vjp_call"}, readers
+        assert readers == {"custom_jvp_call"}, readers
 
 
 # --- conventions: winding, handedness, mirroring ------------------------------------------------
