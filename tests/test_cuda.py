@@ -113,7 +113,7 @@ def test_cuda_modules_register_the_cpu_targets():
         pytest.skip("nmr_jax was built without CUDA and without its host CUDA module")
     for module in modules:
         assert sorted(module.registrations()) == sorted(_nmr_jax_cpu.registrations())
-        assert len(module.registrations()) == 17
+        assert len(module.registrations()) == 18
 
 
 def rasterize(fv, h, w):

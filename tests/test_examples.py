@@ -121,9 +121,9 @@ def test_room_pose_recovers_the_camera_inside_the_room() -> None:
 
 
 def test_least_squares_pose_levenberg_marquardt_converges_where_adam_has_not() -> None:
-    out = least_squares_pose.run(image_size=24, starts=1, iterations=60)
-    assert out["lm"]["success"] == 1.0  # in 25 steps
-    assert out["adam"]["success"] == 0.0  # Adam needs more than 60 steps from the same start
+    out = least_squares_pose.run(image_size=24, starts=1, iterations=100)
+    assert out["lm"]["success"] == 1.0  # in 56 steps
+    assert out["adam"]["success"] == 0.0  # not within 100 steps from the same start
     assert np.all(np.isfinite(out["std"])) and np.all(out["std"] > 0)
 
 

@@ -4,6 +4,8 @@ under jit and vmap; jacfwd equal to jacrev; Kato's rule raising its explained er
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,6 +232,22 @@ def test_forward_mode_runs_on_the_host_compiled_cuda_kernels():
     with _ffi.using_kernels("cuda-host"):
         got = jax.jit(jvp)(primals, tangents)
     assert_close(got, want, atol=1e-5)
+
+
+def test_reverse_mode_runs_the_backward_kernels_and_no_tangent_kernel():
+    fv = _faces(13, batch=1)
+    textures = jnp.ones((10, 2, 2, 2, 3), jnp.float32)
+
+    def loss(fv, textures):
+        rgb, alpha, depth = nr.rasterize_rgbad(fv, textures, SIZE)
+        return jnp.sum(rgb) + jnp.sum(depth) + jnp.sum(nr.soft_silhouettes(fv, SIZE, 1e-3) ** 2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(fv, textures).compile().as_text()
+    targets = re.findall(r'custom_call_target="(nmr_[a-z_]+)"', hlo)
+    for kernel in ("nmr_kato_bwd", "nmr_fragments_bwd", "nmr_sample_textures_bwd"):
+        assert targets.count(kernel) == 1, targets
+    assert targets.count("nmr_soft_silhouettes_bwd") == 1, targets
+    assert "nmr_soft_silhouettes_jvp" not in targets and "nmr_interpolate" not in targets
 
 
 # --- Kato's rule ---------------------------------------------------------------------------

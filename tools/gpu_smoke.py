@@ -1,4 +1,4 @@
-"""All 17 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
+"""All 18 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
 raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2, hard
 and in blurred layers).
