@@ -260,21 +260,21 @@ def test_kato_rule_forward_mode_raises_the_explained_error():
     silhouette = lambda fv: nr.rasterize_silhouettes(fv, SIZE)  # noqa: E731
     rgb = lambda fv: nr.rasterize(fv, textures, SIZE)  # noqa: E731
     tangent = jnp.ones_like(fv)
+    # Eager and under jit (where it raises while compiling).
     calls = [
         lambda: jax.jvp(silhouette, (fv,), (tangent,)),
         lambda: jax.jit(lambda v, t: jax.jvp(rgb, (v,), (t,)))(fv, tangent),
-        lambda: jax.jacfwd(lambda d: silhouette(fv + d))(jnp.zeros(3)),
-        lambda: jax.linearize(silhouette, fv)[1](tangent),
+        lambda: jax.jit(jax.jacfwd(lambda d: silhouette(fv + d)))(jnp.zeros(3)),
+        lambda: jax.jit(lambda v, t: jax.linearize(silhouette, v)[1](t))(fv, tangent),
     ]
     for call in calls:
         with pytest.raises(TypeError, match="not linear in the incoming gradient") as info:
             call()
         assert "stop_gradient" in str(info.value) and "SoftRule" in str(info.value)
     # Reverse mode keeps Kato's gradient; stop_gradient on the faces leaves the textures'.
-    assert float(jnp.sum(jnp.abs(jax.grad(lambda v: jnp.sum(silhouette(v)))(fv)))) > 0
-    t = jax.jvp(
-        lambda t: nr.rasterize(jax.lax.stop_gradient(fv), t, SIZE),
-        (textures,),
-        (jnp.ones_like(textures),),
+    assert float(jnp.sum(jnp.abs(jax.jit(jax.grad(lambda v: jnp.sum(silhouette(v))))(fv)))) > 0
+    textures_only = lambda t, v: jax.jvp(  # noqa: E731
+        lambda t: nr.rasterize(jax.lax.stop_gradient(fv), t, SIZE), (t,), (v,)
     )[1]
+    t = jax.jit(textures_only)(textures, jnp.ones_like(textures))
     assert float(jnp.sum(t)) > 0
