@@ -39,7 +39,13 @@ def _impl(*args: jax.Array, fun: Fun, transpose: Fun, num_res: int) -> list[jax.
 
 def _abstract_eval(*avals, fun: Fun, transpose: Fun, num_res: int) -> list:
     closed = jax.make_jaxpr(lambda *a: _impl(*a, fun=fun, transpose=transpose, num_res=num_res))
-    return list(closed(*avals).out_avals)
+    # A fresh trace has no mesh in context: explicitly sharded operands need theirs to be typed.
+    meshes = [getattr(getattr(a, "sharding", None), "mesh", None) for a in avals]
+    mesh = next((m for m in meshes if m is not None and not m.empty), None)
+    if mesh is None:
+        return list(closed(*avals).out_avals)
+    with jax.sharding.use_abstract_mesh(mesh):
+        return list(closed(*avals).out_avals)
 
 
 def _transpose(cts, *args, fun: Fun, transpose: Fun, num_res: int) -> list:
