@@ -730,6 +730,46 @@ ffi::Error SoftSilhouettesBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
   return ffi::Error::Success();
 }
 
+// Forward mode: scheduled as the forward pass (bands of rows over their faces in index order, so
+// the sums do not depend on the threads), each pixel summing its faces' tangents.
+ffi::Error SoftSilhouettesJvpImpl(ffi::ThreadPool pool, F32 face_vertices, F32 sigma, F32 acc, S32 count,
+                                  F32 tangent, int32_t height, int32_t width, float near, float far,
+                                  float threshold, float reach, int32_t distribution, int32_t aggregation,
+                                  F32Out out) {
+  NMR_PARSE(SoftJvpShape, face_vertices, sigma, acc, count, tangent, out);
+  const nmr::SoftParams params =
+      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation);
+  const int64_t F = s.F, P = s.P;
+  SoftBands bands;
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const float sig = sigma.typed_data()[bc.at(s.sigma, b)];
+    const float* a = acc.typed_data() + bc.at(s.acc, b) * P;
+    const int32_t* c = count.typed_data() + bc.at(s.count, b) * P;
+    const float* t = tangent.typed_data() + bc.at(s.tangent, b) * F * 10;
+    float* o = out->typed_data() + bc.at(s.out, b) * P;
+    bin_soft_faces(pool, fv, F, sig, params, &bands);
+    parallel_for(pool, ceil_div(height, kBandRows), [&](int64_t k) {
+      const int row_lo = static_cast<int>(k) * kBandRows;
+      const int row_hi = std::min(row_lo + kBandRows, static_cast<int>(height)) - 1;
+      std::fill(o + int64_t{row_lo} * width, o + int64_t{row_hi + 1} * width, 0.f);
+      for (int64_t i = bands.start[k]; i < bands.start[k + 1]; ++i) {
+        const int32_t f = bands.items[i];
+        const nmr::SoftFace& face = bands.faces[f];
+        for (int yi = std::max(face.box.y_lo, row_lo); yi <= std::min(face.box.y_hi, row_hi); ++yi)
+          for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+            nmr::SoftSample smp;
+            if (!nmr::soft_sample(face, xi, yi, sig, params, &smp)) continue;
+            const int64_t p = int64_t{yi} * width + xi;
+            const float dq = nmr::soft_dalpha_dq(params.aggregation, smp.q.F, f, a[p], c[p]);
+            if (dq != 0.f) o[p] += nmr::soft_sample_tangent(face, smp, dq, sig, params, t + 10 * f);
+          }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Soft colours (soft.h), scheduled as the soft silhouettes: bands of rows over their faces in index

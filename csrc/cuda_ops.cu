@@ -1196,6 +1196,64 @@ ffi::Error SoftSilhouettesBwdImpl(cudaStream_t stream, Scratch, F32 face_vertice
   });
 }
 
+// Forward mode: the backward's threads, each adding its face's tangent at the pixels it reaches.
+struct SoftJvpParams {
+  const float* face_vertices;
+  const float* sigma;
+  const float* acc;
+  const int32_t* count;
+  const float* tangent;
+  float* out;
+  nmr::SoftParams params;
+  nmr::SoftJvpShape s;
+};
+
+__global__ void soft_jvp_kernel(SoftJvpParams g, Chunk chunk) {
+  const nmr::SoftJvpShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= s.F * kSoftLanes) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const auto f = static_cast<int32_t>(i / kSoftLanes);
+  const int lane = static_cast<int>(i % kSoftLanes);
+  const float sigma = g.sigma[at[s.sigma]];
+  const nmr::SoftFace face =
+      nmr::setup_soft_face(g.face_vertices + (at[s.fv] * s.F + f) * 9, sigma, g.params);
+  if (!face.f.visible) return;
+  const float* acc = g.acc + at[s.acc] * s.P;
+  const int32_t* count = g.count + at[s.count] * s.P;
+  const float* tangent = g.tangent + (at[s.tangent] * s.F + f) * 10;
+  float* out = g.out + at[s.out] * s.P;
+  for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
+    for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+      nmr::SoftSample smp;
+      if (!nmr::soft_sample(face, xi, yi, sigma, g.params, &smp)) continue;
+      const int64_t p = static_cast<int64_t>(yi) * g.params.width + xi;
+      const float dq = nmr::soft_dalpha_dq(g.params.aggregation, smp.q.F, f, acc[p], count[p]);
+      if (dq != 0.f) atomicAdd(out + p, nmr::soft_sample_tangent(face, smp, dq, sigma, g.params, tangent));
+    }
+}
+
+ffi::Error SoftSilhouettesJvpImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 sigma, F32 acc,
+                                  S32 count, F32 tangent, int32_t height, int32_t width, float near,
+                                  float far, float threshold, float reach, int32_t distribution,
+                                  int32_t aggregation, F32Out out) {
+  NMR_PARSE(SoftJvpShape, face_vertices, sigma, acc, count, tangent, out);
+  if (auto err = zero(stream, out, "nmr_soft_silhouettes_jvp"); err.failure()) return err;
+  if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
+  const SoftJvpParams g{
+      face_vertices.typed_data(),
+      sigma.typed_data(),
+      acc.typed_data(),
+      count.typed_data(),
+      tangent.typed_data(),
+      out->typed_data(),
+      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation),
+      s};
+  return for_each_chunk(bc, "nmr_soft_silhouettes_jvp", [&](const Chunk& chunk, int n) {
+    NMR_LAUNCH(soft_jvp_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
+  });
+}
+
 }  // namespace
 
 // Soft colours (soft.h), threads as for the soft silhouettes: the largest logit of each pixel by

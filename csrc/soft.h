@@ -185,6 +185,18 @@ NMR_HD void soft_sample_grad(const SoftFace& sf, const SoftSample& smp, float g_
   *grad_sigma -= g_x * smp.x / sigma;
 }
 
+// The tangent of alpha at one pixel from face sf's sample, given d alpha / d q there and the face's
+// tangent (its 9 vertex floats', then sigma's): soft_sample_grad's gradient dotted with it, so
+// that forward mode is exactly the transpose of the backward pass.
+NMR_HD float soft_sample_tangent(const SoftFace& sf, const SoftSample& smp, float dq, float sigma,
+                                 const SoftParams& s, const float* tangent) {
+  float g[10] = {};
+  soft_sample_grad(sf, smp, dq, sigma, s, g, g + 9);
+  float t = 0.f;
+  for (int k = 0; k < 10; ++k) t += g[k] * tangent[k];
+  return t;
+}
+
 // Soft colours (SoftRas): a softmax over the faces in reach and the background, each face f weighted
 // by D_f exp(a_f) with a_f = zn_f / gamma, zn = (far - zp) / (far - near) its normalised inverse
 // depth at the pixel (1 at near, 0 at far), and the background by exp(kBackgroundDepth / gamma).

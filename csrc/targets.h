@@ -277,6 +277,26 @@ struct SoftBwdShape {
   }
 };
 
+// nmr_soft_silhouettes_jvp: face_vertices, sigma, acc and count, tangent [*b, F, 10] (each face's 9
+// vertex floats' tangents, then sigma's) -> alpha's tangent [*b, H, W]: the transpose of
+// nmr_soft_silhouettes_bwd.
+struct SoftJvpShape {
+  int fv, sigma, acc, count, tangent, out;
+  int64_t F, P;
+  static ffi::Error parse(Broadcast& bc, SoftJvpShape* s, const F32& face_vertices, const F32& sigma,
+                          const F32& acc, const S32& count, const F32& tangent, F32Out& out) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->sigma = bc.add(sigma.dimensions(), 0);
+    s->acc = bc.add(acc.dimensions(), 2);
+    s->count = bc.add(count.dimensions(), 2);
+    s->tangent = bc.add(tangent.dimensions(), 2);
+    s->out = bc.add(out->dimensions(), 2);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->P = dim(acc.dimensions(), 2) * dim(acc.dimensions(), 1);
+    return bc.finish();
+  }
+};
+
 // The attributes of both soft silhouette targets, as the core's parameters.
 inline SoftParams soft_params(int32_t height, int32_t width, float near, float far, float threshold,
                               float reach, int32_t distribution, int32_t aggregation) {
@@ -495,6 +515,23 @@ inline ColorParams color_params(int32_t height, int32_t width, float near, float
                                     .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
                                     .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
                                     .Ret<::nmr::F32>()             /* grad [*b, F, 10] */                   \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettesJvp##SUFFIX, SoftSilhouettesJvpImpl,                      \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* sigma [*b] */                                     \
+                                    .Arg<::nmr::F32>() /* acc [*b, H, W] */                                 \
+                                    .Arg<::nmr::S32>() /* count [*b, H, W] */                               \
+                                    .Arg<::nmr::F32>() /* tangent [*b, F, 10] */                            \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Attr<float>("threshold")                                               \
+                                    .Attr<float>("reach")          /* -F^-1(threshold) */                   \
+                                    .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
+                                    .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
+                                    .Ret<::nmr::F32>()             /* alpha tangent [*b, H, W] */           \
   );                                                                                                        \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgb##SUFFIX, SoftRgbImpl,                                            \
                                 ::xla::ffi::Ffi::Bind() CONTEXTS                                            \

@@ -374,6 +374,31 @@ def soft_silhouettes_bwd(
     return _sum_to(g_fv, face_vertices.shape), _sum_to(g_sigma, sigma.shape)
 
 
+def soft_silhouettes_jvp(
+    face_vertices: jax.Array,
+    sigma: jax.Array,
+    acc: jax.Array,
+    count: jax.Array,
+    fv_tangent: jax.Array,
+    sigma_tangent: jax.Array,
+    attrs: dict[str, Any],
+) -> jax.Array:
+    """Tangent of ``soft_silhouettes``'s alpha [*b, H, W] given the face vertices' and sigma's:
+    the transpose of ``soft_silhouettes_bwd``."""
+    (fv, sg, a, c, t_fv, t_sg), batch = _pad_batch(
+        [face_vertices, sigma, acc, count, fv_tangent, sigma_tangent], [3, 0, 2, 2, 3, 0]
+    )
+    num_faces = face_vertices.shape[-3]
+    # One operand [*b, F, 10] as the backward's gradient: each face's 9 floats, then sigma's.
+    t_fv = jnp.broadcast_to(t_fv, (*batch, num_faces, 3, 3)).reshape(*batch, num_faces, 9)
+    t_sg = jnp.broadcast_to(t_sg[..., None, None], (*batch, num_faces, 1))
+    height, width = acc.shape[-2:]
+    out = jax.ShapeDtypeStruct((*batch, height, width), jnp.float32)
+    call = _call("nmr_soft_silhouettes_jvp", out, len(batch))
+    tangent = jnp.concatenate([t_fv, t_sg], axis=-1)
+    return call(fv, sg, a, c, tangent, height=np.int32(height), width=np.int32(width), **attrs)
+
+
 def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """``x`` summed over the leading dims that broadcasting ``shape`` to it added or widened."""
     lead = x.ndim - len(shape)

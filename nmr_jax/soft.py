@@ -43,6 +43,7 @@ from jax.typing import ArrayLike
 
 from nmr_jax import _ffi
 from nmr_jax import _validate as check
+from nmr_jax._linear import linear_call
 from nmr_jax.rasterize import DEFAULT_FAR, DEFAULT_IMAGE_SIZE, DEFAULT_NEAR
 
 __all__ = ["AGGREGATIONS", "DISTRIBUTIONS", "SoftRule", "reach", "soft_rgb", "soft_silhouettes"]
@@ -110,25 +111,24 @@ def _checked_config(
     return _Config(height, width, near, far, check.threshold(threshold), distribution, aggregation)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _alpha(face_vertices: jax.Array, sigma: jax.Array, cfg: _Config) -> jax.Array:
     """alpha [*b, H, W] as rasterized (row 0 at y = -1)."""
     return _ffi.soft_silhouettes(face_vertices, sigma, cfg.height, cfg.width, cfg.attrs())[0]
 
 
-def _alpha_fwd(face_vertices: jax.Array, sigma: jax.Array, cfg: _Config) -> tuple[jax.Array, tuple]:
-    alpha, acc, count = _ffi.soft_silhouettes(
-        face_vertices, sigma, cfg.height, cfg.width, cfg.attrs()
+@_alpha.defjvp
+def _alpha_jvp(cfg: _Config, primals: tuple, tangents: tuple) -> tuple:
+    face_vertices, sigma = primals
+    attrs = cfg.attrs()
+    alpha, acc, count = _ffi.soft_silhouettes(face_vertices, sigma, cfg.height, cfg.width, attrs)
+    (tangent,) = linear_call(
+        lambda r, t: (_ffi.soft_silhouettes_jvp(r[0], r[1], r[2], r[3], t[0], t[1], attrs),),
+        lambda r, g: _ffi.soft_silhouettes_bwd(r[0], r[1], r[2], r[3], g[0], attrs),
+        (face_vertices, sigma, acc, count),
+        tangents,
     )
-    return alpha, (face_vertices, sigma, acc, count)
-
-
-def _alpha_bwd(cfg: _Config, res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    face_vertices, sigma, acc, count = res
-    return _ffi.soft_silhouettes_bwd(face_vertices, sigma, acc, count, g, cfg.attrs())
-
-
-_alpha.defvjp(_alpha_fwd, _alpha_bwd)
+    return alpha, tangent
 
 
 def soft_silhouettes(

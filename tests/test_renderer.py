@@ -316,7 +316,7 @@ def test_large_constant_faces_under_jit_reach_the_kernel_unfolded():
             if c.aval.dtype == jnp.int32 and c.aval.shape[-1:] == (3,)
         }
         assert faces
-        assert _readers(jaxpr.jaxpr, faces) == {"custom_vjp_call"}
+        assert _readers(jaxpr.jaxpr, faces) == {"custom_jvp_call"}
 
 
 def _readers(jaxpr, variables: set[int]) -> set[str]:
