@@ -249,7 +249,13 @@ class Renderer:
             self.light_direction,
             prefix="light_",
         )
-        check.batch(mesh.batches | camera.batches | light_batches(lights, "light_"))
+        batch = check.batch(mesh.batches | camera.batches | light_batches(lights, "light_"))
+        geometry = check.batch({n: mesh.batches[n] for n in ("vertices", "faces")} | camera.batches)
+        if batch != geometry:
+            # Colours or lights batched beyond the geometry: the faces are drawn once per image
+            # (otherwise the faces' maps are not batched like the colours they composite).
+            v = mesh.vertices
+            mesh = mesh._replace(vertices=jnp.broadcast_to(v, batch + v.shape[-2:]))
         given = {"eye": eye, "K": K, "R": R, "t": t, "dist_coeffs": dist_coeffs}
         return self._render(mesh, camera, lights, shader, _seeing(tuple(shader_args), given))
 

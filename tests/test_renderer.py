@@ -78,6 +78,34 @@ def test_shapes_with_and_without_batch_dims():
     assert nr.Renderer(image_size=(24, 40)).render_silhouettes(v, f).shape == (24, 40)
 
 
+def test_colours_and_lights_batched_beyond_the_vertices_render_each_image():
+    # Regression: textures [2, F, ...] with unbatched vertices raised a TypeError from a
+    # concatenate (the colours batched, the faces' alpha not).
+    v, f = nr.data.icosphere(1)
+    rng = np.random.default_rng(3)
+    tex = rng.uniform(size=(2, f.shape[0], 2, 2, 2, 3)).astype(np.float32)
+    colors = rng.uniform(size=(2, v.shape[0], 3)).astype(np.float32)
+    r = nr.Renderer(image_size=16)
+    lit = nr.Renderer(image_size=16, light_intensity_ambient=np.array([0.3, 0.6], np.float32))
+    cases = [
+        (r.render(v, f, tex), [r.render(v, f, tex[i]) for i in range(2)]),
+        (
+            r.render(v, f, vertex_colors=colors),
+            [r.render(v, f, vertex_colors=colors[i]) for i in range(2)],
+        ),
+        (
+            lit.render(v, f, tex[0]),
+            [
+                dataclasses.replace(lit, light_intensity_ambient=a).render(v, f, tex[0])
+                for a in (0.3, 0.6)
+            ],
+        ),
+    ]
+    for batched, each in cases:
+        for got, want in zip(batched, zip(*each, strict=True), strict=True):
+            np.testing.assert_allclose(got, np.stack(want), atol=1e-6)
+
+
 def test_renderer_is_immutable_and_a_pytree():
     r = nr.Renderer(image_size=32)
     with pytest.raises(dataclasses.FrozenInstanceError):
