@@ -107,6 +107,7 @@ def test_shape_from_silhouettes_fits_the_held_out_views() -> None:
     assert metrics["chamfer_end"] < metrics["chamfer_start"] / 3  # 0.191 -> 0.044
 
 
+@pytest.mark.slow  # the example's fixed cost, as the test above; CI runs the soft rule's CLI below
 def test_shape_from_silhouettes_with_a_soft_rule_makes_progress() -> None:
     # SoftRas's rule pulls only the edges within its blur, so it gains less in as many steps
     # (docs/examples.md: the rules at the default size); sigma suits 32 pixels (a pixel is
@@ -128,7 +129,8 @@ def test_room_pose_recovers_the_camera_inside_the_room() -> None:
     assert metrics["loss_end"] < metrics["loss_start"] / 10  # fell 45-fold
 
 
-# Tiny runs of each command line (16 pixels, 2 steps): every picture is written.
+# Tiny runs of each command line (16 pixels, 2 steps): every picture is written (the shape from
+# silhouettes with a soft rule).
 SMALL_RUNS = {
     example1: [],
     example2: ["--iterations", "2"],
