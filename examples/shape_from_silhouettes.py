@@ -140,13 +140,14 @@ def run(
       ``chamfer_start``/``chamfer_end``: symmetric Chamfer distance to the target surface
       (``CHAMFER_POINTS`` points on each, sampled with ``seed``); ``loss_start``/``loss_end``.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     sphere, faces = (np.asarray(a) for a in nr.data.icosphere(SUBDIVISIONS))
     sphere = sphere * RADIUS
     target_vertices, target_faces = superquadric(TARGET_SUBDIVISIONS)
     edge_list = edges(faces)
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    # Silhouettes only: without textures the reversed faces of fill_back would draw nothing new.
+    # Hard silhouettes only: without textures the reversed faces of fill_back would draw nothing
+    # new (the soft rules draw them, below).
     renderer = nr.Renderer(image_size=image_size, fill_back=False)
     train_eyes = nr.get_points_from_angles(CAMERA_DISTANCE, TRAIN_ELEVATIONS, TRAIN_AZIMUTHS)
     test_eyes = nr.get_points_from_angles(CAMERA_DISTANCE, TEST_ELEVATIONS, TEST_AZIMUTHS)
@@ -163,7 +164,7 @@ def run(
             return silhouettes(vertices, faces, train_eyes)
         distribution, aggregation = rule.split("-")
         # Both windings, as SoftRas: the inner side's coverage fills the seams between the outer
-        # side's faces (where two faces meet, each covers half; 1 - 0.5 * 0.5 alone).
+        # side's faces (on an edge shared by two faces each covers half: alpha 0.75 from one side).
         soft = dataclasses.replace(
             renderer,
             fill_back=True,
@@ -205,8 +206,8 @@ def run(
     sigmas = np.geomspace(*sigma, iterations + 1).astype(np.float32)
     losses = []
     bar = tqdm(sigmas[:-1], desc="shape", disable=not progress)
-    for s in bar:
-        offsets, opt_state, loss = step(offsets, opt_state, s)
+    for sigma_now in bar:
+        offsets, opt_state, loss = step(offsets, opt_state, sigma_now)
         losses.append(float(loss))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     losses.append(float(jax.jit(loss_fn)(offsets, sigmas[-1])))
