@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -231,7 +231,7 @@ class _Clip(NamedTuple):
         if self.any_cut is None:
             return fn(*operands)
         identity = lambda *x: x[0] if len(x) == 1 else x  # noqa: E731
-        return jax.lax.cond(self.any_cut, fn, identity, *operands)
+        return _cond(self.any_cut, fn, identity, *operands)
 
     def cube_shader(self, eps: float) -> Shader:
         """The texture-cube shader of the source faces. The kernel reads texture coordinates
@@ -285,8 +285,16 @@ def _clip_projected(
     if not _may_branch(view):
         return _Clip(cut(view, projected), view, near, cube_faces, None)
     any_cut = _any(jax.lax.stop_gradient(face_cut))
-    faces = jax.lax.cond(any_cut, cut, whole, view, projected)
+    faces = _cond(any_cut, cut, whole, view, projected)
     return _Clip(faces, view, near, cube_faces, any_cut)
+
+
+def _cond(pred: jax.Array, on_true: Callable, on_false: Callable, *operands: Any) -> Any:
+    """``lax.cond``, decided here where ``pred`` is known (an eager call): one branch runs
+    op by op instead of both being compiled."""
+    if check.is_traced(pred):
+        return jax.lax.cond(pred, on_true, on_false, *operands)
+    return (on_true if bool(pred) else on_false)(*operands)
 
 
 def _may_branch(x: jax.Array) -> bool:

@@ -3,6 +3,7 @@ skipped when absent), random meshes for the kernel checks, and the tie scene."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -22,6 +23,12 @@ def reference_data() -> Path:
 
 
 NEAR, FAR = 0.1, 100.0
+
+
+def host_devices(count: int) -> str:
+    """XLA_FLAGS for a subprocess whose CPU backend has ``count`` devices (read when jax starts
+    it), keeping the suite's own flags (conftest.py)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
 
 
 def random_faces(rng: np.random.Generator, batch: int, faces: int, height: int, width=None):

@@ -27,7 +27,7 @@ import pytest
 import nmr_jax as nr
 from nmr_jax import _ffi, _nmr_jax_cpu
 from nmr_jax.data import teapot
-from tests._helpers import FAR, NEAR, SCENE, random_faces, tie_scene
+from tests._helpers import FAR, NEAR, SCENE, host_devices, random_faces, tie_scene
 
 
 def _device(platform: str) -> jax.Device | None:
@@ -561,7 +561,7 @@ def test_handlers_make_the_device_of_the_call_current():
         os.environ,
         NMR_JAX_KERNELS="cuda-host",
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=host_devices(2),
     )
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests._helpers import host_devices
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import render_views_sharded  # noqa: E402  (examples/ is on the path)
@@ -30,7 +32,7 @@ def test_two_processes_render_and_differentiate_as_one(tmp_path: Path) -> None:
     saved = tmp_path / "views.npz"
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",  # read when jax starts its CPU
+        "XLA_FLAGS": host_devices(2),  # read when jax starts its CPU
         "JAX_PLATFORMS": "cpu",  # the forced devices are host devices, also on a GPU machine
     }
     proc = subprocess.run(

@@ -20,7 +20,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from tests._helpers import reference_data
+from tests._helpers import host_devices, reference_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -188,7 +188,7 @@ def test_render_teapot_writes_the_quick_start_picture(tmp_path: Path) -> None:
 def test_render_views_sharded_splits_the_views_over_four_devices(tmp_path: Path) -> None:
     out = tmp_path / "views.png"
     # A fresh interpreter: the device count is read when jax starts its CPU backend.
-    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    flags = {"XLA_FLAGS": host_devices(4), "JAX_PLATFORMS": "cpu"}
     stdout = _run_script(
         "render_views_sharded.py", "--views", "8", "--image-size", "16", "--output", str(out),
         env=flags,
@@ -212,7 +212,7 @@ def test_pose_search_sharded_over_two_devices_finds_what_one_device_does(
     pose_search.run(**settings, progress=False, time_steps=False)
     expected = _best_start_errors(capsys.readouterr().out)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
-    flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    flags = {"XLA_FLAGS": host_devices(2), "JAX_PLATFORMS": "cpu"}
     stdout = _run_script("pose_search.py", *args, "--output-dir", str(tmp_path), env=flags)
     assert "for 8 on 2 devices" in stdout, stdout
     # Not bit for bit: XLA compiles the step for 4 starts per device instead of 8, float rounding

@@ -6,8 +6,8 @@ command line is executed as on a GPU machine: a step that cannot run (a shell fu
 `timeout`, a wrong path or flag) fails the test. The build is skipped (GPU_CHECK_SKIP_BUILD=1): it
 would reinstall the package under test with CUDA for one architecture, minutes of nvcc. The smoke
 and benchmark scripts run on the CPU (GPU_CHECK_DEVICE=cpu: the smoke script then runs the CUDA
-code compiled for the host) and the test steps only collect (GPU_CHECK_PYTEST_ARGS), so that the
-suite does not run a second time inside itself.
+code compiled for the host) and the test steps only collect, one small file besides their own
+(GPU_CHECK_PYTEST_ARGS), so that the suite does not run a second time inside itself.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_gpu_check_dry_run_executes_every_step(tmp_path):
         RECORD=str(record),
         GPU_CHECK_SKIP_BUILD="1",
         GPU_CHECK_DEVICE="cpu",
-        GPU_CHECK_PYTEST_ARGS="--collect-only",
+        GPU_CHECK_PYTEST_ARGS="--collect-only tests/test_data.py",
     )
     assert run.returncode == 0, run.stdout + run.stderr
     out = tmp_path / "out"

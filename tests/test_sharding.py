@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import host_devices
+
 DEVICES = 4
 VIEWS = 8  # Two per device.
 SIZE = 16  # Output image side; rasterized at 32 with anti-aliasing.
@@ -23,7 +25,7 @@ SIZE = 16  # Output image side; rasterized at 32 with anti-aliasing.
 
 @pytest.mark.versions
 def test_sharded_equals_unsharded_without_all_gather():
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    env = dict(os.environ, XLA_FLAGS=host_devices(DEVICES))
     env["JAX_PLATFORMS"] = "cpu"  # the forced devices are host devices, also on a GPU machine
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
