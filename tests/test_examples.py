@@ -138,15 +138,7 @@ SMALL_RUNS = {
     example4: ["--iterations", "2"],
     pose_search: ["--iterations", "2", "--starts", "4", "--targets", "1"],
     throw: ["--iterations", "2"],
-    shape_from_silhouettes: [
-        "--iterations",
-        "2",
-        "--rule",
-        "gaussian-max",
-        "--sigma",
-        "1e-3",
-        "1e-5",
-    ],
+    shape_from_silhouettes: ["--iterations", "2", "--rule", "gaussian-max"],
     room_pose: ["--iterations", "2"],
     pytorch3d_camera_position: ["--iterations", "2"],
 }
