@@ -730,16 +730,56 @@ ffi::Error SoftSilhouettesBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
   return ffi::Error::Success();
 }
 
+// Forward mode: scheduled as the forward pass (bands of rows over their faces in index order, so
+// the sums do not depend on the threads), each pixel summing its faces' tangents.
+ffi::Error SoftSilhouettesJvpImpl(ffi::ThreadPool pool, F32 face_vertices, F32 sigma, F32 acc, S32 count,
+                                  F32 tangent, int32_t height, int32_t width, float near, float far,
+                                  float threshold, float reach, int32_t distribution, int32_t aggregation,
+                                  F32Out out) {
+  NMR_PARSE(SoftJvpShape, face_vertices, sigma, acc, count, tangent, out);
+  const nmr::SoftParams params =
+      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation);
+  const int64_t F = s.F, P = s.P;
+  SoftBands bands;
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const float sig = sigma.typed_data()[bc.at(s.sigma, b)];
+    const float* a = acc.typed_data() + bc.at(s.acc, b) * P;
+    const int32_t* c = count.typed_data() + bc.at(s.count, b) * P;
+    const float* t = tangent.typed_data() + bc.at(s.tangent, b) * F * 10;
+    float* o = out->typed_data() + bc.at(s.out, b) * P;
+    bin_soft_faces(pool, fv, F, sig, params, &bands);
+    parallel_for(pool, ceil_div(height, kBandRows), [&](int64_t k) {
+      const int row_lo = static_cast<int>(k) * kBandRows;
+      const int row_hi = std::min(row_lo + kBandRows, static_cast<int>(height)) - 1;
+      std::fill(o + int64_t{row_lo} * width, o + int64_t{row_hi + 1} * width, 0.f);
+      for (int64_t i = bands.start[k]; i < bands.start[k + 1]; ++i) {
+        const int32_t f = bands.items[i];
+        const nmr::SoftFace& face = bands.faces[f];
+        for (int yi = std::max(face.box.y_lo, row_lo); yi <= std::min(face.box.y_hi, row_hi); ++yi)
+          for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+            nmr::SoftSample smp;
+            if (!nmr::soft_sample(face, xi, yi, sig, params, &smp)) continue;
+            const int64_t p = int64_t{yi} * width + xi;
+            const float dq = nmr::soft_dalpha_dq(params.aggregation, smp.q.F, f, a[p], c[p]);
+            if (dq != 0.f) o[p] += nmr::soft_sample_tangent(face, smp, dq, sig, params, t + 10 * f);
+          }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Soft colours (soft.h), scheduled as the soft silhouettes: bands of rows over their faces in index
 // order, first the largest logit of each pixel, then the softmax's sums with it.
 namespace {
 
-ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 sigma_gamma, int32_t height,
-                       int32_t width, float near, float far, float threshold, float reach,
+ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 bary_map, F32 sigma_gamma,
+                       int32_t height, int32_t width, float near, float far, float threshold, float reach,
                        int32_t distribution, float eps, float bg_r, float bg_g, float bg_b, F32Out out) {
-  NMR_PARSE(ColorShape, face_vertices, textures, sigma_gamma, out);
+  NMR_PARSE(ColorShape, face_vertices, textures, bary_map, sigma_gamma, out);
   const nmr::ColorParams c =
       nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b);
   const int64_t F = s.F, P = s.P;
@@ -747,6 +787,7 @@ ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F3
   for (int64_t b = 0; b < bc.size(); ++b) {
     const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
     const float* tex = textures.typed_data() + bc.at(s.tex, b) * F * s.cube;
+    const float* map = s.mapped ? bary_map.typed_data() + bc.at(s.map, b) * F * 9 : nullptr;
     const float sigma = sigma_gamma.typed_data()[2 * bc.at(s.params, b)];
     const float gamma = sigma_gamma.typed_data()[2 * bc.at(s.params, b) + 1];
     float* o = out->typed_data() + bc.at(s.out, b) * P * 5;
@@ -774,7 +815,8 @@ ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F3
       each_sample([&](int32_t f, const nmr::ColorSample& cs, float* px) {
         const float e = nmr::color_weight(cs, px[3]);
         float rgb[3];
-        nmr::sample_texture(fv + 9 * int64_t{f}, tex + f * s.cube, cs.w, cs.zp, c.tex, rgb);
+        nmr::sample_texture(fv + 9 * int64_t{f}, tex + f * s.cube, cs.w, cs.zp, c.tex, rgb,
+                            map ? map + 9 * int64_t{f} : nullptr);
         px[4] += e;
         for (int ch = 0; ch < 3; ++ch) px[ch] += e * rgb[ch];
       });
@@ -786,18 +828,20 @@ ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F3
 
 // Backward: each face streams over the pixels it reaches again (chunks of faces in parallel, each
 // face summing its gradient in pixel order).
-ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 sigma_gamma, F32 out,
-                          F32 grad_rgb, int32_t height, int32_t width, float near, float far, float threshold,
-                          float reach, int32_t distribution, float eps, float bg_r, float bg_g, float bg_b,
-                          F32Out result) {
-  NMR_PARSE(ColorBwdShape, face_vertices, textures, sigma_gamma, out, grad_rgb, result);
+ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 bary_map,
+                          F32 sigma_gamma, F32 out, F32 grad_rgb, int32_t height, int32_t width, float near,
+                          float far, float threshold, float reach, int32_t distribution, float eps,
+                          float bg_r, float bg_g, float bg_b, F32Out result) {
+  NMR_PARSE(ColorBwdShape, face_vertices, textures, bary_map, sigma_gamma, out, grad_rgb, result);
   const nmr::ColorParams c =
       nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b);
-  const int64_t F = s.F, P = s.P, stride = 11 + s.cube;
+  constexpr int kParts = nmr::kColorGradFloats;
+  const int64_t F = s.F, P = s.P, stride = kParts + s.cube;
   std::fill_n(result->typed_data(), result->element_count(), 0.f);
   for (int64_t b = 0; b < bc.size(); ++b) {
     const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
     const float* tex = textures.typed_data() + bc.at(s.tex, b) * F * s.cube;
+    const float* map = s.mapped ? bary_map.typed_data() + bc.at(s.map, b) * F * 9 : nullptr;
     const float sigma = sigma_gamma.typed_data()[2 * bc.at(s.params, b)];
     const float gamma = sigma_gamma.typed_data()[2 * bc.at(s.params, b) + 1];
     const float* o = out.typed_data() + bc.at(s.out, b) * P * 5;
@@ -808,20 +852,20 @@ ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures,
         const nmr::SoftFace face = nmr::setup_soft_face(fv + 9 * f, sigma, c.soft);
         if (!face.f.visible) continue;
         // Summed in double: sigma's and gamma's terms cancel to far less than their size.
-        double sum[11] = {};
+        double sum[kParts] = {};
         for (int yi = face.box.y_lo; yi <= face.box.y_hi; ++yi)
           for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
             const int64_t p = int64_t{yi} * width + xi;
             if (g[3 * p] == 0.f && g[3 * p + 1] == 0.f && g[3 * p + 2] == 0.f) continue;
             nmr::ColorSample cs;
             if (!nmr::color_sample(face, xi, yi, sigma, gamma, c.soft, &cs)) continue;
-            float* cube = r + stride * f + 11;
-            float part[11] = {};
-            nmr::color_grad(face, fv + 9 * f, tex + f * s.cube, cs, o + 5 * p, g + 3 * p, sigma, gamma, c,
-                            part, [&](int i, float v) { cube[i] += v; });
-            for (int k = 0; k < 11; ++k) sum[k] += part[k];
+            float* cube = r + stride * f + kParts;
+            float part[kParts] = {};
+            nmr::color_grad(face, fv + 9 * f, tex + f * s.cube, map ? map + 9 * f : nullptr, cs, o + 5 * p,
+                            g + 3 * p, sigma, gamma, c, part, [&](int i, float v) { cube[i] += v; });
+            for (int k = 0; k < kParts; ++k) sum[k] += part[k];
           }
-        for (int k = 0; k < 11; ++k) r[stride * f + k] = static_cast<float>(sum[k]);
+        for (int k = 0; k < kParts; ++k) r[stride * f + k] = static_cast<float>(sum[k]);
       }
     });
   }

@@ -1196,6 +1196,64 @@ ffi::Error SoftSilhouettesBwdImpl(cudaStream_t stream, Scratch, F32 face_vertice
   });
 }
 
+// Forward mode: the backward's threads, each adding its face's tangent at the pixels it reaches.
+struct SoftJvpParams {
+  const float* face_vertices;
+  const float* sigma;
+  const float* acc;
+  const int32_t* count;
+  const float* tangent;
+  float* out;
+  nmr::SoftParams params;
+  nmr::SoftJvpShape s;
+};
+
+__global__ void soft_jvp_kernel(SoftJvpParams g, Chunk chunk) {
+  const nmr::SoftJvpShape& s = g.s;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= s.F * kSoftLanes) return;
+  const int64_t* at = chunk.at[blockIdx.y];
+  const auto f = static_cast<int32_t>(i / kSoftLanes);
+  const int lane = static_cast<int>(i % kSoftLanes);
+  const float sigma = g.sigma[at[s.sigma]];
+  const nmr::SoftFace face =
+      nmr::setup_soft_face(g.face_vertices + (at[s.fv] * s.F + f) * 9, sigma, g.params);
+  if (!face.f.visible) return;
+  const float* acc = g.acc + at[s.acc] * s.P;
+  const int32_t* count = g.count + at[s.count] * s.P;
+  const float* tangent = g.tangent + (at[s.tangent] * s.F + f) * 10;
+  float* out = g.out + at[s.out] * s.P;
+  for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
+    for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+      nmr::SoftSample smp;
+      if (!nmr::soft_sample(face, xi, yi, sigma, g.params, &smp)) continue;
+      const int64_t p = static_cast<int64_t>(yi) * g.params.width + xi;
+      const float dq = nmr::soft_dalpha_dq(g.params.aggregation, smp.q.F, f, acc[p], count[p]);
+      if (dq != 0.f) atomicAdd(out + p, nmr::soft_sample_tangent(face, smp, dq, sigma, g.params, tangent));
+    }
+}
+
+ffi::Error SoftSilhouettesJvpImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 sigma, F32 acc,
+                                  S32 count, F32 tangent, int32_t height, int32_t width, float near,
+                                  float far, float threshold, float reach, int32_t distribution,
+                                  int32_t aggregation, F32Out out) {
+  NMR_PARSE(SoftJvpShape, face_vertices, sigma, acc, count, tangent, out);
+  if (auto err = zero(stream, out, "nmr_soft_silhouettes_jvp"); err.failure()) return err;
+  if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
+  const SoftJvpParams g{
+      face_vertices.typed_data(),
+      sigma.typed_data(),
+      acc.typed_data(),
+      count.typed_data(),
+      tangent.typed_data(),
+      out->typed_data(),
+      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation),
+      s};
+  return for_each_chunk(bc, "nmr_soft_silhouettes_jvp", [&](const Chunk& chunk, int n) {
+    NMR_LAUNCH(soft_jvp_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
+  });
+}
+
 }  // namespace
 
 // Soft colours (soft.h), threads as for the soft silhouettes: the largest logit of each pixel by
@@ -1206,6 +1264,7 @@ namespace {
 struct ColorKernelParams {
   const float* face_vertices;
   const float* textures;
+  const float* bary_map;
   const float* sigma_gamma;
   float* out;
   nmr::ColorParams c;
@@ -1244,6 +1303,7 @@ __global__ void color_faces_kernel(ColorKernelParams g, Chunk chunk, int pass) {
   const nmr::SoftFace face = nmr::setup_soft_face(fv, sigma, g.c.soft);
   if (!face.f.visible) return;
   const float* tex = g.textures + (at[s.tex] * s.F + f) * s.cube;
+  const float* map = s.mapped ? g.bary_map + (at[s.map] * s.F + f) * 9 : nullptr;
   for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
     for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
       nmr::ColorSample cs;
@@ -1255,20 +1315,22 @@ __global__ void color_faces_kernel(ColorKernelParams g, Chunk chunk, int pass) {
       }
       const float e = nmr::color_weight(cs, px[3]);
       float rgb[3];
-      nmr::sample_texture(fv, tex, cs.w, cs.zp, g.c.tex, rgb);
+      nmr::sample_texture(fv, tex, cs.w, cs.zp, g.c.tex, rgb, map);
       atomicAdd(px + 4, e);
       for (int ch = 0; ch < 3; ++ch) atomicAdd(px + ch, e * rgb[ch]);
     }
 }
 
-ffi::Error SoftRgbImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 sigma_gamma,
-                       int32_t height, int32_t width, float near, float far, float threshold, float reach,
-                       int32_t distribution, float eps, float bg_r, float bg_g, float bg_b, F32Out out) {
-  NMR_PARSE(ColorShape, face_vertices, textures, sigma_gamma, out);
+ffi::Error SoftRgbImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 bary_map,
+                       F32 sigma_gamma, int32_t height, int32_t width, float near, float far, float threshold,
+                       float reach, int32_t distribution, float eps, float bg_r, float bg_g, float bg_b,
+                       F32Out out) {
+  NMR_PARSE(ColorShape, face_vertices, textures, bary_map, sigma_gamma, out);
   if (s.P == 0) return ffi::Error::Success();
   const ColorKernelParams g{
       face_vertices.typed_data(),
       textures.typed_data(),
+      bary_map.typed_data(),
       sigma_gamma.typed_data(),
       out->typed_data(),
       nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b),
@@ -1286,6 +1348,7 @@ ffi::Error SoftRgbImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 text
 struct ColorBwdParams {
   const float* face_vertices;
   const float* textures;
+  const float* bary_map;
   const float* sigma_gamma;
   const float* out;
   const float* grad_rgb;
@@ -1306,11 +1369,13 @@ __global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
   const nmr::SoftFace face = nmr::setup_soft_face(fv, sigma, g.c.soft);
   if (!face.f.visible) return;
   const float* tex = g.textures + (at[s.tex] * s.F + f) * s.cube;
+  const float* map = s.mapped ? g.bary_map + (at[s.map] * s.F + f) * 9 : nullptr;
   const float* out = g.out + at[s.out] * s.P * 5;
   const float* grad_rgb = g.grad_rgb + at[s.grad] * s.P * 3;
-  float* result = g.result + (at[s.result] * s.F + f) * (11 + s.cube);
+  constexpr int kParts = nmr::kColorGradFloats;
+  float* result = g.result + (at[s.result] * s.F + f) * (kParts + s.cube);
   // Summed in double: sigma's and gamma's terms cancel to far less than their size.
-  double sum[11] = {};
+  double sum[kParts] = {};
   for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
     for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
       const int64_t p = static_cast<int64_t>(yi) * g.c.soft.width + xi;
@@ -1318,26 +1383,27 @@ __global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
       if (G[0] == 0.f && G[1] == 0.f && G[2] == 0.f) continue;
       nmr::ColorSample cs;
       if (!nmr::color_sample(face, xi, yi, sigma, gamma, g.c.soft, &cs)) continue;
-      float part[11] = {};
+      float part[kParts] = {};
       // Atomics for the cube: the lanes of a face share it.
-      nmr::color_grad(face, fv, tex, cs, out + 5 * p, G, sigma, gamma, g.c, part,
-                      [&](int k, float v) { atomicAdd(result + 11 + k, v); });
-      for (int k = 0; k < 11; ++k) sum[k] += part[k];
+      nmr::color_grad(face, fv, tex, map, cs, out + 5 * p, G, sigma, gamma, g.c, part,
+                      [&](int k, float v) { atomicAdd(result + kParts + k, v); });
+      for (int k = 0; k < kParts; ++k) sum[k] += part[k];
     }
-  for (int k = 0; k < 11; ++k)
+  for (int k = 0; k < kParts; ++k)
     if (sum[k] != 0.0) atomicAdd(result + k, static_cast<float>(sum[k]));
 }
 
-ffi::Error SoftRgbBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 sigma_gamma,
-                          F32 out, F32 grad_rgb, int32_t height, int32_t width, float near, float far,
-                          float threshold, float reach, int32_t distribution, float eps, float bg_r,
-                          float bg_g, float bg_b, F32Out result) {
-  NMR_PARSE(ColorBwdShape, face_vertices, textures, sigma_gamma, out, grad_rgb, result);
+ffi::Error SoftRgbBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 bary_map,
+                          F32 sigma_gamma, F32 out, F32 grad_rgb, int32_t height, int32_t width, float near,
+                          float far, float threshold, float reach, int32_t distribution, float eps,
+                          float bg_r, float bg_g, float bg_b, F32Out result) {
+  NMR_PARSE(ColorBwdShape, face_vertices, textures, bary_map, sigma_gamma, out, grad_rgb, result);
   if (auto err = zero(stream, result, "nmr_soft_rgb_bwd"); err.failure()) return err;
   if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
   const ColorBwdParams g{
       face_vertices.typed_data(),
       textures.typed_data(),
+      bary_map.typed_data(),
       sigma_gamma.typed_data(),
       out.typed_data(),
       grad_rgb.typed_data(),

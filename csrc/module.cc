@@ -41,6 +41,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrRasterizeLayers));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrLayersBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettes));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettesBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettesJvp));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgb));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgbBwd));
 
@@ -72,6 +73,7 @@ PYBIND11_MODULE(NMR_MODULE, m) {
     d["nmr_layers_bwd"] = capsule(NMR_HANDLER(NmrLayersBwd));
     d["nmr_soft_silhouettes"] = capsule(NMR_HANDLER(NmrSoftSilhouettes));
     d["nmr_soft_silhouettes_bwd"] = capsule(NMR_HANDLER(NmrSoftSilhouettesBwd));
+    d["nmr_soft_silhouettes_jvp"] = capsule(NMR_HANDLER(NmrSoftSilhouettesJvp));
     d["nmr_soft_rgb"] = capsule(NMR_HANDLER(NmrSoftRgb));
     d["nmr_soft_rgb_bwd"] = capsule(NMR_HANDLER(NmrSoftRgbBwd));
     return d;

@@ -352,10 +352,22 @@ struct Texture {
   float eps;
 };
 
+// The texture coordinates of the point of screen-space weights w and depth zp on a face, unclamped:
+// t_k = w_k * (T - 1) * zp / z_k (its perspective-correct barycentrics times T - 1). With a `map`
+// (3x3, row j the barycentrics of the face's corner j in another face's corners, as a clipped
+// piece's in its source face), the other face's: t_k = sum_j map[j][k] t'_j, since barycentrics
+// map linearly between the two.
+NMR_HD void texture_coords(const float* face, const float* w, float zp, int T, const float* map, float* t) {
+  float u[3];
+  for (int k = 0; k < 3; ++k) u[k] = w[k] * (T - 1) * (zp / face[3 * k + 2]);
+  for (int k = 0; k < 3; ++k) t[k] = map ? map[k] * u[0] + map[3 + k] * u[1] + map[6 + k] * u[2] : u[k];
+}
+
 // The 8 trilinear taps of a texture cube [T, T, T, 3] at a covered pixel: flat texel indices and
-// weights. Texture coordinate k is w_k * (T - 1) * zp / z_k (perspective-correct), clamped to
+// weights. The texture coordinates (texture_coords; `map` as there, or null) are clamped to
 // [0, T - 1 - eps] so that the upper tap stays inside the cube.
-NMR_HD void texture_taps(const float* face, const float* w, float zp, Texture tex, int32_t* idx, float* tw) {
+NMR_HD void texture_taps(const float* face, const float* w, float zp, Texture tex, int32_t* idx, float* tw,
+                         const float* map = nullptr) {
   const int T = tex.T;
   if (T == 1) {  // A single texel: the clamp range above would be empty.
     for (int c = 0; c < 8; ++c) {
@@ -365,9 +377,10 @@ NMR_HD void texture_taps(const float* face, const float* w, float zp, Texture te
     return;
   }
   int base[3];
-  float frac[3];
+  float frac[3], coords[3];
+  texture_coords(face, w, zp, T, map, coords);
   for (int k = 0; k < 3; ++k) {
-    const float t = clampf(w[k] * (T - 1) * (zp / face[3 * k + 2]), 0.f, T - 1 - tex.eps);
+    const float t = clampf(coords[k], 0.f, T - 1 - tex.eps);
     base[k] = static_cast<int>(t);
     frac[k] = t - base[k];
   }
@@ -385,10 +398,10 @@ NMR_HD void texture_taps(const float* face, const float* w, float zp, Texture te
 }
 
 NMR_HD void sample_texture(const float* face, const float* texture, const float* w, float zp, Texture tex,
-                           float* rgb) {
+                           float* rgb, const float* map = nullptr) {
   int32_t idx[8];
   float tw[8];
-  texture_taps(face, w, zp, tex, idx, tw);
+  texture_taps(face, w, zp, tex, idx, tw, map);
   for (int ch = 0; ch < 3; ++ch) rgb[ch] = 0.f;
   for (int c = 0; c < 8; ++c)
     for (int ch = 0; ch < 3; ++ch) rgb[ch] += tw[c] * texture[3 * idx[c] + ch];

@@ -185,6 +185,18 @@ NMR_HD void soft_sample_grad(const SoftFace& sf, const SoftSample& smp, float g_
   *grad_sigma -= g_x * smp.x / sigma;
 }
 
+// The tangent of alpha at one pixel from face sf's sample, given d alpha / d q there and the face's
+// tangent (its 9 vertex floats', then sigma's): soft_sample_grad's gradient dotted with it, so
+// that forward mode is exactly the transpose of the backward pass.
+NMR_HD float soft_sample_tangent(const SoftFace& sf, const SoftSample& smp, float dq, float sigma,
+                                 const SoftParams& s, const float* tangent) {
+  float g[10] = {};
+  soft_sample_grad(sf, smp, dq, sigma, s, g, g + 9);
+  float t = 0.f;
+  for (int k = 0; k < 10; ++k) t += g[k] * tangent[k];
+  return t;
+}
+
 // Soft colours (SoftRas): a softmax over the faces in reach and the background, each face f weighted
 // by D_f exp(a_f) with a_f = zn_f / gamma, zn = (far - zp) / (far - near) its normalised inverse
 // depth at the pixel (1 at near, 0 at far), and the background by exp(kBackgroundDepth / gamma).
@@ -197,6 +209,10 @@ struct ColorParams {
   Texture tex;
   float bg[3];  // Background colour.
 };
+
+// Floats of one face's gradient besides its cube's: its 9 vertex floats, its parts of sigma's and
+// gamma's, and its barycentric map's 9 (zero without a map).
+constexpr int kColorGradFloats = 20;
 
 // One face at one pixel for the colours: its coverage sample, its clamped barycentrics w and depth
 // zp there, and its softmax logit a.
@@ -244,17 +260,18 @@ NMR_HD void tap_slopes(const float* frac, int c, float* slope) {
 // Gradient of one face's contribution at one pixel. With u = D exp(a - m) / s its weight, rgb the
 // pixel's colour and G the incoming gradient: d rgb / d C = u, and the softmax gives
 // k = u G.(C - rgb) as the gradient of the face's log-weight log D + a. `grad` receives the face's
-// 9 vertex floats, then sigma and gamma; add_tex(i, v) adds v to float i of its cube's gradient.
+// kColorGradFloats: 9 vertex floats, sigma, gamma, then its `map`'s 9 (the face's barycentrics
+// mapped as in texture_coords; null for none); add_tex(i, v) adds v to float i of its cube's gradient.
 template <typename AddTex>
-NMR_HD void color_grad(const SoftFace& sf, const float* face, const float* texture, const ColorSample& cs,
-                       const float* px, const float* G, float sigma, float gamma, const ColorParams& c,
-                       float* grad, AddTex&& add_tex) {
+NMR_HD void color_grad(const SoftFace& sf, const float* face, const float* texture, const float* map,
+                       const ColorSample& cs, const float* px, const float* G, float sigma, float gamma,
+                       const ColorParams& c, float* grad, AddTex&& add_tex) {
   const SoftParams& s = c.soft;
   const float D = cs.smp.q.F_neg;
   const float u = D * expf(cs.a - px[3]) / px[4];
   int32_t idx[8];
   float tw[8];
-  texture_taps(face, cs.w, cs.zp, c.tex, idx, tw);
+  texture_taps(face, cs.w, cs.zp, c.tex, idx, tw, map);
   float C[3] = {0.f, 0.f, 0.f};
   for (int t = 0; t < 8; ++t)
     for (int ch = 0; ch < 3; ++ch) C[ch] += tw[t] * texture[3 * idx[t] + ch];
@@ -274,14 +291,16 @@ NMR_HD void color_grad(const SoftFace& sf, const float* face, const float* textu
   grad[10] -= k * static_cast<float>((a - px[3]) / gamma);
   float g_zp = -k / (gamma * (s.far - s.near));
   // Through the texture coordinates t_k = w_k (T - 1) zp / z_k, clamped to [0, T - 1 - eps]: the
-  // gradient of the perspective-correct barycentrics b_k = w_k zp / z_k.
+  // gradient of the perspective-correct barycentrics b_k = w_k zp / z_k (of the mapped ones with
+  // a map).
   float g_b[3] = {0.f, 0.f, 0.f};
   const int T = c.tex.T;
   if (T > 1) {
-    float frac[3];
+    float frac[3], coords[3];
     bool live[3];
+    texture_coords(face, cs.w, cs.zp, T, map, coords);
     for (int j = 0; j < 3; ++j) {
-      const float t = cs.w[j] * (T - 1) * (cs.zp / face[3 * j + 2]);
+      const float t = coords[j];
       const float clamped = clampf(t, 0.f, T - 1 - c.tex.eps);
       live[j] = t == clamped;
       frac[j] = clamped - static_cast<float>(static_cast<int>(clamped));
@@ -298,6 +317,19 @@ NMR_HD void color_grad(const SoftFace& sf, const float* face, const float* textu
   // b_k = w_k zp / z_k and zp = 1 / sum(w_j / z_j), w the clamped, renormalised barycentrics.
   const float zp = cs.zp, zp2 = zp * zp;
   const float* z = sf.f.z;
+  if (map) {
+    // The mapped barycentrics sum_j b_j map[j][k]: g_b back to the face's own, and the map's part.
+    float g_own[3];
+    for (int j = 0; j < 3; ++j) {
+      const float b = cs.w[j] * (zp / z[j]);
+      g_own[j] = 0.f;
+      for (int k = 0; k < 3; ++k) {
+        grad[11 + 3 * j + k] += g_b[k] * b;
+        g_own[j] += map[3 * j + k] * g_b[k];
+      }
+    }
+    for (int j = 0; j < 3; ++j) g_b[j] = g_own[j];
+  }
   for (int j = 0; j < 3; ++j) g_zp += g_b[j] * cs.w[j] / z[j];
   float g_w[3];
   for (int j = 0; j < 3; ++j) {

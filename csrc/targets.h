@@ -277,6 +277,26 @@ struct SoftBwdShape {
   }
 };
 
+// nmr_soft_silhouettes_jvp: face_vertices, sigma, acc and count, tangent [*b, F, 10] (each face's 9
+// vertex floats' tangents, then sigma's) -> alpha's tangent [*b, H, W]: the transpose of
+// nmr_soft_silhouettes_bwd.
+struct SoftJvpShape {
+  int fv, sigma, acc, count, tangent, out;
+  int64_t F, P;
+  static ffi::Error parse(Broadcast& bc, SoftJvpShape* s, const F32& face_vertices, const F32& sigma,
+                          const F32& acc, const S32& count, const F32& tangent, F32Out& out) {
+    s->fv = bc.add(face_vertices.dimensions(), 3);
+    s->sigma = bc.add(sigma.dimensions(), 0);
+    s->acc = bc.add(acc.dimensions(), 2);
+    s->count = bc.add(count.dimensions(), 2);
+    s->tangent = bc.add(tangent.dimensions(), 2);
+    s->out = bc.add(out->dimensions(), 2);
+    s->F = dim(face_vertices.dimensions(), 3);
+    s->P = dim(acc.dimensions(), 2) * dim(acc.dimensions(), 1);
+    return bc.finish();
+  }
+};
+
 // The attributes of both soft silhouette targets, as the core's parameters.
 inline SoftParams soft_params(int32_t height, int32_t width, float near, float far, float threshold,
                               float reach, int32_t distribution, int32_t aggregation) {
@@ -290,16 +310,20 @@ inline SoftParams soft_params(int32_t height, int32_t width, float near, float f
                     static_cast<Aggregation>(aggregation)};
 }
 
-// nmr_soft_rgb: face_vertices [*b, F, 3, 3], textures [*b, F, T, T, T, 3], sigma_gamma [*b, 2] ->
-// out [*b, H, W, 5]: rgb, then the softmax's m and s (soft.h).
+// nmr_soft_rgb: face_vertices [*b, F, 3, 3], textures [*b, F, T, T, T, 3], bary_map [*b, F or 0, 3,
+// 3] (each face's barycentric map, texture_coords; 0 rows: none), sigma_gamma [*b, 2] -> out [*b,
+// H, W, 5]: rgb, then the softmax's m and s (soft.h).
 struct ColorShape {
-  int fv, tex, params, out;
+  int fv, tex, map, params, out;
   int64_t F, P, cube;
   int T;
+  bool mapped;
   static ffi::Error parse(Broadcast& bc, ColorShape* s, const F32& face_vertices, const F32& textures,
-                          const F32& sigma_gamma, F32Out& out) {
+                          const F32& bary_map, const F32& sigma_gamma, F32Out& out) {
     s->fv = bc.add(face_vertices.dimensions(), 3);
     s->tex = bc.add(textures.dimensions(), 5);
+    s->map = bc.add(bary_map.dimensions(), 3);
+    s->mapped = dim(bary_map.dimensions(), 3) > 0;
     s->params = bc.add(sigma_gamma.dimensions(), 1);
     s->out = bc.add(out->dimensions(), 3);
     s->F = dim(face_vertices.dimensions(), 3);
@@ -310,17 +334,21 @@ struct ColorShape {
   }
 };
 
-// nmr_soft_rgb_bwd: face_vertices, textures, sigma_gamma, out, grad_rgb [*b, H, W, 3] -> grad
-// [*b, F, 11 + T^3 3]: each face's 9 vertex floats, its parts of sigma's and gamma's gradients, and
-// its cube's gradient.
+// nmr_soft_rgb_bwd: face_vertices, textures, bary_map, sigma_gamma, out, grad_rgb [*b, H, W, 3] ->
+// grad [*b, F, kColorGradFloats + T^3 3]: each face's 9 vertex floats, its parts of sigma's and
+// gamma's gradients, its map's gradient (0 without a map), and its cube's gradient.
 struct ColorBwdShape {
-  int fv, tex, params, out, grad, result;
+  int fv, tex, map, params, out, grad, result;
   int64_t F, P, cube;
   int T;
+  bool mapped;
   static ffi::Error parse(Broadcast& bc, ColorBwdShape* s, const F32& face_vertices, const F32& textures,
-                          const F32& sigma_gamma, const F32& out, const F32& grad_rgb, F32Out& result) {
+                          const F32& bary_map, const F32& sigma_gamma, const F32& out, const F32& grad_rgb,
+                          F32Out& result) {
     s->fv = bc.add(face_vertices.dimensions(), 3);
     s->tex = bc.add(textures.dimensions(), 5);
+    s->map = bc.add(bary_map.dimensions(), 3);
+    s->mapped = dim(bary_map.dimensions(), 3) > 0;
     s->params = bc.add(sigma_gamma.dimensions(), 1);
     s->out = bc.add(out.dimensions(), 3);
     s->grad = bc.add(grad_rgb.dimensions(), 3);
@@ -488,10 +516,28 @@ inline ColorParams color_params(int32_t height, int32_t width, float near, float
                                     .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
                                     .Ret<::nmr::F32>()             /* grad [*b, F, 10] */                   \
   );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettesJvp##SUFFIX, SoftSilhouettesJvpImpl,                      \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* sigma [*b] */                                     \
+                                    .Arg<::nmr::F32>() /* acc [*b, H, W] */                                 \
+                                    .Arg<::nmr::S32>() /* count [*b, H, W] */                               \
+                                    .Arg<::nmr::F32>() /* tangent [*b, F, 10] */                            \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Attr<float>("threshold")                                               \
+                                    .Attr<float>("reach")          /* -F^-1(threshold) */                   \
+                                    .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
+                                    .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
+                                    .Ret<::nmr::F32>()             /* alpha tangent [*b, H, W] */           \
+  );                                                                                                        \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgb##SUFFIX, SoftRgbImpl,                                            \
                                 ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
                                     .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
                                     .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
+                                    .Arg<::nmr::F32>() /* bary_map [*b, F or 0, 3, 3] */                    \
                                     .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
                                     .Attr<int32_t>("height")                                                \
                                     .Attr<int32_t>("width")                                                 \
@@ -510,6 +556,7 @@ inline ColorParams color_params(int32_t height, int32_t width, float near, float
                                 ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
                                     .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
                                     .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
+                                    .Arg<::nmr::F32>() /* bary_map [*b, F or 0, 3, 3] */                    \
                                     .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
                                     .Arg<::nmr::F32>() /* out [*b, H, W, 5] */                              \
                                     .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                         \
@@ -524,7 +571,7 @@ inline ColorParams color_params(int32_t height, int32_t width, float near, float
                                     .Attr<float>("bg_r") /* background colour */                            \
                                     .Attr<float>("bg_g")                                                    \
                                     .Attr<float>("bg_b")                                                    \
-                                    .Ret<::nmr::F32>() /* grad [*b, F, 11 + T^3 3] */                       \
+                                    .Ret<::nmr::F32>() /* grad [*b, F, 20 + T^3 3] */                       \
   )
 
 // The targets of the layered rasterizer (nr.rasterize_layers), defined as above.

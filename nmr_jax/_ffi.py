@@ -374,6 +374,31 @@ def soft_silhouettes_bwd(
     return _sum_to(g_fv, face_vertices.shape), _sum_to(g_sigma, sigma.shape)
 
 
+def soft_silhouettes_jvp(
+    face_vertices: jax.Array,
+    sigma: jax.Array,
+    acc: jax.Array,
+    count: jax.Array,
+    fv_tangent: jax.Array,
+    sigma_tangent: jax.Array,
+    attrs: dict[str, Any],
+) -> jax.Array:
+    """Tangent of ``soft_silhouettes``'s alpha [*b, H, W] given the face vertices' and sigma's:
+    the transpose of ``soft_silhouettes_bwd``."""
+    (fv, sg, a, c, t_fv, t_sg), batch = _pad_batch(
+        [face_vertices, sigma, acc, count, fv_tangent, sigma_tangent], [3, 0, 2, 2, 3, 0]
+    )
+    num_faces = face_vertices.shape[-3]
+    # One operand [*b, F, 10] as the backward's gradient: each face's 9 floats, then sigma's.
+    t_fv = jnp.broadcast_to(t_fv, (*batch, num_faces, 3, 3)).reshape(*batch, num_faces, 9)
+    t_sg = jnp.broadcast_to(t_sg[..., None, None], (*batch, num_faces, 1))
+    height, width = acc.shape[-2:]
+    out = jax.ShapeDtypeStruct((*batch, height, width), jnp.float32)
+    call = _call("nmr_soft_silhouettes_jvp", out, len(batch))
+    tangent = jnp.concatenate([t_fv, t_sg], axis=-1)
+    return call(fv, sg, a, c, tangent, height=np.int32(height), width=np.int32(width), **attrs)
+
+
 def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """``x`` summed over the leading dims that broadcasting ``shape`` to it added or widened."""
     lead = x.ndim - len(shape)
@@ -389,9 +414,12 @@ def soft_rgb(
     height: int,
     width: int,
     attrs: dict[str, Any],
+    bary_map: jax.Array | None = None,
 ) -> jax.Array:
-    """Soft colours -> [*b, H, W, 5] as rasterized: rgb, then the softmax's m and s (soft.h)."""
-    args, batch = _pad_batch([face_vertices, textures, sigma_gamma], [3, 5, 1])
+    """Soft colours -> [*b, H, W, 5] as rasterized: rgb, then the softmax's m and s (soft.h).
+    ``bary_map`` [*b, F, 3, 3]: face f's textures read at its barycentrics times ``bary_map[f]``
+    (a clipped piece's corners in its source face's); None: at its own."""
+    args, batch = _pad_batch([face_vertices, textures, _map(bary_map), sigma_gamma], [3, 5, 3, 1])
     out = jax.ShapeDtypeStruct((*batch, height, width, 5), jnp.float32)
     call = _call("nmr_soft_rgb", out, len(batch))
     return call(*args, height=np.int32(height), width=np.int32(width), **attrs)
@@ -404,20 +432,31 @@ def soft_rgb_bwd(
     out: jax.Array,
     grad_rgb: jax.Array,
     attrs: dict[str, Any],
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    bary_map: jax.Array | None = None,
+) -> tuple[jax.Array, ...]:
     """Gradient of ``soft_rgb``'s rgb w.r.t. the face vertices, textures and (sigma, gamma), each
-    summed to its shape (gamma's without the background's part, which the caller adds)."""
-    args, batch = _pad_batch([face_vertices, textures, sigma_gamma, out, grad_rgb], [3, 5, 1, 3, 3])
+    summed to its shape (gamma's without the background's part, which the caller adds), and with
+    a ``bary_map`` w.r.t. it too."""
+    operands = [face_vertices, textures, _map(bary_map), sigma_gamma, out, grad_rgb]
+    args, batch = _pad_batch(operands, [3, 5, 3, 1, 3, 3])
     height, width = out.shape[-3:-1]
     F, cube = face_vertices.shape[-3], int(np.prod(textures.shape[-4:]))
-    result = jax.ShapeDtypeStruct((*batch, F, 11 + cube), jnp.float32)
+    result = jax.ShapeDtypeStruct((*batch, F, 20 + cube), jnp.float32)
     call = _call("nmr_soft_rgb_bwd", result, len(batch))
     g = call(*args, height=np.int32(height), width=np.int32(width), **attrs)
     g_fv = g[..., :9].reshape(*batch, F, 3, 3)
     g_sg = jnp.sum(g[..., 9:11], axis=-2)
-    g_tex = g[..., 11:].reshape(*batch, F, *textures.shape[-4:])
-    return (
+    g_tex = g[..., 20:].reshape(*batch, F, *textures.shape[-4:])
+    grads = (
         _sum_to(g_fv, face_vertices.shape),
         _sum_to(g_tex, textures.shape),
         _sum_to(g_sg, sigma_gamma.shape),
     )
+    if bary_map is None:
+        return grads
+    return (*grads, _sum_to(g[..., 11:20].reshape(*batch, F, 3, 3), bary_map.shape))
+
+
+def _map(bary_map: jax.Array | None) -> jax.Array:
+    """The soft colours' map operand: 0 rows for none."""
+    return jnp.zeros((0, 3, 3), jnp.float32) if bary_map is None else bary_map

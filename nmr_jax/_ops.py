@@ -1,4 +1,5 @@
-"""Differentiable wrappers of the kernels (private): ``jax.custom_vjp`` defines Kato's gradient.
+"""Differentiable wrappers of the kernels (private): ``jax.custom_jvp`` rules whose tangents are
+linear maps transposed by the backward kernels (``_linear.linear_call``), and Kato's gradient.
 
 The maps here are at the rasterized resolution with row 0 at y = -1; flipping and anti-aliasing
 are plain jnp in the public layer, so autodiff un-flips and un-pools the incoming gradients.
@@ -9,33 +10,37 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+from jax.extend.core import Primitive
+from jax.interpreters import batching, mlir
 
 from nmr_jax import _ffi
+from nmr_jax._linear import linear_call
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def gather_faces(vertices: jax.Array, faces: jax.Array, checked: bool) -> jax.Array:
     """vertices [*b, V, 3] f32, faces [*b, F, 3] i32 -> [*b, F, 3, 3]; bad indices raise.
     ``checked``: all indices are known to be in [0, V) (see ``_ffi.gather_faces``)."""
     return _ffi.gather_faces(vertices, faces, checked)
 
 
-def _gather_fwd(vertices: jax.Array, faces: jax.Array, checked: bool) -> tuple[jax.Array, tuple]:
-    # A zero-size stand-in carries the vertices' shape without keeping them alive.
-    return _ffi.gather_faces(vertices, faces, checked), (faces, jnp.zeros((0,) + vertices.shape))
-
-
-def _gather_bwd(checked: bool, res: tuple, g: jax.Array) -> tuple[jax.Array, None]:
-    faces, shape_of = res
-    return _ffi.scatter_faces(faces, g, shape_of.shape[1:]), None
-
-
-gather_faces.defvjp(_gather_fwd, _gather_bwd)
+@gather_faces.defjvp
+def _gather_jvp(checked: bool, primals: tuple, tangents: tuple) -> tuple:
+    vertices, faces = primals
+    shape = vertices.shape
+    (tangent,) = linear_call(
+        # The primal call checked the indices: the tangent's gather need not.
+        lambda res, lin: (_ffi.gather_faces(lin[0], res[0], True),),
+        lambda res, cts: (_ffi.scatter_faces(res[0], cts[0], shape),),
+        (faces,),
+        (tangents[0],),
+    )
+    return _ffi.gather_faces(vertices, faces, checked), tangent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +94,7 @@ def _perspective_bary(
     return weights * (depth[..., None] / z)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _vertex_differentiable(
     face_vertices: jax.Array, face_index: jax.Array, weights: jax.Array, depth: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -98,81 +103,143 @@ def _vertex_differentiable(
     return weights, _perspective_bary(face_vertices, face_index, weights, depth), depth
 
 
-def _vertex_differentiable_fwd(face_vertices, face_index, weights, depth):
-    fv, fi, w, d = (a.value for a in (face_vertices, face_index, weights, depth))
-    return (w, _perspective_bary(fv, fi, w, d), d), (fv, fi, w, d)
+@_vertex_differentiable.defjvp
+def _vertex_differentiable_jvp(primals: tuple, tangents: tuple) -> tuple:
+    fv, fi, w, d = primals
+    # weights and depth come from a kernel run on constant vertices: only fv has a tangent.
+    out = _vertex_differentiable(fv, fi, w, d)
+    return out, linear_call(_fragments_tangent, _fragments_transpose, (fv, fi, w, d), tangents[:1])
 
 
-def _vertex_differentiable_bwd(res: tuple, grads: tuple) -> tuple:
-    fv, fi, w, d = res
-    # Symbolic zeros (maps nobody reads) cost nothing: the cube shader reads none of them.
-    g_w, g_b, g_d = (None if isinstance(g, SymbolicZero) else g for g in grads)
-    if g_w is None and g_b is None and g_d is None:
-        return jnp.zeros_like(fv), None, None, None
-    return _ffi.fragments_bwd(fv, fi, w, d, g_w, g_b, g_d), None, None, None
+def _fragments_tangent(res: tuple, lin: tuple) -> tuple:
+    """The fragments' tangent at covered pixels, as nmr_core.h ``fragment_grad`` differentiates
+    them: the weights w = M^-1 [xp, yp, 1] (unclamped: covered pixels have w in [0, 1]), then
+    zp = 1 / sum(w_m / z_m) and b_k = w_k zp / z_k at the kernel's w and zp."""
+    fv, fi, w, zp = res
+    covered = fi >= 0
+    w_dot = jax.jvp(lambda fv: _edge_weights(fv, fi), (fv,), lin)[1]
+    # Background pixels read face 0, whose depth may be 0 (padding): 1 keeps them finite.
+    z = jnp.where(covered[..., None], _pixel_faces(fv, fi)[..., 2], 1.0)
+    z_dot = _pixel_faces(lin[0], fi)[..., 2]
+    zp_dot = -(zp**2) * jnp.sum(w_dot / z - w * z_dot / z**2, axis=-1)
+    zp_ = zp[..., None]
+    b_dot = (w_dot * zp_ + w * zp_dot[..., None] - w * zp_ * z_dot / z) / z
+    on = lambda t: jnp.where(covered[..., None] if t.ndim > fi.ndim else covered, t, 0.0)  # noqa: E731
+    return on(w_dot), on(b_dot), on(zp_dot)
 
 
-_vertex_differentiable.defvjp(
-    _vertex_differentiable_fwd, _vertex_differentiable_bwd, symbolic_zeros=True
-)
+def _fragments_transpose(res: tuple, cts: tuple) -> tuple:
+    return (_ffi.fragments_bwd(*res, *cts),)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def interpolate_corners(attributes: jax.Array, face_index: jax.Array, bary: jax.Array) -> jax.Array:
     """Face-corner attributes [*b, F, 3, C] at the pixels [*b, H, W] with barycentrics
     [*b, H, W, 3] -> [*b, H, W, C], 0 on background; differentiable in attributes and bary."""
     return _ffi.interpolate(attributes, face_index, bary)
 
 
-def _interpolate_fwd(attributes, face_index, bary):
-    return _ffi.interpolate(attributes, face_index, bary), (attributes, face_index, bary)
+@interpolate_corners.defjvp
+def _interpolate_jvp(primals: tuple, tangents: tuple) -> tuple:
+    attributes, face_index, bary = primals
+    (tangent,) = linear_call(
+        # Bilinear: linear in the attributes and in the barycentrics.
+        lambda res, lin: (
+            _ffi.interpolate(lin[0], res[1], res[2]) + _ffi.interpolate(res[0], res[1], lin[1]),
+        ),
+        lambda res, cts: _ffi.interpolate_bwd(res[0], res[1], res[2], cts[0]),
+        (attributes, face_index, bary),
+        (tangents[0], tangents[2]),
+    )
+    return _ffi.interpolate(attributes, face_index, bary), tangent
 
 
-def _interpolate_bwd(res: tuple, g: jax.Array) -> tuple:
-    attributes, face_index, bary = res
-    g_attr, g_bary = _ffi.interpolate_bwd(attributes, face_index, bary, g)
-    return g_attr, None, g_bary
-
-
-interpolate_corners.defvjp(_interpolate_fwd, _interpolate_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def sample_image(image: jax.Array, uv: jax.Array, bilinear: bool, wrap: bool) -> jax.Array:
     """image [*b, Ht, Wt, C] sampled at uv [*b, H, W, 2] -> [*b, H, W, C] (nmr_core.h
     ``image_taps``); differentiable in image and uv."""
     return _ffi.sample_image(image, uv, bilinear, wrap)
 
 
-def _sample_image_fwd(image, uv, bilinear, wrap):
-    return _ffi.sample_image(image, uv, bilinear, wrap), (image, uv)
+@sample_image.defjvp
+def _sample_image_jvp(bilinear: bool, wrap: bool, primals: tuple, tangents: tuple) -> tuple:
+    image, uv = primals
+    out = _ffi.sample_image(image, uv, bilinear, wrap)
+
+    def tangent(res: tuple, lin: tuple) -> tuple:
+        image, uv = res
+        # Each pixel's derivative in (u, v) per channel [C, *b, H, W, 2], from the backward
+        # kernel given a unit gradient in one channel (uv broadcast to the output first, so
+        # that it is not summed over the image's batch).
+        uv_out = jnp.broadcast_to(uv, (*out.shape[:-1], 2))
+        units = jnp.eye(out.shape[-1], dtype=jnp.float32)
+        unit = lambda e: _ffi.sample_image_bwd(  # noqa: E731
+            image, uv_out, jnp.broadcast_to(e, out.shape), bilinear, wrap
+        )[1]
+        d_uv = jax.vmap(unit)(units)
+        along = jnp.moveaxis(jnp.sum(d_uv * lin[1], axis=-1), 0, -1)
+        return (_ffi.sample_image(lin[0], uv, bilinear, wrap) + along,)
+
+    def transpose(res: tuple, cts: tuple) -> tuple:
+        return _ffi.sample_image_bwd(res[0], res[1], cts[0], bilinear, wrap)
+
+    return out, linear_call(tangent, transpose, (image, uv), tangents)[0]
 
 
-def _sample_image_bwd(bilinear: bool, wrap: bool, res: tuple, g: jax.Array) -> tuple:
-    image, uv = res
-    return _ffi.sample_image_bwd(image, uv, g, bilinear, wrap)
-
-
-sample_image.defvjp(_sample_image_fwd, _sample_image_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _kato(face_vertices: jax.Array, face_index: jax.Array, image: jax.Array, eps: float):
     """The identity on ``image`` [*b, H, W, C] (as rasterized, background and alpha included),
     adding Kato's gradient of the face vertices to the image's own gradient."""
     return image
 
 
-def _kato_fwd(face_vertices, face_index, image, eps):
-    return image, (face_vertices, face_index, image)
+def _kato_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
+    face_vertices, face_index, image = primals
+    fv_dot, _, image_dot = tangents
+    if type(image_dot) is SymbolicZero:
+        image_dot = jnp.zeros_like(image)
+    if type(fv_dot) is SymbolicZero:  # textures, colours, lights: the image's own tangent
+        return image, image_dot
+    # Kato's rule is a backward pass only: its "tangent" is a stand-in that raises if evaluated
+    # (jvp), its transpose Kato's gradient, so reverse mode (linearize, then transpose) gets it.
+    (kato,) = linear_call(
+        lambda res, lin: (_kato_no_jvp_p.bind(res[2]),),
+        lambda res, cts: (_ffi.kato_bwd(res[0], res[1], res[2], cts[0], eps),),
+        (face_vertices, face_index, image),
+        (fv_dot,),
+    )
+    return image, image_dot + kato
 
 
-def _kato_bwd(eps: float, res: tuple, g_image: jax.Array) -> tuple:
-    face_vertices, face_index, image = res
-    return _ffi.kato_bwd(face_vertices, face_index, image, g_image, eps), None, g_image
+_kato.defjvp(_kato_jvp, symbolic_zeros=True)
+
+KATO_NO_JVP = (
+    "Kato's approximate gradient has no forward mode (jax.jvp, jax.jacfwd, jax.linearize): it "
+    "is not linear in the incoming gradient (only pixels whose change would lower the loss "
+    "contribute), so it is not the transpose of any Jacobian-vector product. The images of "
+    "Kato's rule (rgb and alpha of Renderer.render, render_silhouettes, rasterize_rgbad, "
+    "rasterize, rasterize_silhouettes) have forward-mode derivatives with respect to textures, "
+    "colours, lights and shader arguments, not the vertices or the camera. For forward mode "
+    "with respect to the vertices use a soft rule (Renderer(rule=nmr_jax.SoftRule(...)), or "
+    "nmr_jax.soft_silhouettes and nmr_jax.soft_rgb), the depth map or the fragments, or put "
+    "jax.lax.stop_gradient on the vertices (or the hard image) where its vertex derivative is "
+    "not needed."
+)
 
 
-_kato.defvjp(_kato_fwd, _kato_bwd)
+def _kato_no_jvp(*args: Any, **kwargs: Any) -> Any:
+    raise TypeError(KATO_NO_JVP)
+
+
+# The stand-in for Kato's tangent: shaped like the image, it raises when run or compiled.
+_kato_no_jvp_p = Primitive("nmr_kato_no_jvp")
+_kato_no_jvp_p.def_impl(_kato_no_jvp)
+_kato_no_jvp_p.def_abstract_eval(lambda image: image)
+batching.primitive_batchers[_kato_no_jvp_p] = lambda args, dims: (
+    _kato_no_jvp_p.bind(*args),
+    dims[0],
+)
+mlir.register_lowering(_kato_no_jvp_p, _kato_no_jvp)
 
 
 def shade(
@@ -223,7 +290,7 @@ def shader_output(out: jax.Array, frags: Fragments) -> jax.Array:
     return out
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5,))
+@partial(jax.custom_jvp, nondiff_argnums=(5,))
 def sample_cubes(
     face_vertices: jax.Array,
     textures: jax.Array,
@@ -233,24 +300,23 @@ def sample_cubes(
     eps: float,
 ) -> jax.Array:
     """The original's trilinear texture-cube colours [*b, H, W, 3], 0 on background (the kernel
-    works pixel by pixel: any row order). As the original, only the textures get a gradient."""
+    works pixel by pixel: any row order). As the original, only the textures get a derivative."""
     return _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, eps)
 
 
-def _sample_cubes_fwd(face_vertices, textures, face_index, weights, depth, eps):
-    rgb = _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, eps)
-    return rgb, (face_vertices, face_index, weights, depth, jnp.zeros((0,) + textures.shape))
-
-
-def _sample_cubes_bwd(eps: float, res: tuple, g_rgb: jax.Array) -> tuple:
-    face_vertices, face_index, weights, depth, tex_shape = res
-    g_tex = _ffi.sample_textures_bwd(
-        face_vertices, face_index, weights, depth, g_rgb, eps, tex_shape.shape[1:]
+@sample_cubes.defjvp
+def _sample_cubes_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
+    face_vertices, textures, face_index, weights, depth = primals
+    res = (face_vertices, face_index, weights, depth)
+    shape = textures.shape
+    (tangent,) = linear_call(
+        # Trilinear sampling is linear in the textures: the forward kernel gives the tangent.
+        lambda r, lin: (_ffi.sample_textures(r[0], lin[0], r[1], r[2], r[3], eps),),
+        lambda r, cts: (_ffi.sample_textures_bwd(r[0], r[1], r[2], r[3], cts[0], eps, shape),),
+        res,
+        tangents[1:2],
     )
-    return None, g_tex, None, None, None
-
-
-sample_cubes.defvjp(_sample_cubes_fwd, _sample_cubes_bwd)
+    return _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, eps), tangent
 
 
 def cube_shader(face_vertices: jax.Array, eps: float) -> Shader:
@@ -278,6 +344,15 @@ def _weights_at(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
     to [0, 1], renormalised) written with jnp so that autodiff gives its exact derivative within
     the face, as nvdiffrast's ``interpolate``; the face index (where each face is drawn) is data.
     """
+    w = jnp.clip(_edge_weights(face_vertices, face_index), 0.0, 1.0)
+    total = jnp.sum(w, axis=-1, keepdims=True)
+    w = w / jnp.where(total > 0, total, 1.0)
+    return jnp.where((face_index >= 0)[..., None], w, 0.0)
+
+
+def _edge_weights(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
+    """Each pixel's edge functions over twice its face's area [*b, H, W, 3], before the clamp
+    (arbitrary but finite on background)."""
     height, width = face_index.shape[-2:]
     covered = face_index >= 0
     face = _pixel_faces(face_vertices, face_index)
@@ -294,10 +369,7 @@ def _weights_at(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:
     edge = (x[..., k2] - x[..., k1]) * (yp - y[..., k1]) - (y[..., k2] - y[..., k1]) * (
         xp - x[..., k1]
     )
-    w = jnp.clip(edge / area2[..., None], 0.0, 1.0)
-    total = jnp.sum(w, axis=-1, keepdims=True)
-    w = w / jnp.where(total > 0, total, 1.0)
-    return jnp.where(covered[..., None], w, 0.0)
+    return edge / area2[..., None]
 
 
 def _pixel_faces(face_vertices: jax.Array, face_index: jax.Array) -> jax.Array:

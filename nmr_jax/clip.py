@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from nmr_jax import _ops
@@ -34,6 +35,8 @@ from nmr_jax._ops import Fragments, Shader
 from nmr_jax.rasterize import DEFAULT_NEAR
 
 __all__ = ["ClippedFaces", "clip_faces", "source_fragments"]
+
+_T = TypeVar("_T")
 
 
 class ClippedFaces(NamedTuple):
@@ -75,7 +78,7 @@ def clip_faces(faces: ArrayLike, near: float = DEFAULT_NEAR) -> ClippedFaces:
     return ClippedFaces(
         jnp.where(pieces.valid[..., None, None], pieces.corners, 0.0),
         jnp.where(pieces.valid, index, -1),
-        jnp.where(pieces.valid[..., None, None], pieces.bary, 0.0),
+        _bary(pieces),
     )
 
 
@@ -123,6 +126,11 @@ class _Pieces(NamedTuple):
     depths: jax.Array  # [..., F, 3]: the faces' corner depths (stand-ins for dropped faces)
     valid: jax.Array  # [..., 2F] bool: the piece exists.
     cut: jax.Array  # [..., F] bool: the face was cut or dropped, not kept whole.
+
+
+def _bary(p: _Pieces) -> jax.Array:
+    """The pieces' corner barycentrics in their source faces, 0 for padding."""
+    return jnp.where(p.valid[..., None, None], p.bary, 0.0)
 
 
 def _roll(x: jax.Array, r: jax.Array) -> jax.Array:
@@ -198,40 +206,39 @@ def _clip(faces: jax.Array, near: float) -> _Pieces:
 
 
 class _Clip(NamedTuple):
-    """What the Renderer rasterizes instead of its faces, and how to read it back."""
+    """What the Renderer rasterizes instead of its faces where some face is cut, and how to read
+    it back."""
 
     faces: jax.Array  # [..., 2F, 3, 3] projected pieces; all 0 for padding (draws nothing).
-    view: jax.Array  # [..., F, 3, 3] the faces in the camera frame.
-    near: float  # the plane's depth
     # [..., F, 3, 3]: the faces as the texture-cube kernel reads them (see cube_shader).
     cube_faces: jax.Array
-    # bool []: some face was cut or dropped (the pieces need their fragments mapped back), or
-    # None where the mapping always runs (see _may_branch).
-    any_cut: jax.Array | None
+    view: jax.Array  # [..., F, 3, 3] the faces in the camera frame.
+    near: float  # the plane's depth
 
     def table(self) -> jax.Array:
-        """[..., 2F, 3, 7] (see _table), computed only where it is read: where a face is cut."""
-        p = _clip(self.view, self.near)
-        twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
-        bary = jnp.where(p.valid[..., None, None], p.bary, 0.0)
-        return _table(bary, twice(p.depths), twice(p.cut[..., None])[..., 0])
+        """[..., 2F, 3, 7] (see _table)."""
+
+        @jax.checkpoint  # recomputed, not saved: see _clip_projected
+        def table(view: jax.Array) -> jax.Array:
+            p = _clip(view, self.near)
+            twice = lambda x: jnp.concatenate([x, x], axis=-2)  # noqa: E731  [..., F, c] -> 2F
+            return _table(_bary(p), twice(p.depths), twice(p.cut[..., None])[..., 0])
+
+        return table(self.view)
+
+    def bary(self) -> jax.Array:
+        """[..., 2F, 3, 3]: ``ClippedFaces.bary`` of the pieces (the identity for a face kept
+        whole, 0 for padding)."""
+        # Recomputed by the backward pass, not saved: see _clip_projected.
+        return jax.checkpoint(lambda view: _bary(_clip(view, self.near)))(self.view)
 
     def shader(self, shader: Shader) -> Shader:
         """``shader`` seeing the fragments of the source faces."""
 
         def on_source(frags: Fragments, *args: object) -> jax.Array:
-            mapped = lambda f: _to_source(f, None, self.table())[0]  # noqa: E731
-            return shader(self._when_cut(mapped, frags), *args)
+            return shader(_to_source(frags, None, self.table())[0], *args)
 
         return on_source
-
-    def _when_cut(self, fn: Callable, *operands: object) -> object:
-        """``fn(*operands)`` where a face was cut, the operands as they are where none was (the
-        mapping, a pass over every pixel, is then skipped)."""
-        if self.any_cut is None:
-            return fn(*operands)
-        identity = lambda *x: x[0] if len(x) == 1 else x  # noqa: E731
-        return _cond(self.any_cut, fn, identity, *operands)
 
     def cube_shader(self, eps: float) -> Shader:
         """The texture-cube shader of the source faces. The kernel reads texture coordinates
@@ -240,7 +247,8 @@ class _Clip(NamedTuple):
         its perspective-correct barycentrics and ``zp = 1``. As without clipping, only the
         textures get a gradient: the mapping needs none."""
 
-        def mapped(fi: jax.Array, w: jax.Array, zp: jax.Array) -> tuple[jax.Array, ...]:
+        def shader(frags: Fragments, textures: jax.Array) -> jax.Array:
+            fi, w, zp = jax.lax.stop_gradient((frags.face_index, frags.bary_screen, frags.depth))
             # sum_k w_k (zp / z_k) t_k = sum_k b_k t_k: the table's barycentrics and cut flag
             # over the pieces' corner depths, interpolated with the screen-space weights, times
             # zp (padding pieces have depth 0 and are never drawn).
@@ -250,43 +258,78 @@ class _Clip(NamedTuple):
             at = _ops.interpolate_corners(scaled, fi, w) * zp[..., None]
             cut = at[..., 3] > 0.5
             w = jnp.where(cut[..., None], at[..., :3], w)
-            return _source_index(fi, self.faces.shape[-3]), w, jnp.where(cut, 1.0, zp)
-
-        def shader(frags: Fragments, textures: jax.Array) -> jax.Array:
-            maps = jax.lax.stop_gradient((frags.face_index, frags.bary_screen, frags.depth))
-            fi, w, zp = cast(tuple[jax.Array, ...], self._when_cut(mapped, *maps))
-            return _ops.sample_cubes(self.cube_faces, textures, fi, w, zp, eps)
+            fi = _source_index(fi, self.faces.shape[-3])
+            return _ops.sample_cubes(self.cube_faces, textures, fi, w, jnp.where(cut, 1.0, zp), eps)
 
         return shader
+
+
+class _Whole(NamedTuple):
+    """What the Renderer rasterizes where no face is cut: its projected faces, drawn as without
+    clipping (the interface of _Clip)."""
+
+    faces: jax.Array  # [..., F, 3, 3]
+
+    def bary(self) -> None:
+        return None
+
+    def shader(self, shader: Shader) -> Shader:
+        return shader
+
+    def cube_shader(self, eps: float) -> None:
+        return None
+
+
+def _drawn(
+    projected: jax.Array,
+    padding: np.ndarray | jax.Array | None,
+    view: Callable[[], jax.Array],
+    project: Callable[[jax.Array], jax.Array],
+    near: float,
+    draw: Callable[[_Clip | _Whole], _T],
+) -> _T:
+    """The Renderer's clipping: ``draw`` of the pieces of its faces in front of the plane z =
+    ``near`` (a ``_Clip``) where some face is cut, of the faces themselves (a ``_Whole``) where
+    none is, so that a scene wholly in front costs what it did without clipping: one test of the
+    depths it projects anyway. ``projected`` [..., F, 3, 3]: the faces projected (gathered from
+    projected vertices; z the view depth, NaN for a non-finite point); ``padding`` bool [..., F]:
+    padding rows (all 0, drawn by neither), None for none; ``view()``: the faces in the camera frame;
+    ``project``: the camera's projection of points [..., N, 3]."""
+
+    def clipped() -> _T:
+        return draw(_clip_projected(view(), projected, project, near))
+
+    if not _may_branch(projected):
+        return clipped()
+    # As _clip's cut: a corner behind the plane or not finite (its projected depth is NaN).
+    cut = ~jnp.all(projected[..., 2] >= near, axis=-1)
+    if padding is not None:
+        cut = cut & ~padding
+    return _cond(_any(jax.lax.stop_gradient(cut)), clipped, lambda: draw(_Whole(projected)))
 
 
 def _clip_projected(
     view: jax.Array, projected: jax.Array, project: Callable[[jax.Array], jax.Array], near: float
 ) -> _Clip:
-    """The Renderer's clipping: ``view`` [..., F, 3, 3] faces in the camera frame, ``projected``
-    the same faces projected (gathered from projected vertices), ``project`` the camera's
-    projection of points [..., N, 3]. The pieces' source corners are taken from ``projected``
-    and only the crossings are projected, so a face kept whole is drawn bit for bit as without
-    clipping and shares its corners exactly with its cut neighbours."""
+    """The pieces of ``view`` [..., F, 3, 3], faces in the camera frame, whose projections are
+    ``projected``. The pieces' source corners are taken from ``projected`` and only the
+    crossings are projected, so a face kept whole is drawn bit for bit as without clipping and
+    shares its corners exactly with its cut neighbours.
 
-    def cut(view: jax.Array, projected: jax.Array) -> jax.Array:
+    The cutting (elementwise work) is recomputed by the backward pass, not saved: under the
+    ``lax.cond`` of ``_drawn`` the forward pass fills the other branch's residuals with zeros,
+    and the cutting's would be some 30 per-face arrays even where no face is cut."""
+
+    @jax.checkpoint
+    def pieces(view: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array]:
         p = _clip(view, near)
         points = p.points.reshape(*p.points.shape[:-3], -1, 3)
         crossings = project(points).reshape(p.points.shape)
-        return jnp.where(p.valid[..., None, None], p.select(projected, crossings), 0.0)
+        faces = jnp.where(p.valid[..., None, None], p.select(projected, crossings), 0.0)
+        return faces, jnp.where(p.cut[..., None, None], 1.0, view)
 
-    def whole(view: jax.Array, projected: jax.Array) -> jax.Array:
-        """What ``cut`` gives when every face is kept whole, without its work."""
-        return jnp.concatenate([projected, jnp.zeros_like(projected)], axis=-3)
-
-    finite = jnp.all(jnp.isfinite(view), axis=(-2, -1))
-    face_cut = ~(finite & jnp.all(view[..., 2] >= near, axis=-1))  # as _clip's cut
-    cube_faces = jnp.where(face_cut[..., None, None], 1.0, view)
-    if not _may_branch(view):
-        return _Clip(cut(view, projected), view, near, cube_faces, None)
-    any_cut = _any(jax.lax.stop_gradient(face_cut))
-    faces = _cond(any_cut, cut, whole, view, projected)
-    return _Clip(faces, view, near, cube_faces, any_cut)
+    faces, cube_faces = pieces(view, projected)
+    return _Clip(faces, cube_faces, view, near)
 
 
 def _cond(pred: jax.Array, on_true: Callable, on_false: Callable, *operands: Any) -> Any:

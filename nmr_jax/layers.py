@@ -67,7 +67,9 @@ def rasterize_layers(
     slot (plus 8 bytes a slot of scratch on the GPU).
 
     Args:
-      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z).
+      faces: float32 ``[..., F, 3, 3]`` projected face vertices (NDC x, y; view depth z), in
+        front of the camera: not clipped here; for faces around the camera rasterize the
+        pieces of ``nmr_jax.clip_faces`` and map face indices back through its ``source``.
       image_size: ``S`` or ``(H, W)``.
       num_layers: ``K``, the slots per pixel (static; any positive int, memory permitting).
       blur_radius: squared NDC distance, >= 0 (static).

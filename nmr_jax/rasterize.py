@@ -152,6 +152,10 @@ def _rgbad(
 ) -> RGBAD:
     """``rasterize_rgbad`` of checked arguments (``tex`` None: no rgb); ``shader``: the pixelwise
     shader of ``tex`` (default: the texture cubes of ``fv``'s faces)."""
+    if not (return_rgb or return_alpha):
+        # The depth alone: no image for Kato's rule (whose forward mode would raise).
+        depth = _ops.fragments(fv, cfg).depth if return_depth else None
+        return RGBAD(None, None, None if depth is None else _finish(depth, False, anti_aliasing))
     tex = tex if return_rgb else None
     if tex is not None and shader is None:
         shader = _ops.cube_shader(fv, cfg.eps)

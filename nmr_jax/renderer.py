@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +24,15 @@ from nmr_jax.camera import (
     _projection_params,
     _rotate,
 )
-from nmr_jax.clip import _Clip, _clip_projected
+from nmr_jax.clip import _Clip, _drawn, _Whole
 from nmr_jax.lighting import Lights, _lighting, light_batches, lights_of
 from nmr_jax.rasterize import _config, _rgbad, _vertices_to_faces
 from nmr_jax.soft import SoftRule, _ColorConfig, _silhouettes, _soft_rgb
 from nmr_jax.typing import CameraMode, Handedness, ImageSize, VectorLike
 
 __all__ = ["Renderer"]
+
+_T = TypeVar("_T")
 
 # The original's default eye: the distance at which a unit cube fills a 30-degree view.
 _DEFAULT_EYE = (0.0, 0.0, -(1.0 / math.tan(math.radians(30.0)) + 1.0))
@@ -166,18 +168,31 @@ class Renderer:
         """alpha float32 ``[..., H, W]`` (1 where the mesh is). ``camera``: eye, K, R, t, dist_coeffs.
         With a ``SoftRule``: ``nmr_jax.soft_silhouettes`` of the faces (and their reversed copies
         with ``fill_back``) at ``image_size``, without anti-aliasing."""
-        fv = self._checked_faces(vertices, faces, camera)
         if self.rule is not None:
             cfg = self.rule._config(self.image_size, self.near, self.far)
-            return _silhouettes(fv, self.rule.sigma, cfg)
-        return _rgbad(fv, None, self._config(1e-4), self.anti_aliasing, False, True, False).alpha  # type: ignore[return-value]
+            sigma = self.rule.sigma
+            return self._checked_drawn(
+                vertices, faces, camera, lambda clip: _silhouettes(clip.faces, sigma, cfg)
+            )
+        cfg = self._config(1e-4)
+
+        def alpha(clip: _Clip | _Whole) -> jax.Array:
+            out = _rgbad(clip.faces, None, cfg, self.anti_aliasing, False, True, False)
+            return out.alpha  # type: ignore[return-value]
+
+        return self._checked_drawn(vertices, faces, camera, alpha)
 
     def render_depth(
         self, vertices: ArrayLike, faces: ArrayLike, **camera: VectorLike | None
     ) -> jax.Array:
         """depth float32 ``[..., H, W]``, ``far`` on background. ``camera`` as ``render``."""
-        fv = self._checked_faces(vertices, faces, camera)
-        return _rgbad(fv, None, self._config(1e-4), self.anti_aliasing, False, False, True).depth  # type: ignore[return-value]
+        cfg = self._config(1e-4)
+
+        def depth(clip: _Clip | _Whole) -> jax.Array:
+            out = _rgbad(clip.faces, None, cfg, self.anti_aliasing, False, False, True)
+            return out.depth  # type: ignore[return-value]
+
+        return self._checked_drawn(vertices, faces, camera, depth)
 
     def render(
         self,
@@ -315,14 +330,18 @@ class Renderer:
         batches = {n: x.shape[: x.ndim - cores[n]] for n, x in arrays.items()}
         return _Camera(arrays, batches)
 
-    def _checked_faces(
-        self, vertices: ArrayLike, faces: ArrayLike, camera: dict[str, Any]
+    def _checked_drawn(
+        self,
+        vertices: ArrayLike,
+        faces: ArrayLike,
+        camera: dict[str, Any],
+        draw: Callable[[_Clip | _Whole], jax.Array],
     ) -> jax.Array:
-        """Projected face vertices of a checked mesh and camera (silhouettes, depth)."""
+        """``draw`` of the projected faces of a checked mesh and camera (silhouettes, depth)."""
         mesh = self._mesh(vertices, faces)
         cam = self._camera(**camera)
         check.batch(mesh.batches | cam.batches)
-        return self._clipped(mesh.vertices, self._both_sides(mesh.faces), cam).faces
+        return self._drawn(mesh.vertices, self._both_sides(mesh.faces), cam, draw)
 
     # --- the pipeline (arguments checked) ---------------------------------------------------
 
@@ -362,16 +381,29 @@ class Renderer:
             v = v * jnp.array([height / width, 1.0, 1.0], jnp.float32)
         return v
 
-    def _clipped(
-        self, vertices: jax.Array, faces: np.ndarray | jax.Array, camera: _Camera
-    ) -> _Clip:
-        """The faces' pieces in front of the plane z = near, projected (``nmr_jax.clip``)."""
+    def _drawn(
+        self,
+        vertices: jax.Array,
+        faces: np.ndarray | jax.Array,
+        camera: _Camera,
+        draw: Callable[[_Clip | _Whole], _T],
+    ) -> _T:
+        """``draw`` of the faces' pieces in front of the plane z = near, projected, or of the
+        faces themselves where none is cut (``nmr_jax.clip``)."""
         view = self._view(vertices, camera)
-        return _clip_projected(
-            _vertices_to_faces(view, faces),
+        padding: np.ndarray | jax.Array | None
+        if isinstance(faces, np.ndarray):
+            padding = np.all(faces == -1, axis=-1)
+            padding = padding if padding.any() else None
+        else:
+            padding = jnp.all(faces == -1, axis=-1)
+        return _drawn(
             _vertices_to_faces(self._ndc(view, camera), faces),
+            padding,
+            lambda: _vertices_to_faces(view, faces),
             lambda points: self._ndc(points, camera),
             self.near,
+            draw,
         )
 
     def _both_sides(self, faces: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
@@ -393,29 +425,33 @@ class Renderer:
         faces = self._both_sides(mesh.faces)
         world = self._world_faces(mesh.vertices, faces)
         if self.rule is not None:
-            fv = _vertices_to_faces(self._project(mesh.vertices, camera), faces)
-            return self._render_soft(fv, world, mesh, lights, shader)
-        clip = self._clipped(mesh.vertices, faces, camera)
+            if shader is not None:
+                raise ValueError("a shader needs Kato's rule (rule=None); a SoftRule colours "
+                                 "texture cubes and vertex colours")  # fmt: skip
+            tex = self._soft_textures(world, mesh, lights)
+            return self._drawn(mesh.vertices, faces, camera, lambda c: self._render_soft(c, tex))
         if mesh.textures is None:
-            return shading._render(self, clip, mesh, world, lights, shader, shader_args)
+            return self._drawn(
+                mesh.vertices,
+                faces,
+                camera,
+                lambda c: shading._render(self, c, mesh, world, lights, shader, shader_args),
+            )
         textures = mesh.textures
         if self.fill_back:
             # The reversed face (v2, v1, v0) sees texel (i, j, k) as (k, j, i).
             textures = jnp.concatenate([textures, jnp.swapaxes(textures, -4, -2)], axis=-5)
         tex = _lighting(world, textures, lights)
         cfg = self._config(self.rasterizer_eps)
-        out = _rgbad(clip.faces, tex, cfg, self.anti_aliasing, shader=clip.cube_shader(cfg.eps))
-        return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
 
-    def _render_soft(
-        self, fv: jax.Array, world: jax.Array, mesh: _Mesh, lights: Lights, shader: Shader | None
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``render`` with a SoftRule (see it): soft rgb and alpha, the hard depth map."""
-        if shader is not None:
-            raise ValueError("a shader needs Kato's rule (rule=None); a SoftRule colours "
-                             "texture cubes and vertex colours")  # fmt: skip
-        rule = self.rule
-        assert rule is not None
+        def draw(clip: _Clip | _Whole) -> tuple[jax.Array, jax.Array, jax.Array]:
+            out = _rgbad(clip.faces, tex, cfg, self.anti_aliasing, shader=clip.cube_shader(cfg.eps))
+            return out.rgb, out.depth, out.alpha  # type: ignore[return-value]
+
+        return self._drawn(mesh.vertices, faces, camera, draw)
+
+    def _soft_textures(self, world: jax.Array, mesh: _Mesh, lights: Lights) -> jax.Array:
+        """The lit texture cubes [..., F, T, T, T, 3] of the face list, for the soft colours."""
         if mesh.textures is not None:
             textures = mesh.textures
             if self.fill_back:
@@ -431,12 +467,26 @@ class Renderer:
             corners = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij"), np.float32)
             cube = jnp.einsum("kt,...kc->...tc", corners.reshape(3, 8), colors)
             tex = cube.reshape(*cube.shape[:-2], 2, 2, 2, 3)
+        return tex
+
+    def _render_soft(
+        self, clip: _Clip | _Whole, tex: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``render`` with a SoftRule (see it) of lit cubes ``tex``: soft rgb and alpha, the hard
+        depth map, of the clipped pieces; each piece reads its face's cube at its barycentrics
+        mapped back to the face (``clip.bary``)."""
+        rule = self.rule
+        assert rule is not None
         soft = rule._config(self.image_size, self.near, self.far)
         cfg = _ColorConfig(soft, self.rasterizer_eps, check.colour("", self.background_color))
-        rgb = _soft_rgb(fv, tex, rule.sigma, rule.gamma, cfg)
-        alpha = _silhouettes(fv, rule.sigma, soft)
+        bary = clip.bary()
+        if bary is not None:
+            # Piece p is a part of face p mod F (nmr_jax.clip): its colours are its face's.
+            tex = jnp.concatenate([tex, tex], axis=-5)
+        rgb = _soft_rgb(clip.faces, tex, rule.sigma, rule.gamma, cfg, bary)
+        alpha = _silhouettes(clip.faces, rule.sigma, soft)
         hard = _config(self.image_size, False, self.near, self.far, 1e-4, self.background_color)
-        depth = _rgbad(fv, None, hard, False, False, False, True).depth
+        depth = _rgbad(clip.faces, None, hard, False, False, False, True).depth
         return rgb, depth, alpha  # type: ignore[return-value]
 
     def _world_faces(self, vertices: jax.Array, faces: np.ndarray | jax.Array) -> jax.Array:

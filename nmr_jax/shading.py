@@ -47,7 +47,7 @@ from nmr_jax.rasterize import (
 )
 
 if TYPE_CHECKING:
-    from nmr_jax.clip import _Clip
+    from nmr_jax.clip import _Clip, _Whole
     from nmr_jax.renderer import Renderer
 
 __all__ = [
@@ -597,7 +597,7 @@ def _camera_position(renderer: Renderer) -> jax.Array:
 
 def _render(
     renderer: Renderer,
-    clip: _Clip,
+    clip: _Clip | _Whole,
     mesh: Any,
     world: jax.Array,
     lights: Lights,
@@ -606,8 +606,8 @@ def _render(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``Renderer.render`` of a checked mesh with a shader or vertex colours: (rgb, depth,
     alpha). ``clip``: the projected pieces of the Renderer's face list (the reversed copies
-    follow with ``fill_back``) in front of the near plane; ``world``: that list's world
-    vertices."""
+    follow with ``fill_back``) in front of the near plane, or the faces where none is cut;
+    ``world``: that list's world vertices."""
     cfg = _config(
         renderer.image_size,
         renderer.anti_aliasing,

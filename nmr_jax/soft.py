@@ -43,6 +43,7 @@ from jax.typing import ArrayLike
 
 from nmr_jax import _ffi
 from nmr_jax import _validate as check
+from nmr_jax._linear import linear_call
 from nmr_jax.rasterize import DEFAULT_FAR, DEFAULT_IMAGE_SIZE, DEFAULT_NEAR
 
 __all__ = ["AGGREGATIONS", "DISTRIBUTIONS", "SoftRule", "reach", "soft_rgb", "soft_silhouettes"]
@@ -110,25 +111,24 @@ def _checked_config(
     return _Config(height, width, near, far, check.threshold(threshold), distribution, aggregation)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _alpha(face_vertices: jax.Array, sigma: jax.Array, cfg: _Config) -> jax.Array:
     """alpha [*b, H, W] as rasterized (row 0 at y = -1)."""
     return _ffi.soft_silhouettes(face_vertices, sigma, cfg.height, cfg.width, cfg.attrs())[0]
 
 
-def _alpha_fwd(face_vertices: jax.Array, sigma: jax.Array, cfg: _Config) -> tuple[jax.Array, tuple]:
-    alpha, acc, count = _ffi.soft_silhouettes(
-        face_vertices, sigma, cfg.height, cfg.width, cfg.attrs()
+@_alpha.defjvp
+def _alpha_jvp(cfg: _Config, primals: tuple, tangents: tuple) -> tuple:
+    face_vertices, sigma = primals
+    attrs = cfg.attrs()
+    alpha, acc, count = _ffi.soft_silhouettes(face_vertices, sigma, cfg.height, cfg.width, attrs)
+    (tangent,) = linear_call(
+        lambda r, t: (_ffi.soft_silhouettes_jvp(r[0], r[1], r[2], r[3], t[0], t[1], attrs),),
+        lambda r, g: _ffi.soft_silhouettes_bwd(r[0], r[1], r[2], r[3], g[0], attrs),
+        (face_vertices, sigma, acc, count),
+        tangents,
     )
-    return alpha, (face_vertices, sigma, acc, count)
-
-
-def _alpha_bwd(cfg: _Config, res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    face_vertices, sigma, acc, count = res
-    return _ffi.soft_silhouettes_bwd(face_vertices, sigma, acc, count, g, cfg.attrs())
-
-
-_alpha.defvjp(_alpha_fwd, _alpha_bwd)
+    return alpha, tangent
 
 
 def soft_silhouettes(
@@ -220,22 +220,28 @@ class _ColorConfig:
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _rgb(
-    fv: jax.Array, textures: jax.Array, sigma_gamma: jax.Array, cfg: _ColorConfig
+    fv: jax.Array,
+    textures: jax.Array,
+    sigma_gamma: jax.Array,
+    cfg: _ColorConfig,
+    bary_map: jax.Array | None = None,
 ) -> jax.Array:
-    """rgb [*b, H, W, 3] as rasterized (row 0 at y = -1)."""
+    """rgb [*b, H, W, 3] as rasterized (row 0 at y = -1). ``bary_map`` as ``_ffi.soft_rgb``'s."""
     h, w = cfg.soft.height, cfg.soft.width
-    return _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs())[..., :3]
+    return _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs(), bary_map)[..., :3]
 
 
-def _rgb_fwd(fv, textures, sigma_gamma, cfg):
+def _rgb_fwd(fv, textures, sigma_gamma, cfg, bary_map=None):
     h, w = cfg.soft.height, cfg.soft.width
-    out = _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs())
-    return out[..., :3], (fv, textures, sigma_gamma, out)
+    out = _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs(), bary_map)
+    return out[..., :3], (fv, textures, sigma_gamma, out, bary_map)
 
 
 def _rgb_bwd(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
-    fv, textures, sigma_gamma, out = res
-    g_fv, g_tex, g_sg = _ffi.soft_rgb_bwd(fv, textures, sigma_gamma, out, g, cfg.attrs())
+    fv, textures, sigma_gamma, out, bary_map = res
+    g_fv, g_tex, g_sg, *g_map = _ffi.soft_rgb_bwd(
+        fv, textures, sigma_gamma, out, g, cfg.attrs(), bary_map
+    )
     # The background's logit a_b = BACKGROUND_DEPTH / gamma, with weight u_b: the softmax gives
     # d loss / d gamma = -k_b (a_b - m) / gamma at each pixel, k_b = u_b G.(bg - rgb) (relative
     # to m as the faces' terms, soft.h).
@@ -246,7 +252,7 @@ def _rgb_bwd(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
     k_b = u_b * jnp.sum(g * (bg - out[..., :3]), axis=-1)
     g_gamma = -jnp.sum(k_b * (logit - out[..., 3]), axis=(-2, -1)) / gamma[..., 0, 0]
     g_sg = g_sg.at[..., 1].add(_ffi._sum_to(g_gamma, sigma_gamma.shape[:-1]))
-    return g_fv, g_tex, g_sg
+    return g_fv, g_tex, g_sg, (g_map[0] if g_map else None)
 
 
 _rgb.defvjp(_rgb_fwd, _rgb_bwd)
@@ -309,13 +315,19 @@ def _checked_faces_and_textures(
 
 
 def _soft_rgb(
-    fv: jax.Array, tex: jax.Array, sigma: ArrayLike, gamma: ArrayLike, cfg: _ColorConfig
+    fv: jax.Array,
+    tex: jax.Array,
+    sigma: ArrayLike,
+    gamma: ArrayLike,
+    cfg: _ColorConfig,
+    bary_map: jax.Array | None = None,
 ) -> jax.Array:
-    """``soft_rgb`` of checked faces, textures and settings."""
+    """``soft_rgb`` of checked faces, textures and settings; with a ``bary_map`` [..., F, 3, 3],
+    face f's textures are read at its barycentrics times ``bary_map[f]`` (``_ffi.soft_rgb``)."""
     sg = check.positive_scalars("sigma", sigma)
     gm = check.positive_scalars("gamma", gamma)
     check.batch(
         {"faces": fv.shape[:-3], "textures": tex.shape[:-5], "sigma": sg.shape, "gamma": gm.shape}
     )
     params = jnp.stack(jnp.broadcast_arrays(sg, gm), -1)  # [..., 2]: one operand
-    return jnp.flip(_rgb(fv, tex, params, cfg), axis=-3)
+    return jnp.flip(_rgb(fv, tex, params, cfg, bary_map), axis=-3)

@@ -419,6 +419,93 @@ def test_vmap_over_cameras_on_both_sides_of_the_geometry() -> None:
     assert float(batched[2][1].min()) == 1.0  # inside: covered
 
 
+SOFT = nr.SoftRule(sigma=1e-3, gamma=1e-2)
+
+
+def test_soft_rule_inside_the_room_draws_the_clipped_pieces() -> None:
+    """A SoftRule from inside the room: finite images and gradients (eye, textures), the hard
+    depth of the clipped faces, and every pixel covered (the soft edges between neighbouring
+    pieces, as between any two faces, take at most 1 - 0.5^2)."""
+    r, _ = room_renderer("look", *VIEWS[1], 16, rule=SOFT, anti_aliasing=False)
+
+    def loss(eye, tex):
+        rgb, depth, alpha = r.render(ROOM, ROOM_FACES, tex, eye=eye)
+        return jnp.sum(rgb * rgb), (rgb, depth, alpha)
+
+    eye = jnp.asarray(VIEWS[1][0], jnp.float32)
+    (_, (rgb, depth, alpha)), grads = jax.jit(
+        jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    )(eye, textured_room())
+    for x in (rgb, *grads):
+        assert np.isfinite(np.asarray(x)).all()
+    assert all(np.abs(g).max() > 0 for g in grads)
+    assert float(alpha.min()) >= 0.74
+    np.testing.assert_array_equal(depth, room_maps(r)[1])
+
+
+def crossing_triangle() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A triangle with one corner behind a camera at the origin looking along +z, part of its
+    outline in view (soft edges), and a 2^3 texture cube (trilinear in one cell: the image is
+    smooth in the vertices)."""
+    v = np.array([[-0.6, -0.5, -0.5], [0.8, -0.4, 1.5], [0.0, 0.7, 2.0]], np.float32)
+    tex = np.random.default_rng(10).uniform(size=(1, 2, 2, 2, 3)).astype(np.float32)
+    return v, np.array([[0, 1, 2]], np.int32), tex
+
+
+@jax.jit
+def soft_crossing(v, tex) -> jax.Array:
+    """rgb of the crossing triangle with a SoftRule, unlit (ambient 1)."""
+    r = nr.Renderer(image_size=16, camera_mode="look", eye=(0.0, 0.0, 0.0), viewing_angle=45.0,
+                    fill_back=False, light_intensity_ambient=1.0, light_intensity_directional=0.0,
+                    background_color=(0.2, 0.4, 0.6), rule=SOFT)  # fmt: skip
+    return r.render(v, crossing_triangle()[1], tex)[0]
+
+
+def test_soft_colours_of_a_crossing_triangle_equal_the_brute_force_reference() -> None:
+    """Reference: the triangle's pieces (clip_faces) projected and drawn by the brute-force soft
+    colours, each reading the source cube at its barycentrics mapped to the source face's."""
+    from tests.test_soft import reference_rgb
+
+    v, f, tex = crossing_triangle()
+    r = nr.Renderer(image_size=16, camera_mode="look", eye=(0.0, 0.0, 0.0), viewing_angle=45.0)
+    np.testing.assert_array_equal(r.transform(v), nr.perspective(v, 45.0))  # the camera frame is v
+
+    @jax.jit
+    def reference(v, tex):
+        pieces = nr.clip_faces(v[f], NEAR)
+        projected = nr.perspective(pieces.faces, 45.0)
+        projected = jnp.where(pieces.source[:, None, None] >= 0, projected, 0.0)  # padding
+        return reference_rgb(projected, tex[jnp.maximum(pieces.source, 0)], 1e-3, 1e-2, (16, 16),
+                             "logistic", (0.2, 0.4, 0.6), bary_map=pieces.bary)  # fmt: skip
+
+    got = soft_crossing(v, tex)
+    np.testing.assert_allclose(got, reference(v, tex), atol=1e-5)
+    covered = np.abs(got - np.array([0.2, 0.4, 0.6])).max(-1) > 1e-3
+    assert 0.2 < covered.mean() < 0.9  # pieces, outline and background all in view
+
+
+def test_soft_colour_gradients_across_the_clip_match_finite_differences() -> None:
+    """The gradients of every vertex coordinate (corner 0 behind the camera) and of a texel."""
+    v, _, tex = crossing_triangle()
+    w = np.random.default_rng(11).normal(size=(16, 16, 3))
+    weighted = lambda v, t: jnp.sum(soft_crossing(v, t) * w)  # noqa: E731
+    gv, gt = jax.jit(jax.grad(weighted, argnums=(0, 1)))(v, tex)
+
+    def loss(v, tex):
+        return float(np.sum(np.asarray(soft_crossing(v, tex), np.float64) * w))
+
+    h = 1e-3
+    for i in range(3):
+        for j in range(3):
+            d = np.zeros_like(v)
+            d[i, j] = h
+            fd = (loss(v + d, tex) - loss(v - d, tex)) / (2 * h)
+            assert abs(float(gv[i, j]) - fd) <= 0.03 * max(1.0, abs(fd)), (i, j, gv[i, j], fd)
+    d = np.zeros_like(tex)
+    d[0, 1, 0, 1, 1] = 1.0  # rgb is linear in the texels
+    np.testing.assert_allclose(gt[0, 1, 0, 1, 1], loss(v, tex + d) - loss(v, tex), rtol=1e-3)
+
+
 def test_cuda_host_kernels_match_the_cpu_kernels_on_a_cut_room() -> None:
     """Texture cubes and a shader on the cut room: images and the camera's
     gradient of the host-compiled CUDA kernels equal the CPU kernels'."""

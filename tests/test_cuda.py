@@ -113,7 +113,7 @@ def test_cuda_modules_register_the_cpu_targets():
         pytest.skip("nmr_jax was built without CUDA and without its host CUDA module")
     for module in modules:
         assert sorted(module.registrations()) == sorted(_nmr_jax_cpu.registrations())
-        assert len(module.registrations()) == 17
+        assert len(module.registrations()) == 18
 
 
 def rasterize(fv, h, w):
@@ -652,16 +652,22 @@ def test_soft_silhouettes_parity(cuda, distribution, aggregation):
     weights = rng.normal(size=(70, 32, 24)).astype(np.float32)
     attrs = nr.soft._Config(32, 24, NEAR, FAR, 1e-4, distribution, aggregation).attrs()
 
-    def fn(fv, sigma, weights):
-        alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, 32, 24, attrs)
-        return alpha, acc, count, _ffi.soft_silhouettes_bwd(fv, sigma, acc, count, weights, attrs)
+    tangent = rng.normal(size=fv.shape).astype(np.float32)
 
-    cpu, gpu = both(cuda, fn, fv, sigma, weights)
+    def fn(fv, sigma, weights, tangent):
+        alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, 32, 24, attrs)
+        grads = _ffi.soft_silhouettes_bwd(fv, sigma, acc, count, weights, attrs)
+        # Forward mode: the vertices' tangent, and sigma's (relative to sigma).
+        jvp = _ffi.soft_silhouettes_jvp(fv, sigma, acc, count, tangent, 0.1 * sigma, attrs)
+        return alpha, acc, count, grads, jvp
+
+    cpu, gpu = both(cuda, fn, fv, sigma, weights, tangent)
     np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gpu[1], cpu[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(gpu[2], cpu[2])  # saturated counts, or the max's faces
     assert_grads_close(cpu[3][0], gpu[3][0])
     assert_grads_close(cpu[3][1], gpu[3][1])
+    assert_grads_close(cpu[4], gpu[4])
 
 
 def test_soft_silhouettes_empty_shapes_parity(cuda):
@@ -669,7 +675,8 @@ def test_soft_silhouettes_empty_shapes_parity(cuda):
 
     def fn(fv, sigma):
         alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, 16, 16, attrs)
-        return alpha, _ffi.soft_silhouettes_bwd(fv, sigma, acc, count, alpha, attrs)
+        jvp = _ffi.soft_silhouettes_jvp(fv, sigma, acc, count, fv, sigma, attrs)
+        return alpha, (*_ffi.soft_silhouettes_bwd(fv, sigma, acc, count, alpha, attrs), jvp)
 
     for batch, n_faces in [(1, 0), (0, 3)]:
         fv = np.zeros((batch, n_faces, 3, 3), np.float32)
@@ -707,12 +714,22 @@ def test_soft_rgb_parity(cuda):
     grad = rng.normal(size=(70, 32, 24, 3)).astype(np.float32)
     soft = nr.soft._Config(32, 24, NEAR, FAR, 1e-4, "logistic", "probabilistic")
     attrs = nr.soft._ColorConfig(soft, 1e-3, (0.1, 0.2, 0.3)).attrs()
+    # Barycentric maps (a clipped piece's corners in its source face), per image and face.
+    bary_map = rng.dirichlet(np.ones(3), size=(70, 12, 3)).astype(np.float32)
 
-    def fn(fv, tex, params, grad):
+    def fn(fv, tex, params, grad, bary_map):
         out = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs)
-        return out, _ffi.soft_rgb_bwd(fv, tex, params, out, grad, attrs)
+        mapped = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs, bary_map)
+        return (
+            (out, mapped),
+            (
+                *_ffi.soft_rgb_bwd(fv, tex, params, out, grad, attrs),
+                *_ffi.soft_rgb_bwd(fv, tex, params, mapped, grad, attrs, bary_map),
+            ),
+        )
 
-    cpu, gpu = both(cuda, fn, fv, tex, params, grad)
-    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-5, atol=1e-6)
+    cpu, gpu = both(cuda, fn, fv, tex, params, grad, bary_map)
+    for c, g in zip(cpu[0], gpu[0], strict=True):
+        np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
     for c, g in zip(cpu[1], gpu[1], strict=True):
         assert_grads_close(c, g)

@@ -17,9 +17,12 @@ from pathlib import Path
 from types import ModuleType
 
 import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import nmr_jax as nr
 from tests._helpers import host_devices, reference_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -29,6 +32,7 @@ import example2  # noqa: E402
 import example3  # noqa: E402
 import example4  # noqa: E402
 import example5_texture  # noqa: E402
+import least_squares_pose  # noqa: E402
 import pose_search  # noqa: E402
 import pytorch3d_camera_position  # noqa: E402
 import pytorch3d_fit_textured_mesh  # noqa: E402
@@ -127,6 +131,28 @@ def test_room_pose_recovers_the_camera_inside_the_room() -> None:
     assert metrics["position_error"] < 0.2  # 0.093
     assert metrics["rotation_error"] < 4.0  # 1.85 degrees
     assert metrics["loss_end"] < metrics["loss_start"] / 10  # fell 45-fold
+
+
+@pytest.mark.slow  # 25 s; the Gauss-Newton test below runs forward mode through the same residuals
+def test_least_squares_pose_levenberg_marquardt_converges_where_adam_has_not() -> None:
+    out = least_squares_pose.run(image_size=24, starts=1, iterations=100)
+    assert out["lm"]["success"] == 1.0  # in 56 steps
+    assert out["adam"]["success"] == 0.0  # not within 100 steps from the same start
+    assert np.all(np.isfinite(out["std"])) and np.all(out["std"] > 0)
+
+
+def test_least_squares_pose_gauss_newton_matrix_matches_central_differences() -> None:
+    vertices, faces = nr.data.icosphere(1)  # 80 faces: the teapot's 2256 cost 4 times longer
+    vertices = vertices * 0.8
+    true = jnp.asarray(least_squares_pose.TRUE)
+    target = least_squares_pose.render(true + 0.01, vertices, faces, 16)
+    residuals = least_squares_pose.make_residuals(vertices, faces, *target, 16)
+    jtj = np.asarray(least_squares_pose.gauss_newton(residuals, true))
+    h = 1e-3
+    steps = jnp.eye(7) * h
+    central = jax.jit(jax.vmap(lambda e: (residuals(true + e) - residuals(true - e)) / (2 * h)))
+    jac = np.asarray(central(steps)).T
+    np.testing.assert_allclose(jtj, jac.T @ jac, rtol=0.05, atol=0.02 * np.abs(jtj).max())
 
 
 # Tiny runs of each command line (16 pixels, 2 steps): every picture is written (the shape from

@@ -209,3 +209,22 @@ def test_pad_meshes_round_trip_and_render(tmp_path):
         np.testing.assert_allclose(together[b], r.render_silhouettes(v, f), atol=1e-6)
     with pytest.raises(ValueError, match=r"meshes\[1\] faces holds vertex index"):
         nr.pad_meshes([meshes[0], (meshes[1][0][:3], meshes[1][1])])
+
+
+def test_losses_forward_mode_jvp_matches_their_gradients():
+    # Pure jnp: jvp and jacfwd work as for any jnp function; <grad, v> equals the jvp.
+    vertices, faces = nr.data.icosphere(1)
+    rng = np.random.default_rng(3)
+    v = jnp.asarray(rng.normal(size=vertices.shape), jnp.float32)
+    points = jnp.asarray(rng.normal(size=(1, 20, 3)), jnp.float32)
+    losses = [
+        lambda x: nr.losses.mesh_edge_loss(x, faces),
+        lambda x: nr.losses.mesh_laplacian_smoothing(x, faces, method="cot"),
+        lambda x: nr.losses.mesh_normal_consistency(x, faces),
+        lambda x: nr.losses.chamfer_distance(x[None], points)[0],
+    ]
+    both = jax.jit(
+        lambda x, v: [(jax.jvp(f, (x,), (v,))[1], jnp.vdot(jax.grad(f)(x), v)) for f in losses]
+    )
+    for tangent, along in both(vertices, v):
+        np.testing.assert_allclose(tangent, along, rtol=1e-4)

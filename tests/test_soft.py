@@ -97,14 +97,20 @@ def reference_alpha(fv, sigma, size, distribution, aggregation, near=NEAR, far=F
     return jnp.flip(alpha, -2)
 
 
-def reference_rgb(fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float32, eps=1e-3):
-    """SoftRas's colours [..., H, W, 3] (row 0 at the top) by brute force."""
+def reference_rgb(
+    fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float32, eps=1e-3, bary_map=None
+):
+    """SoftRas's colours [..., H, W, 3] (row 0 at the top) by brute force; with a ``bary_map``
+    [..., F, 3, 3], face f reads its cube at its barycentrics b mapped to ``b @ bary_map[f]``."""
     q, takes_part, bary, zp = reference_samples(fv, sigma, size, distribution, dtype=dtype)
     fv, tex = jnp.asarray(fv, dtype), jnp.asarray(tex, dtype)
     gamma = jnp.asarray(gamma, dtype)[..., None, None, None]
     T = tex.shape[-2]
     z = jnp.where(fv[..., None, None, :, :, 2] == 0, 1.0, fv[..., None, None, :, :, 2])  # padding
     coord = bary * (T - 1) * (zp[..., None] / z)
+    if bary_map is not None:
+        mapped = jnp.asarray(bary_map, dtype)[..., None, None, :, :, :]  # [..., 1, 1, F, 3, 3]
+        coord = jnp.sum(coord[..., :, None] * mapped, axis=-2)
     clamped = jnp.clip(coord, 0.0, T - 1 - eps)
     coord = jnp.where(coord == clamped, coord, jax.lax.stop_gradient(clamped))
     # Faces that take no part may have any coordinate (NaN behind the camera): clipped, then masked.
@@ -233,6 +239,38 @@ def test_gradients_match_central_differences(aggregation):
     assert abs(float(g_sigma) - fd) <= 2e-2 * max(abs(fd), 1.0)
 
 
+@pytest.mark.parametrize("aggregation", soft.AGGREGATIONS)
+def test_soft_silhouettes_jvp_is_the_transpose_of_the_vjp_and_matches_differences(aggregation):
+    rng = np.random.default_rng(8)
+    fv = jnp.asarray(_faces(8, 2, 10, 16))
+    sigma = jnp.array([3e-3, 5e-3], jnp.float32)
+    tangents = (
+        jnp.asarray(rng.normal(size=fv.shape), jnp.float32),
+        jnp.array([1e-3, -2e-3], jnp.float32),
+    )
+    f = lambda fv, s: nr.soft_silhouettes(fv, 16, s, aggregation=aggregation)  # noqa: E731
+    _, t = jax.jit(lambda p, v: jax.jvp(f, p, v))((fv, sigma), tangents)
+    u = jnp.asarray(rng.normal(size=t.shape), jnp.float32)
+    g_fv, g_sigma = jax.jit(lambda p, u: jax.vjp(f, *p)[1](u))((fv, sigma), u)
+    lhs = float(jnp.vdot(u, t))
+    rhs = float(jnp.vdot(g_fv, tangents[0]) + jnp.vdot(g_sigma, tangents[1]))
+    assert abs(lhs) > 1.0 and abs(lhs - rhs) <= 1e-5 * abs(lhs), (lhs, rhs)
+    # Central differences: close but where a face's depth test, threshold cut or (max) the
+    # face holding the maximum changes within the step.
+    h = 1e-3
+    plus = f(fv + h * tangents[0], sigma + h * tangents[1])
+    minus = f(fv - h * tangents[0], sigma - h * tangents[1])
+    fd = (plus - minus) / (2 * h)
+    off = jnp.abs(fd - t) > 0.02 * float(jnp.abs(t).max())
+    assert float(jnp.mean(off)) < 0.02
+    # vmap over the batch, and jacfwd == jacrev in two parameters (a shift of every face).
+    per_image = jax.vmap(lambda a, s, v, w: jax.jvp(f, (a, s), (v, w))[1])(fv, sigma, *tangents)
+    np.testing.assert_allclose(per_image, t, rtol=1e-5, atol=1e-5)
+    shift = lambda d: f(fv + jnp.array([d[0], d[1], 0.0]), sigma)  # noqa: E731
+    fwd, rev = jax.jit(jax.jacfwd(shift))(jnp.zeros(2)), jax.jit(jax.jacrev(shift))(jnp.zeros(2))
+    np.testing.assert_allclose(fwd, rev, rtol=1e-4, atol=1e-4 * float(jnp.abs(rev).max()))
+
+
 def test_a_traced_sigma_in_lax_scan_compiles_once():
     fv = jnp.asarray(_faces(6, 1, 8, 16)[0])
     traces = []
@@ -348,7 +386,8 @@ def test_renderer_soft_rule_silhouettes_with_fill_back():
     vertices, faces = nr.data.icosphere(2)
     rule = nr.SoftRule(sigma=1e-3, distribution="gaussian", aggregation="max")
     renderer = nr.Renderer(image_size=32, rule=rule)
-    fv = renderer._checked_faces(vertices, faces, {})  # faces and their reversed copies
+    # The faces and their reversed copies (no face of the sphere is cut).
+    fv = nr.vertices_to_faces(renderer.transform(vertices), renderer._both_sides(np.asarray(faces)))
     got = renderer.render_silhouettes(vertices, faces)
     np.testing.assert_array_equal(got, nr.soft_silhouettes(fv, 32, 1e-3, "gaussian", "max"))
     one_side = nr.Renderer(image_size=32, rule=rule, fill_back=False).render_silhouettes(
@@ -392,6 +431,25 @@ def test_soft_rgb_and_its_gradients_equal_the_brute_force_reference(distribution
         np.testing.assert_allclose(g, r, atol=1e-4 * scale, rtol=1e-4)
 
 
+def test_soft_rgb_with_barycentric_maps_equals_the_brute_force_reference():
+    """Each face reading its cube at its barycentrics mapped by a 3x3 matrix (as a clipped
+    piece reads its source face's; its gradients: tests/test_clip.py)."""
+    rng = np.random.default_rng(12)
+    fv = _faces(12, 1, 6, 16)
+    tex = rng.uniform(size=(1, 6, 3, 3, 3, 3)).astype(np.float32)
+    bary_map = rng.dirichlet(np.ones(3), size=(1, 6, 3)).astype(np.float32)  # rows sum to 1
+    sigma, gamma, bg = np.float32(3e-3), np.float32(0.05), (0.2, 0.4, 0.6)
+    cfg = soft._ColorConfig(soft._Config(16, 16, NEAR, FAR, 1e-4, "logistic", "probabilistic"),
+                            1e-3, bg)  # fmt: skip
+    ours = jax.jit(lambda m: soft._soft_rgb(fv, tex, sigma, gamma, cfg, m))
+    ref = jax.jit(lambda m: reference_rgb(fv, tex, sigma, gamma, (16, 16), "logistic", bg,
+                                          bary_map=m))  # fmt: skip
+    np.testing.assert_allclose(ours(bary_map), ref(bary_map), atol=1e-5)
+    # The identity map reads as no map, bit for bit.
+    eye = np.broadcast_to(np.eye(3, dtype=np.float32), bary_map.shape)
+    np.testing.assert_array_equal(ours(eye), soft._soft_rgb(fv, tex, sigma, gamma, cfg))
+
+
 def test_renderer_soft_rule_render_textures_and_vertex_colors():
     vertices, faces = nr.data.icosphere(2)
     rng = np.random.default_rng(10)
@@ -402,15 +460,15 @@ def test_renderer_soft_rule_render_textures_and_vertex_colors():
     np.testing.assert_array_equal(alpha, renderer.render_silhouettes(vertices, faces))
     kato = nr.Renderer(image_size=24, anti_aliasing=False, background_color=(0.1, 0.2, 0.3))
     np.testing.assert_array_equal(depth, kato.render_depth(vertices, faces))
-    # What the Renderer composes: lit cubes of the faces and their reversed copies, soft_rgb.
-    # The soft colours draw the projected faces unclipped (no face of the sphere is cut).
+    # What the Renderer composes: lit cubes of the faces and their reversed copies, soft_rgb (no
+    # face of the sphere is cut: its pieces are its faces, bit for bit).
     fv = nr.vertices_to_faces(renderer.transform(vertices), renderer._both_sides(np.asarray(faces)))
     world = renderer._world_faces(jnp.asarray(vertices), renderer._both_sides(np.asarray(faces)))
     both = np.concatenate([textures, np.swapaxes(textures, -4, -2)])
     lights = lights_of(0.5, 0.5, (1, 1, 1), (1, 1, 1), (0, 1, 0))
     lit = _lighting(world, jnp.asarray(both), lights)
     want = nr.soft_rgb(fv, lit, 24, 1e-3, 1e-2, background_color=(0.1, 0.2, 0.3), eps=1e-3)
-    np.testing.assert_allclose(rgb, want, atol=1e-6)
+    np.testing.assert_array_equal(rgb, want)
     # Vertex colours: the corners' colours interpolated, gradients reaching colours and vertices.
     colors = rng.uniform(size=vertices.shape).astype(np.float32)
 

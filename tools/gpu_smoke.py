@@ -1,4 +1,4 @@
-"""All 17 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
+"""All 18 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
 raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2, hard
 and in blurred layers).
@@ -33,7 +33,7 @@ def random_faces(rng: np.random.Generator, batch: int, faces: int, size: int) ->
 def all_targets(fv, tex, image, faces, vertices, size: int):
     """Every target once: gather, scatter, rasterize, textures and their gradient, Kato, the
     fragments' gradient, interpolation and image sampling and their gradients, soft silhouettes
-    and soft colours and their gradients."""
+    (their gradients and tangents) and soft colours and their gradients."""
     fi, wt, d = _ffi.rasterize(fv, size, size, NEAR, FAR)
     rgb = _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)
     g_tex = _ffi.sample_textures_bwd(fv, fi, wt, d, image[..., :3], 1e-3, tex.shape)
@@ -57,11 +57,15 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
         attrs = nr.soft._Config(size, size, NEAR, FAR, 1e-4, "cauchy", aggregation).attrs()
         alpha, acc, count = _ffi.soft_silhouettes(fv, sigma, size, size, attrs)
         soft += [alpha, *_ffi.soft_silhouettes_bwd(fv, sigma, acc, count, image[..., 0], attrs)]
+        soft += [_ffi.soft_silhouettes_jvp(fv, sigma, acc, count, fv, sigma, attrs)]
     colors = nr.soft._ColorConfig(nr.soft._Config(size, size, NEAR, FAR, 1e-4, "cauchy",
                                                   "probabilistic"), 1e-3, (0.0, 0.5, 1.0)).attrs()  # fmt: skip
     params = jnp.stack([sigma, sigma], -1)
     out = _ffi.soft_rgb(fv, tex, params, size, size, colors)
     soft += [out, *_ffi.soft_rgb_bwd(fv, tex, params, out, image[..., :3], colors)]
+    bary_map = jnp.broadcast_to(jnp.eye(3, dtype=jnp.float32)[::-1], (*fv.shape[:-2], 3, 3))
+    out = _ffi.soft_rgb(fv, tex, params, size, size, colors, bary_map)
+    soft += [out, *_ffi.soft_rgb_bwd(fv, tex, params, out, image[..., :3], colors, bary_map)]
     return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
             sampled, g_image, g_uv, *layers[:4], dist, g_layers, *soft)  # fmt: skip
 
