@@ -13,7 +13,9 @@ every distribution x aggregation of ``nmr_jax.soft_silhouettes``; both windings 
 drawn (the Renderer's fill_back).
 
 Usage: ``python benchmarks/gradient_rules.py [--problems 200] [--steps 1000] [--rules ...]``
-(the defaults are the published protocol; --problems 6 --steps 50 is a smoke run).
+(the defaults are the published protocol; --problems 6 --steps 50 is a smoke run). With
+``--estimate`` it times one step of the batch at each decade of sigma instead and prints what the
+run would take. It runs on jax's default device (a GPU where jax has one).
 """
 
 from __future__ import annotations
@@ -107,12 +109,8 @@ def rotation_error_degrees(q: np.ndarray, q_true: np.ndarray) -> np.ndarray:
     return np.degrees(2 * np.arccos(dot))
 
 
-def solve(rule: str, vertices, faces, p: dict[str, np.ndarray], steps: int) -> np.ndarray:
-    """Final rotation errors (degrees) of all problems under one rule."""
-    target = silhouettes("kato", faces_of(vertices, faces, p["q_true"], p["d_true"], p["angle_true"]),
-                         jnp.float32(SIGMA_END))  # fmt: skip
-    params = tuple(jnp.asarray(p[k], jnp.float32) for k in ("q", "d", "angle"))
-    sigmas = jnp.asarray(np.geomspace(SIGMA_START, SIGMA_END, steps), jnp.float32)
+def adam_step(rule: str, vertices, faces, target: jax.Array):
+    """One optimiser step ``(params, m, v), (sigma, t) -> (params, m, v)`` of all problems."""
 
     def loss(params, sigma):
         return iou_loss(silhouettes(rule, faces_of(vertices, faces, *params), sigma), target)
@@ -127,13 +125,70 @@ def solve(rule: str, vertices, faces, p: dict[str, np.ndarray], steps: int) -> n
             lambda x, m, v: x - LR * (m / (1 - BETA1**t)) / (jnp.sqrt(v / (1 - BETA2**t)) + ADAM_EPS),
             params, m, v,
         )  # fmt: skip
-        return (params, m, v), None
+        return params, m, v
 
+    return step
+
+
+def start(vertices, faces, p: dict[str, np.ndarray]):
+    """The ground-truth silhouettes and the optimiser's initial state."""
+    target = silhouettes("kato", faces_of(vertices, faces, p["q_true"], p["d_true"], p["angle_true"]),
+                         jnp.float32(SIGMA_END))  # fmt: skip
+    params = tuple(jnp.asarray(p[k], jnp.float32) for k in ("q", "d", "angle"))
     zeros = jax.tree.map(jnp.zeros_like, params)
-    run = jax.jit(lambda params: jax.lax.scan(step, (params, zeros, zeros),
-                                              (sigmas, jnp.arange(1.0, steps + 1.0)))[0][0])  # fmt: skip
-    q = np.asarray(run(params)[0])
+    return target, (params, zeros, zeros)
+
+
+def solve(rule: str, vertices, faces, p: dict[str, np.ndarray], steps: int) -> np.ndarray:
+    """Final rotation errors (degrees) of all problems under one rule."""
+    target, state = start(vertices, faces, p)
+    step = adam_step(rule, vertices, faces, target)
+    sigmas = jnp.asarray(np.geomspace(SIGMA_START, SIGMA_END, steps), jnp.float32)
+    scan = lambda state: jax.lax.scan(  # noqa: E731
+        lambda s, x: (step(s, x), None), state, (sigmas, jnp.arange(1.0, steps + 1.0))
+    )[0]
+    q = np.asarray(jax.jit(scan)(state)[0][0])
     return rotation_error_degrees(q, p["q_true"])
+
+
+def step_seconds(rule: str, vertices, faces, p: dict[str, np.ndarray], sigmas) -> np.ndarray:
+    """Wall and CPU seconds ``[len(sigmas), 2]`` of one step of all problems at each sigma:
+    compiled once (at the cheapest sigma), then one call each (a step at sigma 1e-1 takes
+    minutes on a CPU). CPU time is the process's, all threads: on a shared machine the wall time
+    grows with the load, the CPU time much less."""
+    target, state = start(vertices, faces, p)
+    step = jax.jit(adam_step(rule, vertices, faces, target))
+    jax.block_until_ready(step(state, (jnp.float32(SIGMA_END), jnp.float32(1.0))))
+    times = []
+    for sigma in sigmas:
+        wall, cpu = time.perf_counter(), time.process_time()
+        jax.block_until_ready(step(state, (jnp.float32(sigma), jnp.float32(1.0))))
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return np.array(times)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def estimate(rules: list[str], vertices, faces, p: dict[str, np.ndarray], steps: int) -> None:
+    """Prints one step's CPU time per rule at each decade of sigma, and the run it adds up to.
+
+    The schedule spends equal numbers of steps in each decade, so the run takes ``steps`` times
+    the mean step time over log sigma (the trapezoid rule between the decades measured).
+    """
+    decades = np.geomspace(SIGMA_START, SIGMA_END, round(np.log10(SIGMA_START / SIGMA_END)) + 1)
+    print(f"| rule | {' | '.join(f'{s:.0e}' for s in decades)} | {steps} steps, CPU time "
+          f"| {steps} steps, wall |")  # fmt: skip
+    print("|---|" + "---|" * (len(decades) + 2))
+    for rule in rules:
+        # Kato's rule ignores sigma: one time for every decade.
+        times = step_seconds(rule, vertices, faces, p, decades[:1] if rule == "kato" else decades)
+        times = np.repeat(times, len(decades), 0) if rule == "kato" else times
+        mean = (times.sum(0) - (times[0] + times[-1]) / 2) / (len(times) - 1)  # (wall, cpu)
+        cells = " | ".join(f"{t:.2f}" for t in times[:, 1])
+        print(f"| {rule} | {cells} | {duration(steps * mean[1])} | {duration(steps * mean[0])} |",
+              flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -142,12 +197,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--rules", nargs="+", default=RULES, choices=RULES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time one step at each decade of sigma instead, and estimate the run from them",
+    )
     args = parser.parse_args()
     vertices, faces = nr.data.teapot()
     faces = np.asarray(faces)
     p = problems(args.problems, args.seed)
-    print(f"# {platform.machine()}, jax {jax.__version__}: {args.problems} problems, {args.steps} "
-          f"steps, teapot at {SIZE}^2; success: rotation error < {SUCCESS_DEGREES:g} degrees")  # fmt: skip
+    device = f"{platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    if args.estimate:
+        print(f"# {device}: CPU seconds of one step of {args.problems} problems (teapot at "
+              f"{SIZE}^2) at each sigma, and the estimated run of {args.steps} steps")  # fmt: skip
+        estimate(args.rules, vertices, faces, p, args.steps)
+        return
+    print(f"# {device}: {args.problems} problems, {args.steps} steps, teapot at {SIZE}^2; "
+          f"success: rotation error < {SUCCESS_DEGREES:g} degrees")  # fmt: skip
     header = " | ".join(f"{lo:g}-{hi:g} deg" for lo, hi in BINS)
     print(f"| rule | {header} | all | median error (deg) | seconds |")
     print("|---|" + "---|" * (len(BINS) + 3))

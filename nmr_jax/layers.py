@@ -208,7 +208,9 @@ def softmax_blend(
     # Empty slots hold dist inf and depth far: read 0 there so that no inf reaches a gradient.
     dist = jnp.where(mask, layers.dist, 0.0)
     prob = jnp.where(mask, jax.nn.sigmoid(-dist / sigma), 0.0)
-    alpha = 1.0 - jnp.prod(1.0 - prob, axis=-1)
+    # The product over the slots as the last of the cumulative products: jnp.prod's gradient
+    # reshapes the batch axes together, which arrays sharded with explicit axes reject.
+    alpha = 1.0 - jnp.cumprod(1.0 - prob, axis=-1)[..., -1]
     z_inv = jnp.where(mask, (zfar - layers.depth) / (zfar - znear), 0.0)
     z_max = jnp.maximum(jnp.max(z_inv, axis=-1, keepdims=True), eps)
     weights = prob * jnp.exp((z_inv - z_max) / gamma)

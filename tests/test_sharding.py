@@ -37,9 +37,9 @@ def test_sharded_equals_unsharded_without_all_gather():
 
 
 def _rasterize_batches(hlo: str, target: str = "nmr_rasterize") -> list[int]:
-    """Leading (batch) dim of the face index map returned by each rasterization custom call."""
+    """Leading (batch) dim of the first output of each custom call to ``target``."""
     lines = [line for line in hlo.splitlines() if f'custom_call_target="{target}"' in line]
-    return [int(re.search(r"s32\[(\d+),", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    return [int(re.search(r"= \(?\w+\[(\d+),", line).group(1)) for line in lines]  # type: ignore[union-attr]
 
 
 def _main() -> None:
@@ -74,8 +74,9 @@ def _main() -> None:
         rgb, depth, alpha = fn(vertices, textures, eyes)
         return jnp.sum(rgb * w_rgb) + jnp.sum((alpha + 0.01 * depth) * w_depth)
 
-    def check(name, fn, mesh, vertices):
-        """fn's forward and gradients, views sharded over `mesh` vs all on one device."""
+    def check(name, fn, mesh, vertices, targets=(("nmr_rasterize",), ())):
+        """fn's forward and gradients, views sharded over `mesh` vs all on one device; the custom
+        calls ``targets`` (of the forward, and the gradient's own) each see a shard's views."""
         args = (vertices, textures, eyes, *weights)
         specs = (P("views") if vertices.ndim == 3 else P(), P(), P("views"), P("views"), P("views"))
         sharded = [
@@ -95,8 +96,9 @@ def _main() -> None:
                 np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=tol * scale, rtol=0)
             hlo = f.lower(*sharded[:n]).compile().as_text()
             assert "all-gather" not in hlo, f"{name}: all-gather in\n{hlo}"
-            batches = _rasterize_batches(hlo)
-            assert batches and set(batches) == {VIEWS // DEVICES}, (name, batches)
+            for target in targets[0] + (targets[1] if f is grad else ()):
+                batches = _rasterize_batches(hlo, target)
+                assert batches and set(batches) == {VIEWS // DEVICES}, (name, target, batches)
         rgb = forward(*sharded[:3])[0]
         assert rgb.sharding.spec[0] == "views", rgb.sharding
         print("ok", name)
@@ -114,14 +116,22 @@ def _main() -> None:
     def soft_views(vertices, textures, eyes):
         return jax.vmap(lambda e: soft.render(vertices, faces, textures, eye=e))(eyes)
 
-    check("soft rule, vmap over views", soft_views, explicit, vertices)
+    soft_targets = (
+        ("nmr_rasterize", "nmr_soft_silhouettes", "nmr_soft_rgb"),
+        ("nmr_soft_silhouettes_bwd", "nmr_soft_rgb_bwd"),
+    )
+    check("soft rule, vmap over views", soft_views, explicit, vertices, soft_targets)
 
-    # Layers of the views (K = 3, blurred), their vertex gradient through depth and dist.
+    # Layers of the views (K = 3, blurred) and their blends (the barycentrics as colours), the
+    # vertex gradient through depth, dist and the barycentrics.
     def layered(vertices, eyes, w):
         fv = jax.vmap(lambda e: nr.vertices_to_faces(renderer.transform(vertices, eye=e), faces))
         layers = nr.rasterize_layers(fv(eyes), SIZE, num_layers=3, blur_radius=0.01)
         maps = jnp.where(layers.face_index >= 0, layers.depth + layers.dist, 0.0)
-        return jnp.sum(maps * w[..., None]), layers
+        soft = nr.softmax_blend(layers.bary, layers, 1e-2, 1e-2)
+        over = nr.alpha_composite(layers.bary, jnp.full(layers.depth.shape, 0.5), layers)
+        images = jnp.sum(soft + over, -1)
+        return jnp.sum(maps * w[..., None]) + jnp.sum(images * w), (layers, soft, over)
 
     w = weights[1]
     specs = (P(), P("views"), P("views"))
@@ -137,7 +147,7 @@ def _main() -> None:
     hlo = f.lower(*sharded).compile().as_text()
     assert "all-gather" not in hlo, hlo
     assert set(_rasterize_batches(hlo, "nmr_rasterize_layers")) == {VIEWS // DEVICES}
-    print("ok layers of views, explicit axes")
+    print("ok layers of views and their blends, explicit axes")
 
 
 if __name__ == "__main__":

@@ -306,6 +306,62 @@ def test_soft_silhouettes_under_jit_vmap_and_grad():
     assert np.abs(grad).max() > 0
 
 
+# SoftRas's and PyTorch3D's distribution, and the heaviest tail (every face reaches most pixels).
+@pytest.mark.parametrize("distribution", ["logistic", "cauchy"])
+def test_layers_with_k_beyond_the_faces_in_reach_blend_to_the_soft_silhouette(distribution):
+    # rasterize_layers keeps every face within the blur radius; with the soft silhouette's reach
+    # as the radius and K = F slots (at least the faces in reach of any pixel), blending the
+    # slots' coverages F(-dist / sigma) as soft_silhouettes aggregates them gives its alpha and
+    # its gradient: the layers lose no face, only the threshold cut remains.
+    rng = np.random.default_rng(20)
+    fv = random_faces(rng, 1, 40, 32)[0]  # some faces before the near plane: the same depth cut
+    fv[..., :2] += rng.uniform(-0.01, 0.01, fv[..., :2].shape)  # no two faces equally far
+    sigma, t, n = np.float32(1e-3), 1e-4, fv.shape[-3]
+    # 1% beyond the reach for rounding (the soft kernel widens its boxes too, soft.h); faces
+    # between the two radii fall to the threshold cut below, as they do in soft_silhouettes.
+    blur = 1.01 * soft.reach(distribution, t) * float(sigma)
+    weights = jnp.asarray(rng.normal(size=(32, 32)), jnp.float32)
+
+    def blended(fv, aggregation):
+        layers = nr.rasterize_layers(fv, 32, num_layers=n, blur_radius=blur)
+        occupied = layers.face_index >= 0
+        x = jnp.where(occupied, layers.dist, 0.0) / sigma
+        q = jnp.where(occupied & (_cdf(distribution, -x) > t), _cdf(distribution, x), 1.0)
+        return 1.0 - (jnp.prod(q, -1) if aggregation == "probabilistic" else jnp.min(q, -1))
+
+    def exact(fv, aggregation):
+        return nr.soft_silhouettes(fv, 32, sigma, distribution, aggregation, threshold=t)
+
+    def softmax_blend_alpha(fv):
+        # PyTorch3D's radius, log(1 / t - 1) * sigma, exactly, and its blend (no threshold cut).
+        layers = nr.rasterize_layers(fv, 32, n, soft.reach("logistic", t) * float(sigma))
+        colors = jnp.zeros((*layers.face_index.shape, 3), jnp.float32)
+        return nr.softmax_blend(colors, layers, sigma)[..., 3]
+
+    @jax.jit
+    def images_and_gradients(fv):
+        """{aggregation: ((alpha, gradient) of the blend, of soft_silhouettes)}, the most faces
+        blended at a pixel, softmax_blend's alpha (logistic)."""
+        loss = lambda fn, a: lambda f: jnp.sum(fn(f, a) * weights)  # noqa: E731
+        results = {
+            a: [(fn(fv, a), jax.grad(loss(fn, a))(fv)) for fn in (blended, exact)]
+            for a in soft.AGGREGATIONS
+        }
+        most = jnp.max(jnp.sum(nr.rasterize_layers(fv, 32, n, blur).face_index >= 0, -1))
+        return results, most, softmax_blend_alpha(fv) if distribution == "logistic" else None
+
+    results, most, pytorch3d_alpha = images_and_gradients(jnp.asarray(fv))
+    assert int(most) >= 4  # pixels that blend several faces
+    for (alpha_layers, g_layers), (alpha_exact, g_exact) in results.values():
+        np.testing.assert_allclose(alpha_layers, alpha_exact, atol=1e-5, rtol=0)
+        scale = float(jnp.abs(g_exact).max())
+        assert scale > 0
+        np.testing.assert_allclose(g_layers, g_exact, atol=1e-4 * scale, rtol=1e-4)
+    if pytorch3d_alpha is not None:
+        exact_alpha = results["probabilistic"][1][0]
+        np.testing.assert_allclose(pytorch3d_alpha, exact_alpha, atol=1e-5, rtol=0)
+
+
 def test_bad_arguments_raise_naming_them():
     fv = _faces(8, 1, 2, 16)
     with pytest.raises(ValueError, match="distribution"):
