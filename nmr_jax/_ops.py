@@ -220,8 +220,9 @@ KATO_NO_JVP = (
     "Kato's rule (rgb and alpha of Renderer.render, render_silhouettes, rasterize_rgbad, "
     "rasterize, rasterize_silhouettes) have forward-mode derivatives with respect to textures, "
     "colours, lights and shader arguments, not the vertices or the camera. For forward mode "
-    "with respect to the vertices use a soft rule (Renderer(rule=nmr_jax.SoftRule(...)), or "
-    "nmr_jax.soft_silhouettes and nmr_jax.soft_rgb), the depth map or the fragments, or put "
+    "with respect to the vertices use a soft rule's silhouettes "
+    "(Renderer(rule=nmr_jax.SoftRule(...)).render_silhouettes, nmr_jax.soft_silhouettes), "
+    "the depth map or the fragments, or put "
     "jax.lax.stop_gradient on the vertices (or the hard image) where its vertex derivative is "
     "not needed."
 )
