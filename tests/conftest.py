@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 # Set before jax starts (and inherited by the tests' subprocesses). The suite renders tiny images,
 # so XLA's compile time, not run time, is most of its time:
-# - LLVM at -O0 compiles the suite's hundreds of small programs about a third faster; our kernels
+# - LLVM at -O0 compiles the suite's hundreds of small programs about a quarter faster; our kernels
 #   are compiled C++ and unaffected, and users and the benchmarks keep XLA's default.
 # - JAX's persistent compilation cache (JAX's own switch turns it off:
 #   JAX_ENABLE_COMPILATION_CACHE=false) lets a later run on the same machine skip the compiles:
@@ -21,7 +21,6 @@ _CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE / "nmr_jax" / "test-compilations"))
 # Every program is cached: most take well under JAX's default threshold of one second.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
