@@ -59,7 +59,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _meshes import torus  # benchmarks/ is the script's folder
+from _meshes import scenes  # benchmarks/ is the script's folder
 
 import nmr_jax as nr
 
@@ -76,16 +76,6 @@ BRUTE_MAX_PAIRS_QUICK = 1e8
 
 # ----------------------------------------------------------------------------------------------
 # Scenes
-
-
-def scenes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    v, f = nr.data.teapot()
-    sphere, sphere_faces = nr.data.icosphere(4)
-    return {
-        "teapot": (np.asarray(v), np.asarray(f)),
-        "icosphere": (np.asarray(sphere), np.asarray(sphere_faces)),
-        "torus100k": torus(224),
-    }
 
 
 @dataclass(frozen=True)

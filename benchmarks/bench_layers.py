@@ -26,23 +26,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _meshes import torus  # benchmarks/ is the script's folder
+from _meshes import scenes  # benchmarks/ is the script's folder
 
 import nmr_jax as nr
 
 EYE = (0.0, 0.0, -2.732)
 ANGLE = 30.0
 BYTES_PER_SLOT = 36  # face_index, depth, dist (4 bytes each), bary and bary_screen (12 each)
-
-
-def scenes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    v, f = nr.data.teapot()
-    sphere, sphere_faces = nr.data.icosphere(4)
-    return {
-        "teapot": (np.asarray(v), np.asarray(f)),
-        "icosphere": (np.asarray(sphere), np.asarray(sphere_faces)),
-        "torus100k": torus(224),
-    }
 
 
 def projected(vertices: jax.Array, faces: jax.Array) -> jax.Array:

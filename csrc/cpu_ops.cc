@@ -707,7 +707,7 @@ ffi::Error SoftSilhouettesBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
     const float sig = sigma.typed_data()[bc.at(s.sigma, b)];
     const float* a = acc.typed_data() + bc.at(s.acc, b) * P;
     const int32_t* c = count.typed_data() + bc.at(s.count, b) * P;
-    const float* g = grad_alpha.typed_data() + bc.at(s.grad, b) * P;
+    const float* g = grad_alpha.typed_data() + bc.at(s.linear, b) * P;
     float* out = grad->typed_data() + bc.at(s.out, b) * F * 10;
     parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
       for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f) {
@@ -736,7 +736,7 @@ ffi::Error SoftSilhouettesJvpImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
                                   F32 tangent, int32_t height, int32_t width, float near, float far,
                                   float threshold, float reach, int32_t distribution, int32_t aggregation,
                                   F32Out out) {
-  NMR_PARSE(SoftJvpShape, face_vertices, sigma, acc, count, tangent, out);
+  NMR_PARSE(SoftBwdShape, face_vertices, sigma, acc, count, tangent, out);
   const nmr::SoftParams params =
       nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation);
   const int64_t F = s.F, P = s.P;
@@ -746,7 +746,7 @@ ffi::Error SoftSilhouettesJvpImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
     const float sig = sigma.typed_data()[bc.at(s.sigma, b)];
     const float* a = acc.typed_data() + bc.at(s.acc, b) * P;
     const int32_t* c = count.typed_data() + bc.at(s.count, b) * P;
-    const float* t = tangent.typed_data() + bc.at(s.tangent, b) * F * 10;
+    const float* t = tangent.typed_data() + bc.at(s.linear, b) * F * 10;
     float* o = out->typed_data() + bc.at(s.out, b) * P;
     bin_soft_faces(pool, fv, F, sig, params, &bands);
     parallel_for(pool, ceil_div(height, kBandRows), [&](int64_t k) {

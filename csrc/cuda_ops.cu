@@ -1135,31 +1135,43 @@ ffi::Error SoftSilhouettesImpl(cudaStream_t stream, Scratch scratch, F32 face_ve
   });
 }
 
+// Both passes after the forward (the backward and forward mode): thread i streams a lane of face f's
+// rows, with the forward's accumulators telling what the other faces contribute.
 struct SoftBwdParams {
   const float* face_vertices;
   const float* sigma;
   const float* acc;
   const int32_t* count;
-  const float* grad_alpha;
+  const float* linear;  // grad_alpha [*b, H, W], or the faces' tangents [*b, F, 10]
   float* out;
   nmr::SoftParams params;
   nmr::SoftBwdShape s;
 };
 
-__global__ void soft_bwd_kernel(SoftBwdParams g, Chunk chunk) {
+// Thread i's face, lane, sigma and set-up face; false for a thread past the faces or a face not drawn.
+__device__ bool soft_lane(const SoftBwdParams& g, const int64_t* at, int32_t* f, int* lane, float* sigma,
+                          nmr::SoftFace* face) {
   const nmr::SoftBwdShape& s = g.s;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= s.F * kSoftLanes) return;
+  if (i >= s.F * kSoftLanes) return false;
+  *f = static_cast<int32_t>(i / kSoftLanes);
+  *lane = static_cast<int>(i % kSoftLanes);
+  *sigma = g.sigma[at[s.sigma]];
+  *face = nmr::setup_soft_face(g.face_vertices + (at[s.fv] * s.F + *f) * 9, *sigma, g.params);
+  return face->f.visible;
+}
+
+__global__ void soft_bwd_kernel(SoftBwdParams g, Chunk chunk) {
+  const nmr::SoftBwdShape& s = g.s;
   const int64_t* at = chunk.at[blockIdx.y];
-  const auto f = static_cast<int32_t>(i / kSoftLanes);
-  const int lane = static_cast<int>(i % kSoftLanes);
-  const float sigma = g.sigma[at[s.sigma]];
-  const nmr::SoftFace face =
-      nmr::setup_soft_face(g.face_vertices + (at[s.fv] * s.F + f) * 9, sigma, g.params);
-  if (!face.f.visible) return;
+  int32_t f;
+  int lane;
+  float sigma;
+  nmr::SoftFace face;
+  if (!soft_lane(g, at, &f, &lane, &sigma, &face)) return;
   const float* acc = g.acc + at[s.acc] * s.P;
   const int32_t* count = g.count + at[s.count] * s.P;
-  const float* grad_alpha = g.grad_alpha + at[s.grad] * s.P;
+  const float* grad_alpha = g.linear + at[s.linear] * s.P;
   float grad[10] = {};
   for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
     for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
@@ -1197,31 +1209,17 @@ ffi::Error SoftSilhouettesBwdImpl(cudaStream_t stream, Scratch, F32 face_vertice
 }
 
 // Forward mode: the backward's threads, each adding its face's tangent at the pixels it reaches.
-struct SoftJvpParams {
-  const float* face_vertices;
-  const float* sigma;
-  const float* acc;
-  const int32_t* count;
-  const float* tangent;
-  float* out;
-  nmr::SoftParams params;
-  nmr::SoftJvpShape s;
-};
-
-__global__ void soft_jvp_kernel(SoftJvpParams g, Chunk chunk) {
-  const nmr::SoftJvpShape& s = g.s;
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= s.F * kSoftLanes) return;
+__global__ void soft_jvp_kernel(SoftBwdParams g, Chunk chunk) {
+  const nmr::SoftBwdShape& s = g.s;
   const int64_t* at = chunk.at[blockIdx.y];
-  const auto f = static_cast<int32_t>(i / kSoftLanes);
-  const int lane = static_cast<int>(i % kSoftLanes);
-  const float sigma = g.sigma[at[s.sigma]];
-  const nmr::SoftFace face =
-      nmr::setup_soft_face(g.face_vertices + (at[s.fv] * s.F + f) * 9, sigma, g.params);
-  if (!face.f.visible) return;
+  int32_t f;
+  int lane;
+  float sigma;
+  nmr::SoftFace face;
+  if (!soft_lane(g, at, &f, &lane, &sigma, &face)) return;
   const float* acc = g.acc + at[s.acc] * s.P;
   const int32_t* count = g.count + at[s.count] * s.P;
-  const float* tangent = g.tangent + (at[s.tangent] * s.F + f) * 10;
+  const float* tangent = g.linear + (at[s.linear] * s.F + f) * 10;
   float* out = g.out + at[s.out] * s.P;
   for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
     for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
@@ -1237,10 +1235,10 @@ ffi::Error SoftSilhouettesJvpImpl(cudaStream_t stream, Scratch, F32 face_vertice
                                   S32 count, F32 tangent, int32_t height, int32_t width, float near,
                                   float far, float threshold, float reach, int32_t distribution,
                                   int32_t aggregation, F32Out out) {
-  NMR_PARSE(SoftJvpShape, face_vertices, sigma, acc, count, tangent, out);
+  NMR_PARSE(SoftBwdShape, face_vertices, sigma, acc, count, tangent, out);
   if (auto err = zero(stream, out, "nmr_soft_silhouettes_jvp"); err.failure()) return err;
   if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
-  const SoftJvpParams g{
+  const SoftBwdParams g{
       face_vertices.typed_data(),
       sigma.typed_data(),
       acc.typed_data(),

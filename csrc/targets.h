@@ -260,36 +260,18 @@ struct SoftShape {
 
 // nmr_soft_silhouettes_bwd: face_vertices, sigma, acc and count, grad_alpha [*b, H, W] -> grad
 // [*b, F, 10]: each face's 9 vertex floats, then its part of sigma's gradient.
+// nmr_soft_silhouettes_jvp, its transpose, has the same operands but the linear one and the
+// result swapped: tangent [*b, F, 10] (the faces' vertices', then sigma's) -> alpha's [*b, H, W].
 struct SoftBwdShape {
-  int fv, sigma, acc, count, grad, out;
+  int fv, sigma, acc, count, linear, out;  // linear: grad_alpha, or the tangent
   int64_t F, P;
   static ffi::Error parse(Broadcast& bc, SoftBwdShape* s, const F32& face_vertices, const F32& sigma,
-                          const F32& acc, const S32& count, const F32& grad_alpha, F32Out& out) {
+                          const F32& acc, const S32& count, const F32& linear, F32Out& out) {
     s->fv = bc.add(face_vertices.dimensions(), 3);
     s->sigma = bc.add(sigma.dimensions(), 0);
     s->acc = bc.add(acc.dimensions(), 2);
     s->count = bc.add(count.dimensions(), 2);
-    s->grad = bc.add(grad_alpha.dimensions(), 2);
-    s->out = bc.add(out->dimensions(), 2);
-    s->F = dim(face_vertices.dimensions(), 3);
-    s->P = dim(acc.dimensions(), 2) * dim(acc.dimensions(), 1);
-    return bc.finish();
-  }
-};
-
-// nmr_soft_silhouettes_jvp: face_vertices, sigma, acc and count, tangent [*b, F, 10] (each face's 9
-// vertex floats' tangents, then sigma's) -> alpha's tangent [*b, H, W]: the transpose of
-// nmr_soft_silhouettes_bwd.
-struct SoftJvpShape {
-  int fv, sigma, acc, count, tangent, out;
-  int64_t F, P;
-  static ffi::Error parse(Broadcast& bc, SoftJvpShape* s, const F32& face_vertices, const F32& sigma,
-                          const F32& acc, const S32& count, const F32& tangent, F32Out& out) {
-    s->fv = bc.add(face_vertices.dimensions(), 3);
-    s->sigma = bc.add(sigma.dimensions(), 0);
-    s->acc = bc.add(acc.dimensions(), 2);
-    s->count = bc.add(count.dimensions(), 2);
-    s->tangent = bc.add(tangent.dimensions(), 2);
+    s->linear = bc.add(linear.dimensions(), 2);
     s->out = bc.add(out->dimensions(), 2);
     s->F = dim(face_vertices.dimensions(), 3);
     s->P = dim(acc.dimensions(), 2) * dim(acc.dimensions(), 1);
