@@ -15,12 +15,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from nmr_jax import _ffi
 from nmr_jax import _validate as check
-from nmr_jax._ops import Fragments
+from nmr_jax._linear import linear_call
+from nmr_jax._ops import Fragments, _edge_weights, _pixel_faces
 from nmr_jax.rasterize import DEFAULT_FAR, DEFAULT_IMAGE_SIZE, DEFAULT_NEAR, _face_vertices
 
 __all__ = ["Layers", "alpha_composite", "layer_fragments", "rasterize_layers", "softmax_blend"]
@@ -89,7 +89,7 @@ def rasterize_layers(
     return Layers(face_index, *_differentiable(fv, face_index, bary, bary_screen, depth, dist))
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _differentiable(
     fv: jax.Array,
     face_index: jax.Array,
@@ -98,26 +98,88 @@ def _differentiable(
     depth: jax.Array,
     dist: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """The kernel's float maps, passing their gradients on to the face vertices (nmr_layers_bwd)."""
+    """The kernel's float maps, passing their derivatives on to the face vertices: forward mode
+    by the layers' formula in jnp (``_layers_tangent``), reverse mode by its transpose, the
+    backward kernel nmr_layers_bwd."""
     return bary, bary_screen, depth, dist
 
 
-def _differentiable_fwd(fv, face_index, bary, bary_screen, depth, dist):
-    maps = tuple(a.value for a in (bary, bary_screen, depth, dist))
-    return maps, (fv.value, face_index.value)
+@_differentiable.defjvp
+def _differentiable_jvp(primals: tuple, tangents: tuple) -> tuple:
+    fv, fi, bary, screen, depth, dist = primals
+    # The maps come from a kernel run on constant vertices: only fv has a tangent.
+    out = _differentiable(fv, fi, bary, screen, depth, dist)
+    res = (fv, fi, screen, depth, dist)
+    return out, linear_call(_layers_tangent, _layers_transpose, res, tangents[:1])
 
 
-def _differentiable_bwd(res: tuple, grads: tuple) -> tuple:
-    fv, face_index = res
-    # Symbolic zeros (maps nobody reads) reach the kernel as empty operands and cost nothing.
-    g_bary, g_screen, g_depth, g_dist = (None if isinstance(g, SymbolicZero) else g for g in grads)
-    if g_bary is None and g_screen is None and g_depth is None and g_dist is None:
-        return jnp.zeros_like(fv), None, None, None, None, None
-    g_fv = _ffi.layers_bwd(fv, face_index, g_screen, g_bary, g_depth, g_dist)
-    return g_fv, None, None, None, None, None
+def _layers_tangent(res: tuple, lin: tuple) -> tuple:
+    """The tangents of bary, bary_screen, depth and dist as nmr_layers_bwd differentiates them
+    (csrc/layers.h ``layer_grad``), 0 in empty slots. With r the raw weights M^-1 [xp, yp, 1],
+    c = clamp(r, 0, 1) passing r's tangent where r is in [0, 1] (ends included) and s = sum c:
+    w = c / s, zp = 1 / sum(w_m / z_m), b_k = w_k zp / z_k at the kernel's w and zp; dist's
+    tangent is that of the squared distance to the nearest point of the nearest edge, negated
+    where the face covers the pixel."""
+    fv, fi, w, zp, dist = res
+    (fv_dot,) = lin
+    hit = fi >= 0
+    # As rasterized: the slot axis first (a batch axis for _ops' per-pixel helpers), row 0 at
+    # y = -1.
+    raster = lambda m, core: jnp.flip(jnp.moveaxis(m, m.ndim - core, 0), -1 - core)  # noqa: E731
+    back = lambda m, core: jnp.moveaxis(jnp.flip(m, -1 - core), 0, m.ndim - core)  # noqa: E731
+    fi_r = raster(fi, 1)
+    raw, raw_dot = jax.jvp(lambda fv: _edge_weights(fv, fi_r), (fv,), (fv_dot,))
+    raw, raw_dot = back(raw, 2), back(raw_dot, 2)
+    face, face_dot = (back(_pixel_faces(a, fi_r), 3) for a in (fv, fv_dot))
+    # Empty slots read face 0, whose depth may be 0 (padding): 1 keeps them finite.
+    z = jnp.where(hit[..., None], face[..., 2], 1.0)
+    z_dot = face_dot[..., 2]
+    c_dot = jnp.where((raw >= 0) & (raw <= 1), raw_dot, 0.0)
+    s = jnp.sum(jnp.clip(raw, 0.0, 1.0), axis=-1, keepdims=True)
+    # s >= 1 wherever a face reaches the pixel (the clamped weights of any point of the plane
+    # sum to at least 1); the guard only keeps empty slots finite.
+    w_dot = (c_dot - w * jnp.sum(c_dot, axis=-1, keepdims=True)) / jnp.where(hit[..., None], s, 1.0)
+    # A weight of 0 leaves zp and b_k independent of z_k (not 0 * inf for a z_k near 0).
+    zw = jnp.where(w > 0, w * z_dot / z**2, 0.0)
+    zp_dot = zp**2 * jnp.sum(zw - w_dot / z, axis=-1)
+    zp_ = zp[..., None]
+    b_dot = w_dot * (zp_ / z) + w / z * zp_dot[..., None] - zw * zp_
+    dist_dot = _dist_tangent(face, face_dot, fi)
+    # The sign bit, not dist < 0: a covered pixel on the boundary has dist -0.
+    dist_dot = jnp.where(jnp.signbit(dist), -dist_dot, dist_dot)
+    on = lambda t: jnp.where(hit[..., None] if t.ndim > hit.ndim else hit, t, 0.0)  # noqa: E731
+    return on(b_dot), on(w_dot), on(zp_dot), on(dist_dot)
 
 
-_differentiable.defvjp(_differentiable_fwd, _differentiable_bwd, symbolic_zeros=True)
+def _dist_tangent(face: jax.Array, face_dot: jax.Array, fi: jax.Array) -> jax.Array:
+    """Tangent of the squared NDC distance from each slot's pixel centre to its face's boundary
+    (nmr_core.h ``nearest_edge`` and ``nearest_edge_grad``): with q = a + t (b - a) the nearest
+    point of the nearest edge (the first on ties), d dist2 = -2 (p - q) . ((1 - t) da + t db);
+    t's own derivative drops out (interior: it minimises; clamped: constant)."""
+    height, width = fi.shape[-3:-1]
+    # The pixel centre in NDC, as the kernel's (xp - x_a) * sx with x_a = to_pixel(a) gives it.
+    px = (2 * jnp.arange(width, dtype=jnp.float32) - (width - 1)) / width
+    py = (2 * jnp.arange(height - 1, -1, -1, dtype=jnp.float32) - (height - 1)) / height
+    p = jnp.stack(jnp.broadcast_arrays(px[:, None], py[:, None, None]), -1)  # [H, W, 1, 2]
+    a, a_dot = face[..., :2], face_dot[..., :2]  # [..., H, W, K, 3, 2]
+    b, b_dot = jnp.roll(a, -1, axis=-2), jnp.roll(a_dot, -1, axis=-2)
+    e, pa = b - a, p[..., None, :] - a
+    len2 = jnp.sum(e * e, axis=-1)
+    # A zero-length edge is a point: t = 0.
+    t = jnp.where(len2 > 0, jnp.clip(jnp.sum(pa * e, -1) / jnp.where(len2 > 0, len2, 1.0), 0, 1), 0)
+    d = pa - t[..., None] * e
+    nearest = jnp.argmin(jnp.sum(d * d, axis=-1), axis=-1)[..., None]  # [..., H, W, K, 1]
+    pick = lambda m: jnp.take_along_axis(m, nearest[..., None], axis=-2)[..., 0, :]  # noqa: E731
+    t = jnp.take_along_axis(t, nearest, axis=-1)
+    moved = (1 - t) * pick(a_dot) + t * pick(b_dot)
+    return -2 * jnp.sum(pick(d) * moved, axis=-1)
+
+
+def _layers_transpose(res: tuple, cts: tuple) -> tuple:
+    fv, fi = res[:2]
+    g_bary, g_screen, g_depth, g_dist = cts
+    # Cotangents of maps nobody reads are None: empty operands that cost the kernel nothing.
+    return (_ffi.layers_bwd(fv, fi, g_screen, g_bary, g_depth, g_dist),)
 
 
 def layer_fragments(layers: Layers) -> Fragments:

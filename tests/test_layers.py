@@ -1,6 +1,8 @@
 """nr.rasterize_layers against a brute-force jnp reference written here (every pixel against every
-face, every face's fragment, sorted), its gradients against autodiff of that reference, and
-softmax_blend and alpha_composite against formulas written out independently."""
+face, every face's fragment, sorted), its gradients and forward-mode tangents against autodiff of
+that reference and central differences, forward mode against reverse mode (the transpose identity,
+jacfwd against jacrev), and softmax_blend and alpha_composite against formulas written out
+independently."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 
 import nmr_jax as nr
+from nmr_jax import _ffi
 from tests._helpers import FAR, NEAR, random_faces, tie_scene
+from tests.test_linear import central_difference, check_transpose
 
 
 def _pixel(v, n):
@@ -265,6 +269,145 @@ def test_rasterize_layers_under_jit_vmap_and_grad():
     g = jax.jit(jax.grad(loss))(fv)
     np.testing.assert_allclose(jax.vmap(jax.grad(loss))(fv), g, rtol=1e-6, atol=1e-6)
     assert float(jnp.abs(g).max()) > 0
+
+
+def _layer_maps(fv, size=16, k=3, blur=0.03):
+    return tuple(nr.rasterize_layers(fv, size, num_layers=k, blur_radius=blur)[1:])
+
+
+def _random(rng, shape):
+    return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+
+@pytest.mark.parametrize("blur", [0.0, 0.03])
+def test_layers_jvp_equals_the_reference_and_central_differences(blur):
+    rng = np.random.default_rng(20)
+    fv = jnp.asarray(_jittered(rng, 2, 10, 16))
+    v = _random(rng, fv.shape)
+    maps = lambda fv: _layer_maps(fv, blur=blur)  # noqa: E731
+    layers = jax.jit(lambda fv: nr.rasterize_layers(fv, 16, num_layers=3, blur_radius=blur))
+    fi, dist = np.asarray(layers(fv).face_index), np.asarray(layers(fv).dist)
+    jvp = jax.jit(lambda fv, v: jax.jvp(maps, (fv,), (v,))[1])
+    t = jvp(fv, v)
+    ref = jax.jit(lambda fv, v: jax.jvp(lambda f: reference_values(f, fi), (fv,), (v,))[1])
+    want = ref(fv, v)
+    for got, w in zip(t, want, strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))
+    # Central differences where the same faces fill the slots at both ends and each slot's
+    # values are smooth there (the reference's derivative the same at both ends: no clamp,
+    # coverage or nearest edge switches in between).
+    eps = 1e-3
+    fd = jax.jit(central_difference, static_argnums=(0, 3))(maps, (fv,), (v,), eps)
+    ends = [fv + eps * v, fv - eps * v]
+    same = (fi >= 0) & np.all([np.asarray(layers(e).face_index) == fi for e in ends], 0)
+    ends = [ref(e, v) for e in ends]
+    for m, (got, diff) in enumerate(zip(t, fd, strict=True)):
+        core = lambda a: np.asarray(a).reshape(*same.shape, -1)  # noqa: E731
+        smooth = same & np.all([np.abs(core(e[m] - want[m])) < 1e-2 for e in ends], (0, -1))
+        assert smooth.sum() > 100
+        if blur > 0:  # the clamp of pixels outside the face is among the slots checked
+            assert (smooth & (dist > 0)).sum() > 20
+        np.testing.assert_allclose(core(got)[smooth], core(diff)[smooth], rtol=2e-2, atol=2e-2)
+    if blur > 0:  # vmap over the batch gives the batched tangent.
+        per_element = jax.jit(jax.vmap(jvp))(fv, v)
+        for a, b in zip(per_element, t, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("read", ["bary", "bary_screen", "depth", "dist", "all"])
+def test_layers_jvp_is_the_transpose_of_the_backward_kernel(read):
+    # Each map alone (the others' cotangents reach the kernel as empty operands) and all at once,
+    # on a non-square image. blur_radius > 0: slots outside their face, where the clamp acts,
+    # take part.
+    rng = np.random.default_rng(21)
+    fv = jnp.asarray(_jittered(rng, 2, 10, 16))
+    names = ("bary", "bary_screen", "depth", "dist")
+    pick = lambda maps: maps if read == "all" else maps[names.index(read)]  # noqa: E731
+    maps = lambda fv: pick(_layer_maps(fv, size=(16, 8)))  # noqa: E731
+    check_transpose(maps, (fv,), (_random(rng, fv.shape),))
+
+
+@pytest.mark.versions
+def test_layers_jacfwd_equals_jacrev_and_linearize():
+    fv = jnp.asarray(_jittered(np.random.default_rng(22), 1, 6, 8))[0]
+
+    def maps(shift):  # a translation of the faces -> their layers' maps
+        return _layer_maps(fv + shift, size=8, k=2, blur=0.05)
+
+    @jax.jit
+    def forward(shift):
+        _, lin = jax.linearize(maps, shift)
+        return jax.jacfwd(maps)(shift), lin(jnp.array([1.0, 0.0, 0.0]))
+
+    shift = jnp.zeros(3)
+    fwd, along_x = forward(shift)
+    rev = jax.jit(jax.jacrev(maps))(shift)
+    assert float(jnp.abs(fwd[3]).max()) > 0
+    for a, b, x in zip(fwd, rev, along_x, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+        np.testing.assert_allclose(x, a[..., 0], rtol=1e-6, atol=1e-6)
+
+
+def test_forward_mode_through_softmax_blend_and_a_shader_on_layer_fragments():
+    fv, _, _ = _blend_scene()
+    fv = jnp.asarray(fv)
+    rng = np.random.default_rng(23)
+    corners = jnp.asarray(rng.uniform(size=(2, 10, 3, 3)), jnp.float32)  # colour per corner
+    index = lambda fv: nr.rasterize_layers(fv, 16, num_layers=4, blur_radius=0.02)[0]  # noqa: E731
+
+    def images(fv):
+        layers = nr.rasterize_layers(fv, 16, num_layers=4, blur_radius=0.02)
+        shaded = nr.interpolate(corners, None, nr.layer_fragments(layers))  # [K, 2, 16, 16, 3]
+        colors = jnp.moveaxis(shaded, 0, -2)
+        alphas = jnp.full(colors.shape[:-1], 0.6)
+        soft = nr.softmax_blend(colors, layers, 1e-2, 0.05)
+        return soft, nr.alpha_composite(colors, alphas, layers)
+
+    v = _random(rng, fv.shape)
+    jvp = jax.jit(lambda fv: (jax.jvp(images, (fv,), (v,))[1], index(fv)))
+    (t, fi), fd = (
+        jvp(fv),
+        jax.jit(central_difference, static_argnums=(0, 3))(images, (fv,), (v,), 1e-3),
+    )
+    # Central differences at pixels whose slots keep their faces and whose tangent is the same
+    # at both ends (no clamp or nearest edge switches in between).
+    ends = [jvp(fv + 1e-3 * v), jvp(fv - 1e-3 * v)]
+    same = np.all([np.asarray(e[1] == fi) for e in ends], (0, -1))
+    for m, (got, diff) in enumerate(zip(t, fd, strict=True)):
+        got, diff = np.asarray(got), np.asarray(diff)
+        close = [np.abs(np.asarray(e[0][m]) - got) < 1e-2 * (1 + np.abs(got)) for e in ends]
+        smooth = same & np.all(close, (0, -1))
+        assert smooth.sum() > 200 and np.abs(got[smooth]).max() > 0.1
+        np.testing.assert_allclose(got[smooth], diff[smooth], rtol=2e-2, atol=2e-2)
+
+
+def test_layers_forward_mode_on_the_host_compiled_cuda_kernels():
+    # The tangent is jnp; its transpose there is the CUDA handler of nmr_layers_bwd.
+    if _ffi.cuda_host is None:
+        pytest.skip("built without the host-compiled CUDA module")
+    rng = np.random.default_rng(24)
+    fv = jnp.asarray(_jittered(rng, 2, 10, 16))
+    v = _random(rng, fv.shape)
+    maps = lambda fv: _layer_maps(fv, size=(8, 16))  # noqa: E731
+    want = check_transpose(maps, (fv,), (v,))
+    with _ffi.using_kernels("cuda-host"):
+        got = check_transpose(maps, (fv,), (v,))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_reverse_mode_runs_the_backward_kernel_once():
+    fv = jnp.asarray(_jittered(np.random.default_rng(25), 1, 6, 8))
+
+    def loss(fv):
+        layers = nr.rasterize_layers(fv, 8, num_layers=2, blur_radius=0.05)
+        return jnp.sum(jnp.where(layers.face_index >= 0, layers.dist, 0.0))
+
+    text = jax.jit(jax.grad(loss)).lower(fv).as_text()
+    bwd = [line for line in text.splitlines() if "@nmr_layers_bwd" in line]
+    assert len(bwd) == 1, bwd
+    # Only dist is read: the other maps' gradients are empty operands, not maps of zeros.
+    assert bwd[0].count("tensor<1x0x0x0") == 3, bwd
 
 
 def test_bad_arguments_raise_naming_them():
