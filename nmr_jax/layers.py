@@ -31,7 +31,8 @@ class Layers(NamedTuple):
     reach the pixel) come last.
 
     Differentiable in the face vertices with the face indices held fixed: ``bary``, ``depth`` and
-    ``dist`` in x, y and z (``dist`` in x and y only), ``bary_screen`` in x and y.
+    ``dist`` in x, y and z (``dist`` in x and y only), ``bary_screen`` in x and y; in reverse
+    mode and in forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``).
     """
 
     face_index: jax.Array  # int32 [..., H, W, K]: the face in each slot, -1 in empty slots.
