@@ -365,10 +365,8 @@ def test_forward_mode_through_softmax_blend_and_a_shader_on_layer_fragments():
 
     v = _random(rng, fv.shape)
     jvp = jax.jit(lambda fv: (jax.jvp(images, (fv,), (v,))[1], index(fv)))
-    (t, fi), fd = (
-        jvp(fv),
-        jax.jit(central_difference, static_argnums=(0, 3))(images, (fv,), (v,), 1e-3),
-    )
+    t, fi = jvp(fv)
+    fd = jax.jit(central_difference, static_argnums=(0, 3))(images, (fv,), (v,), 1e-3)
     # Central differences at pixels whose slots keep their faces and whose tangent is the same
     # at both ends (no clamp or nearest edge switches in between).
     ends = [jvp(fv + 1e-3 * v), jvp(fv - 1e-3 * v)]
