@@ -123,15 +123,14 @@ def _layers_tangent(res: tuple, lin: tuple) -> tuple:
     where the face covers the pixel."""
     fv, fi, w, zp, dist = res
     (fv_dot,) = lin
-    hit = fi >= 0
     # As rasterized: the slot axis first (a batch axis for _ops' per-pixel helpers), row 0 at
-    # y = -1.
+    # y = -1; the tangents go back to the layers' layout at the end.
     raster = lambda m, core: jnp.flip(jnp.moveaxis(m, m.ndim - core, 0), -1 - core)  # noqa: E731
     back = lambda m, core: jnp.moveaxis(jnp.flip(m, -1 - core), 0, m.ndim - core)  # noqa: E731
-    fi_r = raster(fi, 1)
-    raw, raw_dot = jax.jvp(lambda fv: _edge_weights(fv, fi_r), (fv,), (fv_dot,))
-    raw, raw_dot = back(raw, 2), back(raw_dot, 2)
-    face, face_dot = (back(_pixel_faces(a, fi_r), 3) for a in (fv, fv_dot))
+    fi, w, zp, dist = raster(fi, 1), raster(w, 2), raster(zp, 1), raster(dist, 1)
+    hit = fi >= 0
+    raw, raw_dot = jax.jvp(lambda fv: _edge_weights(fv, fi), (fv,), (fv_dot,))
+    face, face_dot = _pixel_faces(fv, fi), _pixel_faces(fv_dot, fi)
     # Empty slots read face 0, whose depth may be 0 (padding): 1 keeps them finite.
     z = jnp.where(hit[..., None], face[..., 2], 1.0)
     z_dot = face_dot[..., 2]
@@ -149,31 +148,38 @@ def _layers_tangent(res: tuple, lin: tuple) -> tuple:
     # The sign bit, not dist < 0: a covered pixel on the boundary has dist -0.
     dist_dot = jnp.where(jnp.signbit(dist), -dist_dot, dist_dot)
     on = lambda t: jnp.where(hit[..., None] if t.ndim > hit.ndim else hit, t, 0.0)  # noqa: E731
-    return on(b_dot), on(w_dot), on(zp_dot), on(dist_dot)
+    return back(on(b_dot), 2), back(on(w_dot), 2), back(on(zp_dot), 1), back(on(dist_dot), 1)
 
 
 def _dist_tangent(face: jax.Array, face_dot: jax.Array, fi: jax.Array) -> jax.Array:
     """Tangent of the squared NDC distance from each slot's pixel centre to its face's boundary
-    (nmr_core.h ``nearest_edge`` and ``nearest_edge_grad``): with q = a + t (b - a) the nearest
-    point of the nearest edge (the first on ties), d dist2 = -2 (p - q) . ((1 - t) da + t db);
-    t's own derivative drops out (interior: it minimises; clamped: constant)."""
-    height, width = fi.shape[-3:-1]
-    # The pixel centre in NDC, as the kernel's (xp - x_a) * sx with x_a = to_pixel(a) gives it.
+    (``face [..., H, W, 3, 3]`` and ``fi [..., H, W]`` as rasterized: row 0 at y = -1), as
+    nmr_core.h ``nearest_edge`` finds it (the first of the nearest edges) and
+    ``nearest_edge_grad`` differentiates it: with q = a + t (b - a) the nearest point of edge ab,
+    d dist2 = -2 (p - q) . ((1 - t) da + t db); t's own derivative drops out (interior: it
+    minimises; clamped: constant)."""
+    height, width = fi.shape[-2:]
+    # The pixel centre in NDC, as the kernel's (xp - x_a) * sx with x_a = to_pixel(a) gives it;
+    # [W] and [H, 1] broadcast against the slots [..., H, W].
     px = (2 * jnp.arange(width, dtype=jnp.float32) - (width - 1)) / width
-    py = (2 * jnp.arange(height - 1, -1, -1, dtype=jnp.float32) - (height - 1)) / height
-    p = jnp.stack(jnp.broadcast_arrays(px[:, None], py[:, None, None]), -1)  # [H, W, 1, 2]
-    a, a_dot = face[..., :2], face_dot[..., :2]  # [..., H, W, K, 3, 2]
-    b, b_dot = jnp.roll(a, -1, axis=-2), jnp.roll(a_dot, -1, axis=-2)
-    e, pa = b - a, p[..., None, :] - a
-    len2 = jnp.sum(e * e, axis=-1)
-    # A zero-length edge is a point: t = 0.
-    t = jnp.where(len2 > 0, jnp.clip(jnp.sum(pa * e, -1) / jnp.where(len2 > 0, len2, 1.0), 0, 1), 0)
-    d = pa - t[..., None] * e
-    nearest = jnp.argmin(jnp.sum(d * d, axis=-1), axis=-1)[..., None]  # [..., H, W, K, 1]
-    pick = lambda m: jnp.take_along_axis(m, nearest[..., None], axis=-2)[..., 0, :]  # noqa: E731
-    t = jnp.take_along_axis(t, nearest, axis=-1)
-    moved = (1 - t) * pick(a_dot) + t * pick(b_dot)
-    return -2 * jnp.sum(pick(d) * moved, axis=-1)
+    py = (2 * jnp.arange(height, dtype=jnp.float32)[:, None] - (height - 1)) / height
+    best, tangent = jnp.full(fi.shape, jnp.inf), jnp.zeros(fi.shape)
+    for e in range(3):  # per slot and elementwise: XLA fuses the whole loop
+        ax, ay, bx, by = (face[..., v, c] for v in (e, (e + 1) % 3) for c in (0, 1))
+        ex, ey, dx, dy = bx - ax, by - ay, px - ax, py - ay
+        len2 = ex * ex + ey * ey
+        # A zero-length edge is a point: t = 0.
+        t = jnp.where(
+            len2 > 0, jnp.clip((dx * ex + dy * ey) / jnp.where(len2 > 0, len2, 1), 0, 1), 0
+        )
+        dx, dy = dx - t * ex, dy - t * ey
+        d2 = dx * dx + dy * dy
+        a_dot, b_dot = face_dot[..., e, :2], face_dot[..., (e + 1) % 3, :2]
+        moved = (1 - t)[..., None] * a_dot + t[..., None] * b_dot
+        nearer = d2 < best
+        best = jnp.where(nearer, d2, best)
+        tangent = jnp.where(nearer, -2 * (dx * moved[..., 0] + dy * moved[..., 1]), tangent)
+    return tangent
 
 
 def _layers_transpose(res: tuple, cts: tuple) -> tuple:
