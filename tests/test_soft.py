@@ -3,6 +3,8 @@ every face, autodiff for the gradients) and central differences."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -587,3 +589,63 @@ def test_soft_rgb_jacfwd_equals_jacrev():
     scale = float(jnp.abs(rev).max(axis=(0, 1, 2)).min())
     assert scale > 1e-2  # every parameter moves the image
     np.testing.assert_allclose(fwd, rev, rtol=1e-4, atol=1e-4 * float(jnp.abs(rev).max()))
+
+
+def test_renderer_soft_rule_rgb_jvp_in_vertices_colors_and_lights():
+    """Forward mode through the Renderer's soft colours agrees with its reverse mode (textures:
+    the next test)."""
+    from tests.test_linear import _random_like, check_transpose
+
+    vertices, faces = nr.data.icosphere(1)
+    colors = np.random.default_rng(16).uniform(size=vertices.shape).astype(np.float32)
+
+    def rgb(v, col, ambient, direction):
+        r = nr.Renderer(image_size=16, rule=nr.SoftRule(sigma=1e-2, gamma=0.05),
+                        light_intensity_ambient=ambient, light_direction=direction)  # fmt: skip
+        return r.render(v, faces, vertex_colors=col)[0]
+
+    primals = tuple(jnp.asarray(a, jnp.float32) for a in (vertices, colors, 0.4, (0.3, 1.0, -0.2)))
+    t = check_transpose(rgb, primals, _random_like(np.random.default_rng(17), primals))
+    assert np.isfinite(np.asarray(t)).all()
+
+
+def test_renderer_soft_rule_rgb_jvp_inside_a_closed_room():
+    """From inside the room the faces are cut: the pieces read their faces' cubes through
+    barycentric maps, whose tangents come from the vertices' and the camera's. Forward mode
+    agrees with reverse mode, in all at once and in the camera or one vertex alone."""
+    from tests.test_clip import ROOM, ROOM_FACES, VIEWS, room_renderer, textured_room
+
+    r, _ = room_renderer("look", *VIEWS[1], 16, rule=nr.SoftRule(sigma=1e-3, gamma=1e-2))
+
+    def rgb(vertices, eye, tex):
+        return r.render(vertices, ROOM_FACES, tex, eye=eye)[0]
+
+    rng = np.random.default_rng(18)
+    primals = (jnp.asarray(ROOM), jnp.asarray(VIEWS[1][0], jnp.float32), textured_room())
+    u = jnp.asarray(rng.normal(size=(16, 16, 3)), jnp.float32)
+    jvp = jax.jit(lambda p, v: jax.jvp(rgb, p, v)[1])
+    cts = jax.jit(lambda p, u: jax.vjp(rgb, *p)[1](u))(primals, u)
+    zero = tuple(jnp.zeros_like(p) for p in primals)
+    for tangents in [
+        tuple(jnp.asarray(rng.normal(size=p.shape), jnp.float32) for p in primals),
+        (zero[0], jnp.array([0.1, -0.2, 0.3]), zero[2]),
+        (zero[0].at[7].set(jnp.array([0.2, 0.1, -0.1])), zero[1], zero[2]),
+    ]:
+        t = jvp(primals, tangents)
+        assert np.isfinite(np.asarray(t)).all()
+        lhs = float(jnp.vdot(u, t))
+        rhs = sum(float(jnp.vdot(c, v)) for c, v in zip(cts, tangents, strict=True))
+        size = float(jnp.vdot(jnp.abs(u), jnp.abs(t)))
+        assert size > 0 and abs(lhs - rhs) <= 1e-4 * size, (lhs, rhs, size)
+
+
+def test_soft_rgb_reverse_mode_runs_the_backward_kernel_and_no_tangent_kernel():
+    """grad compiles to the forward and backward kernels, as a custom_vjp would (docs/forward.md)."""
+    fv, tex = _smooth_faces(19, 1, 4)
+
+    def loss(fv, tex, gamma):
+        return jnp.sum(nr.soft_rgb(fv, tex, 16, 1e-3, gamma) ** 2)
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(fv, tex, jnp.float32(0.05))
+    targets = re.findall(r'custom_call_target="(nmr_[a-z_]+)"', lowered.compile().as_text())
+    assert sorted(targets) == ["nmr_soft_rgb", "nmr_soft_rgb_bwd"], targets
