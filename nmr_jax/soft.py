@@ -313,8 +313,9 @@ def soft_rgb(
       background_color: RGB of the background.
 
     Returns:
-      rgb float32 ``[..., H, W, 3]``, row 0 at the top; exact gradients w.r.t. the face vertices
-      (through coverages, depths and barycentrics), the textures, sigma and gamma.
+      rgb float32 ``[..., H, W, 3]``, row 0 at the top; exact derivatives (reverse and forward
+      mode) w.r.t. the face vertices (through coverages, depths and barycentrics), the textures,
+      sigma and gamma.
     """
     fv, tex = _checked_faces_and_textures(faces, textures)
     cfg = _ColorConfig(
