@@ -279,7 +279,7 @@ struct SoftBwdShape {
   }
 };
 
-// The attributes of both soft silhouette targets, as the core's parameters.
+// The attributes of the soft silhouette targets, as the core's parameters.
 inline SoftParams soft_params(int32_t height, int32_t width, float near, float far, float threshold,
                               float reach, int32_t distribution, int32_t aggregation) {
   return SoftParams{height,
@@ -348,7 +348,7 @@ struct ColorBwdShape {
   }
 };
 
-// The attributes of both soft colour targets, as the core's parameters.
+// The attributes of the soft colour targets, as the core's parameters.
 inline ColorParams color_params(int32_t height, int32_t width, float near, float far, float threshold,
                                 float reach, int32_t distribution, int T, float eps, float bg_r, float bg_g,
                                 float bg_b) {
