@@ -100,21 +100,11 @@ def reference_alpha(fv, sigma, size, distribution, aggregation, near=NEAR, far=F
 
 
 def reference_rgb(
-    fv,
-    tex,
-    sigma,
-    gamma,
-    size,
-    distribution,
-    bg,
-    dtype=jnp.float32,
-    eps=1e-3,
-    bary_map=None,
-    t=1e-4,
+    fv, tex, sigma, gamma, size, distribution, bg, dtype=jnp.float32, eps=1e-3, bary_map=None
 ):
     """SoftRas's colours [..., H, W, 3] (row 0 at the top) by brute force; with a ``bary_map``
     [..., F, 3, 3], face f reads its cube at its barycentrics b mapped to ``b @ bary_map[f]``."""
-    q, takes_part, bary, zp = reference_samples(fv, sigma, size, distribution, t=t, dtype=dtype)
+    q, takes_part, bary, zp = reference_samples(fv, sigma, size, distribution, dtype=dtype)
     fv, tex = jnp.asarray(fv, dtype), jnp.asarray(tex, dtype)
     gamma = jnp.asarray(gamma, dtype)[..., None, None, None]
     T = tex.shape[-2]
