@@ -77,6 +77,12 @@ def test_bench_soft_prints_its_table_with_the_brute_force():
     assert len(rows) == 2 and rows[0][7].strip() != "-", out  # the brute force ran at sigma 1e-4
 
 
+def test_bench_soft_colours_prints_its_table():
+    out = run("bench_soft.py", "--colours", "--size", "32", "--repeats", "1", "--meshes", "teapot")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| teapot")]
+    assert len(rows) == 2 and float(rows[0][6]) > 0, out  # soft / Kato
+
+
 def test_gradient_rules_smoke_run_prints_every_rule_asked():
     out = run(
         "gradient_rules.py", "--problems", "3", "--steps", "2", "--rules", "kato", "uniform-max"

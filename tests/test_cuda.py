@@ -717,7 +717,15 @@ def test_soft_rgb_parity(cuda):
     # Barycentric maps (a clipped piece's corners in its source face), per image and face.
     bary_map = rng.dirichlet(np.ones(3), size=(70, 12, 3)).astype(np.float32)
 
-    def fn(fv, tex, params, grad, bary_map):
+    # Forward mode: tangents of the vertices, textures, (sigma, gamma) (relative) and maps.
+    tangents = (
+        rng.normal(size=fv.shape).astype(np.float32),
+        rng.normal(size=tex.shape).astype(np.float32),
+        0.1 * params,
+        rng.normal(size=bary_map.shape).astype(np.float32),
+    )
+
+    def fn(fv, tex, params, grad, bary_map, tangents):
         out = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs)
         mapped = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs, bary_map)
         return (
@@ -725,10 +733,12 @@ def test_soft_rgb_parity(cuda):
             (
                 *_ffi.soft_rgb_bwd(fv, tex, params, out, grad, attrs),
                 *_ffi.soft_rgb_bwd(fv, tex, params, mapped, grad, attrs, bary_map),
+                _ffi.soft_rgb_jvp(fv, tex, params, out, tangents[:3], attrs),
+                _ffi.soft_rgb_jvp(fv, tex, params, mapped, tangents, attrs, bary_map),
             ),
         )
 
-    cpu, gpu = both(cuda, fn, fv, tex, params, grad, bary_map)
+    cpu, gpu = both(cuda, fn, fv, tex, params, grad, bary_map, tangents)
     for c, g in zip(cpu[0], gpu[0], strict=True):
         np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
     for c, g in zip(cpu[1], gpu[1], strict=True):
