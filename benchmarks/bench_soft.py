@@ -10,7 +10,12 @@ column is the median of the pairs' ratios); the brute force runs once. The last 
 icosphere's rows, is PyTorch3D's 18.4 s (its soft silhouette, K = 50, the icosphere at 256^2 on
 a 2-core machine) over ours.
 
-Usage: ``python benchmarks/bench_soft.py [--size 256] [--repeats 10] [--no-brute] [--meshes ...]``.
+With ``--colours``, the same for the colours: a loss sum((rgb - 0.5)^2) of Kato's rgb
+(``rasterize``) against ``soft_rgb`` (gamma 1e-4) of random 2^3 texture cubes, gradient w.r.t. the
+vertices (no brute force).
+
+Usage: ``python benchmarks/bench_soft.py [--size 256] [--repeats 10] [--no-brute] [--colours]
+[--meshes ...]``.
 """
 
 from __future__ import annotations
@@ -80,15 +85,31 @@ def losses(faces: np.ndarray, size: int, sigma: float):
     return kato, soft, brute
 
 
+def colour_losses(faces: np.ndarray, size: int, sigma: float):
+    """Kato's rgb and the soft colours' losses (as ``losses``) of random texture cubes."""
+    tex = jnp.asarray(np.random.default_rng(0).uniform(size=(len(faces), 2, 2, 2, 3)), jnp.float32)
+
+    def loss(rgb_fn):
+        return jax.jit(
+            jax.value_and_grad(lambda v: jnp.sum((rgb_fn(project(v, faces)) - 0.5) ** 2))
+        )
+
+    kato = loss(lambda fv: nr.rasterize(fv, tex, size, anti_aliasing=False))
+    soft = loss(lambda fv: nr.soft_rgb(fv, tex, size, sigma, 1e-4, threshold=THRESHOLD))
+    return kato, soft
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10, help="timed pairs per entry")
     parser.add_argument("--no-brute", action="store_true", help="skip the brute-force reference")
+    parser.add_argument("--colours", action="store_true", help="Kato's rgb against soft_rgb")
     parser.add_argument("--meshes", nargs="+", default=["teapot", "icosphere"],
                         choices=["teapot", "icosphere"])  # fmt: skip
     args = parser.parse_args()
-    print(f"# {platform.machine()}, jax {jax.__version__}, {args.size}^2, median of "
+    what = "colours (rgb)" if args.colours else "silhouettes"
+    print(f"# {what}, {platform.machine()}, jax {jax.__version__}, {args.size}^2, median of "
           f"{args.repeats} pairs, ms (forward+backward)", flush=True)  # fmt: skip
     print("| mesh | faces | sigma | Kato | soft | soft / Kato | brute force | brute / soft "
           "| PyTorch3D 18.4 s / soft |")  # fmt: skip
@@ -99,10 +120,14 @@ def main() -> None:
         v = jnp.asarray(vertices)
         faces = np.asarray(faces)
         for i, sigma in enumerate((1e-4, 1e-5)):
-            kato, soft, brute = losses(faces, args.size, sigma)
+            if args.colours:
+                kato, soft = colour_losses(faces, args.size, sigma)
+            else:
+                kato, soft, brute = losses(faces, args.size, sigma)
             t_kato, t_soft, ratio = timed_pair(kato, soft, v, args.repeats)
             brute_cell = ratio_cell = "-"
-            if not args.no_brute and i == 0:  # its cost does not depend on sigma
+            # The brute force's cost does not depend on sigma.
+            if not args.no_brute and not args.colours and i == 0:
                 fv = project(v, faces)
                 ours = nr.soft_silhouettes(fv, args.size, sigma, threshold=THRESHOLD)
                 diff = float(jnp.max(jnp.abs(brute_alpha(fv, sigma, args.size) - ours)))

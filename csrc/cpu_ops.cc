@@ -776,6 +776,24 @@ ffi::Error SoftSilhouettesJvpImpl(ffi::ThreadPool pool, F32 face_vertices, F32 s
 // order, first the largest logit of each pixel, then the softmax's sums with it.
 namespace {
 
+// Visits the colour samples of band k's faces in index order: visit(f, sample, pixel).
+template <typename Visit>
+void each_color_sample(const SoftBands& bands, int64_t k, float sigma, float gamma,
+                       const nmr::SoftParams& params, const Visit& visit) {
+  const int row_lo = static_cast<int>(k) * kBandRows;
+  const int row_hi = std::min(row_lo + kBandRows, params.height) - 1;
+  for (int64_t i = bands.start[k]; i < bands.start[k + 1]; ++i) {
+    const int32_t f = bands.items[i];
+    const nmr::SoftFace& face = bands.faces[f];
+    for (int yi = std::max(face.box.y_lo, row_lo); yi <= std::min(face.box.y_hi, row_hi); ++yi)
+      for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+        nmr::ColorSample cs;
+        if (nmr::color_sample(face, xi, yi, sigma, gamma, params, &cs))
+          visit(f, cs, int64_t{yi} * params.width + xi);
+      }
+  }
+}
+
 ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 bary_map, F32 sigma_gamma,
                        int32_t height, int32_t width, float near, float far, float threshold, float reach,
                        int32_t distribution, float eps, float bg_r, float bg_g, float bg_b, F32Out out) {
@@ -793,21 +811,10 @@ ffi::Error SoftRgbImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F3
     float* o = out->typed_data() + bc.at(s.out, b) * P * 5;
     bin_soft_faces(pool, fv, F, sigma, c.soft, &bands);
     parallel_for(pool, ceil_div(height, kBandRows), [&](int64_t k) {
-      const int row_lo = static_cast<int>(k) * kBandRows;
-      const int row_hi = std::min(row_lo + kBandRows, static_cast<int>(height)) - 1;
-      const int64_t p0 = int64_t{row_lo} * width, p1 = int64_t{row_hi + 1} * width;
-      // Visits the samples of the band's faces in index order.
+      const int64_t p0 = k * kBandRows * width, p1 = std::min<int64_t>((k + 1) * kBandRows, height) * width;
       auto each_sample = [&](auto&& visit) {
-        for (int64_t i = bands.start[k]; i < bands.start[k + 1]; ++i) {
-          const int32_t f = bands.items[i];
-          const nmr::SoftFace& face = bands.faces[f];
-          for (int yi = std::max(face.box.y_lo, row_lo); yi <= std::min(face.box.y_hi, row_hi); ++yi)
-            for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
-              nmr::ColorSample cs;
-              if (nmr::color_sample(face, xi, yi, sigma, gamma, c.soft, &cs))
-                visit(f, cs, o + 5 * (int64_t{yi} * width + xi));
-            }
-        }
+        each_color_sample(bands, k, sigma, gamma, c.soft,
+                          [&](int32_t f, const nmr::ColorSample& cs, int64_t p) { visit(f, cs, o + 5 * p); });
       };
       for (int64_t p = p0; p < p1; ++p) nmr::color_init_max(gamma, o + 5 * p);
       each_sample([&](int32_t, const nmr::ColorSample& cs, float* px) { px[3] = std::max(px[3], cs.a); });
@@ -845,7 +852,7 @@ ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures,
     const float sigma = sigma_gamma.typed_data()[2 * bc.at(s.params, b)];
     const float gamma = sigma_gamma.typed_data()[2 * bc.at(s.params, b) + 1];
     const float* o = out.typed_data() + bc.at(s.out, b) * P * 5;
-    const float* g = grad_rgb.typed_data() + bc.at(s.grad, b) * P * 3;
+    const float* g = grad_rgb.typed_data() + bc.at(s.linear, b) * P * 3;
     float* r = result->typed_data() + bc.at(s.result, b) * F * stride;
     parallel_for(pool, ceil_div(F, kFacesPerTask), [&](int64_t t) {
       for (int64_t f = t * kFacesPerTask; f < std::min(F, (t + 1) * kFacesPerTask); ++f) {
@@ -867,6 +874,41 @@ ffi::Error SoftRgbBwdImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures,
           }
         for (int k = 0; k < kParts; ++k) r[stride * f + k] = static_cast<float>(sum[k]);
       }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// Forward mode: scheduled as the forward pass (bands of rows over their faces in index order, so
+// the sums do not depend on the threads), each pixel summing its faces' tangents.
+ffi::Error SoftRgbJvpImpl(ffi::ThreadPool pool, F32 face_vertices, F32 textures, F32 bary_map,
+                          F32 sigma_gamma, F32 out, F32 tangent, int32_t height, int32_t width, float near,
+                          float far, float threshold, float reach, int32_t distribution, float eps,
+                          float bg_r, float bg_g, float bg_b, F32Out result) {
+  NMR_PARSE(ColorBwdShape, face_vertices, textures, bary_map, sigma_gamma, out, tangent, result);
+  const nmr::ColorParams c =
+      nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b);
+  const int64_t F = s.F, P = s.P, stride = nmr::kColorGradFloats + s.cube;
+  SoftBands bands;
+  for (int64_t b = 0; b < bc.size(); ++b) {
+    const float* fv = face_vertices.typed_data() + bc.at(s.fv, b) * F * 9;
+    const float* tex = textures.typed_data() + bc.at(s.tex, b) * F * s.cube;
+    const float* map = s.mapped ? bary_map.typed_data() + bc.at(s.map, b) * F * 9 : nullptr;
+    const float sigma = sigma_gamma.typed_data()[2 * bc.at(s.params, b)];
+    const float gamma = sigma_gamma.typed_data()[2 * bc.at(s.params, b) + 1];
+    const float* o = out.typed_data() + bc.at(s.out, b) * P * 5;
+    const float* t = tangent.typed_data() + bc.at(s.linear, b) * F * stride;
+    float* r = result->typed_data() + bc.at(s.result, b) * P * 3;
+    bin_soft_faces(pool, fv, F, sigma, c.soft, &bands);
+    parallel_for(pool, ceil_div(height, kBandRows), [&](int64_t k) {
+      const int64_t p0 = k * kBandRows * width, p1 = std::min<int64_t>((k + 1) * kBandRows, height) * width;
+      std::fill(r + 3 * p0, r + 3 * p1, 0.f);
+      each_color_sample(bands, k, sigma, gamma, c.soft,
+                        [&](int32_t f, const nmr::ColorSample& cs, int64_t p) {
+                          nmr::color_tangent(bands.faces[f], fv + 9 * int64_t{f}, tex + f * s.cube,
+                                             map ? map + 9 * int64_t{f} : nullptr, cs, o + 5 * p, sigma,
+                                             gamma, c, t + f * stride, r + 3 * p);
+                        });
     });
   }
   return ffi::Error::Success();

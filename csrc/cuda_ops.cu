@@ -1343,47 +1343,66 @@ ffi::Error SoftRgbImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 text
   });
 }
 
+// Both passes after the forward (the backward and forward mode): thread i streams a lane of face
+// f's rows, with the forward's out telling each pixel's softmax.
 struct ColorBwdParams {
   const float* face_vertices;
   const float* textures;
   const float* bary_map;
   const float* sigma_gamma;
   const float* out;
-  const float* grad_rgb;
+  const float* linear;  // grad_rgb [*b, H, W, 3], or the faces' tangents [*b, F, kColorGradFloats + T^3 3]
   float* result;
   nmr::ColorParams c;
   nmr::ColorBwdShape s;
 };
 
-__global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
+// Thread i's face and lane, with its batch element's sigma and gamma and its set-up face; false for
+// a thread past the faces or a face not drawn.
+struct ColorLane {
+  int32_t f;
+  int lane;
+  float sigma, gamma;
+  const float *fv, *tex, *map;
+  nmr::SoftFace face;
+};
+
+__device__ bool color_lane(const ColorBwdParams& g, const int64_t* at, ColorLane* l) {
   const nmr::ColorBwdShape& s = g.s;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= s.F * kSoftLanes) return;
+  if (i >= s.F * kSoftLanes) return false;
+  l->f = static_cast<int32_t>(i / kSoftLanes);
+  l->lane = static_cast<int>(i % kSoftLanes);
+  l->sigma = g.sigma_gamma[2 * at[s.params]];
+  l->gamma = g.sigma_gamma[2 * at[s.params] + 1];
+  l->fv = g.face_vertices + (at[s.fv] * s.F + l->f) * 9;
+  l->tex = g.textures + (at[s.tex] * s.F + l->f) * s.cube;
+  l->map = s.mapped ? g.bary_map + (at[s.map] * s.F + l->f) * 9 : nullptr;
+  l->face = nmr::setup_soft_face(l->fv, l->sigma, g.c.soft);
+  return l->face.f.visible;
+}
+
+__global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
+  const nmr::ColorBwdShape& s = g.s;
   const int64_t* at = chunk.at[blockIdx.y];
-  const auto f = static_cast<int32_t>(i / kSoftLanes);
-  const int lane = static_cast<int>(i % kSoftLanes);
-  const float sigma = g.sigma_gamma[2 * at[s.params]], gamma = g.sigma_gamma[2 * at[s.params] + 1];
-  const float* fv = g.face_vertices + (at[s.fv] * s.F + f) * 9;
-  const nmr::SoftFace face = nmr::setup_soft_face(fv, sigma, g.c.soft);
-  if (!face.f.visible) return;
-  const float* tex = g.textures + (at[s.tex] * s.F + f) * s.cube;
-  const float* map = s.mapped ? g.bary_map + (at[s.map] * s.F + f) * 9 : nullptr;
+  ColorLane l;
+  if (!color_lane(g, at, &l)) return;
   const float* out = g.out + at[s.out] * s.P * 5;
-  const float* grad_rgb = g.grad_rgb + at[s.grad] * s.P * 3;
+  const float* grad_rgb = g.linear + at[s.linear] * s.P * 3;
   constexpr int kParts = nmr::kColorGradFloats;
-  float* result = g.result + (at[s.result] * s.F + f) * (kParts + s.cube);
+  float* result = g.result + (at[s.result] * s.F + l.f) * (kParts + s.cube);
   // Summed in double: sigma's and gamma's terms cancel to far less than their size.
   double sum[kParts] = {};
-  for (int yi = face.box.y_lo + lane; yi <= face.box.y_hi; yi += kSoftLanes)
-    for (int xi = face.box.x_lo; xi <= face.box.x_hi; ++xi) {
+  for (int yi = l.face.box.y_lo + l.lane; yi <= l.face.box.y_hi; yi += kSoftLanes)
+    for (int xi = l.face.box.x_lo; xi <= l.face.box.x_hi; ++xi) {
       const int64_t p = static_cast<int64_t>(yi) * g.c.soft.width + xi;
       const float* G = grad_rgb + 3 * p;
       if (G[0] == 0.f && G[1] == 0.f && G[2] == 0.f) continue;
       nmr::ColorSample cs;
-      if (!nmr::color_sample(face, xi, yi, sigma, gamma, g.c.soft, &cs)) continue;
+      if (!nmr::color_sample(l.face, xi, yi, l.sigma, l.gamma, g.c.soft, &cs)) continue;
       float part[kParts] = {};
       // Atomics for the cube: the lanes of a face share it.
-      nmr::color_grad(face, fv, tex, map, cs, out + 5 * p, G, sigma, gamma, g.c, part,
+      nmr::color_grad(l.face, l.fv, l.tex, l.map, cs, out + 5 * p, G, l.sigma, l.gamma, g.c, part,
                       [&](int k, float v) { atomicAdd(result + kParts + k, v); });
       for (int k = 0; k < kParts; ++k) sum[k] += part[k];
     }
@@ -1391,12 +1410,37 @@ __global__ void color_bwd_kernel(ColorBwdParams g, Chunk chunk) {
     if (sum[k] != 0.0) atomicAdd(result + k, static_cast<float>(sum[k]));
 }
 
-ffi::Error SoftRgbBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 bary_map,
-                          F32 sigma_gamma, F32 out, F32 grad_rgb, int32_t height, int32_t width, float near,
-                          float far, float threshold, float reach, int32_t distribution, float eps,
-                          float bg_r, float bg_g, float bg_b, F32Out result) {
-  NMR_PARSE(ColorBwdShape, face_vertices, textures, bary_map, sigma_gamma, out, grad_rgb, result);
-  if (auto err = zero(stream, result, "nmr_soft_rgb_bwd"); err.failure()) return err;
+// Forward mode: the backward's threads, each adding its face's tangent at the pixels it reaches.
+__global__ void color_jvp_kernel(ColorBwdParams g, Chunk chunk) {
+  const nmr::ColorBwdShape& s = g.s;
+  const int64_t* at = chunk.at[blockIdx.y];
+  ColorLane l;
+  if (!color_lane(g, at, &l)) return;
+  const float* out = g.out + at[s.out] * s.P * 5;
+  const float* tangent = g.linear + (at[s.linear] * s.F + l.f) * (nmr::kColorGradFloats + s.cube);
+  float* result = g.result + at[s.result] * s.P * 3;
+  for (int yi = l.face.box.y_lo + l.lane; yi <= l.face.box.y_hi; yi += kSoftLanes)
+    for (int xi = l.face.box.x_lo; xi <= l.face.box.x_hi; ++xi) {
+      nmr::ColorSample cs;
+      if (!nmr::color_sample(l.face, xi, yi, l.sigma, l.gamma, g.c.soft, &cs)) continue;
+      const int64_t p = static_cast<int64_t>(yi) * g.c.soft.width + xi;
+      float t[3] = {0.f, 0.f, 0.f};
+      nmr::color_tangent(l.face, l.fv, l.tex, l.map, cs, out + 5 * p, l.sigma, l.gamma, g.c, tangent, t);
+      for (int ch = 0; ch < 3; ++ch)
+        if (t[ch] != 0.f) atomicAdd(result + 3 * p + ch, t[ch]);
+    }
+}
+
+// The backward (kJvp false; linear: grad_rgb, result: the faces' gradients) or forward mode (linear:
+// the faces' tangents, result: rgb's).
+template <bool kJvp>
+ffi::Error color_after_forward(cudaStream_t stream, F32 face_vertices, F32 textures, F32 bary_map,
+                               F32 sigma_gamma, F32 out, F32 linear, int32_t height, int32_t width,
+                               float near, float far, float threshold, float reach, int32_t distribution,
+                               float eps, float bg_r, float bg_g, float bg_b, F32Out result) {
+  const char* target = kJvp ? "nmr_soft_rgb_jvp" : "nmr_soft_rgb_bwd";
+  NMR_PARSE(ColorBwdShape, face_vertices, textures, bary_map, sigma_gamma, out, linear, result);
+  if (auto err = zero(stream, result, target); err.failure()) return err;
   if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
   const ColorBwdParams g{
       face_vertices.typed_data(),
@@ -1404,13 +1448,35 @@ ffi::Error SoftRgbBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 t
       bary_map.typed_data(),
       sigma_gamma.typed_data(),
       out.typed_data(),
-      grad_rgb.typed_data(),
+      linear.typed_data(),
       result->typed_data(),
       nmr::color_params(height, width, near, far, threshold, reach, distribution, s.T, eps, bg_r, bg_g, bg_b),
       s};
-  return for_each_chunk(bc, "nmr_soft_rgb_bwd", [&](const Chunk& chunk, int n) {
-    NMR_LAUNCH(color_bwd_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
+  return for_each_chunk(bc, target, [&](const Chunk& chunk, int n) {
+    const dim3 grid(blocks(s.F * kSoftLanes), n);
+    if constexpr (kJvp)
+      NMR_LAUNCH(color_jvp_kernel, grid, kThreads, stream, g, chunk);
+    else
+      NMR_LAUNCH(color_bwd_kernel, grid, kThreads, stream, g, chunk);
   });
+}
+
+ffi::Error SoftRgbBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 bary_map,
+                          F32 sigma_gamma, F32 out, F32 grad_rgb, int32_t height, int32_t width, float near,
+                          float far, float threshold, float reach, int32_t distribution, float eps,
+                          float bg_r, float bg_g, float bg_b, F32Out result) {
+  return color_after_forward<false>(stream, face_vertices, textures, bary_map, sigma_gamma, out, grad_rgb,
+                                    height, width, near, far, threshold, reach, distribution, eps, bg_r, bg_g,
+                                    bg_b, result);
+}
+
+ffi::Error SoftRgbJvpImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 textures, F32 bary_map,
+                          F32 sigma_gamma, F32 out, F32 tangent, int32_t height, int32_t width, float near,
+                          float far, float threshold, float reach, int32_t distribution, float eps,
+                          float bg_r, float bg_g, float bg_b, F32Out result) {
+  return color_after_forward<true>(stream, face_vertices, textures, bary_map, sigma_gamma, out, tangent,
+                                   height, width, near, far, threshold, reach, distribution, eps, bg_r, bg_g,
+                                   bg_b, result);
 }
 
 }  // namespace

@@ -44,6 +44,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettesBwd));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftSilhouettesJvp));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgb));
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgbBwd));
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NMR_HANDLER(NmrSoftRgbJvp));
 
 namespace py = pybind11;
 
@@ -76,6 +77,7 @@ PYBIND11_MODULE(NMR_MODULE, m) {
     d["nmr_soft_silhouettes_jvp"] = capsule(NMR_HANDLER(NmrSoftSilhouettesJvp));
     d["nmr_soft_rgb"] = capsule(NMR_HANDLER(NmrSoftRgb));
     d["nmr_soft_rgb_bwd"] = capsule(NMR_HANDLER(NmrSoftRgbBwd));
+    d["nmr_soft_rgb_jvp"] = capsule(NMR_HANDLER(NmrSoftRgbJvp));
     return d;
   });
 #if defined(NMR_JAX_CUDA_HOST)

@@ -358,4 +358,23 @@ NMR_HD void color_grad(const SoftFace& sf, const float* face, const float* textu
     for (int l = 0; l < 2; ++l) grad[3 * j + l] -= r[j] * along[l] * half[l];
 }
 
+// The tangent of a pixel's rgb from face sf's sample, added to out[3], given the face's tangent:
+// its kColorGradFloats floats (as color_grad's gradient), then its cube's. Row ch of the Jacobian is
+// color_grad's gradient for the unit gradient of channel ch, so forward mode is exactly the
+// transpose of the backward pass, sample by sample.
+NMR_HD void color_tangent(const SoftFace& sf, const float* face, const float* texture, const float* map,
+                          const ColorSample& cs, const float* px, float sigma, float gamma,
+                          const ColorParams& c, const float* tangent, float* out) {
+  for (int ch = 0; ch < 3; ++ch) {
+    float G[3] = {0.f, 0.f, 0.f};
+    G[ch] = 1.f;
+    float grad[kColorGradFloats] = {};
+    float t = 0.f;
+    color_grad(sf, face, texture, map, cs, px, G, sigma, gamma, c, grad,
+               [&](int i, float v) { t += v * tangent[kColorGradFloats + i]; });
+    for (int k = 0; k < kColorGradFloats; ++k) t += grad[k] * tangent[k];
+    out[ch] += t;
+  }
+}
+
 }  // namespace nmr

@@ -279,7 +279,7 @@ struct SoftBwdShape {
   }
 };
 
-// The attributes of both soft silhouette targets, as the core's parameters.
+// The attributes of the soft silhouette targets, as the core's parameters.
 inline SoftParams soft_params(int32_t height, int32_t width, float near, float far, float threshold,
                               float reach, int32_t distribution, int32_t aggregation) {
   return SoftParams{height,
@@ -319,22 +319,27 @@ struct ColorShape {
 // nmr_soft_rgb_bwd: face_vertices, textures, bary_map, sigma_gamma, out, grad_rgb [*b, H, W, 3] ->
 // grad [*b, F, kColorGradFloats + T^3 3]: each face's 9 vertex floats, its parts of sigma's and
 // gamma's gradients, its map's gradient (0 without a map), and its cube's gradient.
+// nmr_soft_rgb_jvp, its transpose, has the same operands but the linear one and the result
+// swapped: tangent [*b, F, kColorGradFloats + T^3 3] (laid out as grad) -> rgb's [*b, H, W, 3].
 struct ColorBwdShape {
-  int fv, tex, map, params, out, grad, result;
+  int fv, tex, map, params, out, linear, result;  // linear: grad_rgb, or the tangent
   int64_t F, P, cube;
   int T;
   bool mapped;
   static ffi::Error parse(Broadcast& bc, ColorBwdShape* s, const F32& face_vertices, const F32& textures,
-                          const F32& bary_map, const F32& sigma_gamma, const F32& out, const F32& grad_rgb,
+                          const F32& bary_map, const F32& sigma_gamma, const F32& out, const F32& linear,
                           F32Out& result) {
+    // All operands have the same batch rank (nmr_jax/_ffi.py pads them): the per-face one of the
+    // linear operand and the result has core rank 2, the per-pixel one 3.
+    const auto batch_rank = static_cast<int>(face_vertices.dimensions().size()) - 3;
     s->fv = bc.add(face_vertices.dimensions(), 3);
     s->tex = bc.add(textures.dimensions(), 5);
     s->map = bc.add(bary_map.dimensions(), 3);
     s->mapped = dim(bary_map.dimensions(), 3) > 0;
     s->params = bc.add(sigma_gamma.dimensions(), 1);
     s->out = bc.add(out.dimensions(), 3);
-    s->grad = bc.add(grad_rgb.dimensions(), 3);
-    s->result = bc.add(result->dimensions(), 2);
+    s->linear = bc.add(linear.dimensions(), static_cast<int>(linear.dimensions().size()) - batch_rank);
+    s->result = bc.add(result->dimensions(), static_cast<int>(result->dimensions().size()) - batch_rank);
     s->F = dim(face_vertices.dimensions(), 3);
     s->T = static_cast<int>(dim(textures.dimensions(), 2));
     s->cube = static_cast<int64_t>(s->T) * s->T * s->T * 3;
@@ -343,7 +348,7 @@ struct ColorBwdShape {
   }
 };
 
-// The attributes of both soft colour targets, as the core's parameters.
+// The attributes of the soft colour targets, as the core's parameters.
 inline ColorParams color_params(int32_t height, int32_t width, float near, float far, float threshold,
                                 float reach, int32_t distribution, int T, float eps, float bg_r, float bg_g,
                                 float bg_b) {
@@ -554,6 +559,27 @@ inline ColorParams color_params(int32_t height, int32_t width, float near, float
                                     .Attr<float>("bg_g")                                                    \
                                     .Attr<float>("bg_b")                                                    \
                                     .Ret<::nmr::F32>() /* grad [*b, F, 20 + T^3 3] */                       \
+  );                                                                                                        \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgbJvp##SUFFIX, SoftRgbJvpImpl,                                      \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
+                                    .Arg<::nmr::F32>() /* bary_map [*b, F or 0, 3, 3] */                    \
+                                    .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
+                                    .Arg<::nmr::F32>() /* out [*b, H, W, 5] */                              \
+                                    .Arg<::nmr::F32>() /* tangent [*b, F, 20 + T^3 3] */                    \
+                                    .Attr<int32_t>("height")                                                \
+                                    .Attr<int32_t>("width")                                                 \
+                                    .Attr<float>("near")                                                    \
+                                    .Attr<float>("far")                                                     \
+                                    .Attr<float>("threshold")                                               \
+                                    .Attr<float>("reach")                                                   \
+                                    .Attr<int32_t>("distribution")                                          \
+                                    .Attr<float>("eps")  /* texture clamp margin */                         \
+                                    .Attr<float>("bg_r") /* background colour */                            \
+                                    .Attr<float>("bg_g")                                                    \
+                                    .Attr<float>("bg_b")                                                    \
+                                    .Ret<::nmr::F32>() /* rgb tangent [*b, H, W, 3] */                      \
   )
 
 // The targets of the layered rasterizer (nr.rasterize_layers), defined as above.

@@ -457,6 +457,40 @@ def soft_rgb_bwd(
     return (*grads, _sum_to(g[..., 11:20].reshape(*batch, F, 3, 3), bary_map.shape))
 
 
+def soft_rgb_jvp(
+    face_vertices: jax.Array,
+    textures: jax.Array,
+    sigma_gamma: jax.Array,
+    out: jax.Array,
+    tangents: tuple[jax.Array, ...],
+    attrs: dict[str, Any],
+    bary_map: jax.Array | None = None,
+) -> jax.Array:
+    """Tangent of ``soft_rgb``'s rgb [*b, H, W, 3] given the face vertices', textures' and (sigma,
+    gamma)'s tangents (and the ``bary_map``'s with a map): the transpose of ``soft_rgb_bwd``
+    (without gamma's background part, which the caller adds)."""
+    operands = [face_vertices, textures, _map(bary_map), sigma_gamma, out, *tangents]
+    args, batch = _pad_batch(operands, [3, 5, 3, 1, 3, 3, 5, 1, 3][: len(operands)])
+    fv, tex, bmap, sg, o, t_fv, t_tex, t_sg, *t_map = args
+    F, cube = face_vertices.shape[-3], int(np.prod(textures.shape[-4:]))
+    # One operand [*b, F, 20 + cube] laid out as the backward's gradient: each face's 9 vertex
+    # floats, (sigma, gamma), its map's 9 (zero without a map), then its cube.
+    no_map = jnp.zeros(9, jnp.float32)
+    parts = [
+        t_fv.reshape(*t_fv.shape[:-2], 9),
+        t_sg[..., None, :],
+        t_map[0].reshape(*t_map[0].shape[:-2], 9) if t_map else no_map,
+        t_tex.reshape(*t_tex.shape[:-4], cube),
+    ]
+    tangent = jnp.concatenate([jnp.broadcast_to(p, (*batch, F, p.shape[-1])) for p in parts], -1)
+    height, width = out.shape[-3:-1]
+    result = jax.ShapeDtypeStruct((*batch, height, width, 3), jnp.float32)
+    call = _call("nmr_soft_rgb_jvp", result, len(batch))
+    return call(
+        fv, tex, bmap, sg, o, tangent, height=np.int32(height), width=np.int32(width), **attrs
+    )
+
+
 def _map(bary_map: jax.Array | None) -> jax.Array:
     """The soft colours' map operand: 0 rows for none."""
     return jnp.zeros((0, 3, 3), jnp.float32) if bary_map is None else bary_map

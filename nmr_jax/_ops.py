@@ -220,9 +220,9 @@ KATO_NO_JVP = (
     "Kato's rule (rgb and alpha of Renderer.render, render_silhouettes, rasterize_rgbad, "
     "rasterize, rasterize_silhouettes) have forward-mode derivatives with respect to textures, "
     "colours, lights and shader arguments, not the vertices or the camera. For forward mode "
-    "with respect to the vertices use a soft rule's silhouettes "
-    "(Renderer(rule=nmr_jax.SoftRule(...)).render_silhouettes, nmr_jax.soft_silhouettes), "
-    "the depth map or the fragments, or put "
+    "with respect to the vertices use a soft rule's images: its colours and alpha "
+    "(Renderer(rule=nmr_jax.SoftRule(...)).render, nmr_jax.soft_rgb) and silhouettes "
+    "(render_silhouettes, nmr_jax.soft_silhouettes), the depth map or the fragments, or put "
     "jax.lax.stop_gradient on the vertices (or the hard image) where its vertex derivative is "
     "not needed."
 )

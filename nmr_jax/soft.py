@@ -218,7 +218,7 @@ class _ColorConfig:
         return a | {"eps": np.float32(self.eps)} | bg
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _rgb(
     fv: jax.Array,
     textures: jax.Array,
@@ -231,31 +231,52 @@ def _rgb(
     return _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs(), bary_map)[..., :3]
 
 
-def _rgb_fwd(fv, textures, sigma_gamma, cfg, bary_map=None):
+@_rgb.defjvp
+def _rgb_jvp(cfg: _ColorConfig, primals: tuple, tangents: tuple) -> tuple:
+    fv, textures, sigma_gamma, bary_map = primals
     h, w = cfg.soft.height, cfg.soft.width
     out = _ffi.soft_rgb(fv, textures, sigma_gamma, h, w, cfg.attrs(), bary_map)
-    return out[..., :3], (fv, textures, sigma_gamma, out, bary_map)
-
-
-def _rgb_bwd(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
-    fv, textures, sigma_gamma, out, bary_map = res
-    g_fv, g_tex, g_sg, *g_map = _ffi.soft_rgb_bwd(
-        fv, textures, sigma_gamma, out, g, cfg.attrs(), bary_map
+    mapped = bary_map is not None
+    residuals = (fv, textures, sigma_gamma, out, *([bary_map] if mapped else []))
+    (tangent,) = linear_call(
+        lambda r, t: (_rgb_tangent(cfg, r, t),),
+        lambda r, g: _rgb_transpose(cfg, r, g[0]),
+        residuals,
+        tangents if mapped else tangents[:3],
     )
-    # The background's logit a_b = BACKGROUND_DEPTH / gamma, with weight u_b: the softmax gives
-    # d loss / d gamma = -k_b (a_b - m) / gamma at each pixel, k_b = u_b G.(bg - rgb) (relative
-    # to m as the faces' terms, soft.h).
+    return out[..., :3], tangent
+
+
+def _background_slope(cfg: _ColorConfig, sigma_gamma: jax.Array, out: jax.Array) -> jax.Array:
+    """d rgb / d gamma [*b, H, W, 3] through the background's logit a_b = BACKGROUND_DEPTH / gamma,
+    with weight u_b: -u_b (bg - rgb) (a_b - m) / gamma (relative to m as the faces' terms, soft.h,
+    whose kernels give the rest)."""
     gamma = sigma_gamma[..., 1, None, None]
     logit = BACKGROUND_DEPTH / gamma
     u_b = jnp.exp(logit - out[..., 3]) / out[..., 4]
     bg = jnp.asarray(cfg.background, jnp.float32)
-    k_b = u_b * jnp.sum(g * (bg - out[..., :3]), axis=-1)
-    g_gamma = -jnp.sum(k_b * (logit - out[..., 3]), axis=(-2, -1)) / gamma[..., 0, 0]
+    return -((u_b * (logit - out[..., 3]) / gamma)[..., None] * (bg - out[..., :3]))
+
+
+def _rgb_tangent(cfg: _ColorConfig, res: tuple, tangents: tuple) -> jax.Array:
+    """rgb's tangent given the tangents of the face vertices, textures, (sigma, gamma) and, with a
+    map, ``bary_map``: the transpose of ``_rgb_transpose``."""
+    fv, textures, sigma_gamma, out, *bary_map = res
+    tangent = _ffi.soft_rgb_jvp(fv, textures, sigma_gamma, out, tangents, cfg.attrs(), *bary_map)
+    t_gamma = tangents[2][..., 1, None, None, None]
+    return tangent + t_gamma * _background_slope(cfg, sigma_gamma, out)
+
+
+def _rgb_transpose(cfg: _ColorConfig, res: tuple, g: jax.Array) -> tuple:
+    """The gradients of rgb's face vertices, textures, (sigma, gamma) and, with a map,
+    ``bary_map`` given rgb's: the backward kernel, and gamma's background part."""
+    fv, textures, sigma_gamma, out, *bary_map = res
+    g_fv, g_tex, g_sg, *g_map = _ffi.soft_rgb_bwd(
+        fv, textures, sigma_gamma, out, g, cfg.attrs(), *bary_map
+    )
+    g_gamma = jnp.sum(g * _background_slope(cfg, sigma_gamma, out), axis=(-3, -2, -1))
     g_sg = g_sg.at[..., 1].add(_ffi._sum_to(g_gamma, sigma_gamma.shape[:-1]))
-    return g_fv, g_tex, g_sg, (g_map[0] if g_map else None)
-
-
-_rgb.defvjp(_rgb_fwd, _rgb_bwd)
+    return (g_fv, g_tex, g_sg, *g_map)
 
 
 def soft_rgb(
@@ -292,8 +313,9 @@ def soft_rgb(
       background_color: RGB of the background.
 
     Returns:
-      rgb float32 ``[..., H, W, 3]``, row 0 at the top; exact gradients w.r.t. the face vertices
-      (through coverages, depths and barycentrics), the textures, sigma and gamma.
+      rgb float32 ``[..., H, W, 3]``, row 0 at the top; exact derivatives (reverse and forward
+      mode) w.r.t. the face vertices (through coverages, depths and barycentrics), the textures,
+      sigma and gamma.
     """
     fv, tex = _checked_faces_and_textures(faces, textures)
     cfg = _ColorConfig(

@@ -25,6 +25,17 @@ def reference_data() -> Path:
 NEAR, FAR = 0.1, 100.0
 
 
+def needs_cuda_host(test):
+    """Marks a test that runs the host-compiled CUDA kernels: skipped where the package was built
+    without them (NMR_JAX_CUDA_HOST=OFF, as in CI's first leg), run by CI's sanitizer section
+    (``-m cuda_host``) on its instrumented build."""
+    skip = pytest.mark.skipif(
+        _ffi.cuda_host is None,
+        reason="nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)",
+    )
+    return pytest.mark.cuda_host(skip(test))
+
+
 def host_devices(count: int) -> str:
     """XLA_FLAGS for a subprocess whose CPU backend has ``count`` devices (read when jax starts
     it), keeping the suite's own flags (conftest.py)."""

@@ -25,6 +25,9 @@ TEX = np.full((1, 2, 2, 2, 3), 0.5, np.float32)
 VERTS = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
 FACES = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
 
+# CI's sanitizer section also runs the file on its instrumented build of the host CUDA kernels.
+pytestmark = pytest.mark.cuda_host
+
 
 # --- static checks: argument, exception and the name in its message ---------------------------
 

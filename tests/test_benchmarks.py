@@ -45,7 +45,8 @@ def test_bench_gpu_table_on_the_cpu():
     """--device cpu runs the GPU benchmark's code on the CPU (a GPU run is test_cuda.py's part)."""
     out = run("bench_gpu.py", "--quick", "--repeats", "1", "--device", "cpu")
     rows = [line for line in out.splitlines() if line.startswith("| teapot |")]
-    assert len(rows) == 1 and len(re.findall(r"\(\d+\.\d\)", rows[0])) == 2, out  # both ratios
+    assert len(rows) == 2, out  # batch 1 and 2
+    assert all(len(re.findall(r"\(\d+\.\d\)", row)) == 2 for row in rows), out  # both ratios
 
 
 def test_bench_cpu_shader_table_prints_its_ratio():
@@ -74,6 +75,12 @@ def test_bench_soft_prints_its_table_with_the_brute_force():
     out = run("bench_soft.py", "--size", "32", "--repeats", "1", "--meshes", "teapot")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| teapot")]
     assert len(rows) == 2 and rows[0][7].strip() != "-", out  # the brute force ran at sigma 1e-4
+
+
+def test_bench_soft_colours_prints_its_table():
+    out = run("bench_soft.py", "--colours", "--size", "32", "--repeats", "1", "--meshes", "teapot")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| teapot")]
+    assert len(rows) == 2 and float(rows[0][6]) > 0, out  # soft / Kato
 
 
 def test_gradient_rules_smoke_run_prints_every_rule_asked():

@@ -13,6 +13,7 @@ import pytest
 
 import nmr_jax as nr
 from nmr_jax import _ffi
+from tests._helpers import needs_cuda_host
 
 # A closed box room [-1, 1] x [-0.8, 0.8] x [-1.5, 1.5]: 12 faces (both sides drawn).
 HALF = np.array([1.0, 0.8, 1.5], np.float32)
@@ -506,11 +507,10 @@ def test_soft_colour_gradients_across_the_clip_match_finite_differences() -> Non
     np.testing.assert_allclose(gt[0, 1, 0, 1, 1], loss(v, tex + d) - loss(v, tex), rtol=1e-3)
 
 
+@needs_cuda_host
 def test_cuda_host_kernels_match_the_cpu_kernels_on_a_cut_room() -> None:
     """Texture cubes and a shader on the cut room: images and the camera's
     gradient of the host-compiled CUDA kernels equal the CPU kernels'."""
-    if _ffi.cuda_host is None:
-        pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
     r = nr.Renderer(image_size=16, camera_mode="look", eye=(0.0, 0.0, 0.0), viewing_angle=45.0)
     colors = np.random.default_rng(7).uniform(size=(8, 3)).astype(np.float32)
 

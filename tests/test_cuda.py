@@ -27,7 +27,10 @@ import pytest
 import nmr_jax as nr
 from nmr_jax import _ffi, _nmr_jax_cpu
 from nmr_jax.data import teapot
-from tests._helpers import FAR, NEAR, SCENE, host_devices, random_faces, tie_scene
+from tests._helpers import FAR, NEAR, SCENE, host_devices, needs_cuda_host, random_faces, tie_scene
+
+# CI's sanitizer section runs the whole file on its instrumented build of the host CUDA kernels.
+pytestmark = pytest.mark.cuda_host
 
 
 def _device(platform: str) -> jax.Device | None:
@@ -470,11 +473,10 @@ def test_corrupt_indices_make_the_result_nan(cuda):
         assert np.isnan(out).all()
 
 
+@needs_cuda_host
 def test_package_renders_the_teapot_through_the_host_cuda_handlers():
     # NMR_JAX_KERNELS=cuda-host in a plain process: every custom call uses the host-compiled CUDA
     # targets, as the compiled program's custom-call names and the runtime's counters show.
-    if _ffi.cuda_host is None:
-        pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
     script = textwrap.dedent(
         """
         import json, re
@@ -515,11 +517,10 @@ def test_package_renders_the_teapot_through_the_host_cuda_handlers():
     assert counters["launches"] > 0
 
 
+@needs_cuda_host
 def test_gather_does_not_synchronise_for_concrete_faces():
     # Concrete faces are checked on the host, so the CUDA gather skips its device check and the
     # stream synchronisation that reports it; traced faces keep both (counted by the host build).
-    if _ffi.cuda_host is None:
-        pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
     vertices, faces = teapot()
 
     def syncs(fn):
@@ -535,12 +536,11 @@ def test_gather_does_not_synchronise_for_concrete_faces():
 
 
 @pytest.mark.versions
+@needs_cuda_host
 def test_handlers_make_the_device_of_the_call_current():
     # On a machine with several GPUs, a handler must launch on the device that XLA runs the call
     # on, not on whichever device is current: each handler sets it from the call's device ordinal.
     # The host runtime records the device set last; here two CPU devices stand for two GPUs.
-    if _ffi.cuda_host is None:
-        pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
     script = textwrap.dedent(
         """
         import json
@@ -717,7 +717,15 @@ def test_soft_rgb_parity(cuda):
     # Barycentric maps (a clipped piece's corners in its source face), per image and face.
     bary_map = rng.dirichlet(np.ones(3), size=(70, 12, 3)).astype(np.float32)
 
-    def fn(fv, tex, params, grad, bary_map):
+    # Forward mode: tangents of the vertices, textures, (sigma, gamma) (relative) and maps.
+    tangents = (
+        rng.normal(size=fv.shape).astype(np.float32),
+        rng.normal(size=tex.shape).astype(np.float32),
+        0.1 * params,
+        rng.normal(size=bary_map.shape).astype(np.float32),
+    )
+
+    def fn(fv, tex, params, grad, bary_map, tangents):
         out = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs)
         mapped = _ffi.soft_rgb(fv, tex, params, 32, 24, attrs, bary_map)
         return (
@@ -725,10 +733,12 @@ def test_soft_rgb_parity(cuda):
             (
                 *_ffi.soft_rgb_bwd(fv, tex, params, out, grad, attrs),
                 *_ffi.soft_rgb_bwd(fv, tex, params, mapped, grad, attrs, bary_map),
+                _ffi.soft_rgb_jvp(fv, tex, params, out, tangents[:3], attrs),
+                _ffi.soft_rgb_jvp(fv, tex, params, mapped, tangents, attrs, bary_map),
             ),
         )
 
-    cpu, gpu = both(cuda, fn, fv, tex, params, grad, bary_map)
+    cpu, gpu = both(cuda, fn, fv, tex, params, grad, bary_map, tangents)
     for c, g in zip(cpu[0], gpu[0], strict=True):
         np.testing.assert_allclose(g, c, rtol=1e-5, atol=1e-6)
     for c, g in zip(cpu[1], gpu[1], strict=True):

@@ -17,6 +17,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,9 @@ import nmr_jax as nr
 from nmr_jax import _ffi
 from tests import _reference as ref
 from tests._helpers import FAR, NEAR
+
+# CI's sanitizer section also runs the file on its instrumented build of the host CUDA kernels.
+pytestmark = pytest.mark.cuda_host
 
 _LONG = int(os.environ.get("NMR_FUZZ_EXAMPLES", "0"))
 _CI = int(os.environ.get("NMR_FUZZ_CI_EXAMPLES", "15"))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nmr_jax import _ffi
+from tests._helpers import needs_cuda_host
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_STEPS = [
@@ -76,10 +76,9 @@ def _skip_where_real_gpu_tools_are() -> None:
             pytest.skip(f"{tool} is here: the script would run the real GPU checks")
 
 
+@needs_cuda_host
 def test_gpu_check_dry_run_executes_every_step(tmp_path):
     _skip_where_real_gpu_tools_are()
-    if _ffi.cuda_host is None:
-        pytest.skip("nmr_jax was built without the host CUDA module (NMR_JAX_CUDA_HOST=OFF)")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool, text in [("nvidia-smi", NVIDIA_SMI), ("compute-sanitizer", COMPUTE_SANITIZER)]:

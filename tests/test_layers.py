@@ -13,7 +13,7 @@ import pytest
 
 import nmr_jax as nr
 from nmr_jax import _ffi
-from tests._helpers import FAR, NEAR, random_faces, tie_scene
+from tests._helpers import FAR, NEAR, needs_cuda_host, random_faces, tie_scene
 from tests.test_linear import central_difference, check_transpose
 
 
@@ -379,10 +379,9 @@ def test_forward_mode_through_softmax_blend_and_a_shader_on_layer_fragments():
         np.testing.assert_allclose(got[smooth], diff[smooth], rtol=2e-2, atol=2e-2)
 
 
+@needs_cuda_host
 def test_layers_forward_mode_on_the_host_compiled_cuda_kernels():
     # The tangent is jnp; its transpose there is the CUDA handler of nmr_layers_bwd.
-    if _ffi.cuda_host is None:
-        pytest.skip("built without the host-compiled CUDA module")
     rng = np.random.default_rng(24)
     fv = jnp.asarray(_jittered(rng, 2, 10, 16))
     v = _random(rng, fv.shape)

@@ -14,7 +14,7 @@ import pytest
 import nmr_jax as nr
 from nmr_jax import _ffi
 from nmr_jax._linear import linear_call
-from tests._helpers import random_faces
+from tests._helpers import needs_cuda_host, random_faces
 
 SIZE = 16
 
@@ -203,9 +203,8 @@ def test_renderer_images_jvp_in_textures_colors_and_lights():
     assert_close(t, fd, rtol=0, atol=1e-4)
 
 
+@needs_cuda_host
 def test_forward_mode_runs_on_the_host_compiled_cuda_kernels():
-    if _ffi.cuda_host is None:
-        pytest.skip("built without the host-compiled CUDA module")
     rng = np.random.default_rng(7)
     fv = _faces(10, batch=1)
     textures = jnp.asarray(rng.uniform(size=(10, 2, 2, 2, 3)), jnp.float32)

@@ -3,6 +3,8 @@ every face, autodiff for the gradients) and central differences."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -495,3 +497,145 @@ def test_soft_rgb_under_jit_vmap_and_grad():
     loss = lambda f, t: jnp.sum(nr.soft_rgb(f, t, 16, 2e-3, 1e-2) ** 2)  # noqa: E731
     g_fv, g_tex = jax.jit(jax.grad(loss, argnums=(0, 1)))(fv, tex)
     assert np.abs(g_fv).max() > 0 and np.abs(g_tex).max() > 0
+
+
+def _smooth_faces(seed, batch, n):
+    """Faces all within (near, far) (no depth cut) and a colour cube each: the soft colours are
+    smooth in every input at sigma ~1e-2 with a tiny threshold (the cut at it is a jump)."""
+    rng = np.random.default_rng(seed)
+    fv = rng.uniform(-0.8, 0.8, size=(batch, n, 3, 3)).astype(np.float32)
+    fv[..., 2] = rng.uniform(1.0, 4.0, size=(batch, n, 3))
+    tex = rng.uniform(size=(batch, n, 2, 2, 2, 3)).astype(np.float32)
+    return jnp.asarray(fv), jnp.asarray(tex)
+
+
+def test_soft_rgb_jvp_matches_central_differences_batched_under_jit_and_vmap():
+    rng = np.random.default_rng(13)
+    fv, tex = _smooth_faces(13, 2, 6)
+    sigma, gamma = jnp.array([1e-2, 2e-2]), jnp.array([0.05, 0.1])
+    bg = (0.2, 0.4, 0.6)
+    primals = (fv, tex, sigma, gamma)
+    tangents = (
+        jnp.asarray(rng.normal(size=fv.shape), jnp.float32),
+        jnp.asarray(rng.normal(size=tex.shape), jnp.float32),
+        0.1 * sigma,
+        -0.1 * gamma,
+    )
+
+    def f(fv, tex, s, g):
+        return nr.soft_rgb(fv, tex, 16, s, g, background_color=bg, threshold=1e-9)
+
+    _, t = jax.jit(lambda p, v: jax.jvp(f, p, v))(primals, tangents)
+    scale = float(jnp.abs(t).max())
+    assert scale > 1.0
+    # Central differences of the kernels themselves, with a step small enough that no pixel
+    # centre crosses a face's edge (where the clamped barycentrics have a kink).
+    h = 3e-5
+    plus, minus = jax.jit(
+        lambda p, v: [f(*(a + s * b for a, b in zip(p, v, strict=True))) for s in (h, -h)]
+    )(primals, tangents)
+    np.testing.assert_allclose((plus - minus) / (2 * h), t, atol=2e-3 * scale)
+    # vmap over the batch equals the batched kernels.
+    per_image = jax.jit(jax.vmap(lambda *a: jax.jvp(f, a[:4], a[4:])[1]))(*primals, *tangents)
+    np.testing.assert_allclose(per_image, t, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_soft_rgb_jvp_is_the_transpose_of_the_vjp_for_each_operand():
+    """<u, J v> == <J^T u, v> with v in one operand at a time (and all): face vertices,
+    textures, sigma, gamma and the barycentric maps, on random faces (some before the near plane,
+    one behind the camera)."""
+    rng = np.random.default_rng(14)
+    fv = _faces(14, 2, 8, 16)
+    fv[0, 3, :, 2] = [-1.0, -2.0, -0.5]
+    tex = rng.uniform(size=(2, 8, 3, 3, 3, 3)).astype(np.float32)
+    bary_map = rng.dirichlet(np.ones(3), size=(2, 8, 3)).astype(np.float32)
+    sigma, gamma = np.array([3e-3, 1e-2], np.float32), np.array([1e-2, 0.05], np.float32)
+    cfg = soft._ColorConfig(soft._Config(16, 16, NEAR, FAR, 1e-4, "logistic", "probabilistic"),
+                            1e-3, (0.2, 0.4, 0.6))  # fmt: skip
+    f = lambda *a: soft._soft_rgb(a[0], a[1], a[2], a[3], cfg, a[4])  # noqa: E731
+    primals = tuple(jnp.asarray(a) for a in (fv, tex, sigma, gamma, bary_map))
+    vs = [jnp.asarray(rng.normal(size=np.shape(a)), jnp.float32) for a in primals]
+    vs[2], vs[3] = 0.1 * primals[2], 0.1 * primals[3]
+    jvp = jax.jit(lambda p, v: jax.jvp(f, p, v)[1])
+    u = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+    cts = jax.jit(lambda p, u: jax.vjp(f, *p)[1](u))(primals, u)
+    for k in [*range(5), None]:
+        v = [x if k is None or i == k else jnp.zeros_like(x) for i, x in enumerate(vs)]
+        t = jvp(primals, tuple(v))
+        lhs = float(jnp.vdot(u, t))
+        rhs = sum(float(jnp.vdot(c, x)) for c, x in zip(cts, v, strict=True))
+        size = float(jnp.vdot(jnp.abs(u), jnp.abs(t)))  # the sum's rounding scales with it
+        assert size > 0 and abs(lhs - rhs) <= 1e-5 * size, (k, lhs, rhs, size)
+
+
+def test_soft_rgb_jacfwd_equals_jacrev():
+    """In a translation of every face and in gamma (a tiny image: jacrev runs a pass per pixel)."""
+    fv, tex = _smooth_faces(15, 1, 4)
+
+    def f(d):
+        return nr.soft_rgb(fv[0] + d[:3], tex[0], 12, 1e-2, 0.05 * (1.0 + d[3]), threshold=1e-9)
+
+    fwd, rev = jax.jit(jax.jacfwd(f))(jnp.zeros(4)), jax.jit(jax.jacrev(f))(jnp.zeros(4))
+    scale = float(jnp.abs(rev).max(axis=(0, 1, 2)).min())
+    assert scale > 1e-2  # every parameter moves the image
+    np.testing.assert_allclose(fwd, rev, rtol=1e-4, atol=1e-4 * float(jnp.abs(rev).max()))
+
+
+def test_renderer_soft_rule_rgb_jvp_in_vertices_colors_and_lights():
+    """Forward mode through the Renderer's soft colours agrees with its reverse mode (textures:
+    the next test)."""
+    from tests.test_linear import _random_like, check_transpose
+
+    vertices, faces = nr.data.icosphere(1)
+    colors = np.random.default_rng(16).uniform(size=vertices.shape).astype(np.float32)
+
+    def rgb(v, col, ambient, direction):
+        r = nr.Renderer(image_size=16, rule=nr.SoftRule(sigma=1e-2, gamma=0.05),
+                        light_intensity_ambient=ambient, light_direction=direction)  # fmt: skip
+        return r.render(v, faces, vertex_colors=col)[0]
+
+    primals = tuple(jnp.asarray(a, jnp.float32) for a in (vertices, colors, 0.4, (0.3, 1.0, -0.2)))
+    t = check_transpose(rgb, primals, _random_like(np.random.default_rng(17), primals))
+    assert np.isfinite(np.asarray(t)).all()
+
+
+def test_renderer_soft_rule_rgb_jvp_inside_a_closed_room():
+    """From inside the room the faces are cut: the pieces read their faces' cubes through
+    barycentric maps, whose tangents come from the vertices' and the camera's. Forward mode
+    agrees with reverse mode, in all at once and in the camera or one vertex alone."""
+    from tests.test_clip import ROOM, ROOM_FACES, VIEWS, room_renderer, textured_room
+
+    r, _ = room_renderer("look", *VIEWS[1], 16, rule=nr.SoftRule(sigma=1e-3, gamma=1e-2))
+
+    def rgb(vertices, eye, tex):
+        return r.render(vertices, ROOM_FACES, tex, eye=eye)[0]
+
+    rng = np.random.default_rng(18)
+    primals = (jnp.asarray(ROOM), jnp.asarray(VIEWS[1][0], jnp.float32), textured_room())
+    u = jnp.asarray(rng.normal(size=(16, 16, 3)), jnp.float32)
+    jvp = jax.jit(lambda p, v: jax.jvp(rgb, p, v)[1])
+    cts = jax.jit(lambda p, u: jax.vjp(rgb, *p)[1](u))(primals, u)
+    zero = tuple(jnp.zeros_like(p) for p in primals)
+    for tangents in [
+        tuple(jnp.asarray(rng.normal(size=p.shape), jnp.float32) for p in primals),
+        (zero[0], jnp.array([0.1, -0.2, 0.3]), zero[2]),
+        (zero[0].at[7].set(jnp.array([0.2, 0.1, -0.1])), zero[1], zero[2]),
+    ]:
+        t = jvp(primals, tangents)
+        assert np.isfinite(np.asarray(t)).all()
+        lhs = float(jnp.vdot(u, t))
+        rhs = sum(float(jnp.vdot(c, v)) for c, v in zip(cts, tangents, strict=True))
+        size = float(jnp.vdot(jnp.abs(u), jnp.abs(t)))
+        assert size > 0 and abs(lhs - rhs) <= 1e-4 * size, (lhs, rhs, size)
+
+
+def test_soft_rgb_reverse_mode_runs_the_backward_kernel_and_no_tangent_kernel():
+    """grad compiles to the forward and backward kernels, as a custom_vjp would (docs/forward.md)."""
+    fv, tex = _smooth_faces(19, 1, 4)
+
+    def loss(fv, tex, gamma):
+        return jnp.sum(nr.soft_rgb(fv, tex, 16, 1e-3, gamma) ** 2)
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(fv, tex, jnp.float32(0.05))
+    targets = re.findall(r'custom_call_target="(nmr_[a-z_]+)"', lowered.compile().as_text())
+    assert sorted(targets) == ["nmr_soft_rgb", "nmr_soft_rgb_bwd"], targets

@@ -1,4 +1,4 @@
-"""All 18 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
+"""All 19 custom-call targets of nmr_jax once each on one device, at their edges: empty shapes
 (F = 0, V = 0, batch 0), a batch-70 backward (two launch chunks), corrupt indices (the gather must
 raise; the other targets must return NaN), and large faces (a 12-face cube filling 1024^2, hard
 and in blurred layers).
@@ -33,7 +33,7 @@ def random_faces(rng: np.random.Generator, batch: int, faces: int, size: int) ->
 def all_targets(fv, tex, image, faces, vertices, size: int):
     """Every target once: gather, scatter, rasterize, textures and their gradient, Kato, the
     fragments' gradient, interpolation and image sampling and their gradients, soft silhouettes
-    (their gradients and tangents) and soft colours and their gradients."""
+    (their gradients and tangents) and soft colours (their gradients and tangents)."""
     fi, wt, d = _ffi.rasterize(fv, size, size, NEAR, FAR)
     rgb = _ffi.sample_textures(fv, tex, fi, wt, d, 1e-3)
     g_tex = _ffi.sample_textures_bwd(fv, fi, wt, d, image[..., :3], 1e-3, tex.shape)
@@ -63,9 +63,12 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
     params = jnp.stack([sigma, sigma], -1)
     out = _ffi.soft_rgb(fv, tex, params, size, size, colors)
     soft += [out, *_ffi.soft_rgb_bwd(fv, tex, params, out, image[..., :3], colors)]
+    soft += [_ffi.soft_rgb_jvp(fv, tex, params, out, (fv, tex, params), colors)]
     bary_map = jnp.broadcast_to(jnp.eye(3, dtype=jnp.float32)[::-1], (*fv.shape[:-2], 3, 3))
     out = _ffi.soft_rgb(fv, tex, params, size, size, colors, bary_map)
     soft += [out, *_ffi.soft_rgb_bwd(fv, tex, params, out, image[..., :3], colors, bary_map)]
+    tangents = (fv, tex, params, bary_map)
+    soft += [_ffi.soft_rgb_jvp(fv, tex, params, out, tangents, colors, bary_map)]
     return (fi, rgb, g_tex, g_kato, g_frags, gathered, scattered, interpolated, g_corners, g_bary,
             sampled, g_image, g_uv, *layers[:4], dist, g_layers, *soft)  # fmt: skip
 
@@ -103,7 +106,8 @@ def cube(size: int):
     soft = jax.grad(lambda fv: jnp.sum(nr.soft_silhouettes(fv, size, 1e-4) ** 2))(fv)
     tex = jnp.ones((fv.shape[0], 2, 2, 2, 3), jnp.float32)
     colors = jax.grad(lambda fv: jnp.sum(nr.soft_rgb(fv, tex, size, 1e-4, 1e-4) ** 2))(fv)
-    return jax.grad(loss)(fv), soft, colors
+    colors_jvp = jax.jvp(lambda fv: nr.soft_rgb(fv, tex, size, 1e-4, 1e-4), (fv,), (fv,))[1]
+    return jax.grad(loss)(fv), soft, colors, colors_jvp
 
 
 def main() -> int:
@@ -151,7 +155,8 @@ def main() -> int:
         ok = all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in map(np.asarray, cube(1024)))
         failed += not ok
         print(
-            f"cube at 1024^2, gradients (hard and layers, soft, soft colours): {'ok' if ok else 'FAILED'}"
+            f"cube at 1024^2, gradients (hard and layers, soft, soft colours) and soft colours' "
+            f"tangent: {'ok' if ok else 'FAILED'}"
         )
     print("gpu_smoke:", "all ok" if not failed else f"{failed} FAILED")
     return 1 if failed else 0
