@@ -222,7 +222,8 @@ KATO_NO_JVP = (
     "colours, lights and shader arguments, not the vertices or the camera. For forward mode "
     "with respect to the vertices use a soft rule's images: its colours and alpha "
     "(Renderer(rule=nmr_jax.SoftRule(...)).render, nmr_jax.soft_rgb) and silhouettes "
-    "(render_silhouettes, nmr_jax.soft_silhouettes), the depth map or the fragments, or put "
+    "(render_silhouettes, nmr_jax.soft_silhouettes), the depth map, the fragments or the "
+    "layers (nmr_jax.rasterize_layers blended by nmr_jax.softmax_blend), or put "
     "jax.lax.stop_gradient on the vertices (or the hard image) where its vertex derivative is "
     "not needed."
 )
