@@ -163,8 +163,9 @@ def _dist_tangent(face: jax.Array, face_dot: jax.Array, fi: jax.Array) -> jax.Ar
     # [W] and [H, 1] broadcast against the slots [..., H, W].
     px = (2 * jnp.arange(width, dtype=jnp.float32) - (width - 1)) / width
     py = (2 * jnp.arange(height, dtype=jnp.float32)[:, None] - (height - 1)) / height
-    best, tangent = jnp.full(fi.shape, jnp.inf), jnp.zeros(fi.shape)
-    for e in range(3):  # per slot and elementwise: XLA fuses the whole loop
+
+    def edge(e: int) -> tuple[jax.Array, jax.Array]:
+        """(squared distance to edge e, its tangent), per slot and elementwise (XLA fuses it)."""
         ax, ay, bx, by = (face[..., v, c] for v in (e, (e + 1) % 3) for c in (0, 1))
         ex, ey, dx, dy = bx - ax, by - ay, px - ax, py - ay
         len2 = ex * ex + ey * ey
@@ -173,12 +174,17 @@ def _dist_tangent(face: jax.Array, face_dot: jax.Array, fi: jax.Array) -> jax.Ar
             len2 > 0, jnp.clip((dx * ex + dy * ey) / jnp.where(len2 > 0, len2, 1), 0, 1), 0
         )
         dx, dy = dx - t * ex, dy - t * ey
-        d2 = dx * dx + dy * dy
         a_dot, b_dot = face_dot[..., e, :2], face_dot[..., (e + 1) % 3, :2]
         moved = (1 - t)[..., None] * a_dot + t[..., None] * b_dot
+        return dx * dx + dy * dy, -2 * (dx * moved[..., 0] + dy * moved[..., 1])
+
+    # Starting from the first edge, not from constants: those would be unsharded, and a select
+    # of explicitly sharded slots needs both cases sharded alike.
+    best, tangent = edge(0)
+    for e in (1, 2):
+        d2, along = edge(e)
         nearer = d2 < best
-        best = jnp.where(nearer, d2, best)
-        tangent = jnp.where(nearer, -2 * (dx * moved[..., 0] + dy * moved[..., 1]), tangent)
+        best, tangent = jnp.where(nearer, d2, best), jnp.where(nearer, along, tangent)
     return tangent
 
 

@@ -93,3 +93,15 @@ def test_gradient_rules_smoke_run_prints_every_rule_asked():
         if line.startswith("| kato") or line.startswith("| uniform")
     ]
     assert len(rows) == 2, out
+
+
+def test_bench_forward_prints_every_path_with_both_ratios():
+    out = run("bench_forward.py", "--size", "16", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "path" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "depth",
+        "soft silhouettes",
+        "soft colours",
+        "layers",
+    ], out
+    assert all(len(re.findall(r"\(\d+\.\d\)", row)) == 2 for row in rows), out
