@@ -2,12 +2,13 @@
 
 The dry run puts stand-ins for nvidia-smi and compute-sanitizer on PATH (scripts written here that
 record how they were called; the sanitizer's runs the program it is given under memcheck, the first
-of its two steps), so that every step's command line is executed as on a GPU machine: a step that cannot run (a shell function handed to
-`timeout`, a wrong path or flag) fails the test. The build is skipped (GPU_CHECK_SKIP_BUILD=1): it
-would reinstall the package under test with CUDA for one architecture, minutes of nvcc. The smoke
-and benchmark scripts run on the CPU (GPU_CHECK_DEVICE=cpu: the smoke script then runs the CUDA
-code compiled for the host) and the test steps only collect, one small file besides their own
-(GPU_CHECK_PYTEST_ARGS), so that the suite does not run a second time inside itself.
+of its two steps), so that every step's command line is executed as on a GPU machine: a step that
+cannot run (a shell function handed to `timeout`, a wrong path or flag) fails the test. The build
+is skipped (GPU_CHECK_SKIP_BUILD=1): it would reinstall the package under test with CUDA for one
+architecture, minutes of nvcc. The smoke and benchmark scripts run on the CPU
+(GPU_CHECK_DEVICE=cpu: the smoke script then runs the CUDA code compiled for the host) and the test
+steps only collect, one small file besides their own (GPU_CHECK_PYTEST_ARGS), so that the suite
+does not run a second time inside itself.
 """
 
 from __future__ import annotations
