@@ -1187,27 +1187,6 @@ __global__ void soft_bwd_kernel(SoftBwdParams g, Chunk chunk) {
     if (grad[k] != 0.f) atomicAdd(out + k, grad[k]);
 }
 
-ffi::Error SoftSilhouettesBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 sigma, F32 acc,
-                                  S32 count, F32 grad_alpha, int32_t height, int32_t width, float near,
-                                  float far, float threshold, float reach, int32_t distribution,
-                                  int32_t aggregation, F32Out grad) {
-  NMR_PARSE(SoftBwdShape, face_vertices, sigma, acc, count, grad_alpha, grad);
-  if (auto err = zero(stream, grad, "nmr_soft_silhouettes_bwd"); err.failure()) return err;
-  if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
-  const SoftBwdParams g{
-      face_vertices.typed_data(),
-      sigma.typed_data(),
-      acc.typed_data(),
-      count.typed_data(),
-      grad_alpha.typed_data(),
-      grad->typed_data(),
-      nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation),
-      s};
-  return for_each_chunk(bc, "nmr_soft_silhouettes_bwd", [&](const Chunk& chunk, int n) {
-    NMR_LAUNCH(soft_bwd_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
-  });
-}
-
 // Forward mode: the backward's threads, each adding its face's tangent at the pixels it reaches.
 __global__ void soft_jvp_kernel(SoftBwdParams g, Chunk chunk) {
   const nmr::SoftBwdShape& s = g.s;
@@ -1231,25 +1210,49 @@ __global__ void soft_jvp_kernel(SoftBwdParams g, Chunk chunk) {
     }
 }
 
-ffi::Error SoftSilhouettesJvpImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 sigma, F32 acc,
-                                  S32 count, F32 tangent, int32_t height, int32_t width, float near,
-                                  float far, float threshold, float reach, int32_t distribution,
-                                  int32_t aggregation, F32Out out) {
-  NMR_PARSE(SoftBwdShape, face_vertices, sigma, acc, count, tangent, out);
-  if (auto err = zero(stream, out, "nmr_soft_silhouettes_jvp"); err.failure()) return err;
+// The backward (kJvp false; linear: grad_alpha, out: the faces' gradients) or forward mode (linear:
+// the faces' tangents, out: alpha's).
+template <bool kJvp>
+ffi::Error silhouettes_after_forward(cudaStream_t stream, F32 face_vertices, F32 sigma, F32 acc, S32 count,
+                                     F32 linear, int32_t height, int32_t width, float near, float far,
+                                     float threshold, float reach, int32_t distribution, int32_t aggregation,
+                                     F32Out out) {
+  const char* target = kJvp ? "nmr_soft_silhouettes_jvp" : "nmr_soft_silhouettes_bwd";
+  NMR_PARSE(SoftBwdShape, face_vertices, sigma, acc, count, linear, out);
+  if (auto err = zero(stream, out, target); err.failure()) return err;
   if (s.F == 0 || s.P == 0 || bc.size() == 0) return ffi::Error::Success();
   const SoftBwdParams g{
       face_vertices.typed_data(),
       sigma.typed_data(),
       acc.typed_data(),
       count.typed_data(),
-      tangent.typed_data(),
+      linear.typed_data(),
       out->typed_data(),
       nmr::soft_params(height, width, near, far, threshold, reach, distribution, aggregation),
       s};
-  return for_each_chunk(bc, "nmr_soft_silhouettes_jvp", [&](const Chunk& chunk, int n) {
-    NMR_LAUNCH(soft_jvp_kernel, dim3(blocks(s.F * kSoftLanes), n), kThreads, stream, g, chunk);
+  return for_each_chunk(bc, target, [&](const Chunk& chunk, int n) {
+    const dim3 grid(blocks(s.F * kSoftLanes), n);
+    if constexpr (kJvp)
+      NMR_LAUNCH(soft_jvp_kernel, grid, kThreads, stream, g, chunk);
+    else
+      NMR_LAUNCH(soft_bwd_kernel, grid, kThreads, stream, g, chunk);
   });
+}
+
+ffi::Error SoftSilhouettesBwdImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 sigma, F32 acc,
+                                  S32 count, F32 grad_alpha, int32_t height, int32_t width, float near,
+                                  float far, float threshold, float reach, int32_t distribution,
+                                  int32_t aggregation, F32Out grad) {
+  return silhouettes_after_forward<false>(stream, face_vertices, sigma, acc, count, grad_alpha, height, width,
+                                          near, far, threshold, reach, distribution, aggregation, grad);
+}
+
+ffi::Error SoftSilhouettesJvpImpl(cudaStream_t stream, Scratch, F32 face_vertices, F32 sigma, F32 acc,
+                                  S32 count, F32 tangent, int32_t height, int32_t width, float near,
+                                  float far, float threshold, float reach, int32_t distribution,
+                                  int32_t aggregation, F32Out out) {
+  return silhouettes_after_forward<true>(stream, face_vertices, sigma, acc, count, tangent, height, width,
+                                         near, far, threshold, reach, distribution, aggregation, out);
 }
 
 }  // namespace

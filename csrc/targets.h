@@ -370,216 +370,178 @@ inline ColorParams color_params(int32_t height, int32_t width, float near, float
 // The handler symbols Nmr<Target><suffix> of one platform, e.g. NmrRasterizeCpu, binding the
 // platform's contexts (CONTEXTS, e.g. `.Ctx<ffi::ThreadPool>()`) and then each target's operands,
 // attributes and results; impls <Target>Impl take them in that order.
+// The soft targets' attributes (soft.py's _Config.attrs and _ColorConfig.attrs): the image size and
+// the rule's, then the silhouettes' aggregation, or the colours' texture clamp and background.
+#define NMR_SOFT_ATTRS                                                                          \
+  .Attr<int32_t>("height")                                                                      \
+      .Attr<int32_t>("width")                                                                   \
+      .Attr<float>("near")                                                                      \
+      .Attr<float>("far")                                                                       \
+      .Attr<float>("threshold")                                                                 \
+      .Attr<float>("reach")                                              /* -F^-1(threshold) */ \
+      .Attr<int32_t>("distribution")                                     /* nmr::Distribution */
+#define NMR_SILHOUETTE_ATTRS NMR_SOFT_ATTRS.Attr<int32_t>("aggregation") /* nmr::Aggregation */
+#define NMR_COLOR_ATTRS                               \
+  NMR_SOFT_ATTRS                                      \
+      .Attr<float>("eps")  /* texture clamp margin */ \
+      .Attr<float>("bg_r") /* background colour */    \
+      .Attr<float>("bg_g")                            \
+      .Attr<float>("bg_b")
+
 #define NMR_DEFINE_HANDLERS(SUFFIX, CONTEXTS) NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)
-#define NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)                                                              \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFaces##SUFFIX, GatherFacesImpl,                                    \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>()        /* vertices [*b, V, 3] */                     \
-                                    .Arg<::nmr::S32>()        /* faces [*b, F, 3] */                        \
-                                    .Attr<int32_t>("checked") /* 1: faces known to be in [0, V) */          \
-                                    .Ret<::nmr::F32>()        /* face_vertices [*b, F, 3, 3] */             \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFaces##SUFFIX, ScatterFacesImpl,                                  \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::S32>() /* faces [*b, F, 3] */                               \
-                                    .Arg<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */               \
-                                    .Ret<::nmr::F32>() /* grad_vertices [*b, V, 3] */                       \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterize##SUFFIX, RasterizeImpl,                                        \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3], NDC x, y, view z */  \
-                                    .Attr<int32_t>("height")                                                \
-                                    .Attr<int32_t>("width")                                                 \
-                                    .Attr<float>("near")                                                    \
-                                    .Attr<float>("far")                                                     \
-                                    .Ret<::nmr::S32>() /* face_index [*b, H, W] */                          \
-                                    .Ret<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
-                                    .Ret<::nmr::F32>() /* depth [*b, H, W] */                               \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTextures##SUFFIX, SampleTexturesImpl,                              \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
-                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
-                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                               \
-                                    .Attr<float>("eps")                                                     \
-                                    .Ret<::nmr::F32>() /* rgb [*b, H, W, 3] */                              \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwd##SUFFIX, SampleTexturesBwdImpl,                        \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
-                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
-                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                               \
-                                    .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                         \
-                                    .Attr<float>("eps")                                                     \
-                                    .Ret<::nmr::F32>() /* grad_textures [*b, F, T, T, T, 3] */              \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwd##SUFFIX, KatoBwdImpl,                                            \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
-                                    .Arg<::nmr::F32>() /* image [*b, H, W, C], rgb and/or alpha */          \
-                                    .Arg<::nmr::F32>() /* grad_image [*b, H, W, C] */                       \
-                                    .Attr<float>("eps")                                                     \
-                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */               \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrFragmentsBwd##SUFFIX, FragmentsBwdImpl,                                  \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
-                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                          \
-                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                               \
-                                    .Arg<::nmr::F32>() /* grad_weights [*b, H, W, 3] */                     \
-                                    .Arg<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                        \
-                                    .Arg<::nmr::F32>() /* grad_depth [*b, H, W] */                          \
-                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */               \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolate##SUFFIX, InterpolateImpl,                                    \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] per face corner */       \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
-                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                             \
-                                    .Ret<::nmr::F32>() /* out [*b, H, W, C], 0 on background */             \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolateBwd##SUFFIX, InterpolateBwdImpl,                              \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] */                       \
-                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                          \
-                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                             \
-                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                         \
-                                    .Ret<::nmr::F32>() /* grad_attributes [*b, F, 3, C] */                  \
-                                    .Ret<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                        \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImage##SUFFIX, SampleImageImpl,                                    \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>()         /* image [*b, Ht, Wt, C] */                  \
-                                    .Arg<::nmr::F32>()         /* uv [*b, H, W, 2] */                       \
-                                    .Attr<int32_t>("bilinear") /* 0: nearest texel */                       \
-                                    .Attr<int32_t>("wrap")     /* 0: clamp to the edge texels */            \
-                                    .Ret<::nmr::F32>()         /* out [*b, H, W, C] */                      \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImageBwd##SUFFIX, SampleImageBwdImpl,                              \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* image [*b, Ht, Wt, C] */                          \
-                                    .Arg<::nmr::F32>() /* uv [*b, H, W, 2] */                               \
-                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                         \
-                                    .Attr<int32_t>("bilinear")                                              \
-                                    .Attr<int32_t>("wrap")                                                  \
-                                    .Ret<::nmr::F32>() /* grad_image [*b, Ht, Wt, C] */                     \
-                                    .Ret<::nmr::F32>() /* grad_uv [*b, H, W, 2] */                          \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettes##SUFFIX, SoftSilhouettesImpl,                            \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* sigma [*b] */                                     \
-                                    .Attr<int32_t>("height")                                                \
-                                    .Attr<int32_t>("width")                                                 \
-                                    .Attr<float>("near")                                                    \
-                                    .Attr<float>("far")                                                     \
-                                    .Attr<float>("threshold")                                               \
-                                    .Attr<float>("reach")          /* -F^-1(threshold) */                   \
-                                    .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
-                                    .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
-                                    .Ret<::nmr::F32>()             /* alpha [*b, H, W] */                   \
-                                    .Ret<::nmr::F32>()             /* acc [*b, H, W], see nmr::soft_init */ \
-                                    .Ret<::nmr::S32>()             /* count [*b, H, W] */                   \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettesBwd##SUFFIX, SoftSilhouettesBwdImpl,                      \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* sigma [*b] */                                     \
-                                    .Arg<::nmr::F32>() /* acc [*b, H, W] */                                 \
-                                    .Arg<::nmr::S32>() /* count [*b, H, W] */                               \
-                                    .Arg<::nmr::F32>() /* grad_alpha [*b, H, W] */                          \
-                                    .Attr<int32_t>("height")                                                \
-                                    .Attr<int32_t>("width")                                                 \
-                                    .Attr<float>("near")                                                    \
-                                    .Attr<float>("far")                                                     \
-                                    .Attr<float>("threshold")                                               \
-                                    .Attr<float>("reach")          /* -F^-1(threshold) */                   \
-                                    .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
-                                    .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
-                                    .Ret<::nmr::F32>()             /* grad [*b, F, 10] */                   \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettesJvp##SUFFIX, SoftSilhouettesJvpImpl,                      \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* sigma [*b] */                                     \
-                                    .Arg<::nmr::F32>() /* acc [*b, H, W] */                                 \
-                                    .Arg<::nmr::S32>() /* count [*b, H, W] */                               \
-                                    .Arg<::nmr::F32>() /* tangent [*b, F, 10] */                            \
-                                    .Attr<int32_t>("height")                                                \
-                                    .Attr<int32_t>("width")                                                 \
-                                    .Attr<float>("near")                                                    \
-                                    .Attr<float>("far")                                                     \
-                                    .Attr<float>("threshold")                                               \
-                                    .Attr<float>("reach")          /* -F^-1(threshold) */                   \
-                                    .Attr<int32_t>("distribution") /* nmr::Distribution */                  \
-                                    .Attr<int32_t>("aggregation")  /* nmr::Aggregation */                   \
-                                    .Ret<::nmr::F32>()             /* alpha tangent [*b, H, W] */           \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgb##SUFFIX, SoftRgbImpl,                                            \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
-                                    .Arg<::nmr::F32>() /* bary_map [*b, F or 0, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
-                                    .Attr<int32_t>("height")                                                \
-                                    .Attr<int32_t>("width")                                                 \
-                                    .Attr<float>("near")                                                    \
-                                    .Attr<float>("far")                                                     \
-                                    .Attr<float>("threshold")                                               \
-                                    .Attr<float>("reach")                                                   \
-                                    .Attr<int32_t>("distribution")                                          \
-                                    .Attr<float>("eps")  /* texture clamp margin */                         \
-                                    .Attr<float>("bg_r") /* background colour */                            \
-                                    .Attr<float>("bg_g")                                                    \
-                                    .Attr<float>("bg_b")                                                    \
-                                    .Ret<::nmr::F32>() /* out [*b, H, W, 5]: rgb, m, s */                   \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgbBwd##SUFFIX, SoftRgbBwdImpl,                                      \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
-                                    .Arg<::nmr::F32>() /* bary_map [*b, F or 0, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
-                                    .Arg<::nmr::F32>() /* out [*b, H, W, 5] */                              \
-                                    .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                         \
-                                    .Attr<int32_t>("height")                                                \
-                                    .Attr<int32_t>("width")                                                 \
-                                    .Attr<float>("near")                                                    \
-                                    .Attr<float>("far")                                                     \
-                                    .Attr<float>("threshold")                                               \
-                                    .Attr<float>("reach")                                                   \
-                                    .Attr<int32_t>("distribution")                                          \
-                                    .Attr<float>("eps")  /* texture clamp margin */                         \
-                                    .Attr<float>("bg_r") /* background colour */                            \
-                                    .Attr<float>("bg_g")                                                    \
-                                    .Attr<float>("bg_b")                                                    \
-                                    .Ret<::nmr::F32>() /* grad [*b, F, 20 + T^3 3] */                       \
-  );                                                                                                        \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgbJvp##SUFFIX, SoftRgbJvpImpl,                                      \
-                                ::xla::ffi::Ffi::Bind() CONTEXTS                                            \
-                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                   \
-                                    .Arg<::nmr::F32>() /* bary_map [*b, F or 0, 3, 3] */                    \
-                                    .Arg<::nmr::F32>() /* sigma_gamma [*b, 2] */                            \
-                                    .Arg<::nmr::F32>() /* out [*b, H, W, 5] */                              \
-                                    .Arg<::nmr::F32>() /* tangent [*b, F, 20 + T^3 3] */                    \
-                                    .Attr<int32_t>("height")                                                \
-                                    .Attr<int32_t>("width")                                                 \
-                                    .Attr<float>("near")                                                    \
-                                    .Attr<float>("far")                                                     \
-                                    .Attr<float>("threshold")                                               \
-                                    .Attr<float>("reach")                                                   \
-                                    .Attr<int32_t>("distribution")                                          \
-                                    .Attr<float>("eps")  /* texture clamp margin */                         \
-                                    .Attr<float>("bg_r") /* background colour */                            \
-                                    .Attr<float>("bg_g")                                                    \
-                                    .Attr<float>("bg_b")                                                    \
-                                    .Ret<::nmr::F32>() /* rgb tangent [*b, H, W, 3] */                      \
+#define NMR_DEFINE_HANDLERS_(SUFFIX, CONTEXTS)                                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrGatherFaces##SUFFIX, GatherFacesImpl,                                   \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()        /* vertices [*b, V, 3] */                    \
+                                    .Arg<::nmr::S32>()        /* faces [*b, F, 3] */                       \
+                                    .Attr<int32_t>("checked") /* 1: faces known to be in [0, V) */         \
+                                    .Ret<::nmr::F32>()        /* face_vertices [*b, F, 3, 3] */            \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrScatterFaces##SUFFIX, ScatterFacesImpl,                                 \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::S32>() /* faces [*b, F, 3] */                              \
+                                    .Arg<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
+                                    .Ret<::nmr::F32>() /* grad_vertices [*b, V, 3] */                      \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrRasterize##SUFFIX, RasterizeImpl,                                       \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3], NDC x, y, view z */ \
+                                    .Attr<int32_t>("height")                                               \
+                                    .Attr<int32_t>("width")                                                \
+                                    .Attr<float>("near")                                                   \
+                                    .Attr<float>("far")                                                    \
+                                    .Ret<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Ret<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Ret<::nmr::F32>() /* depth [*b, H, W] */                              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTextures##SUFFIX, SampleTexturesImpl,                             \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::F32>() /* textures [*b, F, T, T, T, 3] */                  \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
+                                    .Attr<float>("eps")                                                    \
+                                    .Ret<::nmr::F32>() /* rgb [*b, H, W, 3] */                             \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleTexturesBwd##SUFFIX, SampleTexturesBwdImpl,                       \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
+                                    .Arg<::nmr::F32>() /* grad_rgb [*b, H, W, 3] */                        \
+                                    .Attr<float>("eps")                                                    \
+                                    .Ret<::nmr::F32>() /* grad_textures [*b, F, T, T, T, 3] */             \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrKatoBwd##SUFFIX, KatoBwdImpl,                                           \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* image [*b, H, W, C], rgb and/or alpha */         \
+                                    .Arg<::nmr::F32>() /* grad_image [*b, H, W, C] */                      \
+                                    .Attr<float>("eps")                                                    \
+                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrFragmentsBwd##SUFFIX, FragmentsBwdImpl,                                 \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* weights [*b, H, W, 3] */                         \
+                                    .Arg<::nmr::F32>() /* depth [*b, H, W] */                              \
+                                    .Arg<::nmr::F32>() /* grad_weights [*b, H, W, 3] */                    \
+                                    .Arg<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                       \
+                                    .Arg<::nmr::F32>() /* grad_depth [*b, H, W] */                         \
+                                    .Ret<::nmr::F32>() /* grad_face_vertices [*b, F, 3, 3] */              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolate##SUFFIX, InterpolateImpl,                                   \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] per face corner */      \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                            \
+                                    .Ret<::nmr::F32>() /* out [*b, H, W, C], 0 on background */            \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrInterpolateBwd##SUFFIX, InterpolateBwdImpl,                             \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* attributes [*b, F, 3, C] */                      \
+                                    .Arg<::nmr::S32>() /* face_index [*b, H, W] */                         \
+                                    .Arg<::nmr::F32>() /* bary [*b, H, W, 3] */                            \
+                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                        \
+                                    .Ret<::nmr::F32>() /* grad_attributes [*b, F, 3, C] */                 \
+                                    .Ret<::nmr::F32>() /* grad_bary [*b, H, W, 3] */                       \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImage##SUFFIX, SampleImageImpl,                                   \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()         /* image [*b, Ht, Wt, C] */                 \
+                                    .Arg<::nmr::F32>()         /* uv [*b, H, W, 2] */                      \
+                                    .Attr<int32_t>("bilinear") /* 0: nearest texel */                      \
+                                    .Attr<int32_t>("wrap")     /* 0: clamp to the edge texels */           \
+                                    .Ret<::nmr::F32>()         /* out [*b, H, W, C] */                     \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSampleImageBwd##SUFFIX, SampleImageBwdImpl,                             \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* image [*b, Ht, Wt, C] */                         \
+                                    .Arg<::nmr::F32>() /* uv [*b, H, W, 2] */                              \
+                                    .Arg<::nmr::F32>() /* grad_out [*b, H, W, C] */                        \
+                                    .Attr<int32_t>("bilinear")                                             \
+                                    .Attr<int32_t>("wrap")                                                 \
+                                    .Ret<::nmr::F32>() /* grad_image [*b, Ht, Wt, C] */                    \
+                                    .Ret<::nmr::F32>() /* grad_uv [*b, H, W, 2] */                         \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettes##SUFFIX, SoftSilhouettesImpl,                           \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>() /* face_vertices [*b, F, 3, 3] */                   \
+                                    .Arg<::nmr::F32>() /* sigma [*b] */                                    \
+                                NMR_SILHOUETTE_ATTRS                                                       \
+                                    .Ret<::nmr::F32>() /* alpha [*b, H, W] */                              \
+                                    .Ret<::nmr::F32>() /* acc [*b, H, W], see nmr::soft_init */            \
+                                    .Ret<::nmr::S32>() /* count [*b, H, W] */                              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettesBwd##SUFFIX, SoftSilhouettesBwdImpl,                     \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()                 /* face_vertices [*b, F, 3, 3] */   \
+                                    .Arg<::nmr::F32>()                 /* sigma [*b] */                    \
+                                    .Arg<::nmr::F32>()                 /* acc [*b, H, W] */                \
+                                    .Arg<::nmr::S32>()                 /* count [*b, H, W] */              \
+                                    .Arg<::nmr::F32>()                 /* grad_alpha [*b, H, W] */         \
+                                NMR_SILHOUETTE_ATTRS.Ret<::nmr::F32>() /* grad [*b, F, 10] */              \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftSilhouettesJvp##SUFFIX, SoftSilhouettesJvpImpl,                     \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()                 /* face_vertices [*b, F, 3, 3] */   \
+                                    .Arg<::nmr::F32>()                 /* sigma [*b] */                    \
+                                    .Arg<::nmr::F32>()                 /* acc [*b, H, W] */                \
+                                    .Arg<::nmr::S32>()                 /* count [*b, H, W] */              \
+                                    .Arg<::nmr::F32>()                 /* tangent [*b, F, 10] */           \
+                                NMR_SILHOUETTE_ATTRS.Ret<::nmr::F32>() /* alpha tangent [*b, H, W] */      \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgb##SUFFIX, SoftRgbImpl,                                           \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()            /* face_vertices [*b, F, 3, 3] */        \
+                                    .Arg<::nmr::F32>()            /* textures [*b, F, T, T, T, 3] */       \
+                                    .Arg<::nmr::F32>()            /* bary_map [*b, F or 0, 3, 3] */        \
+                                    .Arg<::nmr::F32>()            /* sigma_gamma [*b, 2] */                \
+                                NMR_COLOR_ATTRS.Ret<::nmr::F32>() /* out [*b, H, W, 5]: rgb, m, s */       \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgbBwd##SUFFIX, SoftRgbBwdImpl,                                     \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()            /* face_vertices [*b, F, 3, 3] */        \
+                                    .Arg<::nmr::F32>()            /* textures [*b, F, T, T, T, 3] */       \
+                                    .Arg<::nmr::F32>()            /* bary_map [*b, F or 0, 3, 3] */        \
+                                    .Arg<::nmr::F32>()            /* sigma_gamma [*b, 2] */                \
+                                    .Arg<::nmr::F32>()            /* out [*b, H, W, 5] */                  \
+                                    .Arg<::nmr::F32>()            /* grad_rgb [*b, H, W, 3] */             \
+                                NMR_COLOR_ATTRS.Ret<::nmr::F32>() /* grad [*b, F, 20 + T^3 3] */           \
+  );                                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NmrSoftRgbJvp##SUFFIX, SoftRgbJvpImpl,                                     \
+                                ::xla::ffi::Ffi::Bind() CONTEXTS                                           \
+                                    .Arg<::nmr::F32>()            /* face_vertices [*b, F, 3, 3] */        \
+                                    .Arg<::nmr::F32>()            /* textures [*b, F, T, T, T, 3] */       \
+                                    .Arg<::nmr::F32>()            /* bary_map [*b, F or 0, 3, 3] */        \
+                                    .Arg<::nmr::F32>()            /* sigma_gamma [*b, 2] */                \
+                                    .Arg<::nmr::F32>()            /* out [*b, H, W, 5] */                  \
+                                    .Arg<::nmr::F32>()            /* tangent [*b, F, 20 + T^3 3] */        \
+                                NMR_COLOR_ATTRS.Ret<::nmr::F32>() /* rgb tangent [*b, H, W, 3] */          \
   )
 
 // The targets of the layered rasterizer (nr.rasterize_layers), defined as above.
