@@ -32,9 +32,8 @@ alternately (3x the repeats each) and their ratio the median of the back-to-back
 
 A third table times the cost of the Renderer's near-plane clipping for scenes wholly in front of
 the camera: ``Renderer.render`` (texture cubes, lighting, ``fill_back``; and
-``render_silhouettes``) against the same pipeline without clipping (the vertices projected, the
-faces rasterized: what the Renderer draws for such scenes, bit for bit), alternately in pairs as
-the second table.
+``render_silhouettes``) with clipping (the default) against ``clip=False`` (the same images, bit
+for bit), forward and forward+backward, alternately in pairs as the second table.
 
 Usage: ``python benchmarks/bench_cpu.py`` (every entry; tens of minutes on 2 cores, most of it in
 the baselines), ``--quick`` (4 entries, a few minutes; no second or third table),
@@ -289,50 +288,51 @@ def shader_table(meshes: dict, repeats: int, quick: bool) -> None:
 
 
 def clip_pairs(vertices: np.ndarray, faces: np.ndarray, size: int, aa: bool, silhouettes: bool):
-    """(unclipped, clipped) forward+backward callables of the vertices [V, 3]: the Renderer's
-    pipeline without clipping (project, gather, rasterize) and the Renderer, which clips.
-    rgb and alpha of 2^3 texture cubes, lit, both sides; or the silhouettes only."""
-    renderer = nr.Renderer(image_size=size, anti_aliasing=aa, eye=EYE, viewing_angle=ANGLE)
-    both = jnp.asarray(np.concatenate([faces, faces[:, ::-1]]))
+    """[(clip=False, clip=True) forward callables, (the same) forward+backward callables] of the
+    vertices [V, 3]: the Renderer with and without its near-plane clipping (the same images, bit
+    for bit, for a scene in front). rgb and alpha of 2^3 texture cubes, lit, both sides; or the
+    silhouettes only."""
     f = jnp.asarray(faces)
     rng = np.random.default_rng(2)
     cubes = jnp.asarray(rng.uniform(0.2, 1.0, (len(faces), 2, 2, 2, 3)), jnp.float32)
 
-    def unclipped_loss(v):
-        fv = nr.vertices_to_faces(renderer.transform(v), both)
+    def loss(clip: bool) -> Callable:
+        renderer = nr.Renderer(
+            image_size=size, anti_aliasing=aa, eye=EYE, viewing_angle=ANGLE, clip=clip
+        )
         if silhouettes:
-            return jnp.sum((nr.rasterize_silhouettes(fv, size, aa, NEAR, FAR) - 0.5) ** 2)
-        both_cubes = jnp.concatenate([cubes, jnp.swapaxes(cubes, -4, -2)])
-        lit = nr.lighting(nr.vertices_to_faces(v, both), both_cubes)
-        out = nr.rasterize_rgbad(fv, lit, size, aa, NEAR, FAR, eps=1e-3, return_depth=False)
-        return l2_loss(out.rgb, out.alpha)
+            return lambda v: jnp.sum((renderer.render_silhouettes(v, f) - 0.5) ** 2)
 
-    def clipped_loss(v):
-        if silhouettes:
-            return jnp.sum((renderer.render_silhouettes(v, f) - 0.5) ** 2)
-        rgb, _, alpha = renderer.render(v, f, cubes)
-        return l2_loss(rgb, alpha)
+        def rgb_loss(v):
+            rgb, _, alpha = renderer.render(v, f, cubes)
+            return l2_loss(rgb, alpha)
 
-    return jax.jit(jax.value_and_grad(unclipped_loss)), jax.jit(jax.value_and_grad(clipped_loss))
+        return rgb_loss
+
+    return [
+        tuple(jax.jit(loss(clip)) for clip in (False, True)),
+        tuple(jax.jit(jax.value_and_grad(loss(clip))) for clip in (False, True)),
+    ]
 
 
 def clip_table(meshes: dict, repeats: int, quick: bool) -> None:
-    """The Renderer (clipping) against its pipeline without clipping, in this process."""
-    print("# clipping: Renderer (clips at the near plane) vs the same pipeline unclipped, scene "
-          "wholly in front, fwd+bwd w.r.t. vertices, ms", flush=True)  # fmt: skip
-    print(f"{'scene':10} {'faces':>6} {'size':>5} {'aa':>3} {'images':>11} "
-          f"{'unclipped':>9} {'clipped':>9} {'x':>6}", flush=True)  # fmt: skip
+    """The Renderer with its clipping against the Renderer without, in this process."""
+    print("# clipping: Renderer(clip=True) vs Renderer(clip=False), scene wholly in front (the "
+          "same images), forward and fwd+bwd w.r.t. vertices, ms", flush=True)  # fmt: skip
+    print(f"{'scene':10} {'faces':>6} {'size':>5} {'aa':>3} {'images':>11} {'fwd off':>8} "
+          f"{'on':>7} {'x':>6} {'f+b off':>8} {'on':>7} {'x':>6}", flush=True)  # fmt: skip
     entries = [("teapot", 256, True, False), ("teapot", 256, True, True),
                ("torus100k", 1024, False, False)]  # fmt: skip
     for scene, size, aa, sil in [("teapot", 64, True, False)] if quick else entries:
         verts, faces = meshes[scene]
-        plain, clipped = clip_pairs(verts, faces, size, aa, sil)
-        tu, tc, x = timed_pair(plain, clipped, jnp.asarray(verts), 3 * repeats)
+        cells = []
+        for off, on in clip_pairs(verts, faces, size, aa, sil):
+            t_off, t_on, x = timed_pair(off, on, jnp.asarray(verts), 3 * repeats)
+            cells.append(f"{t_off * 1e3:8.1f} {t_on * 1e3:7.1f} {x:6.3f}")
         print(f"{scene:10} {2 * len(faces):6d} {size:5d} {'on' if aa else 'off':>3} "
-              f"{'silhouettes' if sil else 'rgb, alpha':>11} {tu * 1e3:9.1f} {tc * 1e3:9.1f} "
-              f"{x:6.3f}", flush=True)  # fmt: skip
-    print(f"# unclipped, clipped: medians of {3 * repeats} runs each, the two alternating; x: "
-          "median of the ratios clipped / unclipped of the back-to-back pairs.")  # fmt: skip
+              f"{'silhouettes' if sil else 'rgb+alpha':>11} {' '.join(cells)}", flush=True)  # fmt: skip
+    print(f"# off, on: medians of {3 * repeats} runs each, the two alternating; x: median of the "
+          "ratios on / off of the back-to-back pairs.")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

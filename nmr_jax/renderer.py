@@ -78,7 +78,8 @@ class Renderer:
     Faces are clipped against the plane z = ``near`` of the camera frame before the projection
     (``nmr_jax.clip``): scenes around the camera (a room seen from inside, a ground plane) are
     drawn whole, with the results (face ids, barycentrics, depth, gradients) of the source faces;
-    faces wholly in front are drawn bit for bit as without clipping.
+    faces wholly in front are drawn bit for bit as without clipping. ``clip=False`` turns it
+    off, for scenes known to lie in front of the camera.
 
     A camera field or per-call argument that ``camera_mode`` does not read (``K`` with 'look_at',
     ``eye`` with 'projection', ...) raises a ValueError naming it.
@@ -114,6 +115,10 @@ class Renderer:
     # The rasterization rule: None for Kato's (hard images, his approximate gradient) or a
     # nmr_jax.SoftRule (soft images with exact gradients, nmr_jax.soft; its sigma is a leaf).
     rule: SoftRule | None = None
+    # Clip faces at the plane z = near (nmr_jax.clip). False draws the projected faces as the
+    # original does, without the condition that clipping costs a scene wholly in front (see
+    # docs/performance.md); a face with a corner behind the camera is then drawn wrongly.
+    clip: bool = _static(True)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,6 +135,8 @@ class Renderer:
         check.orig_size(self.orig_size)
         check.colour("background_color", self.background_color)
         check.eps(self.rasterizer_eps)
+        if not isinstance(self.clip, bool):
+            raise TypeError(f"clip must be True or False, got {self.clip!r}")
         if self.rule is not None and not isinstance(self.rule, SoftRule):
             raise TypeError(f"rule must be None (Kato's) or a nmr_jax.SoftRule, got {self.rule!r}")
         defaults = {f.name: f.default for f in dataclasses.fields(Renderer)}
@@ -395,8 +402,11 @@ class Renderer:
         draw: Callable[[_Clip | _Whole], _T],
     ) -> _T:
         """``draw`` of the faces' pieces in front of the plane z = near, projected, or of the
-        faces themselves where none is cut (``nmr_jax.clip``)."""
+        faces themselves where none is cut or ``clip`` is False (``nmr_jax.clip``)."""
         view = self._view(vertices, camera)
+        projected = _vertices_to_faces(self._ndc(view, camera), faces)
+        if not self.clip:
+            return draw(_Whole(projected))
         padding: np.ndarray | jax.Array | None
         if isinstance(faces, np.ndarray):
             padding = np.all(faces == -1, axis=-1)
@@ -404,7 +414,7 @@ class Renderer:
         else:
             padding = jnp.all(faces == -1, axis=-1)
         return _drawn(
-            _vertices_to_faces(self._ndc(view, camera), faces),
+            projected,
             padding,
             lambda: _vertices_to_faces(view, faces),
             lambda points: self._ndc(points, camera),

@@ -115,6 +115,7 @@ STATIC_CASES = {
     "Renderer camera_mode": (lambda: nr.Renderer(camera_mode="orbit"), ValueError, "camera_mode"),
     "Renderer near": (lambda: nr.Renderer(near=-1.0), ValueError, "near"),
     "Renderer rasterizer_eps": (lambda: nr.Renderer(rasterizer_eps=-1e-3), ValueError, "eps"),
+    "Renderer clip": (lambda: nr.Renderer(clip="no"), TypeError, "clip"),  # type: ignore[arg-type]
     "Renderer eye shape": (
         lambda: nr.Renderer().render_silhouettes(VERTS, FACES, eye=np.zeros(2)),
         ValueError,

@@ -6,6 +6,8 @@ against a triangle split by hand; gradients against finite differences where the
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,13 +148,15 @@ def test_closed_room_non_square_and_right_handed(view) -> None:
 
 def test_room_without_clipping_has_holes() -> None:
     """What the clipping fixes: the room's faces projected whole (the rasterize functions'
-    input) leave a large part of the view uncovered."""
+    input, and what ``clip=False`` draws) leave a large part of the view uncovered."""
     r, _ = room_renderer("look", *VIEWS[1], 32, anti_aliasing=False)
     unclipped = nr.vertices_to_faces(
         r.transform(ROOM), np.concatenate([ROOM_FACES, ROOM_FACES[:, ::-1]])
     )
     alpha = nr.rasterize_silhouettes(unclipped, 32, False)
     assert float(alpha.mean()) < 0.9
+    off = room_maps(dataclasses.replace(r, clip=False))[0]
+    np.testing.assert_array_equal(off, alpha)
     assert float(room_maps(r)[0].mean()) == 1.0
 
 
@@ -301,9 +305,16 @@ def test_scene_in_front_is_drawn_as_without_clipping() -> None:
 
     (_, clipped), g_clipped = value_and_grad(lambda v: r.render(v, f, tex))
     (_, plain), g_plain = value_and_grad(direct)
-    for a, b in zip(clipped, plain, strict=True):
+    off = dataclasses.replace(r, clip=False)
+    (_, unclipped), g_unclipped = value_and_grad(lambda v: off.render(v, f, tex))
+    for a, b, c in zip(clipped, plain, unclipped, strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
     np.testing.assert_array_equal(g_clipped, g_plain)
+    np.testing.assert_array_equal(g_unclipped, g_plain)
+    # clip=False skips the test and the condition altogether.
+    assert "cond[" in str(jax.make_jaxpr(lambda v: r.render(v, f, tex))(v))
+    assert "cond[" not in str(jax.make_jaxpr(lambda v: off.render(v, f, tex))(v))
 
 
 def crossing_wall(z_behind: float = -0.5) -> tuple[np.ndarray, np.ndarray]:
