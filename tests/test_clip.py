@@ -317,6 +317,30 @@ def test_scene_in_front_is_drawn_as_without_clipping() -> None:
     assert "cond[" not in str(jax.make_jaxpr(lambda v: off.render(v, f, tex))(v))
 
 
+def test_clip_false_draws_every_image_of_a_scene_in_front_as_the_default() -> None:
+    """clip=False skips only the condition: silhouettes, depth, vertex colours and a soft
+    rule's images of a scene in front are the default's, bit for bit."""
+    v, f = nr.data.teapot()
+    colors = jnp.asarray(np.random.default_rng(3).uniform(size=v.shape), jnp.float32)
+    soft = nr.SoftRule(sigma=1e-4, gamma=1e-4)
+
+    @jax.jit
+    def images(r: nr.Renderer, s: nr.Renderer) -> list[jax.Array]:
+        return [
+            r.render_silhouettes(v, f),
+            r.render_depth(v, f),
+            *r.render(v, f, vertex_colors=colors),
+            *s.render(v, f, vertex_colors=colors),
+        ]
+
+    on = images(nr.Renderer(image_size=16), nr.Renderer(image_size=16, rule=soft))
+    off = images(
+        nr.Renderer(image_size=16, clip=False), nr.Renderer(image_size=16, rule=soft, clip=False)
+    )
+    for a, b in zip(on, off, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def crossing_wall(z_behind: float = -0.5) -> tuple[np.ndarray, np.ndarray]:
     """A wall that fills the view of a camera at the origin looking along +z, with two corners
     behind the camera: its cut pieces cover every pixel, so the depth map has no silhouette."""
