@@ -24,21 +24,35 @@ _linear_p = Primitive("nmr_linear")
 _linear_p.multiple_results = True
 
 
-def linear_call(fun: Fun, transpose: Fun, residuals: tuple, linear: tuple) -> tuple:
+def linear_call(
+    fun: Fun, transpose: Fun, residuals: tuple, linear: tuple, like: Sequence[jax.Array] | None
+) -> tuple:
     """``fun(residuals, linear)`` (a tuple of arrays, linear in ``linear``), whose transpose in
     ``linear`` is ``transpose(residuals, cotangents)`` (a tuple shaped like ``linear``; a
-    cotangent is None where it is zero, and the transpose is not called when all are)."""
+    cotangent is None where it is zero, and the transpose is not called when all are).
+    ``like``: arrays of the outputs' types (the primal outputs of the tangents ``fun`` gives),
+    which spare tracing ``fun`` for them: reverse mode never runs it; None traces it."""
+    out_avals = None if like is None else tuple(jax.typeof(x) for x in like)
     return tuple(
-        _linear_p.bind(*residuals, *linear, fun=fun, transpose=transpose, num_res=len(residuals))
+        _linear_p.bind(
+            *residuals,
+            *linear,
+            fun=fun,
+            transpose=transpose,
+            num_res=len(residuals),
+            out_avals=out_avals,
+        )
     )
 
 
-def _impl(*args: jax.Array, fun: Fun, transpose: Fun, num_res: int) -> list[jax.Array]:
+def _impl(*args: jax.Array, fun: Fun, num_res: int, **_: object) -> list[jax.Array]:
     return list(fun(tuple(args[:num_res]), tuple(args[num_res:])))
 
 
-def _abstract_eval(*avals, fun: Fun, transpose: Fun, num_res: int) -> list:
-    closed = jax.make_jaxpr(lambda *a: _impl(*a, fun=fun, transpose=transpose, num_res=num_res))
+def _abstract_eval(*avals, fun: Fun, num_res: int, out_avals: tuple | None, **_: object) -> list:
+    if out_avals is not None:
+        return list(out_avals)
+    closed = jax.make_jaxpr(lambda *a: _impl(*a, fun=fun, num_res=num_res))
     # A fresh trace has no mesh in context: explicitly sharded operands need theirs to be typed.
     meshes = [getattr(getattr(a, "sharding", None), "mesh", None) for a in avals]
     mesh = next((m for m in meshes if m is not None and not m.empty), None)
@@ -48,7 +62,7 @@ def _abstract_eval(*avals, fun: Fun, transpose: Fun, num_res: int) -> list:
         return list(closed(*avals).out_avals)
 
 
-def _transpose(cts, *args, fun: Fun, transpose: Fun, num_res: int) -> list:
+def _transpose(cts, *args, transpose: Fun, num_res: int, **_: object) -> list:
     residuals, linear = args[:num_res], args[num_res:]
     if all(type(ct) is ad.Zero for ct in cts):
         return [None] * len(args)
@@ -59,7 +73,9 @@ def _transpose(cts, *args, fun: Fun, transpose: Fun, num_res: int) -> list:
     ]
 
 
-def _batch(args, dims, *, fun: Fun, transpose: Fun, num_res: int) -> tuple[tuple, tuple]:
+def _batch(
+    args, dims, *, fun: Fun, transpose: Fun, num_res: int, **_: object
+) -> tuple[tuple, tuple]:
     res_axes, lin_axes = tuple(dims[:num_res]), tuple(dims[num_res:])
     # Outputs batched at 0. An unbatched linear operand stays unbatched (a broadcast copy would
     # lose a sharded batch's sharding): its cotangent is summed over the batch.
@@ -72,7 +88,10 @@ def _batch(args, dims, *, fun: Fun, transpose: Fun, num_res: int) -> tuple[tuple
         )
 
     fun_b = jax.vmap(fun, in_axes=(res_axes, lin_axes))
-    out = linear_call(fun_b, batched_transpose, tuple(args[:num_res]), tuple(args[num_res:]))
+    # Traced for its types: the batched outputs' shardings are the batch rules' to give.
+    out = linear_call(
+        fun_b, batched_transpose, tuple(args[:num_res]), tuple(args[num_res:]), like=None
+    )
     return out, (0,) * len(out)
 
 

@@ -33,14 +33,16 @@ def gather_faces(vertices: jax.Array, faces: jax.Array, checked: bool) -> jax.Ar
 def _gather_jvp(checked: bool, primals: tuple, tangents: tuple) -> tuple:
     vertices, faces = primals
     shape = vertices.shape
+    out = _ffi.gather_faces(vertices, faces, checked)
     (tangent,) = linear_call(
         # The primal call checked the indices: the tangent's gather need not.
         lambda res, lin: (_ffi.gather_faces(lin[0], res[0], True),),
         lambda res, cts: (_ffi.scatter_faces(res[0], cts[0], shape),),
         (faces,),
         (tangents[0],),
+        like=(out,),
     )
-    return _ffi.gather_faces(vertices, faces, checked), tangent
+    return out, tangent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,8 @@ def _vertex_differentiable_jvp(primals: tuple, tangents: tuple) -> tuple:
     fv, fi, w, d = primals
     # weights and depth come from a kernel run on constant vertices: only fv has a tangent.
     out = _vertex_differentiable(fv, fi, w, d)
-    return out, linear_call(_fragments_tangent, _fragments_transpose, (fv, fi, w, d), tangents[:1])
+    res = (fv, fi, w, d)
+    return out, linear_call(_fragments_tangent, _fragments_transpose, res, tangents[:1], like=out)
 
 
 def _fragments_tangent(res: tuple, lin: tuple) -> tuple:
@@ -142,6 +145,7 @@ def interpolate_corners(attributes: jax.Array, face_index: jax.Array, bary: jax.
 @interpolate_corners.defjvp
 def _interpolate_jvp(primals: tuple, tangents: tuple) -> tuple:
     attributes, face_index, bary = primals
+    out = _ffi.interpolate(attributes, face_index, bary)
     (tangent,) = linear_call(
         # Bilinear: linear in the attributes and in the barycentrics.
         lambda res, lin: (
@@ -150,8 +154,9 @@ def _interpolate_jvp(primals: tuple, tangents: tuple) -> tuple:
         lambda res, cts: _ffi.interpolate_bwd(res[0], res[1], res[2], cts[0]),
         (attributes, face_index, bary),
         (tangents[0], tangents[2]),
+        like=(out,),
     )
-    return _ffi.interpolate(attributes, face_index, bary), tangent
+    return out, tangent
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -183,7 +188,7 @@ def _sample_image_jvp(bilinear: bool, wrap: bool, primals: tuple, tangents: tupl
     def transpose(res: tuple, cts: tuple) -> tuple:
         return _ffi.sample_image_bwd(res[0], res[1], cts[0], bilinear, wrap)
 
-    return out, linear_call(tangent, transpose, (image, uv), tangents)[0]
+    return out, linear_call(tangent, transpose, (image, uv), tangents, like=(out,))[0]
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -207,6 +212,7 @@ def _kato_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
         lambda res, cts: (_ffi.kato_bwd(res[0], res[1], res[2], cts[0], eps),),
         (face_vertices, face_index, image),
         (fv_dot,),
+        like=(image,),
     )
     return image, image_dot + kato
 
@@ -311,14 +317,16 @@ def _sample_cubes_jvp(eps: float, primals: tuple, tangents: tuple) -> tuple:
     face_vertices, textures, face_index, weights, depth = primals
     res = (face_vertices, face_index, weights, depth)
     shape = textures.shape
+    out = _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, eps)
     (tangent,) = linear_call(
         # Trilinear sampling is linear in the textures: the forward kernel gives the tangent.
         lambda r, lin: (_ffi.sample_textures(r[0], lin[0], r[1], r[2], r[3], eps),),
         lambda r, cts: (_ffi.sample_textures_bwd(r[0], r[1], r[2], r[3], cts[0], eps, shape),),
         res,
         tangents[1:2],
+        like=(out,),
     )
-    return _ffi.sample_textures(face_vertices, textures, face_index, weights, depth, eps), tangent
+    return out, tangent
 
 
 def cube_shader(face_vertices: jax.Array, eps: float) -> Shader:

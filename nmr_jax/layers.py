@@ -111,7 +111,7 @@ def _differentiable_jvp(primals: tuple, tangents: tuple) -> tuple:
     # The maps come from a kernel run on constant vertices: only fv has a tangent.
     out = _differentiable(fv, fi, bary, screen, depth, dist)
     res = (fv, fi, screen, depth, dist)
-    return out, linear_call(_layers_tangent, _layers_transpose, res, tangents[:1])
+    return out, linear_call(_layers_tangent, _layers_transpose, res, tangents[:1], like=out)
 
 
 def _layers_tangent(res: tuple, lin: tuple) -> tuple:

@@ -127,6 +127,7 @@ def _alpha_jvp(cfg: _Config, primals: tuple, tangents: tuple) -> tuple:
         lambda r, g: _ffi.soft_silhouettes_bwd(r[0], r[1], r[2], r[3], g[0], attrs),
         (face_vertices, sigma, acc, count),
         tangents,
+        like=(alpha,),
     )
     return alpha, tangent
 
@@ -243,6 +244,7 @@ def _rgb_jvp(cfg: _ColorConfig, primals: tuple, tangents: tuple) -> tuple:
         lambda r, g: _rgb_transpose(cfg, r, g[0]),
         residuals,
         tangents if mapped else tangents[:3],
+        like=(out[..., :3],),
     )
     return out[..., :3], tangent
 

@@ -63,14 +63,17 @@ def _scaled_sin(x, a):
 @_scaled_sin.defjvp
 def _scaled_sin_jvp(primals, tangents):
     x, a = primals
-    # The transpose is written out (not derived): reverse mode runs it.
+    out = _scaled_sin(x, a)
+    # The transpose is written out (not derived): reverse mode runs it. Its output types are
+    # the primal's (like); vmap traces the batched tangent for them instead.
     (t,) = linear_call(
         lambda r, v: (jnp.cos(r[0]) * r[1] * v[0] + jnp.sin(r[0]) * v[1],),
         lambda r, c: (jnp.cos(r[0]) * r[1] * c[0], jnp.sin(r[0]) * c[0]),
         (x, a),
         tangents,
+        like=(out,),
     )
-    return _scaled_sin(x, a), t
+    return out, t
 
 
 @pytest.mark.versions
