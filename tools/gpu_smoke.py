@@ -76,12 +76,12 @@ def all_targets(fv, tex, image, faces, vertices, size: int):
             sampled, g_image, g_uv, *layers[:4], dist, g_layers, *soft)  # fmt: skip
 
 
-def cases(rng: np.random.Generator, batch_size: int):
+def cases(rng: np.random.Generator, batch_side: int):
     for name, batch, n_faces, n_vertices, size in [
         ("no faces", 1, 0, 4, 16),
         ("no vertices", 1, 3, 0, 16),
         ("batch 0", 0, 3, 4, 16),
-        ("batch 70", 70, 20, 8, batch_size),
+        ("batch 70", 70, 20, 8, batch_side),
     ]:
         fv = random_faces(rng, batch, n_faces, size)
         tex = rng.uniform(size=(batch, n_faces, 2, 2, 2, 3)).astype(np.float32)
@@ -125,9 +125,9 @@ def main() -> int:
     failed = 0
     rng = np.random.default_rng(0)
     kernels = "cuda-host" if args.device == "cpu" else "default"
-    batch_size, cube_size = (16, 256) if args.device == "cpu" else (32, 1024)
+    batch_side, cube_size = (16, 256) if args.device == "cpu" else (32, 1024)
     with jax.default_device(device), _ffi.using_kernels(kernels):
-        for name, inputs in cases(rng, batch_size):
+        for name, inputs in cases(rng, batch_side):
             outs = jax.block_until_ready(all_targets(*jax.device_put(inputs, device)))
             finite = all(bool(np.isfinite(np.asarray(o)).all()) for o in outs)
             failed += not finite
